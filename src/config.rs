@@ -1,0 +1,669 @@
+//! Configuration: a TOML file (`--config PATH` or `REFERRAL_SYNC_CONFIG`)
+//! with every key overridable by `REFERRAL_SYNC__SECTION__KEY` environment
+//! variables, parsed once into validated [`Settings`]. Nothing else in the
+//! program reads raw configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::api::retry::RetryPolicy;
+use crate::diff::OnCleared;
+use crate::export::ExportFormat;
+use crate::mapping::{Mapper, MappingSpec};
+use crate::merge::ConflictPolicy;
+use crate::model::Entity;
+
+/// The production Referrals API.
+pub const DEFAULT_BASE_URL: &str = "https://api.partner.microsoft.com/v1.0";
+/// The resource the Partner Center tokens are issued for.
+pub const PARTNER_CENTER_RESOURCE: &str = "https://api.partner.microsoft.com";
+/// Prefix of environment overrides: `REFERRAL_SYNC__API__CONCURRENCY=8`.
+pub const ENV_PREFIX: &str = "REFERRAL_SYNC";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {}: {source}", path.display())]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration: {0}")]
+    Mapping(#[from] crate::mapping::MappingConfigError),
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw configuration, exactly as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    export: RawExport,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    create: RawCreate,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    mapping: MappingSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExport {
+    path: PathBuf,
+    #[serde(default)]
+    format: ExportFormat,
+    entity: Entity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    base_url: String,
+    concurrency: usize,
+    max_requests_per_second: Option<f64>,
+    request_timeout_secs: f64,
+    connect_timeout_secs: f64,
+    update_method: UpdateMethod,
+    allow_insecure: bool,
+    retry: RetryPolicy,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            concurrency: 4,
+            max_requests_per_second: None,
+            request_timeout_secs: 30.0,
+            connect_timeout_secs: 10.0,
+            update_method: UpdateMethod::Patch,
+            allow_insecure: false,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    token_file: Option<PathBuf>,
+    tenant: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    refresh_token_file: Option<PathBuf>,
+    token_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSync {
+    default_currency: String,
+    on_cleared: OnCleared,
+    conflict: ConflictPolicy,
+    max_conflict_retries: u32,
+    create_missing: bool,
+    max_missing_ratio: f64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync {
+            default_currency: "USD".to_owned(),
+            on_cleared: OnCleared::Null,
+            conflict: ConflictPolicy::CrmWins,
+            max_conflict_retries: 5,
+            create_missing: false,
+            max_missing_ratio: 0.5,
+        }
+    }
+}
+
+/// Members sent only when a referral is created, never patched afterwards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCreate {
+    #[serde(rename = "type")]
+    pub referral_type: String,
+    pub qualification: String,
+    pub consent_to_share_info_with_others: bool,
+    pub consent_to_contact: bool,
+    pub consent_to_share_referral_with_microsoft_sellers: Option<bool>,
+    /// `[{ type = "SolutionProfile", id = "..." }]`; required for `Shared`.
+    pub target: Vec<BTreeMap<String, String>>,
+}
+
+impl Default for RawCreate {
+    fn default() -> Self {
+        RawCreate {
+            referral_type: "Independent".to_owned(),
+            qualification: "None".to_owned(),
+            consent_to_share_info_with_others: false,
+            consent_to_contact: false,
+            consent_to_share_referral_with_microsoft_sellers: None,
+            target: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSchedule {
+    cron: String,
+    timezone: String,
+}
+
+impl Default for RawSchedule {
+    fn default() -> Self {
+        RawSchedule {
+            cron: "0 */5 * * * *".to_owned(),
+            timezone: "UTC".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    shutdown_grace_secs: f64,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            shutdown_grace_secs: 30.0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated settings.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateMethod {
+    #[default]
+    Patch,
+    Put,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    pub path: PathBuf,
+    pub format: ExportFormat,
+    pub entity: Entity,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: String,
+    pub concurrency: usize,
+    pub max_requests_per_second: Option<f64>,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub update_method: UpdateMethod,
+    pub retry: RetryPolicy,
+}
+
+/// How bearer tokens are obtained. Paths only: secrets are read when used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthSettings {
+    TokenFile(PathBuf),
+    RefreshToken {
+        token_url: String,
+        client_id: String,
+        client_secret_file: Option<PathBuf>,
+        refresh_token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub default_currency: String,
+    pub on_cleared: OnCleared,
+    pub conflict: ConflictPolicy,
+    pub max_conflict_retries: u32,
+    pub create_missing: bool,
+    pub max_missing_ratio: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub cron: String,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file it came from.
+    pub source: PathBuf,
+    pub export: ExportSettings,
+    pub store_path: PathBuf,
+    pub api: ApiSettings,
+    /// `None` when no credentials are configured: a dry run still works.
+    pub auth: Option<AuthSettings>,
+    pub sync: SyncSettings,
+    pub create: RawCreate,
+    pub schedule: ScheduleSettings,
+    pub shutdown_grace: Duration,
+    pub log: LogSettings,
+    /// The shipped default for the entity with the file's overrides on top.
+    pub mapping: MappingSpec,
+}
+
+impl Settings {
+    /// Load `path`, apply environment overrides from the process
+    /// environment, and validate.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, None)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let load_error = |source| ConfigError::Load {
+            path: path.to_owned(),
+            source,
+        };
+        if !path.is_file() {
+            return Err(invalid(
+                "--config",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::new(
+                &path.to_string_lossy(),
+                config::FileFormat::Toml,
+            ))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(env),
+            )
+            .build()
+            .map_err(load_error)?
+            .try_deserialize()
+            .map_err(load_error)?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Settings::validate(raw, path, &base_dir)
+    }
+
+    fn validate(raw: RawConfig, source: &Path, base_dir: &Path) -> Result<Settings, ConfigError> {
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        let credential = |p: &Path| -> PathBuf { resolve_credential(p, base_dir) };
+
+        if raw.export.path.as_os_str().is_empty() {
+            return Err(invalid("export.path", "must not be empty"));
+        }
+
+        let store_path = match raw.store.path {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(invalid("store.path", "must not be empty"));
+            }
+            Some(p) => resolve(&p),
+            None => default_store_path(),
+        };
+
+        let api = validate_api(raw.api)?;
+        let auth = validate_auth(raw.auth, &credential)?;
+
+        let sync = raw.sync;
+        let currency = sync.default_currency.trim().to_ascii_uppercase();
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                "sync.default_currency",
+                format!("{:?} is not an ISO 4217 code", sync.default_currency),
+            ));
+        }
+        if !(0.0..=1.0).contains(&sync.max_missing_ratio) {
+            return Err(invalid("sync.max_missing_ratio", "must be between 0 and 1"));
+        }
+        if sync.max_conflict_retries == 0 {
+            return Err(invalid("sync.max_conflict_retries", "must be at least 1"));
+        }
+
+        let create = raw.create;
+        const TYPES: [&str; 2] = ["Independent", "Shared"];
+        if !TYPES.contains(&create.referral_type.as_str()) {
+            return Err(invalid(
+                "create.type",
+                format!("{:?} is not one of {TYPES:?}", create.referral_type),
+            ));
+        }
+        const QUALIFICATIONS: [&str; 4] =
+            ["None", "Direct", "MarketingQualified", "SalesQualified"];
+        if !QUALIFICATIONS.contains(&create.qualification.as_str()) {
+            return Err(invalid(
+                "create.qualification",
+                format!("{:?} is not one of {QUALIFICATIONS:?}", create.qualification),
+            ));
+        }
+        if create.referral_type == "Shared" && create.target.is_empty() && sync.create_missing {
+            return Err(invalid(
+                "create.target",
+                "a Shared referral needs at least one target",
+            ));
+        }
+
+        let schedule = ScheduleSettings {
+            cron: raw.schedule.cron,
+            timezone: raw.schedule.timezone,
+        };
+        validate_schedule(&schedule)?;
+
+        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0)
+        {
+            return Err(invalid(
+                "daemon.shutdown_grace_secs",
+                "must be a non-negative number",
+            ));
+        }
+
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a level or filter directive", raw.log.level),
+            ));
+        }
+
+        let mapping = MappingSpec::default_for(raw.export.entity).overlay(raw.mapping);
+        // Validate now so that a bad mapping stops start-up.
+        Mapper::new(&mapping, raw.export.entity, &currency)?;
+
+        Ok(Settings {
+            source: source.to_owned(),
+            export: ExportSettings {
+                path: resolve(&raw.export.path),
+                format: raw.export.format,
+                entity: raw.export.entity,
+            },
+            store_path,
+            api,
+            auth,
+            sync: SyncSettings {
+                default_currency: currency,
+                on_cleared: sync.on_cleared,
+                conflict: sync.conflict,
+                max_conflict_retries: sync.max_conflict_retries,
+                create_missing: sync.create_missing,
+                max_missing_ratio: sync.max_missing_ratio,
+            },
+            create,
+            schedule,
+            shutdown_grace: Duration::from_secs_f64(raw.daemon.shutdown_grace_secs),
+            log: LogSettings {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+            mapping,
+        })
+    }
+
+    /// The mapper for this configuration.
+    pub fn mapper(&self) -> Result<Mapper, ConfigError> {
+        Ok(Mapper::new(
+            &self.mapping,
+            self.export.entity,
+            &self.sync.default_currency,
+        )?)
+    }
+
+    /// The export reader options for this configuration.
+    pub fn export_options(&self) -> crate::export::ExportOptions {
+        crate::export::ExportOptions {
+            path: self.export.path.clone(),
+            format: self.export.format,
+            entity: self.export.entity,
+            header_aliases: self.mapping.headers.clone(),
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY/referral-sync.db` under systemd, else `./referral-sync.db`.
+fn default_store_path() -> PathBuf {
+    let dir = std::env::var_os("STATE_DIRECTORY")
+        .map(|dirs| {
+            // systemd passes a colon-separated list when several are set.
+            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            PathBuf::from(first)
+        })
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    dir.join("referral-sync.db")
+}
+
+/// A relative secret path names a systemd credential when
+/// `$CREDENTIALS_DIRECTORY` is set (`LoadCredential=`), else a file beside
+/// the configuration.
+fn resolve_credential(path: &Path, base_dir: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let candidate = PathBuf::from(dir).join(path);
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    base_dir.join(path)
+}
+
+fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
+    let base_url = raw.base_url.trim_end_matches('/').to_owned();
+    let url = reqwest::Url::parse(&base_url)
+        .map_err(|e| invalid("api.base_url", format!("{base_url:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            if !loopback && !raw.allow_insecure {
+                return Err(invalid(
+                    "api.base_url",
+                    format!(
+                        "{base_url:?} is plain http to a host that is not loopback; \
+                         use https, or set api.allow_insecure = true"
+                    ),
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(
+                "api.base_url",
+                format!("scheme {other:?} is not http or https"),
+            ));
+        }
+    }
+    if raw.concurrency == 0 || raw.concurrency > 256 {
+        return Err(invalid("api.concurrency", "must be between 1 and 256"));
+    }
+    if let Some(rate) = raw.max_requests_per_second {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(invalid(
+                "api.max_requests_per_second",
+                "must be a positive number (leave it out for no limit)",
+            ));
+        }
+    }
+    let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(invalid(key, "must be a positive number of seconds"))
+        }
+    };
+    Ok(ApiSettings {
+        base_url,
+        concurrency: raw.concurrency,
+        max_requests_per_second: raw.max_requests_per_second,
+        request_timeout: secs("api.request_timeout_secs", raw.request_timeout_secs)?,
+        connect_timeout: secs("api.connect_timeout_secs", raw.connect_timeout_secs)?,
+        update_method: raw.update_method,
+        retry: raw.retry,
+    })
+}
+
+fn validate_auth(
+    raw: RawAuth,
+    credential: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<AuthSettings>, ConfigError> {
+    match (&raw.token_file, &raw.refresh_token_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "auth.token_file",
+            "set either auth.token_file or auth.refresh_token_file, not both",
+        )),
+        (Some(token_file), None) => Ok(Some(AuthSettings::TokenFile(credential(token_file)))),
+        (None, Some(refresh_token_file)) => {
+            let client_id = raw
+                .client_id
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| invalid("auth.client_id", "required with auth.refresh_token_file"))?;
+            let token_url = match (raw.token_url, raw.tenant) {
+                (Some(url), _) => url,
+                (None, Some(tenant)) if !tenant.trim().is_empty() => {
+                    format!("https://login.microsoftonline.com/{}/oauth2/token", tenant.trim())
+                }
+                _ => {
+                    return Err(invalid(
+                        "auth.tenant",
+                        "required with auth.refresh_token_file (or set auth.token_url)",
+                    ));
+                }
+            };
+            reqwest::Url::parse(&token_url).map_err(|e| {
+                invalid("auth.token_url", format!("{token_url:?} is not a URL: {e}"))
+            })?;
+            Ok(Some(AuthSettings::RefreshToken {
+                token_url,
+                client_id,
+                client_secret_file: raw.client_secret_file.as_deref().map(credential),
+                refresh_token_file: credential(refresh_token_file),
+            }))
+        }
+        (None, None) => {
+            if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some()
+            {
+                return Err(invalid(
+                    "auth.refresh_token_file",
+                    "required when auth.client_id, auth.tenant or auth.client_secret_file is set",
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn validate_schedule(schedule: &ScheduleSettings) -> Result<(), ConfigError> {
+    let fields = schedule.cron.split_whitespace().count();
+    if fields != 6 {
+        return Err(invalid(
+            "schedule.cron",
+            format!(
+                "{:?} has {fields} fields; six are needed (seconds first), e.g. \"0 */5 * * * *\"",
+                schedule.cron
+            ),
+        ));
+    }
+    if let Err(e) = croner_check(&schedule.cron) {
+        return Err(invalid(
+            "schedule.cron",
+            format!("{:?} is not a valid expression: {e}", schedule.cron),
+        ));
+    }
+    if schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(invalid(
+            "schedule.timezone",
+            format!("{:?} is not an IANA time zone", schedule.timezone),
+        ));
+    }
+    Ok(())
+}
+
+fn croner_check(expr: &str) -> Result<(), String> {
+    // The same parser settings tokio-cron-scheduler uses.
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,746 @@
+//! The SQLite store: per external id the referral id, the last eTag, the
+//! snapshot (the desired document last applied) and its hash, the sync
+//! state; plus the cycles and the `externalReferenceId -> id` index.
+//!
+//! Every write that advances a record happens in one transaction, and only
+//! after the service acknowledged it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+/// The schema, in order. `PRAGMA user_version` records how many are applied.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {}: schema version {found} is newer than this build knows ({known})", path.display())]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("store {}: schema version {found} is older than this build; run `referral-sync sync` once to migrate it", path.display())]
+    TooOld { path: PathBuf, found: i64 },
+    #[error("store {}: record {external_id}: snapshot is not valid JSON: {message}", path.display())]
+    CorruptSnapshot {
+        path: PathBuf,
+        external_id: String,
+        message: String,
+    },
+}
+
+/// Where a record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// The referral holds the snapshot.
+    Synced,
+    /// A write was started and its outcome is not known yet.
+    Pending,
+    /// The last attempt failed; the snapshot is the last one acknowledged.
+    Failed,
+    /// The record cannot be sent as it is (e.g. an invalid status
+    /// transition); its other changes were applied.
+    Invalid,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Synced => "synced",
+            SyncState::Pending => "pending",
+            SyncState::Failed => "failed",
+            SyncState::Invalid => "invalid",
+        }
+    }
+
+    fn parse(s: &str) -> SyncState {
+        match s {
+            "synced" => SyncState::Synced,
+            "failed" => SyncState::Failed,
+            "invalid" => SyncState::Invalid,
+            // The CHECK constraint admits nothing else; treat anything odd
+            // as an unknown outcome, the safe reading.
+            _ => SyncState::Pending,
+        }
+    }
+}
+
+/// What the planner needs to decide whether a record changed, without
+/// loading its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordBrief {
+    pub referral_id: Option<String>,
+    pub desired_hash: Option<String>,
+    pub state: SyncState,
+}
+
+/// Everything stored for one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub external_id: String,
+    pub referral_id: Option<String>,
+    pub etag: Option<String>,
+    pub snapshot: Option<Value>,
+    pub desired_hash: Option<String>,
+    pub state: SyncState,
+    pub last_error: Option<String>,
+    pub attempts: i64,
+}
+
+/// A finished or running cycle, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CycleRow {
+    pub cycle_id: String,
+    pub trigger: String,
+    pub dry_run: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub outcome: Option<String>,
+    pub summary: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// A record that is not synced, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProblemRow {
+    pub external_id: String,
+    pub referral_id: Option<String>,
+    pub state: SyncState,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct StateCounts {
+    pub synced: u64,
+    pub pending: u64,
+    pub failed: u64,
+    pub invalid: u64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = sqlite_error(path);
+        let conn = Connection::open(path).map_err(&err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Open an existing store without writing to it (`status`, dry runs).
+    /// Returns `None` when there is no store yet.
+    pub fn open_read_only(path: &Path) -> Result<Option<Store>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let err = sqlite_error(path);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(&err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+        let store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        let version = store.user_version()?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known: MIGRATIONS.len() as i64,
+            });
+        }
+        if version == 0 {
+            // Created but never migrated: nothing in it yet.
+            return Ok(None);
+        }
+        if version < MIGRATIONS.len() as i64 {
+            return Err(StoreError::TooOld {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        Ok(Some(store))
+    }
+
+    /// An empty store in memory (dry runs without a store file, tests).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(sqlite_error(&path))?;
+        let mut store = Store { conn, path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        self.conn
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(&err)?;
+        // WAL lets `status` read while a cycle writes; NORMAL is durable
+        // across process crashes in WAL mode, which is what we need.
+        self.conn
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(&err)?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(&err)?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(&err)?;
+        Ok(())
+    }
+
+    fn user_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite_error(&self.path))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let version = self.user_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (index, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(&err)?;
+            tx.execute_batch(sql).map_err(&err)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(&err)?;
+            tx.commit().map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: `ok`, or the problems found.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(&err)?;
+        let rows: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .map_err(&err)?
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        Ok(rows.join("\n"))
+    }
+
+    // -- records ------------------------------------------------------------
+
+    pub fn brief(&self, external_id: &str) -> Result<Option<RecordBrief>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT referral_id, desired_hash, state FROM records WHERE external_id = ?1",
+            )
+            .map_err(sqlite_error(&self.path))?;
+        stmt.query_row([external_id], |row| {
+            Ok(RecordBrief {
+                referral_id: row.get(0)?,
+                desired_hash: row.get(1)?,
+                state: SyncState::parse(&row.get::<_, String>(2)?),
+            })
+        })
+        .optional()
+        .map_err(sqlite_error(&self.path))
+    }
+
+    pub fn record(&self, external_id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT referral_id, etag, snapshot, desired_hash, state, last_error, attempts
+                 FROM records WHERE external_id = ?1",
+            )
+            .map_err(sqlite_error(&self.path))?;
+        let row = stmt
+            .query_row([external_id], |row| {
+                Ok((
+                    row.get::<_, Option<String>>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, i64>(6)?,
+                ))
+            })
+            .optional()
+            .map_err(sqlite_error(&self.path))?;
+        let Some((referral_id, etag, snapshot, desired_hash, state, last_error, attempts)) = row
+        else {
+            return Ok(None);
+        };
+        let snapshot = snapshot
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::CorruptSnapshot {
+                    path: self.path.clone(),
+                    external_id: external_id.to_owned(),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(Some(StoredRecord {
+            external_id: external_id.to_owned(),
+            referral_id,
+            etag,
+            snapshot,
+            desired_hash,
+            state: SyncState::parse(&state),
+            last_error,
+            attempts,
+        }))
+    }
+
+    /// Before a write whose outcome could be lost: the record becomes
+    /// `pending` (its snapshot untouched), so a crash leaves a trace that the
+    /// next cycle resolves by reading the live referral.
+    pub fn mark_pending(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO records (external_id, referral_id, state, first_seen_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?3)
+                 ON CONFLICT (external_id) DO UPDATE SET
+                    referral_id = COALESCE(excluded.referral_id, records.referral_id),
+                    state = 'pending',
+                    updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| stmt.execute(params![external_id, referral_id, now]))
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// The service acknowledged: advance snapshot, eTag and hash together.
+    /// `state` is `Synced`, or `Invalid` when part of the change was refused
+    /// locally (then `error` says why).
+    pub fn record_applied(
+        &self,
+        external_id: &str,
+        referral_id: &str,
+        etag: &str,
+        snapshot: &Value,
+        desired_hash: &str,
+        state: SyncState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now();
+        let snapshot = snapshot.to_string();
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sqlite_error(&self.path))?;
+        tx.prepare_cached(
+            "INSERT INTO records (external_id, referral_id, etag, snapshot, desired_hash, state,
+                                  last_error, attempts, first_seen_at, updated_at, last_synced_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?8)
+             ON CONFLICT (external_id) DO UPDATE SET
+                referral_id = excluded.referral_id,
+                etag = excluded.etag,
+                snapshot = excluded.snapshot,
+                desired_hash = excluded.desired_hash,
+                state = excluded.state,
+                last_error = excluded.last_error,
+                attempts = 0,
+                updated_at = excluded.updated_at,
+                last_synced_at = excluded.last_synced_at",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                external_id,
+                referral_id,
+                etag,
+                snapshot,
+                desired_hash,
+                state.as_str(),
+                error,
+                now
+            ])
+        })
+        .map_err(sqlite_error(&self.path))?;
+        tx.commit().map_err(sqlite_error(&self.path))
+    }
+
+    /// An attempt failed: keep the snapshot, count the attempt, say why.
+    /// `referral_id` is remembered when it became known on the way.
+    pub fn record_failed(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.record_problem(external_id, referral_id, SyncState::Failed, None, error)
+    }
+
+    /// The record cannot be sent as it is; nothing was applied. The hash is
+    /// kept so that the same unchanged record is not re-planned each cycle.
+    pub fn record_invalid(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        desired_hash: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.record_problem(
+            external_id,
+            referral_id,
+            SyncState::Invalid,
+            Some(desired_hash),
+            error,
+        )
+    }
+
+    fn record_problem(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        state: SyncState,
+        desired_hash: Option<&str>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let now = now();
+        let attempts_increment = i64::from(state == SyncState::Failed);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO records (external_id, referral_id, desired_hash, state, last_error,
+                                      attempts, first_seen_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (external_id) DO UPDATE SET
+                    referral_id = COALESCE(excluded.referral_id, records.referral_id),
+                    desired_hash = CASE WHEN excluded.state = 'invalid'
+                                        THEN excluded.desired_hash ELSE records.desired_hash END,
+                    state = excluded.state,
+                    last_error = excluded.last_error,
+                    attempts = records.attempts + ?6,
+                    updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    external_id,
+                    referral_id,
+                    desired_hash,
+                    state.as_str(),
+                    error,
+                    attempts_increment,
+                    now
+                ])
+            })
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// How many records the store knows.
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Call `visit` with every external id the store knows.
+    pub fn for_each_external_id(
+        &self,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT external_id FROM records")
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let id: String = row.get(0).map_err(&err)?;
+            visit(&id);
+        }
+        Ok(())
+    }
+
+    // -- the referral index ---------------------------------------------------
+
+    /// Replace the whole `externalReferenceId -> id` index in one transaction.
+    pub fn replace_index(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let now = now();
+        let tx = self.conn.unchecked_transaction().map_err(&err)?;
+        tx.execute("DELETE FROM referral_index", []).map_err(&err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO referral_index (external_id, referral_id, indexed_at)
+                     VALUES (?1, ?2, ?3)",
+                )
+                .map_err(&err)?;
+            for (external_id, referral_id) in entries {
+                stmt.execute(params![external_id, referral_id, now])
+                    .map_err(&err)?;
+            }
+        }
+        tx.commit().map_err(&err)
+    }
+
+    pub fn index_lookup(&self, external_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT referral_id FROM referral_index WHERE external_id = ?1")
+            .and_then(|mut stmt| stmt.query_row([external_id], |row| row.get(0)).optional())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    // -- cycles ----------------------------------------------------------------
+
+    pub fn begin_cycle(
+        &self,
+        cycle_id: &str,
+        trigger: &str,
+        dry_run: bool,
+    ) -> Result<i64, StoreError> {
+        let err = sqlite_error(&self.path);
+        self.conn
+            .execute(
+                "INSERT INTO cycles (cycle_id, trigger, dry_run, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![cycle_id, trigger, dry_run, now()],
+            )
+            .map_err(&err)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_cycle(
+        &self,
+        row_id: i64,
+        outcome: &str,
+        summary: &Value,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE cycles SET finished_at = ?2, outcome = ?3, summary = ?4, error = ?5
+                 WHERE id = ?1",
+                params![row_id, now(), outcome, summary.to_string(), error],
+            )
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    pub fn recent_cycles(&self, limit: usize) -> Result<Vec<CycleRow>, StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT cycle_id, trigger, dry_run, started_at, finished_at, outcome, summary, error
+                 FROM cycles ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([limit as i64], |row| {
+                let summary: Option<String> = row.get(6)?;
+                Ok(CycleRow {
+                    cycle_id: row.get(0)?,
+                    trigger: row.get(1)?,
+                    dry_run: row.get(2)?,
+                    started_at: row.get(3)?,
+                    finished_at: row.get(4)?,
+                    outcome: row.get(5)?,
+                    summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+                    error: row.get(7)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    pub fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state, COUNT(*) FROM records GROUP BY state")
+            .map_err(&err)?;
+        let mut counts = StateCounts::default();
+        let rows = stmt
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(&err)?;
+        for row in rows {
+            let (state, n) = row.map_err(&err)?;
+            let n = n.max(0) as u64;
+            match SyncState::parse(&state) {
+                SyncState::Synced => counts.synced = n,
+                SyncState::Pending => counts.pending = n,
+                SyncState::Failed => counts.failed = n,
+                SyncState::Invalid => counts.invalid = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Records that are not synced, most recently changed first.
+    pub fn problems(&self, limit: usize) -> Result<Vec<ProblemRow>, StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT external_id, referral_id, state, attempts, last_error, updated_at
+                 FROM records WHERE state != 'synced'
+                 ORDER BY updated_at DESC, external_id LIMIT ?1",
+            )
+            .map_err(&err)?;
+        let rows = stmt
+            .query_map([limit as i64], |row| {
+                Ok(ProblemRow {
+                    external_id: row.get(0)?,
+                    referral_id: row.get(1)?,
+                    state: SyncState::parse(&row.get::<_, String>(2)?),
+                    attempts: row.get(3)?,
+                    last_error: row.get(4)?,
+                    updated_at: row.get(5)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+}
+
+fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.user_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path).unwrap();
+        store.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(store);
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn applied_advances_everything_and_failure_keeps_snapshot() {
+        let (_dir, store) = store();
+        let doc = json!({"name": "A"});
+        store.mark_pending("ext-1", Some("ref-1")).unwrap();
+        assert_eq!(store.brief("ext-1").unwrap().unwrap().state, SyncState::Pending);
+        store
+            .record_applied("ext-1", "ref-1", "\"e1\"", &doc, "h1", SyncState::Synced, None)
+            .unwrap();
+        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
+        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
+        let rec = store.record("ext-1").unwrap().unwrap();
+        assert_eq!(rec.snapshot, Some(doc));
+        assert_eq!(rec.etag.as_deref(), Some("\"e1\""));
+        assert_eq!(rec.desired_hash.as_deref(), Some("h1"));
+        assert_eq!(rec.state, SyncState::Failed);
+        assert_eq!(rec.attempts, 2);
+        assert_eq!(rec.referral_id.as_deref(), Some("ref-1"));
+        let problems = store.problems(10).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].last_error.as_deref(), Some("HTTP 400 invalidRequest: nope"));
+        let counts = store.state_counts().unwrap();
+        assert_eq!((counts.synced, counts.failed), (0, 1));
+    }
+
+    #[test]
+    fn index_and_cycles_round_trip() {
+        let (_dir, store) = store();
+        store
+            .replace_index(&[("a".into(), "r-a".into()), ("b".into(), "r-b".into())])
+            .unwrap();
+        store.replace_index(&[("b".into(), "r-b2".into())]).unwrap();
+        assert_eq!(store.index_lookup("a").unwrap(), None);
+        assert_eq!(store.index_lookup("b").unwrap().as_deref(), Some("r-b2"));
+        let id = store.begin_cycle("c-1", "manual", false).unwrap();
+        store
+            .finish_cycle(id, "ok", &json!({"seen": 3}), None)
+            .unwrap();
+        let cycles = store.recent_cycles(5).unwrap();
+        assert_eq!(cycles[0].summary, Some(json!({"seen": 3})));
+        assert_eq!(cycles[0].outcome.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn read_only_open_of_missing_store_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Store::open_read_only(&dir.path().join("nope.db")).unwrap().is_none());
+    }
+}
