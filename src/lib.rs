@@ -2,13 +2,17 @@
 //! Dynamics 365 export. See `ARCHITECTURE.md` for the map.
 
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod cycle;
 pub mod diff;
 pub mod emulator;
 pub mod export;
 pub mod lock;
+pub mod logging;
 pub mod mapping;
 pub mod merge;
 pub mod model;
+pub mod service;
 pub mod status;
 pub mod store;

@@ -1,0 +1,531 @@
+//! The command line: argument parsing, and one function per command. Every
+//! command returns an [`ExitCode`] from the documented table; errors are
+//! printed once, to standard error, with what and where.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::cycle::scan::{self, ScanOptions};
+use crate::cycle::{Action, CycleError, CycleRequest, Engine, RecordOutcome, Trigger};
+use crate::diff::{self, DiffOptions};
+use crate::lock::{LockError, StoreLock};
+use crate::model::ManagedPaths;
+use crate::store::Store;
+use crate::{logging, service};
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    /// Everything synced or unchanged; the check found nothing.
+    pub const OK: u8 = 0;
+    /// The cycle ran, but some records failed, are invalid or unresolved;
+    /// or `check` found problems.
+    pub const RECORDS: u8 = 1;
+    /// Usage or configuration error: nothing started.
+    pub const CONFIG: u8 = 2;
+    /// The export could not be read: nothing was changed.
+    pub const EXPORT: u8 = 3;
+    /// Too many known records are missing from the export: nothing was
+    /// changed until confirmed with `--allow-missing` or a resync.
+    pub const MISSING: u8 = 4;
+    /// Another referral-sync process holds the store.
+    pub const LOCKED: u8 = 5;
+    /// The store or the service failed in a way that stopped the run.
+    pub const RUNTIME: u8 = 6;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "referral-sync",
+    version,
+    about = "Keeps Partner Center referrals in step with a Dynamics 365 export"
+)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        global = true,
+        env = "REFERRAL_SYNC_CONFIG",
+        default_value = "/etc/referral-sync/referral-sync.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one cycle: read the export and push the changes.
+    Sync(SyncArgs),
+    /// Show the store: counts per state, recent cycles, failing records.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and the export; print every problem.
+    Check,
+    /// Print the patch between two referral documents (every path managed).
+    Diff {
+        before: PathBuf,
+        after: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Print the plan; write nothing to the service or the store.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: do not read the service either.
+    #[arg(long, requires = "dry_run")]
+    pub offline: bool,
+    /// Go on even if many known records are missing from the export.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// `text` for people, `json` for one JSON object per record.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Parse the arguments and run the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ExitCode::from(run(cli))
+}
+
+pub fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Diff { before, after } => diff_command(&before, &after),
+        Command::Sync(args) => with_settings(&cli.config, |settings| sync_command(settings, &args)),
+        Command::Status { json } => with_settings(&cli.config, |settings| status_command(settings, json)),
+        Command::Check => with_settings(&cli.config, check_command),
+    }
+}
+
+fn with_settings(path: &Path, command: impl FnOnce(Settings) -> u8) -> u8 {
+    match Settings::load(path) {
+        Ok(settings) => {
+            logging::init(settings.log.format, &settings.log.level);
+            command(settings)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::CONFIG
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::RUNTIME
+        })
+}
+
+fn print_error(e: &dyn std::fmt::Display) {
+    eprintln!("error: {e}");
+}
+
+// ---------------------------------------------------------------------------
+// sync
+
+fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
+    let settings = Arc::new(settings);
+    let mapper = match settings.mapper() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            print_error(&e);
+            return exit::CONFIG;
+        }
+    };
+    // A real cycle takes the lock and the store; a dry run only reads.
+    let (_lock, store) = if args.dry_run {
+        let store = match Store::open_read_only(&settings.store_path) {
+            Ok(Some(store)) => Ok(store),
+            Ok(None) => Store::open_in_memory(),
+            Err(e) => Err(e),
+        };
+        (None, store)
+    } else {
+        let lock = match StoreLock::acquire(&settings.store_path) {
+            Ok(lock) => lock,
+            Err(e @ LockError::Held { .. }) => {
+                print_error(&e);
+                return exit::LOCKED;
+            }
+            Err(e) => {
+                print_error(&e);
+                return exit::RUNTIME;
+            }
+        };
+        (Some(lock), Store::open(&settings.store_path))
+    };
+    let store = match store {
+        Ok(store) => Arc::new(Mutex::new(store)),
+        Err(e) => {
+            print_error(&e);
+            return exit::RUNTIME;
+        }
+    };
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        let client = if args.dry_run && (args.offline || settings.auth.is_none()) {
+            None
+        } else {
+            match service::build_client(&settings) {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    print_error(&e);
+                    return exit::CONFIG;
+                }
+            }
+        };
+        let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
+        let mut request = CycleRequest::new(Trigger::Manual);
+        request.dry_run = args.dry_run;
+        request.allow_missing = args.allow_missing;
+        let output = args.output;
+        let stdout = Mutex::new(std::io::stdout());
+        let report = move |outcome: &RecordOutcome| {
+            if let Ok(mut out) = stdout.lock() {
+                let _ = write_outcome(&mut *out, outcome, output);
+            }
+        };
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        match engine.run_cycle(request, &report, stop_rx).await {
+            Ok(summary) => {
+                let line = format!(
+                    "{}: {summary}",
+                    if args.dry_run { "plan" } else { "synced" }
+                );
+                match output {
+                    Output::Text => println!("{line}"),
+                    Output::Json => eprintln!("{line}"),
+                }
+                if summary.is_clean() {
+                    exit::OK
+                } else {
+                    exit::RECORDS
+                }
+            }
+            Err(e) => {
+                print_error(&e);
+                cycle_exit_code(&e)
+            }
+        }
+    })
+}
+
+pub fn cycle_exit_code(e: &CycleError) -> u8 {
+    match e {
+        CycleError::Scan(scan::ScanError::Export(_)) | CycleError::SecondRead(_) => exit::EXPORT,
+        CycleError::ExportChanged(_) => exit::EXPORT,
+        CycleError::TooManyMissing { .. } => exit::MISSING,
+        _ => exit::RUNTIME,
+    }
+}
+
+/// One record, as a person reads it or as one JSON line.
+pub fn write_outcome(
+    out: &mut dyn Write,
+    outcome: &RecordOutcome,
+    output: Output,
+) -> std::io::Result<()> {
+    match output {
+        Output::Json => {
+            let line = serde_json::to_string(outcome).unwrap_or_else(|e| {
+                json!({"error": format!("cannot serialise the outcome: {e}")}).to_string()
+            });
+            writeln!(out, "{line}")
+        }
+        Output::Text => {
+            let id = outcome.external_id.as_deref().unwrap_or("(no id)");
+            write!(out, "{:<10} {id}", outcome.action.as_str())?;
+            if let Some(referral) = &outcome.referral_id {
+                write!(out, "  referral {referral}")?;
+            }
+            writeln!(out)?;
+            for op in &outcome.patch {
+                writeln!(out, "    {op}")?;
+            }
+            if let (Action::Create, Some(document)) = (outcome.action, &outcome.document) {
+                writeln!(out, "    POST {document}")?;
+            }
+            for c in &outcome.conflicts {
+                writeln!(
+                    out,
+                    "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
+                    c.path,
+                    c.live.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
+                    c.desired.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
+                    c.resolution
+                )?;
+            }
+            for error in &outcome.errors {
+                writeln!(out, "    error: {error}")?;
+            }
+            if let Some(note) = &outcome.note {
+                writeln!(out, "    note: {note}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// status
+
+fn status_command(settings: Settings, as_json: bool) -> u8 {
+    let holder = StoreLock::holder(&settings.store_path);
+    let store = match Store::open_read_only(&settings.store_path) {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"store": settings.store_path, "exists": false, "lock_holder_pid": holder})
+                );
+            } else {
+                println!(
+                    "store {}: not created yet (no cycle has run)",
+                    settings.store_path.display()
+                );
+            }
+            return exit::OK;
+        }
+        Err(e) => {
+            print_error(&e);
+            return exit::RUNTIME;
+        }
+    };
+    let report = (|| -> Result<_, crate::store::StoreError> {
+        Ok((
+            store.state_counts()?,
+            store.recent_cycles(10)?,
+            store.problems(100)?,
+        ))
+    })();
+    let (counts, cycles, problems) = match report {
+        Ok(r) => r,
+        Err(e) => {
+            print_error(&e);
+            return exit::RUNTIME;
+        }
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "store": settings.store_path,
+                "exists": true,
+                "lock_holder_pid": holder,
+                "counts": counts,
+                "cycles": cycles,
+                "problems": problems,
+            })
+        );
+        return exit::OK;
+    }
+    println!("store      {}", settings.store_path.display());
+    match &holder {
+        Some(pid) => println!("running    yes (pid {pid} holds the store)"),
+        None => println!("running    no"),
+    }
+    println!(
+        "records    synced {}, pending {}, failed {}, invalid {}",
+        counts.synced, counts.pending, counts.failed, counts.invalid
+    );
+    println!("\nrecent cycles:");
+    if cycles.is_empty() {
+        println!("  none yet");
+    }
+    for c in &cycles {
+        let summary = c
+            .summary
+            .as_ref()
+            .and_then(|s| serde_json::from_value::<crate::cycle::CycleSummary>(s.clone()).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        println!(
+            "  {}  {:<8} {:<11} {}{}",
+            c.started_at,
+            c.trigger,
+            c.outcome.as_deref().unwrap_or("running"),
+            summary,
+            c.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+        );
+    }
+    if !problems.is_empty() {
+        println!("\nrecords needing attention:");
+        for p in &problems {
+            println!(
+                "  {:<8} {}  referral {}  attempts {}  {}",
+                p.state.as_str(),
+                p.external_id,
+                p.referral_id.as_deref().unwrap_or("-"),
+                p.attempts,
+                p.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    exit::OK
+}
+
+// ---------------------------------------------------------------------------
+// check
+
+fn check_command(settings: Settings) -> u8 {
+    let mut problems: Vec<String> = Vec::new();
+    println!("configuration {}: ok", settings.source.display());
+    for (what, path) in secret_files(&settings) {
+        match std::fs::File::open(&path) {
+            Ok(_) => println!("{what} {}: readable", path.display()),
+            Err(e) => problems.push(format!("{what} {}: {e}", path.display())),
+        }
+    }
+    if settings.auth.is_none() {
+        println!("auth: none configured (only `sync --dry-run` can run)");
+    }
+    let mapper = match settings.mapper() {
+        Ok(m) => m,
+        Err(e) => {
+            print_error(&e);
+            return exit::CONFIG;
+        }
+    };
+    let store = match Store::open_read_only(&settings.store_path) {
+        Ok(Some(store)) => Ok(store),
+        Ok(None) => Store::open_in_memory(),
+        Err(e) => Err(e),
+    };
+    let store = match store {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(e.to_string());
+            match Store::open_in_memory() {
+                Ok(s) => s,
+                Err(e) => {
+                    print_error(&e);
+                    return exit::RUNTIME;
+                }
+            }
+        }
+    };
+    let options = ScanOptions {
+        retain_budget: 0,
+        ..ScanOptions::default()
+    };
+    match scan::scan_export(&settings.export_options(), &mapper, &store, &options) {
+        Ok(scan) => {
+            println!(
+                "export {}: {} records in {} file(s), {} valid",
+                settings.export.path.display(),
+                scan.export.records,
+                scan.export.files.len(),
+                scan.valid
+            );
+            for e in &scan.record_errors {
+                problems.push(e.to_string());
+            }
+            for (id, places) in &scan.duplicates {
+                let places: Vec<String> = places.iter().map(ToString::to_string).collect();
+                problems.push(format!(
+                    "external id {id} occurs {} times: {}",
+                    places.len(),
+                    places.join(", ")
+                ));
+            }
+            if scan.known > 0 {
+                let ratio = scan.missing_from_export as f64 / scan.known as f64;
+                if ratio > settings.sync.max_missing_ratio {
+                    problems.push(format!(
+                        "{} of the {} records in the store are missing from the export (more than sync.max_missing_ratio = {})",
+                        scan.missing_from_export, scan.known, settings.sync.max_missing_ratio
+                    ));
+                }
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    if problems.is_empty() {
+        println!("no problems found");
+        exit::OK
+    } else {
+        println!("{} problem(s) found", problems.len());
+        exit::RECORDS
+    }
+}
+
+fn secret_files(settings: &Settings) -> Vec<(&'static str, PathBuf)> {
+    use crate::config::AuthSettings;
+    match &settings.auth {
+        Some(AuthSettings::TokenFile(p)) => vec![("auth.token_file", p.clone())],
+        Some(AuthSettings::RefreshToken {
+            client_secret_file,
+            refresh_token_file,
+            ..
+        }) => {
+            let mut files = vec![("auth.refresh_token_file", refresh_token_file.clone())];
+            if let Some(p) = client_secret_file {
+                files.push(("auth.client_secret_file", p.clone()));
+            }
+            files
+        }
+        None => Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// diff
+
+fn diff_command(before: &Path, after: &Path) -> u8 {
+    let read = |path: &Path| -> Result<serde_json::Value, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+    };
+    let (before, after) = match (read(before), read(after)) {
+        (Ok(b), Ok(a)) => (b, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let planned = diff::plan_patch(&before, &after, &ManagedPaths::all(), &DiffOptions::default());
+    match serde_json::to_string_pretty(&planned.ops) {
+        Ok(text) => println!("{text}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUNTIME;
+        }
+    }
+    for r in &planned.rejected {
+        eprintln!("not sent: {}: {}", r.path, r.reason);
+    }
+    if planned.rejected.is_empty() {
+        exit::OK
+    } else {
+        exit::RECORDS
+    }
+}

@@ -1,0 +1,409 @@
+//! A cycle: one pass over an export. Pass one ([`scan`]) reads, maps and
+//! validates the whole export and decides which records need work; only
+//! then does the push phase ([`push`]) plan and send, record by record,
+//! with bounded concurrency.
+
+pub mod outcome;
+pub mod push;
+pub mod scan;
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::api::ApiClient;
+use crate::config::Settings;
+use crate::export::{self, ExportError};
+use crate::mapping::Mapper;
+use crate::store::{Store, StoreError};
+
+pub use outcome::{Action, CycleSummary, RecordOutcome};
+use outcome::Counters;
+use push::{Pusher, ReferralIndex, WorkItem};
+use scan::{Scan, ScanError, ScanOptions, WorkFor};
+
+/// What started a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Startup,
+    Resync,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Startup => "startup",
+            Trigger::Resync => "resync",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// What a cycle is asked to do.
+#[derive(Debug, Clone)]
+pub struct CycleRequest {
+    pub trigger: Trigger,
+    /// Plan only: nothing is written to the service or the store.
+    pub dry_run: bool,
+    /// Go on although more of the known records are missing from the export
+    /// than `sync.max_missing_ratio` allows.
+    pub allow_missing: bool,
+    /// Ignore stored hashes: read every live referral and merge three ways,
+    /// and rebuild the `externalReferenceId` index.
+    pub resync: bool,
+    /// Only these external ids.
+    pub only: Option<HashSet<String>>,
+}
+
+impl CycleRequest {
+    pub fn new(trigger: Trigger) -> Self {
+        CycleRequest {
+            trigger,
+            dry_run: false,
+            allow_missing: false,
+            resync: trigger == Trigger::Resync,
+            only: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error(
+        "{missing} of the {known} records in the store are missing from the export \
+         (more than sync.max_missing_ratio = {max_ratio}); nothing was changed. \
+         If the export really shrank, confirm with `referral-sync sync --allow-missing` or run a resync"
+    )]
+    TooManyMissing {
+        missing: u64,
+        known: u64,
+        max_ratio: f64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("export unreadable on the second read, nothing more was changed: {0}")]
+    SecondRead(ExportError),
+    #[error("the export changed while it was being read ({0}); the rest of the cycle was skipped")]
+    ExportChanged(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs cycles. Cheap to share: the daemon keeps one.
+pub struct Engine {
+    settings: Arc<Settings>,
+    mapper: Arc<Mapper>,
+    store: Arc<Mutex<Store>>,
+    client: Option<ApiClient>,
+}
+
+impl Engine {
+    /// `client` is `None` for an offline dry run.
+    pub fn new(
+        settings: Arc<Settings>,
+        mapper: Arc<Mapper>,
+        store: Arc<Mutex<Store>>,
+        client: Option<ApiClient>,
+    ) -> Engine {
+        Engine {
+            settings,
+            mapper,
+            store,
+            client,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<Mutex<Store>> {
+        &self.store
+    }
+
+    /// Run one cycle. `report` sees every record's outcome as it is
+    /// decided; `stop` turning `true` ends the cycle early: no new record is
+    /// started, records in flight finish.
+    pub async fn run_cycle(
+        &self,
+        request: CycleRequest,
+        report: &(dyn Fn(&RecordOutcome) + Send + Sync),
+        stop: watch::Receiver<bool>,
+    ) -> Result<CycleSummary, CycleError> {
+        let started = Instant::now();
+        let cycle_id = uuid::Uuid::new_v4();
+        info!(
+            cycle_id = %cycle_id,
+            trigger = request.trigger.as_str(),
+            dry_run = request.dry_run,
+            export = %self.settings.export.path.display(),
+            "cycle started"
+        );
+        let row = if request.dry_run {
+            None
+        } else {
+            Some(lock_store(&self.store)?.begin_cycle(
+                &cycle_id.to_string(),
+                request.trigger.as_str(),
+                false,
+            )?)
+        };
+        let counters = Counters::default();
+        let result = self
+            .run_phases(&request, cycle_id, &counters, report, stop)
+            .await;
+        let summary = counters.summary(started.elapsed());
+        let (outcome, error_text) = match &result {
+            Ok(interrupted) if *interrupted => ("interrupted", None),
+            Ok(_) if summary.is_clean() => ("ok", None),
+            Ok(_) => ("partial", None),
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if let Some(row) = row {
+            let summary_json = serde_json::to_value(summary).unwrap_or_default();
+            if let Err(e) = lock_store(&self.store).and_then(|s| {
+                s.finish_cycle(row, outcome, &summary_json, error_text.as_deref())
+                    .map_err(CycleError::from)
+            }) {
+                error!(cycle_id = %cycle_id, error = %e, "could not record the cycle's end");
+            }
+        }
+        match &result {
+            Ok(_) => info!(
+                cycle_id = %cycle_id,
+                trigger = request.trigger.as_str(),
+                outcome,
+                dry_run = request.dry_run,
+                seen = summary.seen,
+                unchanged = summary.unchanged,
+                created = summary.created,
+                updated = summary.updated,
+                conflicts = summary.conflicts,
+                retried = summary.retried,
+                failed = summary.failed,
+                invalid = summary.invalid,
+                unresolved = summary.unresolved,
+                duration_ms = summary.duration_ms,
+                "cycle finished: {summary}"
+            ),
+            Err(e) => error!(
+                cycle_id = %cycle_id,
+                trigger = request.trigger.as_str(),
+                outcome,
+                error = %e,
+                duration_ms = summary.duration_ms,
+                "cycle failed"
+            ),
+        }
+        result.map(|_| summary)
+    }
+
+    /// Returns whether the cycle was interrupted by `stop`.
+    async fn run_phases(
+        &self,
+        request: &CycleRequest,
+        cycle_id: uuid::Uuid,
+        counters: &Counters,
+        report: &(dyn Fn(&RecordOutcome) + Send + Sync),
+        stop: watch::Receiver<bool>,
+    ) -> Result<bool, CycleError> {
+        // Pass one: the whole export, validated, before anything is sent.
+        let scan = {
+            let store = Arc::clone(&self.store);
+            let mapper = Arc::clone(&self.mapper);
+            let export_options = self.settings.export_options();
+            let options = ScanOptions {
+                resync: request.resync,
+                only: request.only.clone(),
+                retain_budget: scan::RETAIN_BUDGET,
+            };
+            tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
+                let store = lock_store(&store)?;
+                Ok(scan::scan_export(&export_options, &mapper, &store, &options)?)
+            })
+            .await
+            .map_err(|e| CycleError::Internal(format!("scan task: {e}")))??
+        };
+        let total = scan.export.records;
+        Counters::add(&counters.seen, total);
+        Counters::add(&counters.unchanged, scan.unchanged);
+        info!(
+            cycle_id = %cycle_id,
+            records = total,
+            files = scan.export.files.len(),
+            to_push = scan.work_count(),
+            unchanged = scan.unchanged,
+            invalid = scan.record_errors.len() + scan.duplicates.len(),
+            "export read"
+        );
+
+        for error in &scan.record_errors {
+            let mut outcome = RecordOutcome::new(error.external_id.clone(), Action::Invalid);
+            outcome.errors.push(error.to_string());
+            warn!(
+                cycle_id = %cycle_id,
+                external_id = error.external_id.as_deref().unwrap_or(""),
+                location = %error.location,
+                error = %error,
+                "record invalid"
+            );
+            counters.count(Action::Invalid);
+            report(&outcome);
+        }
+        for (external_id, places) in &scan.duplicates {
+            let places: Vec<String> = places.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "external id {external_id} occurs {} times: {}; none of its rows is sent",
+                places.len(),
+                places.join(", ")
+            );
+            warn!(cycle_id = %cycle_id, external_id = %external_id, error = %message, "record invalid");
+            let mut outcome = RecordOutcome::new(Some(external_id.clone()), Action::Invalid);
+            outcome.errors.push(message);
+            counters.count(Action::Invalid);
+            report(&outcome);
+        }
+
+        if scan.known > 0 && !request.allow_missing && !request.resync {
+            let ratio = scan.missing_from_export as f64 / scan.known as f64;
+            if ratio > self.settings.sync.max_missing_ratio {
+                return Err(CycleError::TooManyMissing {
+                    missing: scan.missing_from_export,
+                    known: scan.known,
+                    max_ratio: self.settings.sync.max_missing_ratio,
+                });
+            }
+        }
+
+        let pusher = Arc::new(Pusher {
+            settings: Arc::clone(&self.settings),
+            managed: self.mapper.managed_paths().clone(),
+            store: Arc::clone(&self.store),
+            client: self.client.clone(),
+            index: ReferralIndex::default(),
+            correlation_id: cycle_id,
+            dry_run: request.dry_run,
+            counters_retried: Default::default(),
+            counters_conflicts: Default::default(),
+        });
+        if request.resync && self.client.is_some() {
+            pusher.index.build(&pusher).await;
+        }
+        let concurrency = self.settings.api.concurrency;
+        let mut interrupted = false;
+
+        let work = |item: WorkItem| {
+            let pusher = Arc::clone(&pusher);
+            async move {
+                let outcome = pusher.sync_record(item).await;
+                counters.count(outcome.action);
+                report(&outcome);
+            }
+        };
+        let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+
+        if let Some(retained) = scan.retained {
+            let stop_items = stop.clone();
+            futures_util::stream::iter(retained)
+                .take_while(|_| {
+                    let go = !stopped(&stop_items);
+                    async move { go }
+                })
+                .map(|(mapped, hash, reason)| WorkItem {
+                    mapped,
+                    hash: hash.to_hex(),
+                    reason,
+                })
+                .for_each_concurrent(concurrency, work)
+                .await;
+        } else {
+            // Too many changes to keep in memory: read the export again,
+            // taking up only the records pass one chose, and only if they
+            // are still what pass one validated.
+            let (tx, rx) = mpsc::channel::<WorkItem>(concurrency * 4);
+            let export_options = self.settings.export_options();
+            let mapper = Arc::clone(&self.mapper);
+            let reader = tokio::task::spawn_blocking(move || -> Result<(), CycleError> {
+                let mut changed: Option<CycleError> = None;
+                let result = export::read_export(&export_options, &mut |record| {
+                    let Ok(mapped) = mapper.map(&record) else {
+                        return ControlFlow::Continue(());
+                    };
+                    let hash = scan::document_hash(&mapped.document);
+                    let reason = match scan.work_for(&mapped.external_id, hash) {
+                        None => return ControlFlow::Continue(()),
+                        Some(WorkFor::Push(reason)) => reason,
+                        Some(WorkFor::ChangedSinceScan) => {
+                            changed = Some(CycleError::ExportChanged(format!(
+                                "record {} at {}",
+                                mapped.external_id, record.location
+                            )));
+                            return ControlFlow::Break(());
+                        }
+                    };
+                    let item = WorkItem {
+                        mapped,
+                        hash: hash.to_hex(),
+                        reason,
+                    };
+                    // A closed channel means the push phase stopped.
+                    match tx.blocking_send(item) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()),
+                    }
+                });
+                if let Some(e) = changed {
+                    return Err(e);
+                }
+                result.map(|_| ()).map_err(CycleError::SecondRead)
+            });
+            let stop_items = stop.clone();
+            futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            })
+            .take_while(|_| {
+                let go = !stopped(&stop_items);
+                async move { go }
+            })
+            .for_each_concurrent(concurrency, work)
+            .await;
+            reader
+                .await
+                .map_err(|e| CycleError::Internal(format!("export reader task: {e}")))??;
+        }
+        if stopped(&stop) {
+            interrupted = true;
+            warn!(cycle_id = %cycle_id, "cycle interrupted by shutdown; records not reached stay as they were");
+        }
+        Counters::add(
+            &counters.retried,
+            pusher.counters_retried.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Counters::add(
+            &counters.conflicts,
+            pusher.counters_conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some(client) = &self.client {
+            Counters::add(&counters.retried, client.stats().retries);
+        }
+        Ok(interrupted)
+    }
+}
+
+pub(crate) fn lock_store(
+    store: &Mutex<Store>,
+) -> Result<std::sync::MutexGuard<'_, Store>, CycleError> {
+    store
+        .lock()
+        .map_err(|_| CycleError::Internal("the store lock was poisoned by a panic".into()))
+}

@@ -1,0 +1,168 @@
+//! What a cycle did (or, in a dry run, would do) for each record, and the
+//! cycle's summary. These are what the commands print and the logs carry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::merge::Conflict;
+use crate::model::Op;
+
+/// The plan for a record, or what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A referral is (or would be) created with `document`.
+    Create,
+    /// The referral is (or would be) patched with `patch`.
+    Update,
+    /// Nothing to send.
+    Unchanged,
+    /// The record cannot be sent as it is; `errors` says why. Its other
+    /// changes, if any, are in `patch`.
+    Invalid,
+    /// No referral is known for the record and creation is off.
+    Unresolved,
+    /// The service refused or could not be reached; retried next cycle.
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Unchanged => "unchanged",
+            Action::Invalid => "invalid",
+            Action::Unresolved => "unresolved",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+/// One record's line in a plan or a cycle report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordOutcome {
+    #[serde(rename = "externalReferenceId")]
+    pub external_id: Option<String>,
+    #[serde(rename = "referralId")]
+    pub referral_id: Option<String>,
+    pub action: Action,
+    pub patch: Vec<Op>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<Value>,
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl RecordOutcome {
+    pub fn new(external_id: impl Into<Option<String>>, action: Action) -> Self {
+        RecordOutcome {
+            external_id: external_id.into(),
+            referral_id: None,
+            action,
+            patch: Vec::new(),
+            document: None,
+            errors: Vec::new(),
+            conflicts: Vec::new(),
+            note: None,
+        }
+    }
+}
+
+/// Counters a cycle updates from its concurrent workers.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub seen: AtomicU64,
+    pub unchanged: AtomicU64,
+    pub created: AtomicU64,
+    pub updated: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub invalid: AtomicU64,
+    pub unresolved: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count a finished record by its action.
+    pub fn count(&self, action: Action) {
+        let counter = match action {
+            Action::Create => &self.created,
+            Action::Update => &self.updated,
+            Action::Unchanged => &self.unchanged,
+            Action::Invalid => &self.invalid,
+            Action::Unresolved => &self.unresolved,
+            Action::Failed => &self.failed,
+        };
+        Counters::add(counter, 1);
+    }
+
+    pub fn summary(&self, duration: Duration) -> CycleSummary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CycleSummary {
+            seen: get(&self.seen),
+            unchanged: get(&self.unchanged),
+            created: get(&self.created),
+            updated: get(&self.updated),
+            conflicts: get(&self.conflicts),
+            retried: get(&self.retried),
+            failed: get(&self.failed),
+            invalid: get(&self.invalid),
+            unresolved: get(&self.unresolved),
+            duration_ms: duration.as_millis() as u64,
+        }
+    }
+}
+
+/// The cycle's one-line summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct CycleSummary {
+    pub seen: u64,
+    pub unchanged: u64,
+    pub created: u64,
+    pub updated: u64,
+    /// 412 rounds resolved by a three-way merge.
+    pub conflicts: u64,
+    /// Requests retried after an unknown outcome or a transient failure.
+    pub retried: u64,
+    pub failed: u64,
+    pub invalid: u64,
+    pub unresolved: u64,
+    pub duration_ms: u64,
+}
+
+impl CycleSummary {
+    /// Every record synced or unchanged.
+    pub fn is_clean(&self) -> bool {
+        self.failed == 0 && self.invalid == 0 && self.unresolved == 0
+    }
+}
+
+impl std::fmt::Display for CycleSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seen {}, unchanged {}, created {}, updated {}, conflicts resolved {}, retried {}, failed {}, invalid {}, unresolved {} in {:.1}s",
+            self.seen,
+            self.unchanged,
+            self.created,
+            self.updated,
+            self.conflicts,
+            self.retried,
+            self.failed,
+            self.invalid,
+            self.unresolved,
+            self.duration_ms as f64 / 1000.0
+        )
+    }
+}

@@ -1,0 +1,683 @@
+//! The push phase for one record: resolve its referral, plan the patch,
+//! send it with `If-Match`, and recover from 412s and unknown outcomes by
+//! reading the live referral and merging three ways. The store advances
+//! only after the service acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use tokio::sync::Mutex as AsyncMutex;
+use tracing::{debug, info, warn};
+
+use crate::api::retry::RetrySchedule;
+use crate::api::{ApiClient, ApiError, Referral, RequestContext};
+use crate::config::{Settings, UpdateMethod};
+use crate::diff::{self, DiffOptions, OnCleared, Rejection};
+use crate::mapping::MappedRecord;
+use crate::merge::{self, ConflictPolicy, MergeOptions};
+use crate::model::{ManagedPaths, Op};
+use crate::store::{Store, StoreError, StoredRecord, SyncState};
+
+use super::outcome::{Action, RecordOutcome};
+use super::scan::WorkReason;
+
+/// Members the service sets; never sent in a PUT body.
+const READ_ONLY_MEMBERS: [&str; 5] = [
+    "links",
+    "eTag",
+    "createdDateTime",
+    "updatedDateTime",
+    "expirationDateTime",
+];
+
+/// Members a create needs (the spec's required fields).
+const CREATE_REQUIRED: [&str; 4] = ["type", "customerProfile", "consent", "details"];
+
+/// One record taken up by the push phase.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub mapped: MappedRecord,
+    pub hash: String,
+    pub reason: WorkReason,
+}
+
+/// `externalReferenceId -> id`, built once per cycle, lazily, by paging
+/// the referral list (filtering by externalReferenceId is undocumented).
+#[derive(Default)]
+pub struct ReferralIndex {
+    entries: AsyncMutex<Option<Result<HashMap<String, Vec<String>>, String>>>,
+}
+
+impl ReferralIndex {
+    /// Build the index now (a resync rebuilds it whether or not a record
+    /// needs it). A failure is kept and reported by the records that need
+    /// the index.
+    pub async fn build(&self, pusher: &Pusher) {
+        *self.entries.lock().await = Some(pusher.build_index().await);
+    }
+
+    async fn lookup(
+        &self,
+        pusher: &Pusher,
+        external_id: &str,
+        fresh: bool,
+    ) -> Result<Option<String>, String> {
+        let mut entries = self.entries.lock().await;
+        if entries.is_none() || fresh {
+            *entries = Some(pusher.build_index().await);
+        }
+        match entries.as_ref() {
+            Some(Ok(map)) => match map.get(external_id).map(Vec::as_slice) {
+                None | Some([]) => Ok(None),
+                Some([one]) => Ok(Some(one.clone())),
+                Some(many) => Err(format!(
+                    "{} referrals carry externalReferenceId {external_id}: {}; set the referral id in the export (mapping.referral_id_column)",
+                    many.len(),
+                    many.join(", ")
+                )),
+            },
+            Some(Err(e)) => Err(e.clone()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Shared by the workers of one cycle.
+pub struct Pusher {
+    pub settings: Arc<Settings>,
+    pub managed: ManagedPaths,
+    pub store: Arc<Mutex<Store>>,
+    pub client: Option<ApiClient>,
+    pub index: ReferralIndex,
+    pub correlation_id: uuid::Uuid,
+    pub dry_run: bool,
+    pub counters_retried: AtomicU64,
+    pub counters_conflicts: AtomicU64,
+}
+
+/// Why a record stopped.
+enum Stop {
+    Failed {
+        referral_id: Option<String>,
+        message: String,
+        status: Option<u16>,
+        code: Option<String>,
+    },
+    Store(StoreError),
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+/// The state a plan is made against.
+struct Base {
+    referral_id: String,
+    etag: String,
+    /// What we last applied (or the live referral when adopting).
+    snapshot: Value,
+    /// The live referral when it was read this cycle.
+    live: Option<Value>,
+    adopting: bool,
+}
+
+impl Pusher {
+    fn ctx(&self, external_id: &str) -> RequestContext {
+        RequestContext {
+            correlation_id: self.correlation_id,
+            external_id: Some(external_id.to_owned()),
+        }
+    }
+
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, Stop> {
+        self.store.lock().map_err(|_| Stop::Failed {
+            referral_id: None,
+            message: "internal error: the store lock was poisoned".into(),
+            status: None,
+            code: None,
+        })
+    }
+
+    fn diff_options(&self, adopting: bool) -> DiffOptions {
+        DiffOptions {
+            // Adopting a referral someone else filled in: an empty CRM
+            // column is no reason to clear what is there.
+            on_cleared: if adopting {
+                OnCleared::Skip
+            } else {
+                self.settings.sync.on_cleared
+            },
+        }
+    }
+
+    /// Page through the referral list once; the store keeps a copy.
+    async fn build_index(&self) -> Result<HashMap<String, Vec<String>>, String> {
+        let Some(client) = &self.client else {
+            return Err("no credentials configured (offline)".into());
+        };
+        let ctx = RequestContext {
+            correlation_id: self.correlation_id,
+            external_id: None,
+        };
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        let count = client
+            .list(&ctx, |page: Vec<Value>| {
+                for referral in page {
+                    let ext = referral.get("externalReferenceId").and_then(Value::as_str);
+                    let id = referral.get("id").and_then(Value::as_str);
+                    if let (Some(ext), Some(id)) = (ext, id) {
+                        if !ext.is_empty() {
+                            map.entry(ext.to_owned()).or_default().push(id.to_owned());
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|e| format!("listing referrals to resolve external ids failed: {e}"))?;
+        info!(correlation_id = %self.correlation_id, referrals = count, indexed = map.len(), "referral index built");
+        if !self.dry_run {
+            let entries: Vec<(String, String)> = map
+                .iter()
+                .filter(|(_, ids)| ids.len() == 1)
+                .map(|(ext, ids)| (ext.clone(), ids[0].clone()))
+                .collect();
+            if let Ok(store) = self.store.lock() {
+                if let Err(e) = store.replace_index(&entries) {
+                    warn!(error = %e, "could not save the referral index");
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Plan and push one record; never panics, never returns early without
+    /// an outcome.
+    pub async fn sync_record(&self, item: WorkItem) -> RecordOutcome {
+        let external_id = item.mapped.external_id.clone();
+        match self.sync_record_inner(&item).await {
+            Ok(outcome) => outcome,
+            Err(stop) => {
+                let mut outcome = RecordOutcome::new(Some(external_id.clone()), Action::Failed);
+                match stop {
+                    Stop::Failed {
+                        referral_id,
+                        message,
+                        status,
+                        code,
+                    } => {
+                        warn!(
+                            correlation_id = %self.correlation_id,
+                            external_id = %external_id,
+                            referral_id = referral_id.as_deref().unwrap_or(""),
+                            status = status.map(u64::from),
+                            code = code.as_deref().unwrap_or(""),
+                            error = %message,
+                            "record failed"
+                        );
+                        if !self.dry_run {
+                            if let Ok(store) = self.store.lock() {
+                                if let Err(e) =
+                                    store.record_failed(&external_id, referral_id.as_deref(), &message)
+                                {
+                                    warn!(external_id = %external_id, error = %e, "could not record the failure");
+                                }
+                            }
+                        }
+                        outcome.referral_id = referral_id;
+                        outcome.errors.push(message);
+                    }
+                    Stop::Store(e) => {
+                        warn!(external_id = %external_id, error = %e, "record failed: store error");
+                        outcome.errors.push(e.to_string());
+                    }
+                }
+                outcome
+            }
+        }
+    }
+
+    async fn sync_record_inner(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let stored = self.store()?.record(ext)?;
+        let desired = &item.mapped.document;
+
+        // A known referral whose snapshot we trust: plan against it alone.
+        if let Some(rec) = &stored {
+            if let (Some(id), Some(etag), Some(snapshot)) =
+                (&rec.referral_id, &rec.etag, &rec.snapshot)
+            {
+                let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
+                if trusted {
+                    let base = Base {
+                        referral_id: id.clone(),
+                        etag: etag.clone(),
+                        snapshot: snapshot.clone(),
+                        live: None,
+                        adopting: false,
+                    };
+                    let planned = diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
+                    return self.push(item, base, planned.ops, planned.rejected, Vec::new()).await;
+                }
+            }
+        }
+
+        let referral_id = self.resolve(item, stored.as_ref()).await?;
+        let Some(referral_id) = referral_id else {
+            return self.create(item).await;
+        };
+
+        // Adoption, an unknown outcome left by a crash, or a resync: read
+        // the live referral and merge three ways.
+        let Some(client) = &self.client else {
+            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
+            outcome.referral_id = Some(referral_id);
+            outcome.note = Some(
+                "the patch is computed against the live referral, which an offline dry run does not read"
+                    .into(),
+            );
+            return Ok(outcome);
+        };
+        let live = self.get_live(client, ext, &referral_id).await?;
+        let (snapshot, adopting) = match stored.as_ref().and_then(|r| r.snapshot.clone()) {
+            Some(snapshot) => (snapshot, false),
+            None => (live.document.clone(), true),
+        };
+        let merged = merge::three_way(
+            &snapshot,
+            desired,
+            &live.document,
+            &self.managed,
+            &self.merge_options(adopting),
+        );
+        let base = Base {
+            referral_id,
+            etag: live.etag.clone(),
+            snapshot,
+            live: Some(live.document),
+            adopting,
+        };
+        self.push(item, base, merged.ops, merged.rejected, merged.conflicts)
+            .await
+    }
+
+    fn merge_options(&self, adopting: bool) -> MergeOptions {
+        MergeOptions {
+            diff: self.diff_options(adopting),
+            conflict: self.settings.sync.conflict,
+        }
+    }
+
+    /// Store, then the export's referral id column, then the index.
+    async fn resolve(
+        &self,
+        item: &WorkItem,
+        stored: Option<&StoredRecord>,
+    ) -> Result<Option<String>, Stop> {
+        if let Some(id) = stored.and_then(|r| r.referral_id.clone()) {
+            return Ok(Some(id));
+        }
+        if let Some(id) = &item.mapped.referral_id {
+            return Ok(Some(id.clone()));
+        }
+        if self.client.is_none() {
+            let indexed = self.store()?.index_lookup(&item.mapped.external_id)?;
+            return Ok(indexed);
+        }
+        // A create whose outcome was lost may have succeeded: look again.
+        let fresh = stored.is_some_and(|r| r.state == SyncState::Pending);
+        self.index
+            .lookup(self, &item.mapped.external_id, fresh)
+            .await
+            .map_err(|message| Stop::Failed {
+                referral_id: None,
+                message,
+                status: None,
+                code: None,
+            })
+    }
+
+    async fn get_live(
+        &self,
+        client: &ApiClient,
+        external_id: &str,
+        referral_id: &str,
+    ) -> Result<Referral, Stop> {
+        client
+            .get(&self.ctx(external_id), referral_id)
+            .await
+            .map_err(|e| api_stop(Some(referral_id), &e))
+    }
+
+    async fn create(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        if !self.settings.sync.create_missing {
+            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Unresolved);
+            outcome.errors.push(format!(
+                "no referral with externalReferenceId {ext} is known (store, {}index); creation is off (sync.create_missing = false)",
+                if item.mapped.referral_id.is_none() { "referral id column, " } else { "" }
+            ));
+            if !self.dry_run {
+                self.store()?
+                    .record_failed(ext, None, &outcome.errors[0])?;
+            }
+            return Ok(outcome);
+        }
+        let body = self.create_body(&item.mapped.document);
+        let missing: Vec<&str> = CREATE_REQUIRED
+            .iter()
+            .copied()
+            .filter(|k| body.get(*k).is_none_or(Value::is_null))
+            .collect();
+        if !missing.is_empty() {
+            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Invalid);
+            outcome.errors.push(format!(
+                "cannot create a referral: required member(s) {} have no value in the record",
+                missing.join(", ")
+            ));
+            if !self.dry_run {
+                self.store()?
+                    .record_invalid(ext, None, &item.hash, &outcome.errors[0])?;
+            }
+            return Ok(outcome);
+        }
+        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Create);
+        outcome.document = Some(body.clone());
+        let Some(client) = self.client.as_ref().filter(|_| !self.dry_run) else {
+            return Ok(outcome);
+        };
+        self.store()?.mark_pending(ext, None)?;
+        match client.create(&self.ctx(ext), &body).await {
+            Ok(referral) => {
+                self.store()?.record_applied(
+                    ext,
+                    &referral.id,
+                    &referral.etag,
+                    &item.mapped.document,
+                    &item.hash,
+                    SyncState::Synced,
+                    None,
+                )?;
+                info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+                outcome.referral_id = Some(referral.id);
+                Ok(outcome)
+            }
+            Err(ApiError::OutcomeUnknown { reason, .. }) => {
+                // It may exist now. The record stays `pending`, so the next
+                // cycle lists the referrals afresh before creating again.
+                self.counters_retried.fetch_add(1, Ordering::Relaxed);
+                let message = format!(
+                    "create: outcome unknown ({reason}); the next cycle looks the referral up before creating again"
+                );
+                warn!(correlation_id = %self.correlation_id, external_id = ext, error = %message, "record pending");
+                let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
+                outcome.errors.push(message);
+                Ok(outcome)
+            }
+            Err(e) => Err(api_stop(None, &e)),
+        }
+    }
+
+    /// The create body: the desired document plus the creation defaults,
+    /// which are sent only here and never patched.
+    fn create_body(&self, desired: &Value) -> Value {
+        let create = &self.settings.create;
+        let mut body = desired.clone();
+        if let Value::Object(map) = &mut body {
+            map.entry("type")
+                .or_insert_with(|| Value::String(create.referral_type.clone()));
+            map.entry("qualification")
+                .or_insert_with(|| Value::String(create.qualification.clone()));
+            let mut consent = Map::new();
+            consent.insert(
+                "consentToToShareInfoWithOthers".into(),
+                Value::Bool(create.consent_to_share_info_with_others),
+            );
+            consent.insert(
+                "consentToContact".into(),
+                Value::Bool(create.consent_to_contact),
+            );
+            if let Some(v) = create.consent_to_share_referral_with_microsoft_sellers {
+                consent.insert(
+                    "consentToShareReferralWithMicrosoftSellers".into(),
+                    Value::Bool(v),
+                );
+            }
+            map.entry("consent").or_insert(Value::Object(consent));
+            if !create.target.is_empty() {
+                map.entry("target").or_insert_with(|| {
+                    serde_json::to_value(&create.target).unwrap_or(Value::Array(Vec::new()))
+                });
+            }
+        }
+        body
+    }
+
+    /// Send `ops` against `base`, merging again after a 412 or an unknown
+    /// outcome, until acknowledged or out of attempts.
+    async fn push(
+        &self,
+        item: &WorkItem,
+        mut base: Base,
+        mut ops: Vec<Op>,
+        rejected: Vec<Rejection>,
+        mut conflicts: Vec<merge::Conflict>,
+    ) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let desired = &item.mapped.document;
+        let mut rejected = rejected;
+        let mut sent: Vec<Op> = Vec::new();
+        let mut conflict_rounds = 0u32;
+        let mut unknown = RetrySchedule::new(&self.settings.api.retry);
+        let method = self.settings.api.update_method;
+        log_conflicts(self.correlation_id, ext, &conflicts);
+
+        let final_etag = loop {
+            if ops.is_empty() {
+                break None;
+            }
+            let Some(client) = self.client.as_ref().filter(|_| !self.dry_run) else {
+                sent = ops.clone();
+                break None;
+            };
+            self.store()?.mark_pending(ext, Some(&base.referral_id))?;
+            let ctx = self.ctx(ext);
+            let result = match method {
+                UpdateMethod::Patch => {
+                    client
+                        .patch(&ctx, &base.referral_id, &base.etag, &ops)
+                        .await
+                }
+                UpdateMethod::Put => {
+                    let live = match base.live.take() {
+                        Some(live) => live,
+                        None => {
+                            let live = self.get_live(client, ext, &base.referral_id).await?;
+                            base.etag = live.etag;
+                            live.document
+                        }
+                    };
+                    let body = put_body(&live, &ops).map_err(|message| Stop::Failed {
+                        referral_id: Some(base.referral_id.clone()),
+                        message,
+                        status: None,
+                        code: None,
+                    })?;
+                    client.put(&ctx, &base.referral_id, &base.etag, &body).await
+                }
+            };
+            match result {
+                Ok(acknowledged) => {
+                    sent = ops.clone();
+                    let etag = match acknowledged {
+                        Some(referral) => referral.etag,
+                        // 204: the service ignored `Prefer`; read the eTag.
+                        None => self.get_live(client, ext, &base.referral_id).await?.etag,
+                    };
+                    break Some(etag);
+                }
+                Err(ApiError::PreconditionFailed { .. }) => {
+                    conflict_rounds += 1;
+                    self.counters_conflicts.fetch_add(1, Ordering::Relaxed);
+                    if conflict_rounds > self.settings.sync.max_conflict_retries {
+                        return Err(Stop::Failed {
+                            referral_id: Some(base.referral_id.clone()),
+                            message: format!(
+                                "412 Precondition Failed {conflict_rounds} times: the referral keeps changing (sync.max_conflict_retries = {})",
+                                self.settings.sync.max_conflict_retries
+                            ),
+                            status: Some(412),
+                            code: Some("preconditionFailed".into()),
+                        });
+                    }
+                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
+                }
+                Err(ApiError::OutcomeUnknown { reason, .. }) => {
+                    self.counters_retried.fetch_add(1, Ordering::Relaxed);
+                    let Some(delay) = unknown.next_delay() else {
+                        return Err(Stop::Failed {
+                            referral_id: Some(base.referral_id.clone()),
+                            message: format!("write outcome unknown and retries exhausted: {reason}"),
+                            status: None,
+                            code: None,
+                        });
+                    };
+                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(api_stop(Some(&base.referral_id), &e)),
+            }
+            // Read the live referral and merge three ways against it.
+            let live = self.get_live(client, ext, &base.referral_id).await?;
+            let merged = merge::three_way(
+                &base.snapshot,
+                desired,
+                &live.document,
+                &self.managed,
+                &self.merge_options(base.adopting),
+            );
+            log_conflicts(self.correlation_id, ext, &merged.conflicts);
+            debug!(external_id = ext, ops = merged.ops.len(), already_applied = merged.already_applied, "re-planned against the live referral");
+            conflicts.extend(merged.conflicts);
+            rejected = merged.rejected;
+            ops = merged.ops;
+            base.etag = live.etag;
+            base.live = Some(live.document);
+        };
+
+        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
+        outcome.referral_id = Some(base.referral_id.clone());
+        outcome.patch = sent;
+        outcome.conflicts = conflicts;
+        outcome.errors = rejected
+            .iter()
+            .map(|r| format!("{} not sent: {}", r.path, r.reason))
+            .collect();
+        let state = if rejected.is_empty() {
+            SyncState::Synced
+        } else {
+            outcome.action = Action::Invalid;
+            SyncState::Invalid
+        };
+        if outcome.patch.is_empty() && rejected.is_empty() {
+            outcome.action = Action::Unchanged;
+        }
+        if self.dry_run || self.client.is_none() {
+            return Ok(outcome);
+        }
+        // What the referral now holds of ours: the desired document, except
+        // where a change was refused.
+        let snapshot = snapshot_after(desired, &base.snapshot, &rejected);
+        let etag = final_etag.unwrap_or(base.etag);
+        let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
+        self.store()?.record_applied(
+            ext,
+            &base.referral_id,
+            &etag,
+            &snapshot,
+            &item.hash,
+            state,
+            error.as_deref(),
+        )?;
+        if state == SyncState::Invalid {
+            warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
+        }
+        Ok(outcome)
+    }
+}
+
+fn log_conflicts(correlation_id: uuid::Uuid, external_id: &str, conflicts: &[merge::Conflict]) {
+    for c in conflicts {
+        let winner = match c.resolution {
+            ConflictPolicy::CrmWins => "crm",
+            ConflictPolicy::RemoteWins => "partner-center",
+        };
+        info!(
+            correlation_id = %correlation_id,
+            external_id,
+            path = %c.path,
+            winner,
+            "conflict: changed in the CRM and in Partner Center"
+        );
+    }
+}
+
+/// The desired document with refused members put back as they were.
+fn snapshot_after(desired: &Value, base: &Value, rejected: &[Rejection]) -> Value {
+    let mut snapshot = desired.clone();
+    for r in rejected {
+        // A status refusal covers its substatus too.
+        let paths: Vec<&str> = if r.path == "/status" {
+            vec!["/status", "/substatus"]
+        } else {
+            vec![r.path.as_str()]
+        };
+        for path in paths {
+            let key = path.trim_start_matches('/');
+            if key.contains('/') {
+                continue;
+            }
+            if let Value::Object(map) = &mut snapshot {
+                match base.get(key) {
+                    Some(v) => {
+                        map.insert(key.to_owned(), v.clone());
+                    }
+                    None => {
+                        map.remove(key);
+                    }
+                }
+            }
+        }
+    }
+    snapshot
+}
+
+/// The live referral with `ops` applied, less what the service owns.
+fn put_body(live: &Value, ops: &[Op]) -> Result<Value, String> {
+    let mut body = live.clone();
+    diff::apply_ops(&mut body, ops).map_err(|e| format!("cannot build the PUT body: {e}"))?;
+    if let Value::Object(map) = &mut body {
+        for member in READ_ONLY_MEMBERS {
+            map.remove(member);
+        }
+    }
+    Ok(body)
+}
+
+fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
+    let (status, code) = match error {
+        ApiError::Rejected { status, code, .. } => (Some(*status), code.clone()),
+        ApiError::PreconditionFailed { .. } => (Some(412), Some("preconditionFailed".into())),
+        ApiError::Unauthorized { .. } => (Some(401), None),
+        _ => (None, None),
+    };
+    Stop::Failed {
+        referral_id: referral_id.map(str::to_owned),
+        message: error.to_string(),
+        status,
+        code,
+    }
+}
