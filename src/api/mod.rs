@@ -5,3 +5,6 @@
 pub mod auth;
 pub mod gate;
 pub mod retry;
+
+#[cfg(test)]
+mod test_support;
