@@ -124,7 +124,12 @@ impl RequestGate {
 
     /// [`RequestGate::pause_until`] now + `wait`.
     pub fn pause_for(&self, wait: Duration) {
-        self.pause_until(Instant::now() + wait);
+        let now = Instant::now();
+        // An absurd wait must not overflow the clock: a year is forever enough.
+        let until = now
+            .checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        self.pause_until(until);
     }
 
     /// The end of the pause in effect, if any.
