@@ -1,7 +1,847 @@
 //! The Partner Center Referrals API client: list, GET, POST, PATCH, PUT,
 //! with bearer auth, correlation/request ids, one shared request gate
 //! (concurrency, rate, `Retry-After` pauses) and retries.
+//!
+//! Invariants:
+//! - every request passes through the one [`RequestGate`], so a
+//!   `Retry-After` pause seen by one worker holds every worker;
+//! - a write is repeated only when it certainly was not applied (connect
+//!   error, 429, 503 with `Retry-After`, 408); anything ambiguous is an
+//!   [`ApiError::OutcomeUnknown`] for the caller to resolve with a GET;
+//! - `links` (response-only) is never sent, and the bearer token never
+//!   leaves the base URL's origin (a foreign `@odata.nextLink` is refused);
+//! - only `retry.rs` knows the `backoff` crate.
 
 pub mod auth;
+mod error;
 pub mod gate;
 pub mod retry;
+
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_MATCH, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use auth::{AuthError, AuthOptions, TokenProvider};
+pub use error::ApiError;
+pub use gate::{GateOptions, RequestGate};
+pub use retry::{RetryPolicy, RetrySchedule};
+
+use crate::model::Op;
+use auth::error_chain;
+use error::ServiceError;
+
+/// Header carrying the id of the sync cycle, for support cases.
+pub const MS_CORRELATION_ID: &str = "MS-CorrelationId";
+/// Header carrying the id of one request, for support cases.
+pub const MS_REQUEST_ID: &str = "MS-RequestId";
+
+/// How to reach the service and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientOptions {
+    /// The API root, e.g. `https://api.partner.microsoft.com/v1.0`.
+    pub base_url: String,
+    /// The whole request, response body included.
+    #[serde(deserialize_with = "retry::humane_duration::deserialize")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "retry::humane_duration::deserialize")]
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            base_url: "https://api.partner.microsoft.com/v1.0".to_owned(),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A referral as the service returned it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referral {
+    pub id: String,
+    /// The opaque eTag, quotes included, ready for `If-Match`.
+    pub etag: String,
+    /// The whole body, unknown fields and `links` included.
+    pub document: Value,
+}
+
+/// Who a request is for: the cycle (correlation id) and, when there is
+/// one, the CRM record (external id), for logs and support cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub correlation_id: Uuid,
+    pub external_id: Option<String>,
+}
+
+impl RequestContext {
+    pub fn new(correlation_id: Uuid) -> Self {
+        RequestContext {
+            correlation_id,
+            external_id: None,
+        }
+    }
+
+    pub fn for_record(correlation_id: Uuid, external_id: impl Into<String>) -> Self {
+        RequestContext {
+            correlation_id,
+            external_id: Some(external_id.into()),
+        }
+    }
+}
+
+/// Counters since the client was built (shared by its clones).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Requests sent (every attempt counts).
+    pub requests: u64,
+    /// Attempts repeated after a throttle, a transient failure or a
+    /// connect error.
+    pub retries: u64,
+    /// 429 answers, and 503 answers with `Retry-After`.
+    pub throttles: u64,
+    /// 401 answers that led to a token refresh and a retry.
+    pub token_refreshes: u64,
+}
+
+/// The Partner Center Referrals client. Clones share the connection pool,
+/// the gate, the token provider and the counters.
+#[derive(Clone)]
+pub struct ApiClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    retry: RetryPolicy,
+    gate: Arc<RequestGate>,
+    tokens: Arc<TokenProvider>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    throttles: AtomicU64,
+    token_refreshes: AtomicU64,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.inner.base.as_str())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request as the client means to send it, possibly several times.
+struct Call {
+    method: Method,
+    url: Url,
+    body: Option<Vec<u8>>,
+    if_match: Option<HeaderValue>,
+    prefer_representation: bool,
+}
+
+impl Call {
+    fn read(url: Url) -> Self {
+        Call {
+            method: Method::GET,
+            url,
+            body: None,
+            if_match: None,
+            prefer_representation: false,
+        }
+    }
+
+    fn path(&self) -> String {
+        self.url.path().to_owned()
+    }
+
+    /// Reads may be repeated whatever happened to the previous attempt.
+    fn is_read(&self) -> bool {
+        self.method == Method::GET
+    }
+}
+
+/// The service's answer.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Why an attempt is worth repeating.
+enum Retry {
+    /// The service asked us to slow down: pause every worker.
+    Throttled { retry_after: Option<Duration> },
+    /// A passing failure: this request waits alone.
+    Transient,
+}
+
+impl ApiClient {
+    /// Build a client with its own connection pool (see
+    /// [`ApiClient::http_client`]).
+    pub fn new(
+        options: ClientOptions,
+        gate: Arc<RequestGate>,
+        tokens: Arc<TokenProvider>,
+    ) -> Result<Self, ApiError> {
+        let http = Self::http_client(&options)?;
+        Self::with_http_client(options, http, gate, tokens)
+    }
+
+    /// Build a client on an existing `reqwest::Client`, which should not
+    /// follow redirects (a redirected PATCH is not this client's to repeat).
+    pub fn with_http_client(
+        options: ClientOptions,
+        http: reqwest::Client,
+        gate: Arc<RequestGate>,
+        tokens: Arc<TokenProvider>,
+    ) -> Result<Self, ApiError> {
+        options
+            .retry
+            .validate()
+            .map_err(|error| ApiError::InvalidOptions(error.to_string()))?;
+        let base = parse_base_url(&options.base_url).map_err(ApiError::InvalidOptions)?;
+        Ok(ApiClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                retry: options.retry,
+                gate,
+                tokens,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The HTTP client this API client wants: the options' timeouts, no
+    /// redirects, a user agent naming this program. Also suitable for the
+    /// [`TokenProvider`].
+    pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, ApiError> {
+        if options.request_timeout.is_zero() || options.connect_timeout.is_zero() {
+            return Err(ApiError::InvalidOptions(
+                "request_timeout and connect_timeout must be greater than zero".to_owned(),
+            ));
+        }
+        reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("referral-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| ApiError::InvalidOptions(error_chain(&error)))
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let counters = &self.inner.counters;
+        ClientStats {
+            requests: counters.requests.load(Ordering::Relaxed),
+            retries: counters.retries.load(Ordering::Relaxed),
+            throttles: counters.throttles.load(Ordering::Relaxed),
+            token_refreshes: counters.token_refreshes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn gate(&self) -> &Arc<RequestGate> {
+        &self.inner.gate
+    }
+
+    /// GET one referral.
+    pub async fn get(&self, ctx: &RequestContext, id: &str) -> Result<Referral, ApiError> {
+        let call = Call::read(self.referral_url(&Method::GET, id)?);
+        let answer = self.send(ctx, &call).await?;
+        let referral =
+            referral_from(&answer).map_err(|reason| invalid_response(&call, &answer, reason))?;
+        if !referral.id.eq_ignore_ascii_case(id) {
+            let reason = format!("asked for referral {id}, got referral {}", referral.id);
+            return Err(invalid_response(&call, &answer, reason));
+        }
+        Ok(referral)
+    }
+
+    /// Page through every referral, handing each page's items to
+    /// `on_page`, following `@odata.nextLink` (absolute, or relative to the
+    /// page it came from) until it is absent. Returns the number of items.
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        mut on_page: impl FnMut(Vec<Value>),
+    ) -> Result<u64, ApiError> {
+        let mut url = self.referrals_url();
+        let mut fetched = HashSet::new();
+        let mut items = 0u64;
+        loop {
+            fetched.insert(url.as_str().to_owned());
+            let call = Call::read(url);
+            let answer = self.send(ctx, &call).await?;
+            let (page, next_link) = list_page(&answer.body)
+                .map_err(|reason| invalid_response(&call, &answer, reason))?;
+            items += page.len() as u64;
+            on_page(page);
+            let Some(link) = next_link else {
+                return Ok(items);
+            };
+            let next = self
+                .next_page_url(&call.url, &link)
+                .map_err(|reason| invalid_response(&call, &answer, reason))?;
+            if fetched.contains(next.as_str()) {
+                let reason =
+                    format!("@odata.nextLink `{link}` leads back to a page already fetched");
+                return Err(invalid_response(&call, &answer, reason));
+            }
+            url = next;
+        }
+    }
+
+    /// POST a new referral. `links` is left out of the body.
+    pub async fn create(&self, ctx: &RequestContext, body: &Value) -> Result<Referral, ApiError> {
+        let url = self.referrals_url();
+        let call = Call {
+            body: Some(document_body(&Method::POST, &url, body)?),
+            method: Method::POST,
+            url,
+            if_match: None,
+            prefer_representation: false,
+        };
+        let answer = self.send(ctx, &call).await?;
+        // The referral exists but cannot be identified from this answer:
+        // the caller must find it (by its externalReferenceId) before
+        // creating again.
+        referral_from(&answer).map_err(|reason| ApiError::OutcomeUnknown {
+            method: call.method.clone(),
+            path: call.path(),
+            reason: format!("HTTP {} but {reason}", answer.status.as_u16()),
+        })
+    }
+
+    /// PATCH a referral with JSON Patch `ops` under `If-Match: etag`.
+    /// `Ok(None)` when the service did not return the updated referral
+    /// (204): the caller GETs it for the new eTag.
+    pub async fn patch(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        etag: &str,
+        ops: &[Op],
+    ) -> Result<Option<Referral>, ApiError> {
+        let method = Method::PATCH;
+        let url = self.referral_url(&method, id)?;
+        let refuse = |reason: String| ApiError::InvalidRequest {
+            method: method.clone(),
+            path: url.path().to_owned(),
+            reason,
+        };
+        if ops.is_empty() {
+            return Err(refuse("the patch has no operation".to_owned()));
+        }
+        if let Some(op) = ops.iter().find(|op| touches_links(op)) {
+            return Err(refuse(format!(
+                "`{} {}` would send `links`, which is response-only",
+                op.kind(),
+                op.path()
+            )));
+        }
+        let body = serde_json::to_vec(ops)
+            .map_err(|error| refuse(format!("cannot serialise the patch: {error}")))?;
+        let call = Call {
+            if_match: Some(if_match(&method, &url, etag)?),
+            method,
+            url,
+            body: Some(body),
+            prefer_representation: true,
+        };
+        let answer = self.send(ctx, &call).await?;
+        Ok(written_referral(&call, id, &answer))
+    }
+
+    /// PUT (obsolete full replace) a referral under `If-Match: etag`, with
+    /// `links` left out. `Ok(None)` as for [`ApiClient::patch`].
+    pub async fn put(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        etag: &str,
+        body: &Value,
+    ) -> Result<Option<Referral>, ApiError> {
+        let method = Method::PUT;
+        let url = self.referral_url(&method, id)?;
+        let call = Call {
+            body: Some(document_body(&method, &url, body)?),
+            if_match: Some(if_match(&method, &url, etag)?),
+            method,
+            url,
+            prefer_representation: true,
+        };
+        let answer = self.send(ctx, &call).await?;
+        Ok(written_referral(&call, id, &answer))
+    }
+
+    fn referrals_url(&self) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["engagements", "referrals"]);
+        }
+        url
+    }
+
+    fn referral_url(&self, method: &Method, id: &str) -> Result<Url, ApiError> {
+        let mut url = self.referrals_url();
+        if id.trim().is_empty() {
+            return Err(ApiError::InvalidRequest {
+                method: method.clone(),
+                path: url.path().to_owned(),
+                reason: "the referral id is empty".to_owned(),
+            });
+        }
+        // Pushed as one segment: any `/` or `?` in an id is escaped.
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(id);
+        }
+        Ok(url)
+    }
+
+    fn next_page_url(&self, current: &Url, link: &str) -> Result<Url, String> {
+        let next = current
+            .join(link)
+            .map_err(|error| format!("@odata.nextLink `{link}` is not a URL: {error}"))?;
+        if next.origin() != self.inner.base.origin() {
+            return Err(format!(
+                "@odata.nextLink `{link}` leaves {}; the bearer token is not sent elsewhere",
+                self.inner.base.origin().ascii_serialization()
+            ));
+        }
+        Ok(next)
+    }
+
+    /// Send `call` until it succeeds or must not be repeated: through the
+    /// gate, with a bearer token, retrying per the policy.
+    async fn send(&self, ctx: &RequestContext, call: &Call) -> Result<Answer, ApiError> {
+        let inner = &*self.inner;
+        let mut schedule = RetrySchedule::new(&inner.retry);
+        let mut token_refreshed = false;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (outcome, bearer) = {
+                let _permit = inner.gate.acquire().await;
+                let bearer = inner.tokens.bearer().await?;
+                (self.attempt(ctx, call, &bearer, attempt).await, bearer)
+            };
+            let (retry, reason) = match outcome {
+                Ok(answer) if answer.status.is_success() => return Ok(answer),
+                Ok(answer) => {
+                    let status = answer.status;
+                    let retry_after = retry_after(&answer.headers, Utc::now());
+                    let service = ServiceError::parse(&answer.body);
+                    let reason = format!("HTTP {status}: {}", service.message);
+                    match status.as_u16() {
+                        401 if !token_refreshed => {
+                            token_refreshed = true;
+                            inner
+                                .counters
+                                .token_refreshes
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                method = %call.method,
+                                path = call.url.path(),
+                                correlation_id = %ctx.correlation_id,
+                                "HTTP 401: refreshing the token and retrying once"
+                            );
+                            inner.tokens.invalidate_rejected(&bearer).await;
+                            continue;
+                        }
+                        401 => {
+                            return Err(ApiError::Unauthorized {
+                                method: call.method.clone(),
+                                path: call.path(),
+                                message: service.message,
+                            });
+                        }
+                        412 => {
+                            return Err(ApiError::PreconditionFailed {
+                                method: call.method.clone(),
+                                path: call.path(),
+                                message: service.message,
+                            });
+                        }
+                        429 => (Retry::Throttled { retry_after }, reason),
+                        503 if retry_after.is_some() => (Retry::Throttled { retry_after }, reason),
+                        // The service did not receive a whole request.
+                        408 => (Retry::Transient, reason),
+                        500..=599 if call.is_read() => (Retry::Transient, reason),
+                        500..=599 => {
+                            return Err(ApiError::OutcomeUnknown {
+                                method: call.method.clone(),
+                                path: call.path(),
+                                reason,
+                            });
+                        }
+                        400..=499 => {
+                            return Err(ApiError::Rejected {
+                                method: call.method.clone(),
+                                path: call.path(),
+                                status: status.as_u16(),
+                                code: service.code,
+                                message: service.message,
+                                target: service.target,
+                            });
+                        }
+                        _ => {
+                            return Err(invalid_response(
+                                call,
+                                &answer,
+                                format!("unexpected {reason}"),
+                            ));
+                        }
+                    }
+                }
+                Err(error) => {
+                    let reason = error_chain(&error);
+                    if error.is_builder() {
+                        return Err(ApiError::InvalidRequest {
+                            method: call.method.clone(),
+                            path: call.path(),
+                            reason,
+                        });
+                    }
+                    // A connect error means nothing was sent; anything later
+                    // may have reached the service.
+                    if !error.is_connect() && !call.is_read() {
+                        return Err(ApiError::OutcomeUnknown {
+                            method: call.method.clone(),
+                            path: call.path(),
+                            reason,
+                        });
+                    }
+                    (Retry::Transient, reason)
+                }
+            };
+
+            // A silly Retry-After is capped by the time the policy would
+            // wait at all.
+            let asked = match retry {
+                Retry::Throttled { retry_after } => {
+                    inner.counters.throttles.fetch_add(1, Ordering::Relaxed);
+                    retry_after.map(|asked| asked.min(inner.retry.max_elapsed))
+                }
+                Retry::Transient => None,
+            };
+            let Some(delay) = schedule.next_delay() else {
+                // Giving up here does not release the other workers: the
+                // service's pause holds for them too.
+                if let Some(asked) = asked {
+                    inner.gate.pause_for(asked);
+                }
+                return Err(ApiError::Unavailable {
+                    method: call.method.clone(),
+                    path: call.path(),
+                    attempts: attempt,
+                    reason,
+                });
+            };
+            inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            match retry {
+                Retry::Throttled { .. } => {
+                    // At least what the service asked, and never less than
+                    // the backoff, so that repeated throttling slows down.
+                    let wait = asked.map_or(delay, |asked| asked.max(delay));
+                    tracing::info!(
+                        method = %call.method,
+                        path = call.url.path(),
+                        correlation_id = %ctx.correlation_id,
+                        attempt,
+                        wait_seconds = wait.as_secs_f64(),
+                        "throttled ({reason}); every request waits {:.1} s",
+                        wait.as_secs_f64()
+                    );
+                    inner.gate.pause_for(wait);
+                }
+                Retry::Transient => {
+                    tracing::info!(
+                        method = %call.method,
+                        path = call.url.path(),
+                        correlation_id = %ctx.correlation_id,
+                        attempt,
+                        wait_seconds = delay.as_secs_f64(),
+                        "{reason}; retrying in {:.1} s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: send, read the whole answer, log one debug line.
+    async fn attempt(
+        &self,
+        ctx: &RequestContext,
+        call: &Call,
+        bearer: &SecretString,
+        attempt: u32,
+    ) -> Result<Answer, reqwest::Error> {
+        let inner = &*self.inner;
+        let request_id = Uuid::new_v4();
+        let mut request = inner
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .bearer_auth(bearer.expose_secret())
+            .header(MS_CORRELATION_ID, ctx.correlation_id.to_string())
+            .header(MS_REQUEST_ID, request_id.to_string())
+            .header(ACCEPT, "application/json");
+        if let Some(etag) = &call.if_match {
+            request = request.header(IF_MATCH, etag.clone());
+        }
+        if call.prefer_representation {
+            request = request.header("Prefer", "return=representation");
+        }
+        if let Some(body) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+
+        let started = std::time::Instant::now();
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let outcome = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?.to_vec();
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        }
+        .await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok(answer) => tracing::debug!(
+                method = %call.method,
+                path = call.url.path(),
+                status = answer.status.as_u16(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} -> {} in {elapsed_ms} ms",
+                call.method,
+                call.url.path(),
+                answer.status.as_u16()
+            ),
+            Err(error) => tracing::debug!(
+                method = %call.method,
+                path = call.url.path(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} failed in {elapsed_ms} ms: {}",
+                call.method,
+                call.url.path(),
+                error_chain(error)
+            ),
+        }
+        outcome
+    }
+}
+
+/// The API root must be an absolute http(s) URL; plain http only to this
+/// machine, so that a bearer token never crosses a network in clear.
+fn parse_base_url(text: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(text).map_err(|error| format!("base_url `{text}` is not a URL: {error}"))?;
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(format!("base_url `{text}` has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "base_url `{text}` must not have a query or a fragment"
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "base_url `{text}` is plain http to another machine; bearer tokens go over https only"
+        )),
+        scheme => Err(format!(
+            "base_url `{text}` has scheme `{scheme}`; use https"
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
+}
+
+/// `Retry-After` as a wait from `now`: delay-seconds or an HTTP-date.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, now)
+}
+
+fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    if let Ok(seconds) = value.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).ok();
+    }
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    // A date in the past means "now".
+    Some(
+        (date.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A referral from an answer's body; the eTag from the body's `eTag`, else
+/// from the `ETag` header.
+fn referral_from(answer: &Answer) -> Result<Referral, String> {
+    let document: Value = serde_json::from_slice(&answer.body)
+        .map_err(|error| format!("the body is not JSON ({error})"))?;
+    let Value::Object(fields) = &document else {
+        return Err("the body is not a JSON object".to_owned());
+    };
+    let id = match fields.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        _ => return Err("the referral has no id".to_owned()),
+    };
+    let etag = match fields.get("eTag") {
+        Some(Value::String(etag)) if !etag.trim().is_empty() => etag.clone(),
+        _ => answer
+            .headers
+            .get(ETAG)
+            .and_then(|value| value.to_str().ok())
+            .filter(|etag| !etag.trim().is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                format!("referral {id} has no eTag, neither in the body nor in an ETag header")
+            })?,
+    };
+    Ok(Referral { id, etag, document })
+}
+
+/// The referral a write returned, if it returned one that can be used; if
+/// not, the caller reads it. Not an error: the write was applied.
+fn written_referral(call: &Call, id: &str, answer: &Answer) -> Option<Referral> {
+    if answer.status == StatusCode::NO_CONTENT || answer.body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let problem = match referral_from(answer) {
+        Ok(referral) if referral.id.eq_ignore_ascii_case(id) => return Some(referral),
+        Ok(referral) => format!("the answer is about referral {}", referral.id),
+        Err(reason) => reason,
+    };
+    tracing::warn!(
+        method = %call.method,
+        path = call.url.path(),
+        status = answer.status.as_u16(),
+        "{} {} succeeded but {problem}; the referral will be read again",
+        call.method,
+        call.url.path()
+    );
+    None
+}
+
+/// The items and the next link of one list page.
+fn list_page(body: &[u8]) -> Result<(Vec<Value>, Option<String>), String> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(body) else {
+        return Err("the list page is not a JSON object".to_owned());
+    };
+    let items = match fields.remove("value") {
+        Some(Value::Array(items)) => items,
+        _ => return Err("the list page has no `value` array".to_owned()),
+    };
+    let next_link = match fields.remove("@odata.nextLink") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(link)) if link.trim().is_empty() => None,
+        Some(Value::String(link)) => Some(link),
+        Some(_) => return Err("@odata.nextLink is not a string".to_owned()),
+    };
+    Ok((items, next_link))
+}
+
+/// A whole-document body (POST, PUT): an object, without `links`.
+fn document_body(method: &Method, url: &Url, body: &Value) -> Result<Vec<u8>, ApiError> {
+    let refuse = |reason: String| ApiError::InvalidRequest {
+        method: method.clone(),
+        path: url.path().to_owned(),
+        reason,
+    };
+    let Value::Object(fields) = body else {
+        return Err(refuse("the referral body is not a JSON object".to_owned()));
+    };
+    let serialised = if fields.contains_key("links") {
+        let mut without_links = fields.clone();
+        without_links.remove("links");
+        serde_json::to_vec(&without_links)
+    } else {
+        serde_json::to_vec(fields)
+    };
+    serialised.map_err(|error| refuse(format!("cannot serialise the referral: {error}")))
+}
+
+fn touches_links(op: &Op) -> bool {
+    let path = op.path();
+    path == "/links"
+        || path.starts_with("/links/")
+        || (path.is_empty() && op.value().get("links").is_some())
+}
+
+fn if_match(method: &Method, url: &Url, etag: &str) -> Result<HeaderValue, ApiError> {
+    let refuse = |reason: &str| ApiError::InvalidRequest {
+        method: method.clone(),
+        path: url.path().to_owned(),
+        reason: reason.to_owned(),
+    };
+    if etag.trim().is_empty() {
+        return Err(refuse("the eTag for If-Match is empty"));
+    }
+    HeaderValue::from_str(etag).map_err(|_| refuse("the eTag is not a valid header value"))
+}
+
+fn invalid_response(call: &Call, answer: &Answer, reason: impl Into<String>) -> ApiError {
+    ApiError::InvalidResponse {
+        method: call.method.clone(),
+        path: call.path(),
+        status: answer.status.as_u16(),
+        reason: reason.into(),
+    }
+}
