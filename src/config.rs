@@ -257,6 +257,7 @@ pub struct ApiSettings {
     pub connect_timeout: Duration,
     pub update_method: UpdateMethod,
     pub retry: RetryPolicy,
+    pub allow_insecure: bool,
 }
 
 /// How bearer tokens are obtained. Paths only: secrets are read when used.
@@ -552,6 +553,9 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
             ));
         }
     }
+    raw.retry
+        .validate()
+        .map_err(|e| invalid("api.retry", e.to_string()))?;
     if raw.concurrency == 0 || raw.concurrency > 256 {
         return Err(invalid("api.concurrency", "must be between 1 and 256"));
     }
@@ -578,6 +582,7 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         connect_timeout: secs("api.connect_timeout_secs", raw.connect_timeout_secs)?,
         update_method: raw.update_method,
         retry: raw.retry,
+        allow_insecure: raw.allow_insecure,
     })
 }
 

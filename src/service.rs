@@ -1,0 +1,54 @@
+//! Wiring: the validated settings → a ready Partner Center client (token
+//! provider, shared request gate, HTTP client).
+
+use std::sync::Arc;
+
+use crate::api::auth::{AuthOptions, DEFAULT_RESOURCE, TokenProvider};
+use crate::api::gate::{GateOptions, RequestGate};
+use crate::api::{ApiClient, ClientOptions};
+use crate::config::{AuthSettings, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(
+        "no credentials configured: set auth.token_file, or auth.refresh_token_file with auth.client_id and auth.tenant"
+    )]
+    NoCredentials,
+    #[error("api: {0}")]
+    Client(#[from] crate::api::ApiError),
+    #[error("api.concurrency / api.max_requests_per_second: {0}")]
+    Gate(#[from] crate::api::gate::GateError),
+}
+
+/// The client for `settings`, with one request gate shared by every worker.
+pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
+    let auth = match settings.auth.as_ref().ok_or(ServiceError::NoCredentials)? {
+        AuthSettings::TokenFile(path) => AuthOptions::TokenFile { path: path.clone() },
+        AuthSettings::RefreshToken {
+            token_url,
+            client_id,
+            client_secret_file,
+            refresh_token_file,
+        } => AuthOptions::RefreshToken {
+            token_url: token_url.clone(),
+            client_id: client_id.clone(),
+            client_secret_file: client_secret_file.clone(),
+            refresh_token_file: refresh_token_file.clone(),
+            resource: DEFAULT_RESOURCE.to_owned(),
+        },
+    };
+    let options = ClientOptions {
+        base_url: settings.api.base_url.clone(),
+        request_timeout: settings.api.request_timeout,
+        connect_timeout: settings.api.connect_timeout,
+        retry: settings.api.retry.clone(),
+        allow_insecure: settings.api.allow_insecure,
+    };
+    let http = ApiClient::http_client(&options)?;
+    let tokens = Arc::new(TokenProvider::new(auth, http.clone()));
+    let gate = Arc::new(RequestGate::new(&GateOptions {
+        concurrency: settings.api.concurrency,
+        max_requests_per_second: settings.api.max_requests_per_second,
+    })?);
+    Ok(ApiClient::with_http_client(options, http, gate, tokens)?)
+}
