@@ -13,10 +13,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// The schema, in order. `PRAGMA user_version` records how many are applied.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_resync_requests",
+        include_str!("../migrations/0002_resync_requests.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -211,6 +217,13 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection, for modules that keep tables of their own (the
+    /// daemon's resync requests). Record state goes through the methods
+    /// here, never through raw SQL elsewhere.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     fn configure(&self) -> Result<(), StoreError> {
