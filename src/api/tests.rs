@@ -137,6 +137,7 @@ fn test_options(base_url: String) -> ClientOptions {
             max_elapsed: Duration::from_secs(10),
             max_attempts: 4,
         },
+        allow_insecure: false,
     }
 }
 
@@ -1060,7 +1061,7 @@ fn base_urls_are_checked() {
         "http://[::1]:9000/v1.0",
     ];
     for url in accepted {
-        assert!(parse_base_url(url).is_ok(), "{url}");
+        assert!(parse_base_url(url, false).is_ok(), "{url}");
     }
     let refused = [
         (
@@ -1075,10 +1076,12 @@ fn base_urls_are_checked() {
         ),
     ];
     for (url, fragment) in refused {
-        let error = parse_base_url(url).unwrap_err();
+        let error = parse_base_url(url, false).unwrap_err();
         assert!(error.starts_with(&format!("base_url `{url}` ")), "{error}");
         assert!(error.contains(fragment), "{error}");
     }
+    // Only an explicit opt-in lets plain http leave the machine.
+    assert!(parse_base_url("http://api.example.com/v1.0", true).is_ok());
 }
 
 #[test]
