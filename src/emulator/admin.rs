@@ -21,13 +21,19 @@ type Shared = State<Arc<EmulatorState>>;
 
 pub(crate) fn router() -> Router<Arc<EmulatorState>> {
     Router::new()
-        .route("/_admin/referrals", get(list_referrals).post(insert_referral))
+        .route(
+            "/_admin/referrals",
+            get(list_referrals).post(insert_referral),
+        )
         .route(
             "/_admin/referrals/{id}",
             get(get_referral).delete(remove_referral),
         )
         .route("/_admin/referrals/{id}/edit", post(edit_referral))
-        .route("/_admin/requests", get(list_requests).delete(clear_requests))
+        .route(
+            "/_admin/requests",
+            get(list_requests).delete(clear_requests),
+        )
         .route(
             "/_admin/faults",
             get(list_faults).post(add_faults).delete(clear_faults),
@@ -68,7 +74,10 @@ async fn edit_referral(
     Ok(axum::Json(edited).into_response())
 }
 
-async fn remove_referral(State(state): Shared, Path(id): Path<String>) -> Result<Response, Rejection> {
+async fn remove_referral(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Response, Rejection> {
     lock(&state.referrals).remove(&id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -125,7 +125,10 @@ pub fn parse_fault_rules(value: &Value) -> Result<Vec<FaultRule>, FaultRuleError
 fn validate(raw: RawFaultRule) -> Result<FaultRule, String> {
     let only_for = |field: &str, present: bool, kind: &str| {
         if present && raw.kind != kind {
-            Err(format!("{field} applies to kind {kind} only, not {}", raw.kind))
+            Err(format!(
+                "{field} applies to kind {kind} only, not {}",
+                raw.kind
+            ))
         } else {
             Ok(())
         }
@@ -268,7 +271,9 @@ mod tests {
 
     #[test]
     fn a_rule_acts_once_by_default_and_only_on_its_method_and_path() {
-        let mut book = book(json!({"method": "patch", "path_contains": "/referrals/r1", "kind": "reset_before"}));
+        let mut book = book(
+            json!({"method": "patch", "path_contains": "/referrals/r1", "kind": "reset_before"}),
+        );
         assert_eq!(book.take("GET", "/v1.0/engagements/referrals/r1"), None);
         assert_eq!(book.take("PATCH", "/v1.0/engagements/referrals/r2"), None);
         assert_eq!(
@@ -280,7 +285,8 @@ mod tests {
 
     #[test]
     fn after_skips_matches_and_times_zero_is_forever() {
-        let mut book = book(json!([{"method": "GET", "after": 2, "times": 0, "kind": "delay", "ms": 5}]));
+        let mut book =
+            book(json!([{"method": "GET", "after": 2, "times": 0, "kind": "delay", "ms": 5}]));
         let acted: Vec<bool> = (0..6).map(|_| book.take("GET", "/x").is_some()).collect();
         assert_eq!(acted, [false, false, true, true, true, true]);
     }
@@ -308,13 +314,31 @@ mod tests {
     fn invalid_rules_name_their_index_and_problem() {
         let cases = [
             (json!("x"), "fault rules must be an array"),
-            (json!([{"kind": "status"}]), "fault rule 0: kind status needs a status"),
-            (json!([{"kind": "delay", "ms": 1}, {"kind": "delay"}]), "fault rule 1: kind delay needs ms"),
+            (
+                json!([{"kind": "status"}]),
+                "fault rule 0: kind status needs a status",
+            ),
+            (
+                json!([{"kind": "delay", "ms": 1}, {"kind": "delay"}]),
+                "fault rule 1: kind delay needs ms",
+            ),
             (json!([{"kind": "explode"}]), "unknown kind \"explode\""),
-            (json!([{"kind": "status", "status": 99}]), "status 99 is not between 200 and 599"),
-            (json!([{"kind": "reset_before", "ms": 5}]), "ms applies to kind delay only"),
-            (json!([{"kind": "status", "status": 429, "retry-after": 5}]), "unknown field `retry-after`"),
-            (json!([{"kind": "reset_after", "method": " "}]), "method is empty"),
+            (
+                json!([{"kind": "status", "status": 99}]),
+                "status 99 is not between 200 and 599",
+            ),
+            (
+                json!([{"kind": "reset_before", "ms": 5}]),
+                "ms applies to kind delay only",
+            ),
+            (
+                json!([{"kind": "status", "status": 429, "retry-after": 5}]),
+                "unknown field `retry-after`",
+            ),
+            (
+                json!([{"kind": "reset_after", "method": " "}]),
+                "method is empty",
+            ),
         ];
         for (rules, fragment) in cases {
             let message = parse_fault_rules(&rules).unwrap_err().to_string();

@@ -38,8 +38,8 @@ pub(crate) async fn gateway(
     }
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let is_api = parts.uri.path() == API_PREFIX
-        || parts.uri.path().starts_with(&format!("{API_PREFIX}/"));
+    let is_api =
+        parts.uri.path() == API_PREFIX || parts.uri.path().starts_with(&format!("{API_PREFIX}/"));
     let authorization = is_api.then(|| {
         let header = parts
             .headers
@@ -106,7 +106,8 @@ pub(crate) async fn gateway(
         record.close(Some(status), Outcome::FaultResetAfter, fault_kind);
         return reset(connection).await;
     }
-    let outcome = match (status.is_success(), parts.method == Method::GET) {
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let outcome = match (status.is_success(), is_read) {
         (true, true) => Outcome::Served,
         (true, false) => Outcome::Applied,
         (false, _) => Outcome::Rejected,
@@ -297,7 +298,8 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        let body = Bytes::from_static(b"grant_type=refresh_token&refresh_token=r1&client_secret=s3cret");
+        let body =
+            Bytes::from_static(b"grant_type=refresh_token&refresh_token=r1&client_secret=s3cret");
         assert_eq!(
             journal_body(&headers, &body),
             json!({"grant_type": "refresh_token", "refresh_token": "r1", "client_secret": "<redacted>"})
@@ -311,7 +313,10 @@ mod tests {
             journal_body(&headers, &Bytes::from_static(b"[{\"op\":\"add\"}]")),
             json!([{"op": "add"}])
         );
-        assert_eq!(journal_body(&headers, &Bytes::from_static(b"not json")), Value::Null);
+        assert_eq!(
+            journal_body(&headers, &Bytes::from_static(b"not json")),
+            Value::Null
+        );
         assert_eq!(journal_body(&headers, &Bytes::new()), Value::Null);
     }
 

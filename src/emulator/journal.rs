@@ -162,10 +162,16 @@ mod tests {
         journal.close(first, |e| e.outcome = Outcome::Abandoned);
         let entries = journal.since(0);
         assert_eq!(
-            entries.iter().map(|e| (e.seq, e.path.as_str(), e.outcome)).collect::<Vec<_>>(),
+            entries
+                .iter()
+                .map(|e| (e.seq, e.path.as_str(), e.outcome))
+                .collect::<Vec<_>>(),
             [(1, "/a", Outcome::Abandoned), (2, "/b", Outcome::Applied)]
         );
-        assert_eq!(serde_json::to_value(&entries[1]).unwrap()["outcome"], "applied");
+        assert_eq!(
+            serde_json::to_value(&entries[1]).unwrap()["outcome"],
+            "applied"
+        );
     }
 
     #[test]

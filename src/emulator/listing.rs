@@ -104,10 +104,10 @@ impl ListQuery {
             match name.as_str() {
                 "$top" => query.top = parse_top(value)?,
                 "$skiptoken" => {
-                    query.after = Some(
-                        SortKey::from_skip_token(value)
-                            .ok_or_else(|| invalid(name, "is not a skip token this service issued"))?,
-                    );
+                    query.after =
+                        Some(SortKey::from_skip_token(value).ok_or_else(|| {
+                            invalid(name, "is not a skip token this service issued")
+                        })?);
                 }
                 "$orderby" => {
                     query.order = parse_orderby(value)?;
@@ -199,7 +199,10 @@ fn parse_orderby(value: &str) -> Result<Order, Rejection> {
         Some(_) => return Err(invalid("$orderby", "direction must be asc or desc")),
     };
     if words.next().is_some() {
-        return Err(invalid("$orderby", "takes one field and an optional direction"));
+        return Err(invalid(
+            "$orderby",
+            "takes one field and an optional direction",
+        ));
     }
     Ok(Order { field, descending })
 }
@@ -269,7 +272,10 @@ fn parse_string_literal(text: &str) -> Option<(String, &str)> {
 fn parse_select(value: &str) -> Result<Vec<String>, Rejection> {
     let members: Vec<String> = value.split(',').map(|m| m.trim().to_owned()).collect();
     if members.iter().any(String::is_empty) {
-        return Err(invalid("$select", "must be a comma-separated list of member names"));
+        return Err(invalid(
+            "$select",
+            "must be a comma-separated list of member names",
+        ));
     }
     Ok(members)
 }
@@ -321,7 +327,9 @@ mod tests {
         let parsed = ListQuery::parse(&pairs(&format!("$skiptoken={token}"))).unwrap();
         assert_eq!(parsed.after, Some(key));
         assert_eq!(
-            ListQuery::parse(&pairs("$skiptoken=zz")).unwrap_err().to_string(),
+            ListQuery::parse(&pairs("$skiptoken=zz"))
+                .unwrap_err()
+                .to_string(),
             "query option $skiptoken: is not a skip token this service issued"
         );
     }
@@ -338,11 +346,20 @@ mod tests {
             ]
         );
         let cases = [
-            ("$filter=externalReferenceId eq 'x'", "externalReferenceId is not documented"),
-            ("$filter=name eq 'x'", "can compare engagementId, status, substatus, type only"),
+            (
+                "$filter=externalReferenceId eq 'x'",
+                "externalReferenceId is not documented",
+            ),
+            (
+                "$filter=name eq 'x'",
+                "can compare engagementId, status, substatus, type only",
+            ),
             ("$filter=status ne 'New'", "supports the eq operator only"),
             ("$filter=status eq New", "expected a quoted string"),
-            ("$filter=status eq 'New' or type eq 'Shared'", "joined with and only"),
+            (
+                "$filter=status eq 'New' or type eq 'Shared'",
+                "joined with and only",
+            ),
             ("$filter=status eq 'New", "expected a quoted string"),
         ];
         for (raw, fragment) in cases {
@@ -368,11 +385,15 @@ mod tests {
     #[test]
     fn unknown_and_repeated_options_are_refused_but_foreign_parameters_ignored() {
         assert_eq!(
-            ListQuery::parse(&pairs("$expand=x")).unwrap_err().to_string(),
+            ListQuery::parse(&pairs("$expand=x"))
+                .unwrap_err()
+                .to_string(),
             "query option $expand: is not supported"
         );
         assert_eq!(
-            ListQuery::parse(&pairs("$top=1&$top=2")).unwrap_err().to_string(),
+            ListQuery::parse(&pairs("$top=1&$top=2"))
+                .unwrap_err()
+                .to_string(),
             "query option $top: is given more than once"
         );
         assert!(ListQuery::parse(&pairs("api-version=1.0&$count=true")).is_ok());

@@ -202,7 +202,10 @@ impl EmulatorState {
         let mut referrals = ReferralStore::new();
         let mut mint = SystemMint::default();
         for (index, document) in options.seed.into_iter().enumerate() {
-            let id = document.get("id").and_then(Value::as_str).map(str::to_owned);
+            let id = document
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             referrals
                 .insert(document, &mut mint)
                 .map_err(|reason| EmulatorError::SeedReferral { index, id, reason })?;
@@ -259,10 +262,18 @@ mod tests {
         let broken = dir.path().join("broken.json");
         std::fs::write(&broken, "[\n{\"id\": }]").unwrap();
         let message = load_seed(&broken).unwrap_err().to_string();
-        assert!(message.contains("broken.json is not valid JSON"), "{message}");
+        assert!(
+            message.contains("broken.json is not valid JSON"),
+            "{message}"
+        );
         assert!(message.contains("line 2 column 8"), "{message}");
         let missing = dir.path().join("missing.json");
-        assert!(load_seed(&missing).unwrap_err().to_string().starts_with("cannot read"));
+        assert!(
+            load_seed(&missing)
+                .unwrap_err()
+                .to_string()
+                .starts_with("cannot read")
+        );
     }
 
     #[test]
@@ -271,7 +282,10 @@ mod tests {
         let path = dir.path().join("faults.json");
         std::fs::write(&path, r#"[{"kind": "reset_before"}, {"kind": "delay"}]"#).unwrap();
         let message = load_faults(&path).unwrap_err().to_string();
-        assert!(message.ends_with("faults.json: fault rule 1: kind delay needs ms"), "{message}");
+        assert!(
+            message.ends_with("faults.json: fault rule 1: kind delay needs ms"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -29,12 +29,17 @@ pub(crate) fn router(state: Arc<EmulatorState>) -> Router {
         )
         .route(
             "/v1.0/engagements/referrals/{id}",
-            get(get_referral).patch(patch_referral).put(replace_referral),
+            get(get_referral)
+                .patch(patch_referral)
+                .put(replace_referral),
         )
         .route("/{tenant}/oauth2/token", post(grant_token))
         .merge(admin::router())
         .fallback(no_route)
-        .layer(middleware::from_fn_with_state(state.clone(), gateway::gateway))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::gateway,
+        ))
         .with_state(state)
 }
 
@@ -50,10 +55,12 @@ async fn list_referrals(
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
 ) -> Result<Response, Rejection> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw_query.as_deref().unwrap_or(""))
-        .map_err(|error| Rejection::InvalidQuery {
-            option: "query".to_owned(),
-            reason: error.to_string(),
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw_query.as_deref().unwrap_or("")).map_err(|error| {
+            Rejection::InvalidQuery {
+                option: "query".to_owned(),
+                reason: error.to_string(),
+            }
         })?;
     let query = ListQuery::parse(&pairs)?;
     let page = lock(&state.referrals).list(&query);
@@ -92,7 +99,10 @@ async fn get_referral(
         .get(&id)
         .cloned()
         .ok_or(Rejection::NotFound { id })?;
-    Ok(document_response(StatusCode::OK, representation(document, &base_url(&headers))))
+    Ok(document_response(
+        StatusCode::OK,
+        representation(document, &base_url(&headers)),
+    ))
 }
 
 async fn create_referral(
@@ -196,7 +206,11 @@ async fn grant_token(
             );
         }
         None => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is required",
+            );
         }
     }
     for required in ["client_id", "resource", "refresh_token"] {
@@ -238,7 +252,10 @@ fn base_url(headers: &HeaderMap) -> String {
 
 /// The referral as the API returns it: with `links`, which is never stored.
 fn representation(mut document: Value, base: &str) -> Value {
-    let id = document.get("id").and_then(Value::as_str).map(str::to_owned);
+    let id = document
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let engagement = document
         .get("engagementId")
         .and_then(Value::as_str)
@@ -284,11 +301,20 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> 
 /// The media type without parameters, lower-cased.
 fn media_type(headers: &HeaderMap) -> String {
     header_text(headers, header::CONTENT_TYPE)
-        .and_then(|value| value.split(';').next().map(|m| m.trim().to_ascii_lowercase()))
+        .and_then(|value| {
+            value
+                .split(';')
+                .next()
+                .map(|m| m.trim().to_ascii_lowercase())
+        })
         .unwrap_or_default()
 }
 
-fn json_body(headers: &HeaderMap, body: &Bytes, also_accepted: &[&str]) -> Result<Value, Rejection> {
+fn json_body(
+    headers: &HeaderMap,
+    body: &Bytes,
+    also_accepted: &[&str],
+) -> Result<Value, Rejection> {
     let media_type = media_type(headers);
     if media_type != "application/json" && !also_accepted.contains(&media_type.as_str()) {
         return Err(Rejection::UnsupportedMediaType {
@@ -308,8 +334,11 @@ fn json_body(headers: &HeaderMap, body: &Bytes, also_accepted: &[&str]) -> Resul
 fn prefers_representation(headers: &HeaderMap) -> bool {
     headers.get_all("prefer").iter().any(|value| {
         value.to_str().is_ok_and(|text| {
-            text.split(',')
-                .any(|preference| preference.trim().eq_ignore_ascii_case("return=representation"))
+            text.split(',').any(|preference| {
+                preference
+                    .trim()
+                    .eq_ignore_ascii_case("return=representation")
+            })
         })
     })
 }
@@ -337,7 +366,10 @@ mod tests {
     #[test]
     fn prefer_is_found_among_other_preferences() {
         let mut headers = HeaderMap::new();
-        headers.insert("prefer", HeaderValue::from_static("respond-async, return=representation"));
+        headers.insert(
+            "prefer",
+            HeaderValue::from_static("respond-async, return=representation"),
+        );
         assert!(prefers_representation(&headers));
         headers.insert("prefer", HeaderValue::from_static("return=minimal"));
         assert!(!prefers_representation(&headers));

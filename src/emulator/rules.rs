@@ -297,7 +297,8 @@ impl Check {
             Check::CurrencyCode => upper_letters(value, 3),
             Check::CountryCode => upper_letters(value, 2),
             Check::UtcDateTime => value.as_str().is_some_and(|text| {
-                DateTime::parse_from_rfc3339(text).is_ok_and(|at| at.offset().local_minus_utc() == 0)
+                DateTime::parse_from_rfc3339(text)
+                    .is_ok_and(|at| at.offset().local_minus_utc() == 0)
             }),
         }
     }
@@ -360,7 +361,10 @@ const FIELD_RULES: &[FieldRule] = &[
     rule("/customerProfile/ids", Check::Array),
     rule("/consent/consentToToShareInfoWithOthers", Check::Boolean),
     rule("/consent/consentToContact", Check::Boolean),
-    rule("/consent/consentToShareReferralWithMicrosoftSellers", Check::Boolean),
+    rule(
+        "/consent/consentToShareReferralWithMicrosoftSellers",
+        Check::Boolean,
+    ),
     rule("/details/notes", Check::Text),
     rule("/details/dealValue", Check::Number),
     rule("/details/currency", Check::CurrencyCode),
@@ -408,11 +412,12 @@ mod tests {
             ("Closed", "Won", "New", "Pending", false),
         ];
         for (from, from_sub, to, to_sub, allowed) in cases {
-            let result = check_write(
-                Some(&referral(from, from_sub)),
-                &referral(to, to_sub),
+            let result = check_write(Some(&referral(from, from_sub)), &referral(to, to_sub));
+            assert_eq!(
+                result.is_ok(),
+                allowed,
+                "{from}/{from_sub} -> {to}/{to_sub}: {result:?}"
             );
-            assert_eq!(result.is_ok(), allowed, "{from}/{from_sub} -> {to}/{to_sub}: {result:?}");
             if !allowed {
                 assert_eq!(
                     result,
@@ -428,14 +433,29 @@ mod tests {
     #[test]
     fn a_status_change_needs_an_agreeing_substatus() {
         let cases = [
-            ("Active", "Received", "substatus Received is not valid with status Active"),
-            ("Closed", "Accepted", "substatus Accepted is not valid with status Closed"),
+            (
+                "Active",
+                "Received",
+                "substatus Received is not valid with status Active",
+            ),
+            (
+                "Closed",
+                "Accepted",
+                "substatus Accepted is not valid with status Closed",
+            ),
             ("New", "Won", "substatus Won is not valid with status New"),
-            ("New", "Bogus", "substatus Bogus is not valid with status New"),
+            (
+                "New",
+                "Bogus",
+                "substatus Bogus is not valid with status New",
+            ),
         ];
         for (status, substatus, message) in cases {
-            let error = check_write(Some(&referral("New", "Pending")), &referral(status, substatus))
-                .unwrap_err();
+            let error = check_write(
+                Some(&referral("New", "Pending")),
+                &referral(status, substatus),
+            )
+            .unwrap_err();
             assert_eq!(error.to_string(), message);
         }
     }
@@ -480,18 +500,46 @@ mod tests {
     fn changed_values_are_checked_and_unchanged_ones_are_not() {
         let before = referral("New", "Pending");
         let cases = [
-            ("/type", json!("Partner"), Some("one of Shared, Independent")),
+            (
+                "/type",
+                json!("Partner"),
+                Some("one of Shared, Independent"),
+            ),
             ("/type", json!(null), Some("one of Shared, Independent")),
-            ("/details/currency", json!("usd"), Some("an ISO 4217 currency code")),
+            (
+                "/details/currency",
+                json!("usd"),
+                Some("an ISO 4217 currency code"),
+            ),
             ("/details/currency", json!("EUR"), None),
             ("/details/dealValue", json!("50000"), Some("a number")),
             ("/details/dealValue", json!(null), None),
-            ("/details/closingDateTime", json!("2024-11-14"), Some("a UTC date-time")),
-            ("/details/closingDateTime", json!("2024-11-14T00:00:00+02:00"), Some("a UTC date-time")),
-            ("/details/closingDateTime", json!("2024-11-14T00:00:00Z"), None),
+            (
+                "/details/closingDateTime",
+                json!("2024-11-14"),
+                Some("a UTC date-time"),
+            ),
+            (
+                "/details/closingDateTime",
+                json!("2024-11-14T00:00:00+02:00"),
+                Some("a UTC date-time"),
+            ),
+            (
+                "/details/closingDateTime",
+                json!("2024-11-14T00:00:00Z"),
+                None,
+            ),
             ("/customerProfile/size", json!("51to500employees"), None),
-            ("/customerProfile/size", json!("huge"), Some("one of 1to50employees")),
-            ("/customerProfile/address", json!({"country": "USA"}), Some("ISO 3166 alpha-2")),
+            (
+                "/customerProfile/size",
+                json!("huge"),
+                Some("one of 1to50employees"),
+            ),
+            (
+                "/customerProfile/address",
+                json!({"country": "USA"}),
+                Some("ISO 3166 alpha-2"),
+            ),
             ("/consent/consentToContact", json!("yes"), Some("a boolean")),
             ("/details", json!("none"), Some("an object")),
         ];
@@ -515,16 +563,34 @@ mod tests {
     #[test]
     fn client_patches_allow_only_add_and_replace() {
         let cases = [
-            (json!([{"op": "remove", "path": "/name"}]), "patch operation 0 is \"remove\""),
+            (
+                json!([{"op": "remove", "path": "/name"}]),
+                "patch operation 0 is \"remove\"",
+            ),
             (
                 json!([{"op": "add", "path": "/name", "value": 1}, {"op": "move", "from": "/a", "path": "/b"}]),
                 "patch operation 1 is \"move\"",
             ),
-            (json!([{"op": "test", "path": "/name", "value": 1}]), "patch operation 0 is \"test\""),
-            (json!([{"path": "/name", "value": 1}]), "patch operation 0 is malformed: it has no \"op\" string"),
-            (json!([{"op": "add", "path": "/name"}]), "patch operation 0 is malformed: missing field `value`"),
-            (json!([{"op": "add", "path": "name", "value": 1}]), "patch operation 0 is malformed"),
-            (json!({"op": "add", "path": "/name", "value": 1}), "must be a JSON Patch document"),
+            (
+                json!([{"op": "test", "path": "/name", "value": 1}]),
+                "patch operation 0 is \"test\"",
+            ),
+            (
+                json!([{"path": "/name", "value": 1}]),
+                "patch operation 0 is malformed: it has no \"op\" string",
+            ),
+            (
+                json!([{"op": "add", "path": "/name"}]),
+                "patch operation 0 is malformed: missing field `value`",
+            ),
+            (
+                json!([{"op": "add", "path": "name", "value": 1}]),
+                "patch operation 0 is malformed",
+            ),
+            (
+                json!({"op": "add", "path": "/name", "value": 1}),
+                "must be a JSON Patch document",
+            ),
         ];
         for (body, fragment) in cases {
             let message = parse_client_patch(&body).unwrap_err().to_string();
@@ -569,7 +635,9 @@ mod tests {
         let etag = json!([{"op": "replace", "path": "/eTag", "value": "x"}]);
         assert_eq!(
             parse_seller_edit(&etag),
-            Err(Rejection::ReadOnlyField { path: "/eTag".into() })
+            Err(Rejection::ReadOnlyField {
+                path: "/eTag".into()
+            })
         );
     }
 
@@ -597,8 +665,8 @@ mod tests {
     fn replace_needs_an_existing_member_where_add_does_not() {
         // RFC 6902: a client must `add` a member the referral lacks.
         let document = referral("New", "Pending");
-        let replace = parse_client_patch(&json!([{"op": "replace", "path": "/name", "value": "x"}]))
-            .unwrap();
+        let replace =
+            parse_client_patch(&json!([{"op": "replace", "path": "/name", "value": "x"}])).unwrap();
         assert_eq!(
             apply_patch(&document, &replace),
             Err(Rejection::PatchFailed {
@@ -607,7 +675,8 @@ mod tests {
                 reason: "path is invalid".into(),
             })
         );
-        let add = parse_client_patch(&json!([{"op": "add", "path": "/name", "value": "x"}])).unwrap();
+        let add =
+            parse_client_patch(&json!([{"op": "add", "path": "/name", "value": "x"}])).unwrap();
         assert_eq!(apply_patch(&document, &add).unwrap()["name"], "x");
     }
 

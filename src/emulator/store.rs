@@ -106,7 +106,8 @@ impl ReferralStore {
     /// Every referral, oldest first.
     pub fn all(&self) -> Vec<Value> {
         let mut stored: Vec<&Stored> = self.referrals.values().collect();
-        stored.sort_by(|a, b| (a.created, id_of(&a.document)).cmp(&(b.created, id_of(&b.document))));
+        stored
+            .sort_by(|a, b| (a.created, id_of(&a.document)).cmp(&(b.created, id_of(&b.document))));
         stored.into_iter().map(|s| s.document.clone()).collect()
     }
 
@@ -282,7 +283,9 @@ impl ReferralStore {
         }
         let start = match &query.after {
             None => 0,
-            Some(after) if query.order.descending => matching.partition_point(|(key, _)| key >= after),
+            Some(after) if query.order.descending => {
+                matching.partition_point(|(key, _)| key >= after)
+            }
             Some(after) => matching.partition_point(|(key, _)| key <= after),
         };
         let end = (start + query.top).min(matching.len());
@@ -309,7 +312,10 @@ impl ReferralStore {
         let now = mint.now();
         if let Some(object) = document.as_object_mut() {
             object.insert("eTag".to_owned(), Value::String(mint.etag()));
-            object.insert("updatedDateTime".to_owned(), Value::String(format_timestamp(now)));
+            object.insert(
+                "updatedDateTime".to_owned(),
+                Value::String(format_timestamp(now)),
+            );
         }
         if let Some(stored) = self.referrals.get_mut(id) {
             stored.document = document.clone();
@@ -320,13 +326,19 @@ impl ReferralStore {
 }
 
 fn id_of(document: &Value) -> &str {
-    document.get("id").and_then(Value::as_str).unwrap_or_default()
+    document
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// `If-Match` holds the eTag exactly as the service sent it (quotes
 /// included), a comma-separated list of such, or `*`.
 fn check_if_match(id: &str, if_match: &str, current: &Value) -> Result<(), Rejection> {
-    let current = current.get("eTag").and_then(Value::as_str).unwrap_or_default();
+    let current = current
+        .get("eTag")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let sent = if_match.trim();
     if sent == "*" || sent.split(',').any(|candidate| candidate.trim() == current) {
         return Ok(());
@@ -461,7 +473,9 @@ mod tests {
         let (mut store, created) = store_with_one(&mut mint);
         let id = created["id"].as_str().unwrap();
         let body = json!([{"op": "replace", "path": "/name", "value": "x"}]);
-        let error = store.patch(id, &body, Some("\"stale\""), &mut mint).unwrap_err();
+        let error = store
+            .patch(id, &body, Some("\"stale\""), &mut mint)
+            .unwrap_err();
         assert_eq!(
             error,
             Rejection::PreconditionFailed {
@@ -578,7 +592,10 @@ mod tests {
             Err(Rejection::AlreadyExists { id: "id-1".into() })
         );
         let error = store
-            .insert(json!({"id": "x", "createdDateTime": "yesterday"}), &mut mint)
+            .insert(
+                json!({"id": "x", "createdDateTime": "yesterday"}),
+                &mut mint,
+            )
             .unwrap_err();
         assert_eq!(
             error.to_string(),
@@ -612,7 +629,10 @@ mod tests {
     }
 
     fn ids(page: &Page) -> Vec<&str> {
-        page.value.iter().map(|d| d["id"].as_str().unwrap()).collect()
+        page.value
+            .iter()
+            .map(|d| d["id"].as_str().unwrap())
+            .collect()
     }
 
     #[test]
@@ -671,10 +691,13 @@ mod tests {
             store.insert(json!({"id": id}), &mut mint).unwrap();
         }
         store
-            .seller_edit("a", &json!([{"op": "add", "path": "/x", "value": 1}]), &mut mint)
+            .seller_edit(
+                "a",
+                &json!([{"op": "add", "path": "/x", "value": 1}]),
+                &mut mint,
+            )
             .unwrap();
-        let query =
-            ListQuery::parse(&[("$orderby".into(), "updatedDateTime".into())]).unwrap();
+        let query = ListQuery::parse(&[("$orderby".into(), "updatedDateTime".into())]).unwrap();
         assert_eq!(ids(&store.list(&query)), ["b", "c", "a"]);
     }
 

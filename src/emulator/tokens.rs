@@ -130,7 +130,10 @@ mod tests {
         let first = book.redeem("seed-refresh", now).unwrap();
         assert_eq!(first.expires_in, 60);
         let bearer = format!("Bearer {}", first.access_token);
-        assert_eq!(book.check(Some(&bearer), now + Duration::from_secs(59)), Ok(()));
+        assert_eq!(
+            book.check(Some(&bearer), now + Duration::from_secs(59)),
+            Ok(())
+        );
         assert_eq!(
             book.check(Some(&bearer), now + Duration::from_secs(60)),
             Err(TokenRefusal::Expired)
@@ -146,6 +149,9 @@ mod tests {
         let mut book = book();
         let now = Instant::now();
         assert_eq!(book.expire_all(now), 1);
-        assert_eq!(book.check(Some("Bearer static"), now), Err(TokenRefusal::Expired));
+        assert_eq!(
+            book.check(Some("Bearer static"), now),
+            Err(TokenRefusal::Expired)
+        );
     }
 }
