@@ -604,7 +604,7 @@ async fn the_token_endpoint_rotates_refresh_tokens_and_issued_tokens_expire() {
         "--refresh-token",
         "seed-refresh",
         "--token-lifetime-secs",
-        "1",
+        "2",
     ]);
     let token_url = format!("{}/contoso.onmicrosoft.com/oauth2/token", emulator.base);
     let redeem = |refresh: &str| {
@@ -621,7 +621,7 @@ async fn the_token_endpoint_rotates_refresh_tokens_and_issued_tokens_expire() {
     assert_eq!(first.status(), StatusCode::OK);
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["token_type"], "Bearer");
-    assert_eq!(first["expires_in"], 1);
+    assert_eq!(first["expires_in"], 2);
     let access = first["access_token"].as_str().unwrap().to_owned();
     let rotated = first["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(rotated, "seed-refresh");
@@ -645,7 +645,7 @@ async fn the_token_endpoint_rotates_refresh_tokens_and_issued_tokens_expire() {
     let error: Value = invalid.json().await.unwrap();
     assert_eq!(error["error"], "invalid_grant");
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = emulator
         .client
         .get(&url)

@@ -73,6 +73,7 @@ pub(crate) async fn gateway(
         tokio::time::sleep(state.latency).await;
     }
 
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     let fault = lock(&state.faults).take(parts.method.as_str(), parts.uri.path());
     let connection = parts.extensions.get::<ConnectionControl>().cloned();
     let fault_kind = fault.as_ref().map(FaultAction::kind);
@@ -97,7 +98,7 @@ pub(crate) async fn gateway(
     let response = match authorization {
         Some(Err(refusal)) => unauthorized(refusal),
         _ => {
-            next.run(Request::from_parts(parts.clone(), Body::from(bytes)))
+            next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
     };
@@ -106,7 +107,6 @@ pub(crate) async fn gateway(
         record.close(Some(status), Outcome::FaultResetAfter, fault_kind);
         return reset(connection).await;
     }
-    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     let outcome = match (status.is_success(), is_read) {
         (true, true) => Outcome::Served,
         (true, false) => Outcome::Applied,

@@ -7,6 +7,23 @@
 //! inspect and steer it: the referrals, a journal of every request received,
 //! fault rules, token expiry.
 //!
+//! | endpoint | what |
+//! |---|---|
+//! | `GET /v1.0/engagements/referrals` | pages of at most 100 (`$top`, `$skiptoken`, `$orderby`, `$filter` on engagementId/status/substatus/type, `$select`), `@odata.count`, absolute `@odata.nextLink` |
+//! | `GET /v1.0/engagements/referrals/{id}` | the referral with `links`; `ETag` header |
+//! | `POST /v1.0/engagements/referrals` | create: 201 with the referral |
+//! | `PATCH /v1.0/engagements/referrals/{id}` | add/replace only; `If-Match`; `Prefer: return=representation` gives 200 with the referral, else 204 |
+//! | `PUT /v1.0/engagements/referrals/{id}` | full replace; `If-Match` required (428 without) |
+//! | `POST /{tenant}/oauth2/token` | refresh-token grant; rotates the refresh token |
+//! | `GET /_admin/referrals`, `GET /_admin/referrals/{id}` | stored referrals (no `links`), `{"value": [...]}` |
+//! | `POST /_admin/referrals` | insert a referral as is (201); 409 if the id exists |
+//! | `DELETE /_admin/referrals/{id}` | the referral is gone (204) |
+//! | `POST /_admin/referrals/{id}/edit` | a seller's edit: any JSON Patch op, no status rules, new eTag |
+//! | `GET /_admin/requests[?since=SEQ]`, `DELETE /_admin/requests` | the journal ([`JournalEntry`]) |
+//! | `GET`, `POST`, `DELETE /_admin/faults` | fault rules ([`faults`]) with `matched`/`fired` counters |
+//! | `POST /_admin/tokens/expire` | every access token expires now |
+//! | `POST /_admin/shutdown` | stop serving (202) |
+//!
 //! The service rules (status moves, read-only fields, `If-Match`, the
 //! add/replace-only patch) are implemented here independently of the
 //! client's own modules, so the emulator can act as a test oracle for them.
