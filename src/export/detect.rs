@@ -61,7 +61,10 @@ fn sniff_format<R: Read>(input: R) -> io::Result<FileFormat> {
         if available.is_empty() {
             return Ok(FileFormat::Csv);
         }
-        match available.iter().position(|byte| !byte.is_ascii_whitespace()) {
+        match available
+            .iter()
+            .position(|byte| !byte.is_ascii_whitespace())
+        {
             Some(index) => break available[index],
             None => {
                 let blank = available.len();
@@ -79,7 +82,8 @@ fn sniff_format<R: Read>(input: R) -> io::Result<FileFormat> {
 fn probe_object<R: Read>(input: R) -> io::Result<FileFormat> {
     let progress = ReadProgress::default();
     let envelope_found = Cell::new(false);
-    let mut deserializer = serde_json::Deserializer::from_reader(ProgressReader::new(input, &progress));
+    let mut deserializer =
+        serde_json::Deserializer::from_reader(ProgressReader::new(input, &progress));
     let probe = ObjectProbe {
         progress: &progress,
         envelope_found: &envelope_found,
@@ -108,7 +112,10 @@ struct ObjectProbe<'c> {
 impl<'de> DeserializeSeed<'de> for ObjectProbe<'_> {
     type Value = ObjectShape;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<ObjectShape, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<ObjectShape, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
@@ -209,11 +216,23 @@ mod tests {
             ("\u{feff}Lead,Topic\n", FileFormat::Csv),
             ("[]", FileFormat::OdataJson),
             ("\n  [{\"a\": 1}]", FileFormat::OdataJson),
-            ("{\n  \"@odata.context\": \"x\",\n  \"value\": [\n", FileFormat::OdataJson),
-            (r#"{"@odata.context": "x", "value": [{"a": 1}]}"#, FileFormat::OdataJson),
-            ("{\"value\": [{\"a\": 1}]}\n{\"b\": 2}\n", FileFormat::OdataJson),
+            (
+                "{\n  \"@odata.context\": \"x\",\n  \"value\": [\n",
+                FileFormat::OdataJson,
+            ),
+            (
+                r#"{"@odata.context": "x", "value": [{"a": 1}]}"#,
+                FileFormat::OdataJson,
+            ),
+            (
+                "{\"value\": [{\"a\": 1}]}\n{\"b\": 2}\n",
+                FileFormat::OdataJson,
+            ),
             ("{\"a\": 1}\n{\"a\": 2}\n", FileFormat::Jsonl),
-            ("\u{feff}\n{\"a\": {\"b\": [1, 2]}, \"value\": 3}\r\n", FileFormat::Jsonl),
+            (
+                "\u{feff}\n{\"a\": {\"b\": [1, 2]}, \"value\": 3}\r\n",
+                FileFormat::Jsonl,
+            ),
             ("{\"a\": 1}", FileFormat::Jsonl),
             ("{\n\"a\": 1\n}\n", FileFormat::OdataJson),
             ("{\"a\": 1, \"b\" \n", FileFormat::OdataJson),
@@ -243,8 +262,16 @@ mod tests {
     #[test]
     fn the_configured_format_then_the_extension_decide_first() {
         let cases = [
-            (ExportFormat::Auto, "export/page-1.json", FileFormat::OdataJson),
-            (ExportFormat::Auto, "export/PAGE-1.JSON", FileFormat::OdataJson),
+            (
+                ExportFormat::Auto,
+                "export/page-1.json",
+                FileFormat::OdataJson,
+            ),
+            (
+                ExportFormat::Auto,
+                "export/PAGE-1.JSON",
+                FileFormat::OdataJson,
+            ),
             (ExportFormat::Auto, "leads.csv", FileFormat::Csv),
             (ExportFormat::Auto, "leads.jsonl", FileFormat::Jsonl),
             (ExportFormat::Auto, "leads.ndjson", FileFormat::Jsonl),
@@ -252,7 +279,11 @@ mod tests {
             (ExportFormat::Auto, "leads", FileFormat::OdataJson),
             (ExportFormat::Csv, "page-1.json", FileFormat::Csv),
             (ExportFormat::Jsonl, "leads.csv", FileFormat::Jsonl),
-            (ExportFormat::OdataJson, "leads.jsonl", FileFormat::OdataJson),
+            (
+                ExportFormat::OdataJson,
+                "leads.jsonl",
+                FileFormat::OdataJson,
+            ),
         ];
         for (configured, path, expected) in cases {
             let content = &b"[]"[..];

@@ -18,7 +18,10 @@ pub(super) struct RecordFields;
 impl<'de> DeserializeSeed<'de> for RecordFields {
     type Value = Map<String, Value>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
@@ -137,10 +140,30 @@ mod tests {
     #[test]
     fn reports_what_and_where() {
         let cases = [
-            ("[1]", 1, 1, "invalid type: sequence, expected a record object"),
-            ("\n  42", 2, 4, "invalid type: integer `42`, expected a record object"),
-            (r#"{"a": 1, "a": 2}"#, 1, 12, "key `a` occurs twice in one record"),
-            ("{\"a\": 1,\n\"b\": ", 2, 5, "EOF while parsing a value (the file is truncated, or still being written)"),
+            (
+                "[1]",
+                1,
+                1,
+                "invalid type: sequence, expected a record object",
+            ),
+            (
+                "\n  42",
+                2,
+                4,
+                "invalid type: integer `42`, expected a record object",
+            ),
+            (
+                r#"{"a": 1, "a": 2}"#,
+                1,
+                12,
+                "key `a` occurs twice in one record",
+            ),
+            (
+                "{\"a\": 1,\n\"b\": ",
+                2,
+                5,
+                "EOF while parsing a value (the file is truncated, or still being written)",
+            ),
             ("{\"a\": 1}\n", 0, 0, ""),
             ("{\"a\": 1} x", 1, 10, "trailing characters"),
             ("{\"a\" 1}", 1, 6, "expected `:`"),
@@ -150,7 +173,11 @@ mod tests {
                 assert!(parse_record(text).is_ok(), "{text:?}");
                 continue;
             }
-            assert_eq!(parse_error(text), (line, column, message.to_string()), "{text:?}");
+            assert_eq!(
+                parse_error(text),
+                (line, column, message.to_string()),
+                "{text:?}"
+            );
         }
     }
 }

@@ -300,11 +300,27 @@ mod tests {
             (b"\xEF\xBB\xBFa,b\n", b"a,b\n", None),
             (b"\xEF\xBB", b"", defect(1, 1, truncated)),
             (b"a\xEF\xBB\xBF", b"a\xEF\xBB\xBF", None),
-            ("S\u{e3}o Paulo \u{20ac}".as_bytes(), "S\u{e3}o Paulo \u{20ac}".as_bytes(), None),
-            (b"ok\nbad \xFF here", b"ok\nbad ", defect(2, 5, "invalid UTF-8 byte 0xFF")),
-            (b"\xEF\xBB\xBFx\xC3(", b"x", defect(1, 2, "invalid UTF-8 byte 0xC3")),
+            (
+                "S\u{e3}o Paulo \u{20ac}".as_bytes(),
+                "S\u{e3}o Paulo \u{20ac}".as_bytes(),
+                None,
+            ),
+            (
+                b"ok\nbad \xFF here",
+                b"ok\nbad ",
+                defect(2, 5, "invalid UTF-8 byte 0xFF"),
+            ),
+            (
+                b"\xEF\xBB\xBFx\xC3(",
+                b"x",
+                defect(1, 2, "invalid UTF-8 byte 0xC3"),
+            ),
             (b"one\ntwo\xE2\x82", b"one\ntwo", defect(2, 4, truncated)),
-            (b"\n\n\xC0\x80", b"\n\n", defect(3, 1, "invalid UTF-8 byte 0xC0")),
+            (
+                b"\n\n\xC0\x80",
+                b"\n\n",
+                defect(3, 1, "invalid UTF-8 byte 0xC0"),
+            ),
         ];
         for &(input, expected_out, ref expected_defect) in cases {
             for chunk in [1, 2, 3, 7, BUFFER_SIZE] {
@@ -339,10 +355,18 @@ mod tests {
     fn progress_reader_keeps_count() {
         let progress = ReadProgress::default();
         let mut reader = ProgressReader::new(&b"a\nbc\n\nde"[..], &progress);
-        let mut seen = vec![(progress.newlines(), progress.last_position(), progress.last_byte())];
+        let mut seen = vec![(
+            progress.newlines(),
+            progress.last_position(),
+            progress.last_byte(),
+        )];
         let mut byte = [0];
         while reader.read(&mut byte).unwrap() == 1 {
-            seen.push((progress.newlines(), progress.last_position(), progress.last_byte()));
+            seen.push((
+                progress.newlines(),
+                progress.last_position(),
+                progress.last_byte(),
+            ));
         }
         assert_eq!(
             seen,
