@@ -10,7 +10,7 @@ use ::csv::{ByteRecord, ReaderBuilder};
 use serde_json::{Map, Value};
 
 use super::text::InputDefect;
-use super::{ExportError, Sink, input_error};
+use super::{ExportError, FileOutcome, Sink, input_error};
 
 /// Display-name headers → logical column names, keyed by the normalised
 /// display name (trimmed, lower case).
@@ -60,7 +60,7 @@ pub(super) fn read_csv<R: Read>(
     input: R,
     aliases: &HeaderAliases,
     sink: &mut Sink<'_>,
-) -> Result<ControlFlow<()>, ExportError> {
+) -> FileOutcome {
     // Ragged rows are checked here rather than by the csv crate, to name the
     // row's line and both widths.
     let mut reader = ReaderBuilder::new()
@@ -327,7 +327,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::text::TextInput;
-    use super::super::{Record, collect_records, parse_error_at};
+    use super::super::{ErrorCase, FileOutcome, Record, collect_records, parse_error_at};
     use super::*;
 
     const FILE: &str = "leads.csv";
@@ -340,10 +340,7 @@ mod tests {
         HeaderAliases::new(&configured).unwrap()
     }
 
-    fn read(
-        content: &[u8],
-        aliases: &HeaderAliases,
-    ) -> (Result<ControlFlow<()>, ExportError>, Vec<Record>) {
+    fn read(content: &[u8], aliases: &HeaderAliases) -> (FileOutcome, Vec<Record>) {
         collect_records(None, |sink| {
             read_csv(Path::new(FILE), TextInput::new(content), aliases, sink)
         })
@@ -366,7 +363,8 @@ mod tests {
             ("  est. value ", "estimatedamount"),
             ("STATUS REASON", "statuscode"),
         ]);
-        let cases: Vec<(&str, &HeaderAliases, Vec<(u64, Value)>)> = vec![
+        type Case<'a> = (&'a str, &'a HeaderAliases, Vec<(u64, Value)>);
+        let cases: Vec<Case> = vec![
             ("leadid,subject\n", &none, vec![]),
             ("leadid,subject", &none, vec![]),
             (
@@ -422,7 +420,7 @@ mod tests {
     #[test]
     fn reports_what_is_wrong_and_where() {
         let display = aliases(&[("Lead", "leadid"), ("Topic", "subject")]);
-        let cases: &[(&[u8], (u64, u64, &str))] = &[
+        let cases: &[ErrorCase] = &[
             (b"", (1, 1, "empty file: no header row")),
             (b"\n\r\n", (1, 1, "empty file: no header row")),
             (

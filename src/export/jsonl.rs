@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeSeed;
 
 use super::json::{RecordFields, json_error, not_an_object};
-use super::{ExportError, Sink, input_error};
+use super::{ExportError, FileOutcome, Sink, input_error};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
 /// skipped; `\n` and `\r\n` line ends are both accepted.
@@ -15,7 +15,7 @@ pub(super) fn read_jsonl<R: BufRead>(
     path: &Path,
     mut input: R,
     sink: &mut Sink<'_>,
-) -> Result<ControlFlow<()>, ExportError> {
+) -> FileOutcome {
     let mut line = Vec::new();
     let mut line_number = 0;
     loop {
@@ -61,15 +61,12 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::super::text::TextInput;
-    use super::super::{Record, collect_records, parse_error_at};
+    use super::super::{ErrorCase, FileOutcome, Record, collect_records, parse_error_at};
     use super::*;
 
     const FILE: &str = "leads.jsonl";
 
-    fn read(
-        content: &[u8],
-        stop_after: Option<u64>,
-    ) -> (Result<ControlFlow<()>, ExportError>, Vec<Record>) {
+    fn read(content: &[u8], stop_after: Option<u64>) -> (FileOutcome, Vec<Record>) {
         collect_records(stop_after, |sink| {
             read_jsonl(Path::new(FILE), TextInput::new(content), sink)
         })
@@ -103,7 +100,7 @@ mod tests {
 
     #[test]
     fn reports_what_is_wrong_and_where() {
-        let cases: &[(&[u8], (u64, u64, &str))] = &[
+        let cases: &[ErrorCase] = &[
             (
                 b"{\"a\": 1}\n{\"a\": 2}\n{\"a\": 3,}\n{\"a\": 4}\n",
                 (3, 9, "trailing comma"),

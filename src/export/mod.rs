@@ -192,6 +192,9 @@ pub fn read_export(
     Ok(summary)
 }
 
+/// How reading one file ended: read to its end, or stopped by the callback.
+type FileOutcome = Result<ControlFlow<()>, ExportError>;
+
 /// Numbers the records of the whole export and hands them to the callback.
 struct Sink<'s> {
     on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
@@ -327,8 +330,8 @@ fn input_error(path: &Path, error: io::Error) -> ExportError {
 #[cfg(test)]
 fn collect_records(
     stop_after: Option<u64>,
-    read: impl FnOnce(&mut Sink<'_>) -> Result<ControlFlow<()>, ExportError>,
-) -> (Result<ControlFlow<()>, ExportError>, Vec<Record>) {
+    read: impl FnOnce(&mut Sink<'_>) -> FileOutcome,
+) -> (FileOutcome, Vec<Record>) {
     let mut records = Vec::new();
     let mut keep = |record: Record| {
         records.push(record);
@@ -345,13 +348,15 @@ fn collect_records(
     (result, records)
 }
 
+/// A table row of reader tests: file content, and the `(line, column,
+/// message)` of the parse error it must give.
+#[cfg(test)]
+type ErrorCase = (&'static [u8], (u64, u64, &'static str));
+
 /// `(line, column, message)` of a parse error about `path`; `None` for any
 /// other outcome.
 #[cfg(test)]
-fn parse_error_at(
-    result: Result<ControlFlow<()>, ExportError>,
-    path: &Path,
-) -> Option<(u64, u64, String)> {
+fn parse_error_at(result: FileOutcome, path: &Path) -> Option<(u64, u64, String)> {
     match result {
         Err(ExportError::Parse {
             path: error_path,

@@ -15,14 +15,10 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use super::json::{RecordFields, json_error, not_an_object};
 use super::text::{ProgressReader, ReadProgress};
-use super::{ExportError, Sink};
+use super::{ExportError, FileOutcome, Sink};
 
 /// Read one page file, handing each record to `sink`.
-pub(super) fn read_odata<R: Read>(
-    path: &Path,
-    input: R,
-    sink: &mut Sink<'_>,
-) -> Result<ControlFlow<()>, ExportError> {
+pub(super) fn read_odata<R: Read>(path: &Path, input: R, sink: &mut Sink<'_>) -> FileOutcome {
     let progress = ReadProgress::default();
     let mut deserializer =
         serde_json::Deserializer::from_reader(ProgressReader::new(input, &progress));
@@ -220,15 +216,12 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::super::text::TextInput;
-    use super::super::{Record, collect_records, parse_error_at};
+    use super::super::{ErrorCase, FileOutcome, Record, collect_records, parse_error_at};
     use super::*;
 
     const PAGE: &str = "page-1.json";
 
-    fn read(
-        content: &[u8],
-        stop_after: Option<u64>,
-    ) -> (Result<ControlFlow<()>, ExportError>, Vec<Record>) {
+    fn read(content: &[u8], stop_after: Option<u64>) -> (FileOutcome, Vec<Record>) {
         collect_records(stop_after, |sink| {
             read_odata(Path::new(PAGE), TextInput::new(content), sink)
         })
@@ -302,7 +295,7 @@ mod tests {
     #[test]
     fn reports_what_is_wrong_and_where() {
         let truncated = "EOF while parsing a value (the file is truncated, or still being written)";
-        let cases: &[(&[u8], (u64, u64, &str))] = &[
+        let cases: &[ErrorCase] = &[
             (b"", (1, 1, "no OData envelope: the file is empty")),
             (b"\n  \n", (3, 1, "no OData envelope: the file is empty")),
             (
@@ -363,7 +356,7 @@ mod tests {
                 b"{\"value\": [\n{\"a\": 1}\n",
                 (
                     3,
-                    0 + 1,
+                    1,
                     "EOF while parsing a list (the file is truncated, or still being written)",
                 ),
             ),

@@ -177,6 +177,12 @@ impl<R: Read> BufRead for TextInput<R> {
 
 impl<R: Read> Read for TextInput<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // serde_json reads one byte per call: keep that path short.
+        if let ([slot], true) = (&mut *out, self.position < self.valid_end) {
+            *slot = self.buffer[self.position];
+            self.position += 1;
+            return Ok(1);
+        }
         let available = self.fill_buf()?;
         let amount = available.len().min(out.len());
         out[..amount].copy_from_slice(&available[..amount]);
@@ -229,6 +235,17 @@ impl<R: Read> Read for ProgressReader<'_, R> {
         let read = self.inner.read(out)?;
         let consumed = &out[..read];
         let progress = self.progress;
+        if let [byte] = consumed {
+            // The one-byte reads of serde_json, without the slice scans.
+            if *byte == b'\n' {
+                progress.newlines.set(progress.newlines.get() + 1);
+                progress.column.set(0);
+            } else {
+                progress.column.set(progress.column.get() + 1);
+            }
+            progress.last_byte.set(Some(*byte));
+            return Ok(read);
+        }
         match consumed.iter().rposition(|&byte| byte == b'\n') {
             Some(last_newline) => {
                 progress
