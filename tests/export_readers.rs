@@ -760,6 +760,10 @@ fn a_large_odata_export_streams_in_bounded_memory() {
     out.into_inner().unwrap().sync_all().unwrap();
     let file_len = fs::metadata(&path).unwrap().len();
 
+    // The measure itself works: it sees a buffer the size of the bound.
+    let ((), seen) = peak_memory(|| drop(vec![0_u8; 1_000_000]));
+    assert!(seen >= 1_000_000, "{seen}");
+
     let mut count = 0;
     let mut last = None;
     let (summary, peak) = peak_memory(|| {

@@ -37,7 +37,10 @@ use self::text::{InputDefect, TextInput};
 #[serde(rename_all = "kebab-case")]
 pub enum ExportFormat {
     /// Decided per file from its extension (`.json` → OData, `.csv`,
-    /// `.jsonl`/`.ndjson`), falling back to its first non-blank byte.
+    /// `.jsonl`/`.ndjson`), else from its content: `[`, or a `{` whose
+    /// object has a `value` array → OData; another `{` whose object is
+    /// complete on its first line → JSON Lines; another `{` → OData (so the
+    /// error says what is wrong); anything else → CSV.
     #[default]
     Auto,
     OdataJson,
@@ -167,11 +170,12 @@ pub fn read_export(
     let mut summary = ExportSummary::default();
     for path in &paths {
         let file = File::open(path).map_err(|source| io_error(path, source))?;
-        let fingerprint = fingerprint(path, &file)?;
-        summary.files.push(fingerprint.clone());
+        let at_open = fingerprint(path, &file)?;
+        summary.files.push(at_open.clone());
 
         let format =
             file_format(options.format, path, &file).map_err(|error| input_error(path, error))?;
+        // Detection may have read the start of the file.
         (&file)
             .seek(SeekFrom::Start(0))
             .map_err(|source| io_error(path, source))?;
@@ -184,7 +188,7 @@ pub fn read_export(
         if flow.is_break() {
             break;
         }
-        if self::fingerprint(path, &file)? != fingerprint {
+        if fingerprint(path, &file)? != at_open {
             return Err(ExportError::Changed { path: path.clone() });
         }
     }

@@ -26,7 +26,6 @@ pub(super) fn read_odata<R: Read>(path: &Path, input: R, sink: &mut Sink<'_>) ->
         path,
         progress: &progress,
         sink,
-        envelope_seen: false,
         stopped: false,
         misplaced_value: None,
     };
@@ -46,7 +45,7 @@ pub(super) fn read_odata<R: Read>(path: &Path, input: R, sink: &mut Sink<'_>) ->
     };
     Err(match page.misplaced_value.take() {
         Some((line, column, message)) => parse_error(line, column, message),
-        None if error.is_eof() && !page.envelope_seen => parse_error(
+        None if error.is_eof() && !progress.content_seen() => parse_error(
             error.line() as u64,
             (error.column() as u64).max(1),
             "no OData envelope: the file is empty".into(),
@@ -61,7 +60,6 @@ struct Page<'p, 's> {
     /// How far the deserializer has read.
     progress: &'p ReadProgress,
     sink: &'p mut Sink<'s>,
-    envelope_seen: bool,
     /// Set when the callback asked to stop; the visitors then unwind with an
     /// error that is not one.
     stopped: bool,
@@ -90,7 +88,6 @@ impl<'de> Visitor<'de> for Envelope<'_, '_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        self.page.envelope_seen = true;
         let mut value_seen = false;
         while let Some(key) = map.next_key::<EnvelopeKey>()? {
             match key {
@@ -116,7 +113,6 @@ impl<'de> Visitor<'de> for Envelope<'_, '_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        self.page.envelope_seen = true;
         Records { page: self.page }.visit_seq(seq)
     }
 }
@@ -298,6 +294,22 @@ mod tests {
         let cases: &[ErrorCase] = &[
             (b"", (1, 1, "no OData envelope: the file is empty")),
             (b"\n  \n", (3, 1, "no OData envelope: the file is empty")),
+            (
+                b"\"abc",
+                (
+                    1,
+                    4,
+                    "EOF while parsing a string (the file is truncated, or still being written)",
+                ),
+            ),
+            (
+                b"{",
+                (
+                    1,
+                    1,
+                    "EOF while parsing an object (the file is truncated, or still being written)",
+                ),
+            ),
             (
                 b"{\"@odata.context\": \"x\"}",
                 (1, 23, "not an OData page: it has no `value` array"),

@@ -199,9 +199,15 @@ pub(super) struct ReadProgress {
     /// Bytes consumed since the last newline.
     column: Cell<u64>,
     last_byte: Cell<Option<u8>>,
+    content_seen: Cell<bool>,
 }
 
 impl ReadProgress {
+    /// Whether anything but whitespace has been consumed.
+    pub fn content_seen(&self) -> bool {
+        self.content_seen.get()
+    }
+
     /// Newlines consumed so far.
     pub fn newlines(&self) -> u64 {
         self.newlines.get()
@@ -244,7 +250,13 @@ impl<R: Read> Read for ProgressReader<'_, R> {
                 progress.column.set(progress.column.get() + 1);
             }
             progress.last_byte.set(Some(*byte));
+            if !byte.is_ascii_whitespace() {
+                progress.content_seen.set(true);
+            }
             return Ok(read);
+        }
+        if !consumed.iter().all(u8::is_ascii_whitespace) {
+            progress.content_seen.set(true);
         }
         match consumed.iter().rposition(|&byte| byte == b'\n') {
             Some(last_newline) => {
@@ -399,6 +411,15 @@ mod tests {
                 (3, (4, 2), Some(b'e')),
             ]
         );
+        assert!(progress.content_seen());
+
+        let progress = ReadProgress::default();
+        let mut reader = ProgressReader::new(&b" \r\n\t x"[..], &progress);
+        let mut blank = [0; 5];
+        reader.read_exact(&mut blank).unwrap();
+        assert!(!progress.content_seen());
+        reader.read_exact(&mut blank[..1]).unwrap();
+        assert!(progress.content_seen());
 
         let progress = ReadProgress::default();
         let mut reader = ProgressReader::new(&b"ab\ncd\nef"[..], &progress);
