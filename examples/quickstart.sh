@@ -34,7 +34,7 @@ echo
 echo "== what the emulator received (method, path, status, body)"
 curl -s "$base/_admin/requests" | python3 -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)["value"]:
     body = "" if r.get("body") is None else json.dumps(r["body"])
     print(f"{r[\"method\"]:6} {r[\"path\"]} -> {r[\"status\"]} {body[:300]}")
 '
@@ -42,7 +42,7 @@ echo
 echo "== the referrals now in the emulator (externalReferenceId, status, dealValue, name)"
 curl -s "$base/_admin/referrals" | python3 -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)["value"]:
     d = r.get("details", {})
     print(r.get("externalReferenceId"), r.get("status"), r.get("substatus"), d.get("dealValue"), d.get("currency"), "|", r.get("name"))
 '
