@@ -551,12 +551,12 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), MappingConfig
             return Err(error("the column name is empty".to_owned()));
         }
         let key = header.trim().to_lowercase();
-        if let Some((other, other_column)) = seen.insert(key, (header, column)) {
-            if other_column != column {
-                return Err(error(format!(
-                    "headers are matched ignoring case, and {other:?} already maps to `{other_column}`"
-                )));
-            }
+        if let Some((other, other_column)) = seen.insert(key, (header, column))
+            && other_column != column
+        {
+            return Err(error(format!(
+                "headers are matched ignoring case, and {other:?} already maps to `{other_column}`"
+            )));
         }
     }
     Ok(())
