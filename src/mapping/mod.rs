@@ -64,6 +64,8 @@ pub struct MappingSpec {
 /// [fields."details.notes"]
 /// enabled = false
 /// ```
+///
+/// An override replaces a shipped field whole, so it repeats `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldSpec {
@@ -77,8 +79,9 @@ pub struct FieldSpec {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub from: Vec<String>,
-    /// `text` (when absent), `number`, `integer`, `money`, `date`,
-    /// `datetime`, `country`, `currency`, `email`, `bool` or `guid`.
+    /// `text`, `number`, `integer`, `money`, `date`, `datetime`, `country`,
+    /// `currency`, `email`, `bool` or `guid`. Required unless the field is
+    /// disabled (optional here so that `enabled = false` can stand alone).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// The value when every column is empty, written as the export would
@@ -342,13 +345,12 @@ impl Mapper {
             }
             let field = compile_field(path_text, field_spec, &context, error)?;
             shape.insert(&path, fields.len()).map_err(|conflict| {
-                let other: &Field = &fields[conflict.other];
+                let other = fields
+                    .get(conflict.other)
+                    .map_or("another field", |other: &Field| other.path.as_str());
                 error(
                     "",
-                    format!(
-                        "conflicts with field `{}`, which {}",
-                        other.path, conflict.reason
-                    ),
+                    format!("conflicts with field `{other}`, which {}", conflict.reason),
                 )
             })?;
             managed.insert(&path.managed_members());
@@ -493,15 +495,22 @@ fn compile_field(
     context: &Context,
     error: impl Fn(&str, String) -> MappingConfigError,
 ) -> Result<Field, MappingConfigError> {
-    let kind_name = spec.kind.as_deref().unwrap_or("text");
+    let known = || {
+        let names: Vec<&str> = FieldType::NAMES.iter().map(|(name, _)| *name).collect();
+        names.join(", ")
+    };
+    // Required, because an override replaces a field whole: an override
+    // that changed only `from` would otherwise turn money into text.
+    let Some(kind_name) = spec.kind.as_deref() else {
+        return Err(error(
+            ".type",
+            format!("missing; expected one of {}", known()),
+        ));
+    };
     let kind = FieldType::from_name(kind_name).ok_or_else(|| {
-        let known: Vec<&str> = FieldType::NAMES.iter().map(|(name, _)| *name).collect();
         error(
             ".type",
-            format!(
-                "unknown type `{kind_name}`; expected one of {}",
-                known.join(", ")
-            ),
+            format!("unknown type `{kind_name}`; expected one of {}", known()),
         )
     })?;
     let columns = spec

@@ -579,6 +579,7 @@ fn the_referral_id_column_gives_the_referral_id() {
 fn defaults_constants_and_required_fields() {
     let overrides = r#"
         [fields."customerProfile.size"]
+        type = "text"
         default = "10to50employees"
 
         [fields."details.closingDateTime"]
@@ -588,6 +589,7 @@ fn defaults_constants_and_required_fields() {
 
         [fields.name]
         from = ["name", "new_shortname"]
+        type = "text"
         required = true
     "#;
     let custom = mapper_with(Entity::Opportunity, overrides).unwrap();
@@ -646,6 +648,7 @@ fn overlay_replaces_fields_whole_rules_by_code_and_merges_headers() {
 
         [fields."details.notes"]
         from = "new_partnernotes"
+        type = "text"
 
         [fields."customerProfile.address.addressLine2"]
         enabled = false
@@ -685,7 +688,8 @@ fn overlay_replaces_fields_whole_rules_by_code_and_merges_headers() {
 
     let notes = &merged.fields["details.notes"];
     assert_eq!(notes.from, ["new_partnernotes"]);
-    assert_eq!(notes.kind, None, "a field is replaced whole, not merged");
+    assert_eq!(notes.kind.as_deref(), Some("text"));
+    assert!(!notes.required, "a field is replaced whole, not merged");
     assert!(!merged.fields["customerProfile.address.addressLine2"].enabled);
     assert_eq!(merged.fields["name"], base.fields["name"]);
     assert_eq!(merged.fields.len(), base.fields.len());
@@ -790,6 +794,11 @@ fn unusable_mappings_are_config_errors_that_name_the_key() {
             r#"mapping.fields."details.dealValue".type: unknown type `monye`; expected one of text, number, integer, money, date, datetime, country, currency, email, bool, guid"#,
         ),
         (
+            r#"[fields."details.dealValue"]
+               from = "estimatedvalue""#,
+            r#"mapping.fields."details.dealValue".type: missing; expected one of text, number"#,
+        ),
+        (
             r#"[fields."details..notes"]
                from = "description""#,
             r#"mapping.fields."details..notes": `details..notes` is not a field path: `` is not a member name"#,
@@ -826,17 +835,20 @@ fn unusable_mappings_are_config_errors_that_name_the_key() {
         ),
         (
             r#"[fields."customerProfile.address"]
-               from = "address1_composite""#,
+               from = "address1_composite"
+               type = "text""#,
             r#"mapping.fields."customerProfile.address.addressLine1": conflicts with field `customerProfile.address`, which maps a single value where this field needs an object or a list"#,
         ),
         (
             r#"[fields."details.notes[0]"]
-               from = "description""#,
+               from = "description"
+               type = "text""#,
             r#"mapping.fields."details.notes[0]": conflicts with field `details.notes`, which maps a single value where this field needs an object or a list"#,
         ),
         (
             r#"[fields.name]
-               from = ["name", "a//b"]"#,
+               from = ["name", "a//b"]
+               type = "text""#,
             r#"mapping.fields."name".from[1]: `a//b` has an empty step"#,
         ),
         (
@@ -849,7 +861,8 @@ fn unusable_mappings_are_config_errors_that_name_the_key() {
         (
             r#"[fields."details.notes"]
                from = "description"
-               default = " ""#,
+               default = " "
+               type = "text""#,
             r#"mapping.fields."details.notes".default: is empty"#,
         ),
         (
