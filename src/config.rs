@@ -749,7 +749,7 @@ mod tests {
             (
                 "[export]\npath = \"x\"\nentity = \"account\"\n",
                 &[],
-                "unknown variant `account`",
+                "does not have variant constructor account for key `export.entity`",
             ),
             (MINIMAL, &[("REFERRAL_SYNC__API__CONCURRENCY", "0")], "`api.concurrency`"),
             (
