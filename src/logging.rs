@@ -1,6 +1,8 @@
 //! Log output: one line per event, as text for people or JSON for
 //! journald/Loki/ELK. `RUST_LOG` takes precedence over `log.level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -17,6 +19,7 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_span_events(FmtSpan::NONE)
         .with_target(false);
     let _ = match format {
