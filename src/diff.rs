@@ -149,7 +149,10 @@ pub(crate) type Tokens<'a> = Vec<&'a str>;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Edit<'a> {
     /// The member at `tokens` takes `value` (`null` when cleared).
-    Set { tokens: Tokens<'a>, value: &'a Value },
+    Set {
+        tokens: Tokens<'a>,
+        value: &'a Value,
+    },
     /// `elements` go at the end of the array at `tokens`; `whole` is the
     /// desired array, sent instead when the base has no array there.
     Append {
@@ -173,7 +176,10 @@ pub(crate) enum Change<'a> {
     /// Which of `/status` and `/substatus` the CRM changed. They are settled
     /// together (see [`status_edits`]), at the position of `status` when it
     /// changed and of `substatus` otherwise.
-    Status { status: bool, substatus: bool },
+    Status {
+        status: bool,
+        substatus: bool,
+    },
 }
 
 /// The CRM's changes from `snapshot` to `desired` on the managed paths, in
@@ -356,7 +362,9 @@ pub(crate) fn equivalent(a: &Value, b: &Value) -> bool {
         (Value::Array(a), Value::Array(b)) => {
             a.len() == b.len() && a.iter().zip(b).all(|(a, b)| equivalent(a, b))
         }
-        (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => a.as_f64() == b.as_f64(),
+        (Value::Number(a), Value::Number(b)) if a.is_f64() || b.is_f64() => {
+            a.as_f64() == b.as_f64()
+        }
         _ => a == b,
     }
 }
@@ -409,8 +417,11 @@ pub(crate) fn status_edits<'a>(
         ));
     }
 
-    let from = read_status(current)
-        .map_err(|error| reject(format!("cannot read the referral's current status: {error}")))?;
+    let from = read_status(current).map_err(|error| {
+        reject(format!(
+            "cannot read the referral's current status: {error}"
+        ))
+    })?;
     let desired_substatus = desired.get("substatus");
     let to_status = if send_status {
         ReferralStatus::from_json(desired.get("status"))
@@ -704,7 +715,12 @@ mod tests {
     #[test]
     fn members_and_nesting() {
         run(vec![
-            case("equal documents", json!({"a": 1, "b": {"c": [1]}}), json!({"a": 1, "b": {"c": [1]}}), json!([])),
+            case(
+                "equal documents",
+                json!({"a": 1, "b": {"c": [1]}}),
+                json!({"a": 1, "b": {"c": [1]}}),
+                json!([]),
+            ),
             case(
                 "deepest changed member",
                 json!({"customerProfile": {"name": "C", "address": {"city": "Redmond", "state": "WA"}}}),
@@ -806,7 +822,12 @@ mod tests {
         let joe = json!({"email": "joe@contoso.com"});
         let ann = json!({"email": "ann@contoso.com"});
         run(vec![
-            case("equal", json!({"team": [sue, joe]}), json!({"team": [sue, joe]}), json!([])),
+            case(
+                "equal",
+                json!({"team": [sue, joe]}),
+                json!({"team": [sue, joe]}),
+                json!([]),
+            ),
             case(
                 "one appended element",
                 json!({"team": [sue]}),
@@ -882,8 +903,18 @@ mod tests {
                 json!({}),
                 json!([{"op": "replace", "path": "/details", "value": null}]),
             ),
-            case("null to absent is no change", json!({"a": null}), json!({}), json!([])),
-            case("absent to null is no change", json!({}), json!({"a": null}), json!([])),
+            case(
+                "null to absent is no change",
+                json!({"a": null}),
+                json!({}),
+                json!([]),
+            ),
+            case(
+                "absent to null is no change",
+                json!({}),
+                json!({"a": null}),
+                json!([]),
+            ),
             Case {
                 options: skip_options(),
                 ..case(
@@ -924,7 +955,12 @@ mod tests {
             },
             Case {
                 managed: ManagedPaths::empty(),
-                ..case("nothing managed", snapshot.clone(), desired.clone(), json!([]))
+                ..case(
+                    "nothing managed",
+                    snapshot.clone(),
+                    desired.clone(),
+                    json!([]),
+                )
             },
             Case {
                 managed: managed(&["/customerProfile/address/city", "/details/notes"]),
@@ -1047,7 +1083,10 @@ mod tests {
 
         run(vec![
             Case {
-                rejected: &[("/status", "Closed referral cannot move to Active (a Closed referral is final)")],
+                rejected: &[(
+                    "/status",
+                    "Closed referral cannot move to Active (a Closed referral is final)",
+                )],
                 ..case(
                     "Closed cannot move to Active",
                     referral("Closed", "Won"),
@@ -1056,7 +1095,10 @@ mod tests {
                 )
             },
             Case {
-                rejected: &[("/status", "substatus Won does not go with status Active (Active takes Accepted)")],
+                rejected: &[(
+                    "/status",
+                    "substatus Won does not go with status Active (Active takes Accepted)",
+                )],
                 ..case(
                     "substatus that does not fit the new status",
                     referral("New", "Pending"),
@@ -1065,7 +1107,10 @@ mod tests {
                 )
             },
             Case {
-                rejected: &[("/substatus", "substatus Lost does not go with status Active (Active takes Accepted)")],
+                rejected: &[(
+                    "/substatus",
+                    "substatus Lost does not go with status Active (Active takes Accepted)",
+                )],
                 ..case(
                     "substatus-only change that does not fit the status",
                     referral("Active", "Accepted"),
@@ -1074,7 +1119,10 @@ mod tests {
                 )
             },
             Case {
-                rejected: &[("/status", "Active referral cannot move to None (Active may move to Active, Closed only)")],
+                rejected: &[(
+                    "/status",
+                    "Active referral cannot move to None (Active may move to Active, Closed only)",
+                )],
                 ..case(
                     "a cleared status cannot be sent",
                     referral("Active", "Accepted"),
@@ -1097,7 +1145,12 @@ mod tests {
                     "invalid desired status: /status: \"Open\" is not a referral status \
                      (expected one of None, New, Active, Closed)",
                 )],
-                ..case("unknown desired status", referral("New", "Pending"), referral("Open", "Pending"), json!([]))
+                ..case(
+                    "unknown desired status",
+                    referral("New", "Pending"),
+                    referral("Open", "Pending"),
+                    json!([]),
+                )
             },
             Case {
                 rejected: &[(
@@ -1121,11 +1174,21 @@ mod tests {
                     "/status",
                     "status is managed but substatus is not; a status change must carry its substatus",
                 )],
-                ..case("status managed without substatus", referral("New", "Pending"), referral("Active", "Accepted"), json!([]))
+                ..case(
+                    "status managed without substatus",
+                    referral("New", "Pending"),
+                    referral("Active", "Accepted"),
+                    json!([]),
+                )
             },
             Case {
                 managed: managed(&["/details"]),
-                ..case("unmanaged status is not sent", referral("New", "Pending"), referral("Active", "Accepted"), json!([]))
+                ..case(
+                    "unmanaged status is not sent",
+                    referral("New", "Pending"),
+                    referral("Active", "Accepted"),
+                    json!([]),
+                )
             },
         ]);
     }
@@ -1139,7 +1202,10 @@ mod tests {
             {"op": "add", "path": "/c", "value": {"d": null}},
         ]));
         apply_ops(&mut document, &patch).unwrap();
-        assert_eq!(document, json!({"a": {"b": 2}, "list": [1, 2], "c": {"d": null}}));
+        assert_eq!(
+            document,
+            json!({"a": {"b": 2}, "list": [1, 2], "c": {"d": null}})
+        );
 
         let before = document.clone();
         let failing = ops(json!([
@@ -1147,8 +1213,14 @@ mod tests {
             {"op": "replace", "path": "/missing/x", "value": 1},
         ]));
         let error = apply_ops(&mut document, &failing).unwrap_err();
-        assert!(matches!(error, ApplyError::Patch(ref patch) if patch.operation == 1), "{error}");
-        assert_eq!(document, before, "a failed patch leaves the document as it was");
+        assert!(
+            matches!(error, ApplyError::Patch(ref patch) if patch.operation == 1),
+            "{error}"
+        );
+        assert_eq!(
+            document, before,
+            "a failed patch leaves the document as it was"
+        );
 
         let invalid = ops(json!([
             {"op": "replace", "path": "/a/b", "value": 3},
@@ -1156,7 +1228,9 @@ mod tests {
         ]));
         let error = apply_ops(&mut document, &invalid).unwrap_err();
         assert!(
-            error.to_string().starts_with("op 1 (add \"a/b\"): the path is not a JSON Pointer"),
+            error
+                .to_string()
+                .starts_with("op 1 (add \"a/b\"): the path is not a JSON Pointer"),
             "{error}"
         );
         assert_eq!(document, before);

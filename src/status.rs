@@ -245,10 +245,7 @@ pub enum TransitionError {
 fn move_hint(from: ReferralStatus) -> String {
     match from {
         ReferralStatus::Closed => "a Closed referral is final".to_owned(),
-        _ => format!(
-            "{from} may move to {} only",
-            names(from.next_statuses())
-        ),
+        _ => format!("{from} may move to {} only", names(from.next_statuses())),
     }
 }
 
@@ -287,18 +284,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    type Pair = (S, Sub);
+
     #[test]
     fn transition_table() {
         // (from, to, expected error text or "" for allowed)
-        let cases: &[(Option<(S, Sub)>, (S, Sub), &str)] = &[
+        let cases: &[(Option<Pair>, Pair, &str)] = &[
             (None, (S::New, Sub::Pending), ""),
             (None, (S::Closed, Sub::Won), ""),
             (None, (S::None, Sub::None), ""),
             (Some((S::None, Sub::None)), (S::Active, Sub::Accepted), ""),
             (Some((S::New, Sub::Pending)), (S::New, Sub::Received), ""),
             (Some((S::New, Sub::Pending)), (S::Active, Sub::Accepted), ""),
-            (Some((S::New, Sub::Received)), (S::Closed, Sub::Declined), ""),
-            (Some((S::Active, Sub::Accepted)), (S::Active, Sub::Accepted), ""),
+            (
+                Some((S::New, Sub::Received)),
+                (S::Closed, Sub::Declined),
+                "",
+            ),
+            (
+                Some((S::Active, Sub::Accepted)),
+                (S::Active, Sub::Accepted),
+                "",
+            ),
             (Some((S::Active, Sub::Accepted)), (S::Closed, Sub::Won), ""),
             (Some((S::Closed, Sub::Won)), (S::Closed, Sub::Lost), ""),
             (
@@ -378,7 +385,11 @@ mod tests {
         for to in S::ALL {
             for &substatus in to.substatuses() {
                 let result = check_transition(Some((S::Closed, Sub::Expired)), (to, substatus));
-                assert_eq!(result.is_ok(), to == S::Closed, "Closed -> {to}/{substatus}");
+                assert_eq!(
+                    result.is_ok(),
+                    to == S::Closed,
+                    "Closed -> {to}/{substatus}"
+                );
             }
         }
     }
@@ -394,7 +405,10 @@ mod tests {
         for substatus in Sub::ALL {
             let name = substatus.to_string();
             assert_eq!(serde_json::to_value(substatus).unwrap(), json!(name));
-            assert_eq!(serde_json::from_value::<Sub>(json!(name)).unwrap(), substatus);
+            assert_eq!(
+                serde_json::from_value::<Sub>(json!(name)).unwrap(),
+                substatus
+            );
             assert_eq!(name.parse::<Sub>().unwrap(), substatus);
         }
     }
@@ -414,20 +428,31 @@ mod tests {
 
     #[test]
     fn read_status_from_documents() {
-        let cases: &[(Value, Result<Option<(S, Sub)>, &str>)] = &[
+        let cases: &[(Value, Result<Option<Pair>, &str>)] = &[
             (json!({}), Ok(None)),
             (json!({"status": null, "substatus": "Won"}), Ok(None)),
-            (json!({"status": "Active", "substatus": "Accepted"}), Ok(Some((S::Active, Sub::Accepted)))),
+            (
+                json!({"status": "Active", "substatus": "Accepted"}),
+                Ok(Some((S::Active, Sub::Accepted))),
+            ),
             (json!({"status": "New"}), Ok(Some((S::New, Sub::None)))),
-            (json!({"status": "New", "substatus": null}), Ok(Some((S::New, Sub::None)))),
-            (json!({"status": 3}), Err("/status must be a string, found 3")),
+            (
+                json!({"status": "New", "substatus": null}),
+                Ok(Some((S::New, Sub::None))),
+            ),
+            (
+                json!({"status": 3}),
+                Err("/status must be a string, found 3"),
+            ),
             (
                 json!({"status": "Closed", "substatus": ["Won"]}),
                 Err("/substatus must be a string, found [\"Won\"]"),
             ),
             (
                 json!({"status": "Open"}),
-                Err("/status: \"Open\" is not a referral status (expected one of None, New, Active, Closed)"),
+                Err(
+                    "/status: \"Open\" is not a referral status (expected one of None, New, Active, Closed)",
+                ),
             ),
         ];
         for (document, expected) in cases {

@@ -18,7 +18,10 @@ struct Vector {
 }
 
 fn vectors() -> Vec<Vector> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/patch-vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/patch-vectors.json"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -26,7 +29,11 @@ fn vectors() -> Vec<Vector> {
 #[test]
 fn every_vector_plans_exactly_the_expected_ops() {
     let vectors = vectors();
-    assert!(vectors.len() >= 6, "only {} vectors were read", vectors.len());
+    assert!(
+        vectors.len() >= 6,
+        "only {} vectors were read",
+        vectors.len()
+    );
     let mut failures = Vec::new();
     for vector in &vectors {
         let plan = plan_patch(
