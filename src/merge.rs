@@ -120,8 +120,12 @@ impl<'a> ThreeWayMerge<'a> {
             let obstacle = &edit.tokens()[..depth];
             if self.managed.contains(obstacle) {
                 self.settle_obstacle(obstacle.to_vec());
+            } else if matches!(edit, Edit::Set { value, .. } if value.is_null()) {
+                // Nothing can be below a non-object: the clear is done.
+                self.outcome.already_applied += 1;
             } else {
-                // Partner Center's own member: rendering refuses it.
+                // Partner Center's own member is in the way: rendering
+                // refuses the edit.
                 self.edits.push(edit);
             }
             return;
@@ -768,6 +772,17 @@ mod tests {
                     json!({"customerProfile": {"address": {"city": "Redmond"}}}),
                     json!({"customerProfile": {"address": {"city": "Bellevue"}}}),
                     json!({"customerProfile": {"address": "see notes"}}),
+                    json!([]),
+                )
+            },
+            Case {
+                managed: managed(&["/customerProfile/address/city"]),
+                already_applied: 1,
+                ..case(
+                    "a clear below an unmanaged scalar in live is already done",
+                    json!({"customerProfile": {"address": {"city": "Redmond"}}}),
+                    json!({"customerProfile": {"address": {}}}),
+                    json!({"customerProfile": "n/a"}),
                     json!([]),
                 )
             },
