@@ -72,10 +72,7 @@ pub enum Command {
     /// Validate the configuration and the export; print every problem.
     Check,
     /// Print the patch between two referral documents (every path managed).
-    Diff {
-        before: PathBuf,
-        after: PathBuf,
-    },
+    Diff { before: PathBuf, after: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +107,9 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Diff { before, after } => diff_command(&before, &after),
         Command::Sync(args) => with_settings(&cli.config, |settings| sync_command(settings, &args)),
-        Command::Status { json } => with_settings(&cli.config, |settings| status_command(settings, json)),
+        Command::Status { json } => {
+            with_settings(&cli.config, |settings| status_command(settings, json))
+        }
         Command::Check => with_settings(&cli.config, check_command),
     }
 }
@@ -275,8 +274,14 @@ pub fn write_outcome(
                     out,
                     "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
                     c.path,
-                    c.live.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
-                    c.desired.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
+                    c.live
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "nothing".into()),
+                    c.desired
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "nothing".into()),
                     c.resolution
                 )?;
             }
@@ -371,7 +376,10 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             c.trigger,
             c.outcome.as_deref().unwrap_or("running"),
             summary,
-            c.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+            c.error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
         );
     }
     if !problems.is_empty() {
@@ -503,7 +511,8 @@ fn secret_files(settings: &Settings) -> Vec<(&'static str, PathBuf)> {
 fn diff_command(before: &Path, after: &Path) -> u8 {
     let read = |path: &Path| -> Result<serde_json::Value, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
     };
     let (before, after) = match (read(before), read(after)) {
         (Ok(b), Ok(a)) => (b, a),
@@ -512,7 +521,12 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
             return exit::CONFIG;
         }
     };
-    let planned = diff::plan_patch(&before, &after, &ManagedPaths::all(), &DiffOptions::default());
+    let planned = diff::plan_patch(
+        &before,
+        &after,
+        &ManagedPaths::all(),
+        &DiffOptions::default(),
+    );
     match serde_json::to_string_pretty(&planned.ops) {
         Ok(text) => println!("{text}"),
         Err(e) => {

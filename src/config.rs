@@ -410,7 +410,10 @@ impl Settings {
         if !QUALIFICATIONS.contains(&create.qualification.as_str()) {
             return Err(invalid(
                 "create.qualification",
-                format!("{:?} is not one of {QUALIFICATIONS:?}", create.qualification),
+                format!(
+                    "{:?} is not one of {QUALIFICATIONS:?}",
+                    create.qualification
+                ),
             ));
         }
         if create.referral_type == "Shared" && create.target.is_empty() && sync.create_missing {
@@ -426,8 +429,7 @@ impl Settings {
         };
         validate_schedule(&schedule)?;
 
-        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0)
-        {
+        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0) {
             return Err(invalid(
                 "daemon.shutdown_grace_secs",
                 "must be a non-negative number",
@@ -499,7 +501,12 @@ fn default_store_path() -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         .map(|dirs| {
             // systemd passes a colon-separated list when several are set.
-            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
             PathBuf::from(first)
         })
         .filter(|p| !p.as_os_str().is_empty())
@@ -600,11 +607,16 @@ fn validate_auth(
             let client_id = raw
                 .client_id
                 .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| invalid("auth.client_id", "required with auth.refresh_token_file"))?;
+                .ok_or_else(|| {
+                    invalid("auth.client_id", "required with auth.refresh_token_file")
+                })?;
             let token_url = match (raw.token_url, raw.tenant) {
                 (Some(url), _) => url,
                 (None, Some(tenant)) if !tenant.trim().is_empty() => {
-                    format!("https://login.microsoftonline.com/{}/oauth2/token", tenant.trim())
+                    format!(
+                        "https://login.microsoftonline.com/{}/oauth2/token",
+                        tenant.trim()
+                    )
                 }
                 _ => {
                     return Err(invalid(
@@ -624,8 +636,7 @@ fn validate_auth(
             }))
         }
         (None, None) => {
-            if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some()
-            {
+            if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some() {
                 return Err(invalid(
                     "auth.refresh_token_file",
                     "required when auth.client_id, auth.tenant or auth.client_secret_file is set",
@@ -751,10 +762,17 @@ mod tests {
                 &[],
                 "does not have variant constructor account for key `export.entity`",
             ),
-            (MINIMAL, &[("REFERRAL_SYNC__API__CONCURRENCY", "0")], "`api.concurrency`"),
             (
                 MINIMAL,
-                &[("REFERRAL_SYNC__API__BASE_URL", "http://api.example.com/v1.0")],
+                &[("REFERRAL_SYNC__API__CONCURRENCY", "0")],
+                "`api.concurrency`",
+            ),
+            (
+                MINIMAL,
+                &[(
+                    "REFERRAL_SYNC__API__BASE_URL",
+                    "http://api.example.com/v1.0",
+                )],
                 "`api.base_url`",
             ),
             (
@@ -792,7 +810,11 @@ mod tests {
                 &[],
                 "`auth.tenant`",
             ),
-            (MINIMAL, &[("REFERRAL_SYNC__LOG__FORMAT", "xml")], "log.format"),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__LOG__FORMAT", "xml")],
+                "log.format",
+            ),
             (
                 "[export]\npath = \"x\"\nentity = \"opportunity\"\n[mapping.fields.\"details.dealValue\"]\nfrom = \"estimatedvalue\"\ntype = \"moneyy\"\n",
                 &[],
@@ -810,7 +832,10 @@ mod tests {
         let s = load(
             MINIMAL,
             &[
-                ("REFERRAL_SYNC__API__BASE_URL", "http://api.example.com/v1.0"),
+                (
+                    "REFERRAL_SYNC__API__BASE_URL",
+                    "http://api.example.com/v1.0",
+                ),
                 ("REFERRAL_SYNC__API__ALLOW_INSECURE", "true"),
             ],
         )

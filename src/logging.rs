@@ -12,8 +12,9 @@ use crate::config::LogFormat;
 /// standard error so that standard output carries only command results.
 pub fn init(format: LogFormat, level: &str) {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)
-            .unwrap_or_else(|_| EnvFilter::new(level)),
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(level))
+        }
         _ => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt()

@@ -275,10 +275,7 @@ impl Store {
     /// `PRAGMA integrity_check`: `ok`, or the problems found.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         let err = sqlite_error(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check").map_err(&err)?;
         let rows: Vec<String> = stmt
             .query_map([], |row| row.get(0))
             .map_err(&err)?
@@ -498,16 +495,15 @@ impl Store {
     /// How many records the store knows.
     pub fn record_count(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))
+            .query_row("SELECT COUNT(*) FROM records", [], |row| {
+                row.get::<_, i64>(0)
+            })
             .map(|n| n.max(0) as u64)
             .map_err(sqlite_error(&self.path))
     }
 
     /// Call `visit` with every external id the store knows.
-    pub fn for_each_external_id(
-        &self,
-        visit: &mut dyn FnMut(&str),
-    ) -> Result<(), StoreError> {
+    pub fn for_each_external_id(&self, visit: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let mut stmt = self
             .conn
@@ -621,7 +617,9 @@ impl Store {
             .map_err(&err)?;
         let mut counts = StateCounts::default();
         let rows = stmt
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
             .map_err(&err)?;
         for row in rows {
             let (state, n) = row.map_err(&err)?;
@@ -713,12 +711,27 @@ mod tests {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
         store.mark_pending("ext-1", Some("ref-1")).unwrap();
-        assert_eq!(store.brief("ext-1").unwrap().unwrap().state, SyncState::Pending);
+        assert_eq!(
+            store.brief("ext-1").unwrap().unwrap().state,
+            SyncState::Pending
+        );
         store
-            .record_applied("ext-1", "ref-1", "\"e1\"", &doc, "h1", SyncState::Synced, None)
+            .record_applied(
+                "ext-1",
+                "ref-1",
+                "\"e1\"",
+                &doc,
+                "h1",
+                SyncState::Synced,
+                None,
+            )
             .unwrap();
-        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
-        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
+        store
+            .record_failed("ext-1", None, "HTTP 400 invalidRequest: nope")
+            .unwrap();
+        store
+            .record_failed("ext-1", None, "HTTP 400 invalidRequest: nope")
+            .unwrap();
         let rec = store.record("ext-1").unwrap().unwrap();
         assert_eq!(rec.snapshot, Some(doc));
         assert_eq!(rec.etag.as_deref(), Some("\"e1\""));
@@ -728,7 +741,10 @@ mod tests {
         assert_eq!(rec.referral_id.as_deref(), Some("ref-1"));
         let problems = store.problems(10).unwrap();
         assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].last_error.as_deref(), Some("HTTP 400 invalidRequest: nope"));
+        assert_eq!(
+            problems[0].last_error.as_deref(),
+            Some("HTTP 400 invalidRequest: nope")
+        );
         let counts = store.state_counts().unwrap();
         assert_eq!((counts.synced, counts.failed), (0, 1));
     }
@@ -754,6 +770,10 @@ mod tests {
     #[test]
     fn read_only_open_of_missing_store_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Store::open_read_only(&dir.path().join("nope.db")).unwrap().is_none());
+        assert!(
+            Store::open_read_only(&dir.path().join("nope.db"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -220,9 +220,11 @@ impl Pusher {
                         );
                         if !self.dry_run {
                             if let Ok(store) = self.store.lock() {
-                                if let Err(e) =
-                                    store.record_failed(&external_id, referral_id.as_deref(), &message)
-                                {
+                                if let Err(e) = store.record_failed(
+                                    &external_id,
+                                    referral_id.as_deref(),
+                                    &message,
+                                ) {
                                     warn!(external_id = %external_id, error = %e, "could not record the failure");
                                 }
                             }
@@ -259,8 +261,15 @@ impl Pusher {
                         live: None,
                         adopting: false,
                     };
-                    let planned = diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
-                    return self.push(item, base, planned.ops, planned.rejected, Vec::new()).await;
+                    let planned = diff::plan_patch(
+                        snapshot,
+                        desired,
+                        &self.managed,
+                        &self.diff_options(false),
+                    );
+                    return self
+                        .push(item, base, planned.ops, planned.rejected, Vec::new())
+                        .await;
                 }
             }
         }
@@ -361,8 +370,7 @@ impl Pusher {
                 if item.mapped.referral_id.is_none() { "referral id column, " } else { "" }
             ));
             if !self.dry_run {
-                self.store()?
-                    .record_failed(ext, None, &outcome.errors[0])?;
+                self.store()?.record_failed(ext, None, &outcome.errors[0])?;
             }
             return Ok(outcome);
         }
@@ -540,7 +548,9 @@ impl Pusher {
                     let Some(delay) = unknown.next_delay() else {
                         return Err(Stop::Failed {
                             referral_id: Some(base.referral_id.clone()),
-                            message: format!("write outcome unknown and retries exhausted: {reason}"),
+                            message: format!(
+                                "write outcome unknown and retries exhausted: {reason}"
+                            ),
                             status: None,
                             code: None,
                         });
@@ -560,7 +570,12 @@ impl Pusher {
                 &self.merge_options(base.adopting),
             );
             log_conflicts(self.correlation_id, ext, &merged.conflicts);
-            debug!(external_id = ext, ops = merged.ops.len(), already_applied = merged.already_applied, "re-planned against the live referral");
+            debug!(
+                external_id = ext,
+                ops = merged.ops.len(),
+                already_applied = merged.already_applied,
+                "re-planned against the live referral"
+            );
             conflicts.extend(merged.conflicts);
             rejected = merged.rejected;
             ops = merged.ops;
