@@ -566,13 +566,13 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
     if raw.concurrency == 0 || raw.concurrency > 256 {
         return Err(invalid("api.concurrency", "must be between 1 and 256"));
     }
-    if let Some(rate) = raw.max_requests_per_second {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(invalid(
-                "api.max_requests_per_second",
-                "must be a positive number (leave it out for no limit)",
-            ));
-        }
+    if let Some(rate) = raw.max_requests_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(invalid(
+            "api.max_requests_per_second",
+            "must be a positive number (leave it out for no limit)",
+        ));
     }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && v > 0.0 {
@@ -750,7 +750,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        // (configuration text, environment, expected fragment of the error)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             (
                 "[export]\npath = \"x\"\nentity = \"opportunity\"\ntypo = 1\n",
                 &[],

@@ -94,6 +94,20 @@ pub struct RecordBrief {
     pub state: SyncState,
 }
 
+/// What an acknowledged write leaves behind.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied<'a> {
+    pub referral_id: &'a str,
+    pub etag: &'a str,
+    /// The desired document now applied.
+    pub snapshot: &'a Value,
+    pub desired_hash: &'a str,
+    /// `Synced`, or `Invalid` when part of the change was refused locally
+    /// (then `error` says why).
+    pub state: SyncState,
+    pub error: Option<&'a str>,
+}
+
 /// Everything stored for one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
@@ -375,19 +389,20 @@ impl Store {
     }
 
     /// The service acknowledged: advance snapshot, eTag and hash together.
-    /// `state` is `Synced`, or `Invalid` when part of the change was refused
-    /// locally (then `error` says why).
     pub fn record_applied(
         &self,
         external_id: &str,
-        referral_id: &str,
-        etag: &str,
-        snapshot: &Value,
-        desired_hash: &str,
-        state: SyncState,
-        error: Option<&str>,
+        applied: &Applied<'_>,
     ) -> Result<(), StoreError> {
         let now = now();
+        let Applied {
+            referral_id,
+            etag,
+            snapshot,
+            desired_hash,
+            state,
+            error,
+        } = *applied;
         let snapshot = snapshot.to_string();
         let tx = self
             .conn
@@ -718,12 +733,14 @@ mod tests {
         store
             .record_applied(
                 "ext-1",
-                "ref-1",
-                "\"e1\"",
-                &doc,
-                "h1",
-                SyncState::Synced,
-                None,
+                &Applied {
+                    referral_id: "ref-1",
+                    etag: "\"e1\"",
+                    snapshot: &doc,
+                    desired_hash: "h1",
+                    state: SyncState::Synced,
+                    error: None,
+                },
             )
             .unwrap();
         store

@@ -49,7 +49,10 @@ fn first_sync_adopts_existing_referrals_and_creates_the_rest() {
     // with If-Match, and the seller's own member survives.
     let adopted = emulator.referral_for("3f2504e0-4f89-41d3-9a0c-0305e82c3301");
     assert_eq!(adopted["details"]["dealValue"], json!(50000));
-    assert_eq!(adopted["name"], json!("Contoso supply chain on Dynamics 365"));
+    assert_eq!(
+        adopted["name"],
+        json!("Contoso supply chain on Dynamics 365")
+    );
     assert!(adopted["customerProfile"]["size"].is_string(), "{adopted}");
     let patches = emulator.requests_with_method("PATCH");
     assert_eq!(patches.len(), 2);
@@ -71,7 +74,11 @@ fn first_sync_adopts_existing_referrals_and_creates_the_rest() {
     emulator.clear_requests();
     let run = ws.run(&["sync"]);
     run.assert_code(0);
-    assert!(run.stdout().contains("seen 5, unchanged 5"), "{}", run.stdout());
+    assert!(
+        run.stdout().contains("seen 5, unchanged 5"),
+        "{}",
+        run.stdout()
+    );
     let writes: Vec<Value> = emulator
         .requests()
         .into_iter()

@@ -212,14 +212,14 @@ pub fn scan_export(
                 }
             }
         };
-        if let Some(reason) = work {
-            if !over_budget {
-                if retained.len() < options.retain_budget {
-                    retained.push((mapped.clone(), hash, reason));
-                } else {
-                    over_budget = true;
-                    retained = Vec::new();
-                }
+        if let Some(reason) = work
+            && !over_budget
+        {
+            if retained.len() < options.retain_budget {
+                retained.push((mapped.clone(), hash, reason));
+            } else {
+                over_budget = true;
+                retained = Vec::new();
             }
         }
         first_ordinal.insert(mapped.external_id.as_str().into(), record.location.ordinal);

@@ -98,8 +98,12 @@ impl Emulator {
     }
 
     pub fn referral(&self, id: &str) -> Value {
-        self.call(reqwest::Method::GET, &format!("/_admin/referrals/{id}"), None)
-            .1
+        self.call(
+            reqwest::Method::GET,
+            &format!("/_admin/referrals/{id}"),
+            None,
+        )
+        .1
     }
 
     /// The referral whose externalReferenceId is `external_id` (exactly one).
@@ -109,7 +113,11 @@ impl Emulator {
             .into_iter()
             .filter(|r| r["externalReferenceId"] == json!(external_id))
             .collect();
-        assert_eq!(matching.len(), 1, "referrals for {external_id}: {matching:?}");
+        assert_eq!(
+            matching.len(),
+            1,
+            "referrals for {external_id}: {matching:?}"
+        );
         matching.into_iter().next().unwrap()
     }
 
