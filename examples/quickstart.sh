@@ -34,15 +34,16 @@ echo
 echo "== what the emulator received (method, path, status, body)"
 curl -s "$base/_admin/requests" | python3 -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)["value"]:
     body = "" if r.get("body") is None else json.dumps(r["body"])
-    print(f"{r[\"method\"]:6} {r[\"path\"]} -> {r[\"status\"]} {body[:300]}")
+    match = " If-Match " + r["if_match"] if r.get("if_match") else ""
+    print("%-6s %s -> %s%s %s" % (r["method"], r["path"], r["status"], match, body[:300]))
 '
 echo
 echo "== the referrals now in the emulator (externalReferenceId, status, dealValue, name)"
 curl -s "$base/_admin/referrals" | python3 -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)["value"]:
     d = r.get("details", {})
     print(r.get("externalReferenceId"), r.get("status"), r.get("substatus"), d.get("dealValue"), d.get("currency"), "|", r.get("name"))
 '

@@ -76,10 +76,7 @@ pub enum Command {
     /// Resync now: through the running daemon, or here if none runs.
     Resync(crate::daemon::ResyncArgs),
     /// Print the patch between two referral documents (every path managed).
-    Diff {
-        before: PathBuf,
-        after: PathBuf,
-    },
+    Diff { before: PathBuf, after: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -114,7 +111,9 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Diff { before, after } => diff_command(&before, &after),
         Command::Sync(args) => with_settings(&cli.config, |settings| sync_command(settings, &args)),
-        Command::Status { json } => with_settings(&cli.config, |settings| status_command(settings, json)),
+        Command::Status { json } => {
+            with_settings(&cli.config, |settings| status_command(settings, json))
+        }
         Command::Check => with_settings(&cli.config, check_command),
         Command::Run => with_settings(&cli.config, crate::daemon::run),
         Command::Resync(args) => with_settings(&cli.config, |settings| crate::daemon::resync_command(settings, &args)),
@@ -281,8 +280,14 @@ pub fn write_outcome(
                     out,
                     "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
                     c.path,
-                    c.live.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
-                    c.desired.as_ref().map(ToString::to_string).unwrap_or_else(|| "nothing".into()),
+                    c.live
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "nothing".into()),
+                    c.desired
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "nothing".into()),
                     c.resolution
                 )?;
             }
@@ -377,7 +382,10 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             c.trigger,
             c.outcome.as_deref().unwrap_or("running"),
             summary,
-            c.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+            c.error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
         );
     }
     if !problems.is_empty() {
@@ -509,7 +517,8 @@ fn secret_files(settings: &Settings) -> Vec<(&'static str, PathBuf)> {
 fn diff_command(before: &Path, after: &Path) -> u8 {
     let read = |path: &Path| -> Result<serde_json::Value, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))
     };
     let (before, after) = match (read(before), read(after)) {
         (Ok(b), Ok(a)) => (b, a),
@@ -518,7 +527,12 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
             return exit::CONFIG;
         }
     };
-    let planned = diff::plan_patch(&before, &after, &ManagedPaths::all(), &DiffOptions::default());
+    let planned = diff::plan_patch(
+        &before,
+        &after,
+        &ManagedPaths::all(),
+        &DiffOptions::default(),
+    );
     match serde_json::to_string_pretty(&planned.ops) {
         Ok(text) => println!("{text}"),
         Err(e) => {

@@ -410,7 +410,10 @@ impl Settings {
         if !QUALIFICATIONS.contains(&create.qualification.as_str()) {
             return Err(invalid(
                 "create.qualification",
-                format!("{:?} is not one of {QUALIFICATIONS:?}", create.qualification),
+                format!(
+                    "{:?} is not one of {QUALIFICATIONS:?}",
+                    create.qualification
+                ),
             ));
         }
         if create.referral_type == "Shared" && create.target.is_empty() && sync.create_missing {
@@ -426,8 +429,7 @@ impl Settings {
         };
         validate_schedule(&schedule)?;
 
-        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0)
-        {
+        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0) {
             return Err(invalid(
                 "daemon.shutdown_grace_secs",
                 "must be a non-negative number",
@@ -499,7 +501,12 @@ fn default_store_path() -> PathBuf {
     let dir = std::env::var_os("STATE_DIRECTORY")
         .map(|dirs| {
             // systemd passes a colon-separated list when several are set.
-            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
             PathBuf::from(first)
         })
         .filter(|p| !p.as_os_str().is_empty())
@@ -559,13 +566,13 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
     if raw.concurrency == 0 || raw.concurrency > 256 {
         return Err(invalid("api.concurrency", "must be between 1 and 256"));
     }
-    if let Some(rate) = raw.max_requests_per_second {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(invalid(
-                "api.max_requests_per_second",
-                "must be a positive number (leave it out for no limit)",
-            ));
-        }
+    if let Some(rate) = raw.max_requests_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(invalid(
+            "api.max_requests_per_second",
+            "must be a positive number (leave it out for no limit)",
+        ));
     }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && v > 0.0 {
@@ -600,11 +607,16 @@ fn validate_auth(
             let client_id = raw
                 .client_id
                 .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| invalid("auth.client_id", "required with auth.refresh_token_file"))?;
+                .ok_or_else(|| {
+                    invalid("auth.client_id", "required with auth.refresh_token_file")
+                })?;
             let token_url = match (raw.token_url, raw.tenant) {
                 (Some(url), _) => url,
                 (None, Some(tenant)) if !tenant.trim().is_empty() => {
-                    format!("https://login.microsoftonline.com/{}/oauth2/token", tenant.trim())
+                    format!(
+                        "https://login.microsoftonline.com/{}/oauth2/token",
+                        tenant.trim()
+                    )
                 }
                 _ => {
                     return Err(invalid(
@@ -624,8 +636,7 @@ fn validate_auth(
             }))
         }
         (None, None) => {
-            if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some()
-            {
+            if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some() {
                 return Err(invalid(
                     "auth.refresh_token_file",
                     "required when auth.client_id, auth.tenant or auth.client_secret_file is set",
@@ -671,4 +682,187 @@ fn croner_check(expr: &str) -> Result<(), String> {
         .parse(expr)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("referral-sync.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), text);
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(&path, Some(env))
+    }
+
+    const MINIMAL: &str = "[export]\npath = \"export.json\"\nentity = \"opportunity\"\n";
+
+    #[test]
+    fn the_shipped_files_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["config/referral-sync.toml", "examples/referral-sync.toml"] {
+            let settings = Settings::load_with_env(&root.join(file), Some(HashMap::new()))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            settings.mapper().unwrap();
+        }
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), MINIMAL);
+        let s = Settings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert_eq!(s.export.path, dir.path().join("export.json"));
+        assert_eq!(s.api.base_url, DEFAULT_BASE_URL);
+        assert_eq!(s.api.concurrency, 4);
+        assert_eq!(s.sync.on_cleared, OnCleared::Null);
+        assert_eq!(s.sync.conflict, ConflictPolicy::CrmWins);
+        assert_eq!(s.sync.max_conflict_retries, 5);
+        assert!(!s.sync.create_missing);
+        assert_eq!(s.auth, None);
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let s = load(
+            MINIMAL,
+            &[
+                ("REFERRAL_SYNC__API__CONCURRENCY", "9"),
+                ("REFERRAL_SYNC__SYNC__CONFLICT", "remote-wins"),
+                ("REFERRAL_SYNC__EXPORT__ENTITY", "lead"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.api.concurrency, 9);
+        assert_eq!(s.sync.conflict, ConflictPolicy::RemoteWins);
+        assert_eq!(s.export.entity, Entity::Lead);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        // (configuration text, environment, expected fragment of the error)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                "[export]\npath = \"x\"\nentity = \"opportunity\"\ntypo = 1\n",
+                &[],
+                "unknown field `typo`",
+            ),
+            ("[export]\nentity = \"opportunity\"\n", &[], "export.path"),
+            (
+                "[export]\npath = \"x\"\nentity = \"account\"\n",
+                &[],
+                "does not have variant constructor account for key `export.entity`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__API__CONCURRENCY", "0")],
+                "`api.concurrency`",
+            ),
+            (
+                MINIMAL,
+                &[(
+                    "REFERRAL_SYNC__API__BASE_URL",
+                    "http://api.example.com/v1.0",
+                )],
+                "`api.base_url`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__SCHEDULE__CRON", "*/5 * * * *")],
+                "`schedule.cron`: \"*/5 * * * *\" has 5 fields",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__SCHEDULE__CRON", "0 99 * * * *")],
+                "`schedule.cron`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__SCHEDULE__TIMEZONE", "Mars/Olympus")],
+                "`schedule.timezone`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__SYNC__DEFAULT_CURRENCY", "dollars")],
+                "`sync.default_currency`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__SYNC__ON_CLEARED", "erase")],
+                "sync.on_cleared",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__AUTH__CLIENT_ID", "abc")],
+                "`auth.refresh_token_file`",
+            ),
+            (
+                "[export]\npath = \"x\"\nentity = \"opportunity\"\n[auth]\nrefresh_token_file = \"rt\"\nclient_id = \"c\"\n",
+                &[],
+                "`auth.tenant`",
+            ),
+            (
+                MINIMAL,
+                &[("REFERRAL_SYNC__LOG__FORMAT", "xml")],
+                "log.format",
+            ),
+            (
+                "[export]\npath = \"x\"\nentity = \"opportunity\"\n[mapping.fields.\"details.dealValue\"]\nfrom = \"estimatedvalue\"\ntype = \"moneyy\"\n",
+                &[],
+                "moneyy",
+            ),
+        ];
+        for (text, env, expected) in cases {
+            let err = load(text, env).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn insecure_base_url_needs_the_opt_in() {
+        let s = load(
+            MINIMAL,
+            &[
+                (
+                    "REFERRAL_SYNC__API__BASE_URL",
+                    "http://api.example.com/v1.0",
+                ),
+                ("REFERRAL_SYNC__API__ALLOW_INSECURE", "true"),
+            ],
+        )
+        .unwrap();
+        assert!(s.api.allow_insecure);
+        load(
+            MINIMAL,
+            &[("REFERRAL_SYNC__API__BASE_URL", "http://127.0.0.1:9/v1.0")],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn refresh_flow_builds_the_token_url_from_the_tenant() {
+        let s = load(
+            "[export]\npath = \"x\"\nentity = \"lead\"\n[auth]\ntenant = \"contoso\"\nclient_id = \"c\"\nrefresh_token_file = \"rt\"\n",
+            &[],
+        )
+        .unwrap();
+        match s.auth {
+            Some(AuthSettings::RefreshToken { token_url, .. }) => assert_eq!(
+                token_url,
+                "https://login.microsoftonline.com/contoso/oauth2/token"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 }

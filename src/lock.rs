@@ -8,7 +8,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("store {} is in use by another referral-sync process (pid {pid}); stop it or use it (`referral-sync resync` talks to a running daemon)", store.display())]

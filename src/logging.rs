@@ -1,6 +1,8 @@
 //! Log output: one line per event, as text for people or JSON for
 //! journald/Loki/ELK. `RUST_LOG` takes precedence over `log.level`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -10,13 +12,15 @@ use crate::config::LogFormat;
 /// standard error so that standard output carries only command results.
 pub fn init(format: LogFormat, level: &str) {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)
-            .unwrap_or_else(|_| EnvFilter::new(level)),
+        Ok(directives) if !directives.trim().is_empty() => {
+            EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(level))
+        }
         _ => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_span_events(FmtSpan::NONE)
         .with_target(false);
     let _ = match format {

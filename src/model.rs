@@ -170,7 +170,11 @@ impl ManagedPaths {
                 ManagedNode::All => out.push(prefix.to_owned()),
                 ManagedNode::Members(members) => {
                     for (key, child) in members {
-                        walk(child, &format!("{prefix}/{}", escape_pointer_token(key)), out);
+                        walk(
+                            child,
+                            &format!("{prefix}/{}", escape_pointer_token(key)),
+                            out,
+                        );
                     }
                 }
             }

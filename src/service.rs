@@ -15,9 +15,15 @@ pub enum ServiceError {
     )]
     NoCredentials,
     #[error("api: {0}")]
-    Client(#[from] crate::api::ApiError),
+    Client(Box<crate::api::ApiError>),
     #[error("api.concurrency / api.max_requests_per_second: {0}")]
     Gate(#[from] crate::api::gate::GateError),
+}
+
+impl From<crate::api::ApiError> for ServiceError {
+    fn from(e: crate::api::ApiError) -> Self {
+        ServiceError::Client(Box::new(e))
+    }
 }
 
 /// The client for `settings`, with one request gate shared by every worker.

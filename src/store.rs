@@ -94,6 +94,20 @@ pub struct RecordBrief {
     pub state: SyncState,
 }
 
+/// What an acknowledged write leaves behind.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied<'a> {
+    pub referral_id: &'a str,
+    pub etag: &'a str,
+    /// The desired document now applied.
+    pub snapshot: &'a Value,
+    pub desired_hash: &'a str,
+    /// `Synced`, or `Invalid` when part of the change was refused locally
+    /// (then `error` says why).
+    pub state: SyncState,
+    pub error: Option<&'a str>,
+}
+
 /// Everything stored for one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
@@ -275,10 +289,7 @@ impl Store {
     /// `PRAGMA integrity_check`: `ok`, or the problems found.
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         let err = sqlite_error(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(&err)?;
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check").map_err(&err)?;
         let rows: Vec<String> = stmt
             .query_map([], |row| row.get(0))
             .map_err(&err)?
@@ -378,19 +389,20 @@ impl Store {
     }
 
     /// The service acknowledged: advance snapshot, eTag and hash together.
-    /// `state` is `Synced`, or `Invalid` when part of the change was refused
-    /// locally (then `error` says why).
     pub fn record_applied(
         &self,
         external_id: &str,
-        referral_id: &str,
-        etag: &str,
-        snapshot: &Value,
-        desired_hash: &str,
-        state: SyncState,
-        error: Option<&str>,
+        applied: &Applied<'_>,
     ) -> Result<(), StoreError> {
         let now = now();
+        let Applied {
+            referral_id,
+            etag,
+            snapshot,
+            desired_hash,
+            state,
+            error,
+        } = *applied;
         let snapshot = snapshot.to_string();
         let tx = self
             .conn
@@ -498,16 +510,15 @@ impl Store {
     /// How many records the store knows.
     pub fn record_count(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM records", [], |row| row.get::<_, i64>(0))
+            .query_row("SELECT COUNT(*) FROM records", [], |row| {
+                row.get::<_, i64>(0)
+            })
             .map(|n| n.max(0) as u64)
             .map_err(sqlite_error(&self.path))
     }
 
     /// Call `visit` with every external id the store knows.
-    pub fn for_each_external_id(
-        &self,
-        visit: &mut dyn FnMut(&str),
-    ) -> Result<(), StoreError> {
+    pub fn for_each_external_id(&self, visit: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let mut stmt = self
             .conn
@@ -621,7 +632,9 @@ impl Store {
             .map_err(&err)?;
         let mut counts = StateCounts::default();
         let rows = stmt
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
             .map_err(&err)?;
         for row in rows {
             let (state, n) = row.map_err(&err)?;
@@ -713,12 +726,29 @@ mod tests {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
         store.mark_pending("ext-1", Some("ref-1")).unwrap();
-        assert_eq!(store.brief("ext-1").unwrap().unwrap().state, SyncState::Pending);
+        assert_eq!(
+            store.brief("ext-1").unwrap().unwrap().state,
+            SyncState::Pending
+        );
         store
-            .record_applied("ext-1", "ref-1", "\"e1\"", &doc, "h1", SyncState::Synced, None)
+            .record_applied(
+                "ext-1",
+                &Applied {
+                    referral_id: "ref-1",
+                    etag: "\"e1\"",
+                    snapshot: &doc,
+                    desired_hash: "h1",
+                    state: SyncState::Synced,
+                    error: None,
+                },
+            )
             .unwrap();
-        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
-        store.record_failed("ext-1", None, "HTTP 400 invalidRequest: nope").unwrap();
+        store
+            .record_failed("ext-1", None, "HTTP 400 invalidRequest: nope")
+            .unwrap();
+        store
+            .record_failed("ext-1", None, "HTTP 400 invalidRequest: nope")
+            .unwrap();
         let rec = store.record("ext-1").unwrap().unwrap();
         assert_eq!(rec.snapshot, Some(doc));
         assert_eq!(rec.etag.as_deref(), Some("\"e1\""));
@@ -728,7 +758,10 @@ mod tests {
         assert_eq!(rec.referral_id.as_deref(), Some("ref-1"));
         let problems = store.problems(10).unwrap();
         assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].last_error.as_deref(), Some("HTTP 400 invalidRequest: nope"));
+        assert_eq!(
+            problems[0].last_error.as_deref(),
+            Some("HTTP 400 invalidRequest: nope")
+        );
         let counts = store.state_counts().unwrap();
         assert_eq!((counts.synced, counts.failed), (0, 1));
     }
@@ -754,6 +787,10 @@ mod tests {
     #[test]
     fn read_only_open_of_missing_store_is_none() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Store::open_read_only(&dir.path().join("nope.db")).unwrap().is_none());
+        assert!(
+            Store::open_read_only(&dir.path().join("nope.db"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -22,8 +22,8 @@ use crate::export::{self, ExportError};
 use crate::mapping::Mapper;
 use crate::store::{Store, StoreError};
 
-pub use outcome::{Action, CycleSummary, RecordOutcome};
 use outcome::Counters;
+pub use outcome::{Action, CycleSummary, RecordOutcome};
 use push::{Pusher, ReferralIndex, WorkItem};
 use scan::{Scan, ScanError, ScanOptions, WorkFor};
 
@@ -229,7 +229,12 @@ impl Engine {
             };
             tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
                 let store = lock_store(&store)?;
-                Ok(scan::scan_export(&export_options, &mapper, &store, &options)?)
+                Ok(scan::scan_export(
+                    &export_options,
+                    &mapper,
+                    &store,
+                    &options,
+                )?)
             })
             .await
             .map_err(|e| CycleError::Internal(format!("scan task: {e}")))??
@@ -387,11 +392,15 @@ impl Engine {
         }
         Counters::add(
             &counters.retried,
-            pusher.counters_retried.load(std::sync::atomic::Ordering::Relaxed),
+            pusher
+                .counters_retried
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         Counters::add(
             &counters.conflicts,
-            pusher.counters_conflicts.load(std::sync::atomic::Ordering::Relaxed),
+            pusher
+                .counters_conflicts
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         if let Some(client) = &self.client {
             Counters::add(&counters.retried, client.stats().retries);

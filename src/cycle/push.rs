@@ -18,7 +18,7 @@ use crate::diff::{self, DiffOptions, OnCleared, Rejection};
 use crate::mapping::MappedRecord;
 use crate::merge::{self, ConflictPolicy, MergeOptions};
 use crate::model::{ManagedPaths, Op};
-use crate::store::{Store, StoreError, StoredRecord, SyncState};
+use crate::store::{Applied, Store, StoreError, StoredRecord, SyncState};
 
 use super::outcome::{Action, RecordOutcome};
 use super::scan::WorkReason;
@@ -47,8 +47,12 @@ pub struct WorkItem {
 /// the referral list (filtering by externalReferenceId is undocumented).
 #[derive(Default)]
 pub struct ReferralIndex {
-    entries: AsyncMutex<Option<Result<HashMap<String, Vec<String>>, String>>>,
+    entries: AsyncMutex<Option<IndexListing>>,
 }
+
+/// `externalReferenceId -> ids` (more than one id is ambiguous), or why the
+/// list could not be read.
+type IndexListing = Result<HashMap<String, Vec<String>>, String>;
 
 impl ReferralIndex {
     /// Build the index now (a resync rebuilds it whether or not a record
@@ -169,10 +173,10 @@ impl Pusher {
                 for referral in page {
                     let ext = referral.get("externalReferenceId").and_then(Value::as_str);
                     let id = referral.get("id").and_then(Value::as_str);
-                    if let (Some(ext), Some(id)) = (ext, id) {
-                        if !ext.is_empty() {
-                            map.entry(ext.to_owned()).or_default().push(id.to_owned());
-                        }
+                    if let (Some(ext), Some(id)) = (ext, id)
+                        && !ext.is_empty()
+                    {
+                        map.entry(ext.to_owned()).or_default().push(id.to_owned());
                     }
                 }
             })
@@ -185,10 +189,10 @@ impl Pusher {
                 .filter(|(_, ids)| ids.len() == 1)
                 .map(|(ext, ids)| (ext.clone(), ids[0].clone()))
                 .collect();
-            if let Ok(store) = self.store.lock() {
-                if let Err(e) = store.replace_index(&entries) {
-                    warn!(error = %e, "could not save the referral index");
-                }
+            if let Ok(store) = self.store.lock()
+                && let Err(e) = store.replace_index(&entries)
+            {
+                warn!(error = %e, "could not save the referral index");
             }
         }
         Ok(map)
@@ -218,14 +222,12 @@ impl Pusher {
                             error = %message,
                             "record failed"
                         );
-                        if !self.dry_run {
-                            if let Ok(store) = self.store.lock() {
-                                if let Err(e) =
-                                    store.record_failed(&external_id, referral_id.as_deref(), &message)
-                                {
-                                    warn!(external_id = %external_id, error = %e, "could not record the failure");
-                                }
-                            }
+                        if !self.dry_run
+                            && let Ok(store) = self.store.lock()
+                            && let Err(e) =
+                                store.record_failed(&external_id, referral_id.as_deref(), &message)
+                        {
+                            warn!(external_id = %external_id, error = %e, "could not record the failure");
                         }
                         outcome.referral_id = referral_id;
                         outcome.errors.push(message);
@@ -246,22 +248,24 @@ impl Pusher {
         let desired = &item.mapped.document;
 
         // A known referral whose snapshot we trust: plan against it alone.
-        if let Some(rec) = &stored {
-            if let (Some(id), Some(etag), Some(snapshot)) =
+        if let Some(rec) = &stored
+            && let (Some(id), Some(etag), Some(snapshot)) =
                 (&rec.referral_id, &rec.etag, &rec.snapshot)
-            {
-                let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
-                if trusted {
-                    let base = Base {
-                        referral_id: id.clone(),
-                        etag: etag.clone(),
-                        snapshot: snapshot.clone(),
-                        live: None,
-                        adopting: false,
-                    };
-                    let planned = diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
-                    return self.push(item, base, planned.ops, planned.rejected, Vec::new()).await;
-                }
+        {
+            let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
+            if trusted {
+                let base = Base {
+                    referral_id: id.clone(),
+                    etag: etag.clone(),
+                    snapshot: snapshot.clone(),
+                    live: None,
+                    adopting: false,
+                };
+                let planned =
+                    diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
+                return self
+                    .push(item, base, planned.ops, planned.rejected, Vec::new())
+                    .await;
             }
         }
 
@@ -361,8 +365,7 @@ impl Pusher {
                 if item.mapped.referral_id.is_none() { "referral id column, " } else { "" }
             ));
             if !self.dry_run {
-                self.store()?
-                    .record_failed(ext, None, &outcome.errors[0])?;
+                self.store()?.record_failed(ext, None, &outcome.errors[0])?;
             }
             return Ok(outcome);
         }
@@ -394,12 +397,14 @@ impl Pusher {
             Ok(referral) => {
                 self.store()?.record_applied(
                     ext,
-                    &referral.id,
-                    &referral.etag,
-                    &item.mapped.document,
-                    &item.hash,
-                    SyncState::Synced,
-                    None,
+                    &Applied {
+                        referral_id: &referral.id,
+                        etag: &referral.etag,
+                        snapshot: &item.mapped.document,
+                        desired_hash: &item.hash,
+                        state: SyncState::Synced,
+                        error: None,
+                    },
                 )?;
                 info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
                 outcome.referral_id = Some(referral.id);
@@ -540,7 +545,9 @@ impl Pusher {
                     let Some(delay) = unknown.next_delay() else {
                         return Err(Stop::Failed {
                             referral_id: Some(base.referral_id.clone()),
-                            message: format!("write outcome unknown and retries exhausted: {reason}"),
+                            message: format!(
+                                "write outcome unknown and retries exhausted: {reason}"
+                            ),
                             status: None,
                             code: None,
                         });
@@ -560,7 +567,12 @@ impl Pusher {
                 &self.merge_options(base.adopting),
             );
             log_conflicts(self.correlation_id, ext, &merged.conflicts);
-            debug!(external_id = ext, ops = merged.ops.len(), already_applied = merged.already_applied, "re-planned against the live referral");
+            debug!(
+                external_id = ext,
+                ops = merged.ops.len(),
+                already_applied = merged.already_applied,
+                "re-planned against the live referral"
+            );
             conflicts.extend(merged.conflicts);
             rejected = merged.rejected;
             ops = merged.ops;
@@ -595,12 +607,14 @@ impl Pusher {
         let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
         self.store()?.record_applied(
             ext,
-            &base.referral_id,
-            &etag,
-            &snapshot,
-            &item.hash,
-            state,
-            error.as_deref(),
+            &Applied {
+                referral_id: &base.referral_id,
+                etag: &etag,
+                snapshot: &snapshot,
+                desired_hash: &item.hash,
+                state,
+                error: error.as_deref(),
+            },
         )?;
         if state == SyncState::Invalid {
             warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");

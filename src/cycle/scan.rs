@@ -120,7 +120,11 @@ impl Scan {
     /// The first place an id was seen.
     fn first_location(&self, seen: &Seen, ordinal: u64) -> RecordLocation {
         RecordLocation {
-            file: self.files.get(seen.file as usize).cloned().unwrap_or_default(),
+            file: self
+                .files
+                .get(seen.file as usize)
+                .cloned()
+                .unwrap_or_default(),
             line: seen.line,
             ordinal,
         }
@@ -208,14 +212,14 @@ pub fn scan_export(
                 }
             }
         };
-        if let Some(reason) = work {
-            if !over_budget {
-                if retained.len() < options.retain_budget {
-                    retained.push((mapped.clone(), hash, reason));
-                } else {
-                    over_budget = true;
-                    retained = Vec::new();
-                }
+        if let Some(reason) = work
+            && !over_budget
+        {
+            if retained.len() < options.retain_budget {
+                retained.push((mapped.clone(), hash, reason));
+            } else {
+                over_budget = true;
+                retained = Vec::new();
             }
         }
         first_ordinal.insert(mapped.external_id.as_str().into(), record.location.ordinal);
@@ -239,11 +243,7 @@ pub fn scan_export(
     duplicates.sort_by(|a, b| a.0.cmp(&b.0));
     scan.duplicates = duplicates;
     scan.valid = scan.seen.len() as u64;
-    scan.unchanged = scan
-        .seen
-        .values()
-        .filter(|s| s.work.is_none())
-        .count() as u64;
+    scan.unchanged = scan.seen.values().filter(|s| s.work.is_none()).count() as u64;
     scan.retained = (!over_budget).then_some(retained);
 
     scan.known = store.record_count()?;
@@ -255,8 +255,7 @@ pub fn scan_export(
         .filter_map(|e| e.external_id.as_deref())
         .collect();
     store.for_each_external_id(&mut |id| {
-        if !scan.seen.contains_key(id) && !duplicate_ids.contains(id) && !invalid_ids.contains(id)
-        {
+        if !scan.seen.contains_key(id) && !duplicate_ids.contains(id) && !invalid_ids.contains(id) {
             missing += 1;
         }
     })?;

@@ -1,12 +1,37 @@
 //! Mapping: a CRM [`Record`] → the desired referral document, driven by a
 //! [`MappingSpec`] (the defaults in `config/mapping/*.toml`, overridable per
 //! field from the configuration file).
+//!
+//! [`MappingSpec`] is the configuration as written; [`Mapper::new`] checks
+//! it once and turns it into a [`Mapper`], so that mapping a record can only
+//! fail because of the record. The TOML syntax is documented in the shipped
+//! defaults, `config/mapping/opportunity.toml` and `config/mapping/lead.toml`.
+
+mod amount;
+mod column;
+mod convert;
+mod country;
+mod currency;
+mod date;
+mod name_key;
+mod path;
+mod status_table;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
 use crate::export::{Record, RecordLocation};
 use crate::model::{Document, Entity, ManagedPaths};
+
+use self::column::ColumnRef;
+use self::convert::{Context, FieldType};
+use self::path::{FieldPath, Shape};
+use self::status_table::StatusTable;
 
 /// The mapping as written in TOML. Every member is optional so that the
 /// configuration's `[mapping]` section can override the shipped default per
@@ -28,29 +53,158 @@ pub struct MappingSpec {
     pub status: Vec<StatusRule>,
 }
 
-/// Where one referral field comes from. Defined by the mapping module.
+/// Where one referral field comes from.
+///
+/// ```toml
+/// [fields."details.dealValue"]
+/// from = ["estimatedvalue", "estimatedvalue@OData.Community.Display.V1.FormattedValue"]
+/// type = "money"
+/// required = true
+///
+/// [fields."details.notes"]
+/// enabled = false
+/// ```
+///
+/// An override replaces a shipped field whole, so it repeats `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FieldSpec {}
+pub struct FieldSpec {
+    /// Column references, tried in order; the first that is not empty
+    /// gives the value. `a/b` reads member `b` of the expanded lookup `a`;
+    /// `~1` and `~0` stand for `/` and `~` in a name. A single string is
+    /// one column.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub from: Vec<String>,
+    /// `text`, `number`, `integer`, `money`, `date`, `datetime`, `country`,
+    /// `currency`, `email`, `bool` or `guid`. Required unless the field is
+    /// disabled (optional here so that `enabled = false` can stand alone).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The value when every column is empty, written as the export would
+    /// write it (it goes through the same conversion). A `currency` field
+    /// without one falls back to the configured default currency. With an
+    /// empty `from`, the field is a constant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    /// An empty value is an error for the record instead of a left-out
+    /// member.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// `false` takes a shipped field out of the mapping: it is neither set
+    /// nor owned, so Partner Center's value is left alone.
+    #[serde(default = "enabled_by_default", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
 
-/// One row of the status table. Defined by the mapping module.
+fn enabled_by_default() -> bool {
+    true
+}
+
+fn is_true(flag: &bool) -> bool {
+    *flag
+}
+
+/// One row of the status table: a Dynamics status reason and the state it
+/// belongs to → the referral's status and substatus.
+///
+/// ```toml
+/// [[status]]
+/// code = 5
+/// label = "Out-Sold"
+/// state = 2
+/// state_label = "Lost"
+/// status = "Closed"
+/// substatus = "Lost"
+/// status_reason = "label"
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StatusRule {}
+pub struct StatusRule {
+    /// The `statuscode` value.
+    pub code: i64,
+    /// The `statuscode` label, as CSV exports and formatted values write it.
+    pub label: String,
+    /// The `statecode` this status reason belongs to.
+    pub state: i64,
+    /// The `statecode` label.
+    pub state_label: String,
+    /// Referral status: `New`, `Active` or `Closed`.
+    pub status: String,
+    /// Referral substatus, one that goes with `status`.
+    pub substatus: String,
+    /// What `statusReason` is set to; not set when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<StatusReason>,
+}
+
+/// The referral `statusReason` a status rule sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusReason {
+    /// `status_reason = "label"`: the rule's status-reason label.
+    Label,
+    /// `status_reason = { text = "…" }`: a fixed text.
+    Text(String),
+}
 
 impl MappingSpec {
     /// The shipped default for `entity`.
     pub fn default_for(entity: Entity) -> MappingSpec {
-        let _ = entity;
-        todo!("mapping")
+        let text = match entity {
+            Entity::Opportunity => OPPORTUNITY_DEFAULT,
+            Entity::Lead => LEAD_DEFAULT,
+        };
+        // The text is part of the binary and a unit test parses both, so
+        // this can only fail in a build whose tests fail.
+        MappingSpec::from_toml(text).unwrap_or_else(|error| {
+            panic!("the shipped {entity} mapping (config/mapping/{entity}.toml) is broken: {error}")
+        })
     }
 
-    /// `overrides` applied on top of `self`, field by field.
-    pub fn overlay(self, overrides: MappingSpec) -> MappingSpec {
-        let _ = overrides;
-        todo!("mapping")
+    /// Parse a mapping written in TOML, the way the configuration file's
+    /// `[mapping]` section is read.
+    pub fn from_toml(text: &str) -> Result<MappingSpec, config::ConfigError> {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()
+    }
+
+    /// `overrides` applied on top of `self`, field by field: a field
+    /// replaces the field of the same path whole, a status rule replaces the
+    /// rule with the same code (or is appended), headers are merged (a
+    /// header differing only in case or surrounding space is replaced), and
+    /// `referral_id_column` replaces when set.
+    pub fn overlay(mut self, overrides: MappingSpec) -> MappingSpec {
+        if overrides.referral_id_column.is_some() {
+            self.referral_id_column = overrides.referral_id_column;
+        }
+        for (header, column) in overrides.headers {
+            let key = header.trim().to_lowercase();
+            self.headers
+                .retain(|existing, _| existing.trim().to_lowercase() != key);
+            self.headers.insert(header, column);
+        }
+        self.fields.extend(overrides.fields);
+        for rule in overrides.status {
+            match self
+                .status
+                .iter_mut()
+                .find(|existing| existing.code == rule.code)
+            {
+                Some(existing) => *existing = rule,
+                None => self.status.push(rule),
+            }
+        }
+        self
     }
 }
+
+const OPPORTUNITY_DEFAULT: &str = include_str!("../../config/mapping/opportunity.toml");
+const LEAD_DEFAULT: &str = include_str!("../../config/mapping/lead.toml");
 
 /// A mapping that is not usable; names the key.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +261,40 @@ pub struct MappedRecord {
 
 /// A validated mapping, ready to map records.
 #[derive(Debug, Clone)]
-pub struct Mapper {}
+pub struct Mapper {
+    id_column: &'static str,
+    referral_id_column: Option<ColumnRef>,
+    fields: Vec<Field>,
+    shape: Shape,
+    status: StatusTable,
+    managed: ManagedPaths,
+    context: Context,
+}
+
+/// One enabled field, checked.
+#[derive(Debug, Clone)]
+struct Field {
+    path: String,
+    columns: Vec<ColumnRef>,
+    kind: FieldType,
+    default: Option<Value>,
+    required: bool,
+}
+
+/// The referral members a mapping field may not write.
+fn reserved_member(member: &str, has_status_table: bool) -> Option<&'static str> {
+    match member {
+        "externalReferenceId" => Some("it is always the record's id"),
+        "status" | "substatus" => Some("the status table (mapping.status) sets it"),
+        "statusReason" if has_status_table => Some("the status table (mapping.status) sets it"),
+        "id" | "engagementId" | "eTag" | "links" | "createdDateTime" | "updatedDateTime"
+        | "expirationDateTime" => Some("Partner Center sets it"),
+        "type" | "qualification" | "consent" | "target" => Some(
+            "it is sent only when a referral is created, from the creation defaults, never patched",
+        ),
+        _ => None,
+    }
+}
 
 impl Mapper {
     /// Validate `spec` (field paths, types, status rules) for `entity`.
@@ -117,18 +304,393 @@ impl Mapper {
         entity: Entity,
         default_currency: &str,
     ) -> Result<Mapper, MappingConfigError> {
-        let _ = (spec, entity, default_currency);
-        todo!("mapping")
+        let default_currency =
+            currency::iso_code(default_currency.trim()).ok_or_else(|| MappingConfigError {
+                key: "default_currency".to_owned(),
+                message: format!("`{default_currency}` is not an ISO 4217 currency code"),
+            })?;
+        let context = Context { default_currency };
+
+        check_headers(&spec.headers)?;
+        let referral_id_column = spec
+            .referral_id_column
+            .as_deref()
+            .map(ColumnRef::parse)
+            .transpose()
+            .map_err(|message| MappingConfigError {
+                key: "referral_id_column".to_owned(),
+                message,
+            })?;
+        let status = StatusTable::compile(&spec.status)?;
+
+        let mut managed = ManagedPaths::empty();
+        managed.insert(&["externalReferenceId"]);
+        if !status.is_empty() {
+            for member in ["status", "substatus", "statusReason"] {
+                managed.insert(&[member]);
+            }
+        }
+
+        let mut fields = Vec::new();
+        let mut shape = Shape::new();
+        for (path_text, field_spec) in spec.fields.iter().filter(|(_, f)| f.enabled) {
+            let error = |member: &str, message: String| MappingConfigError {
+                key: format!("fields.{path_text:?}{member}"),
+                message,
+            };
+            let path = FieldPath::parse(path_text).map_err(|message| error("", message))?;
+            if let Some(why) = reserved_member(path.root(), !status.is_empty()) {
+                let root = path.root();
+                return Err(error("", format!("`{root}` cannot be mapped: {why}")));
+            }
+            let field = compile_field(path_text, field_spec, &context, error)?;
+            shape.insert(&path, fields.len()).map_err(|conflict| {
+                let other = fields
+                    .get(conflict.other)
+                    .map_or("another field", |other: &Field| other.path.as_str());
+                error(
+                    "",
+                    format!("conflicts with field `{other}`, which {}", conflict.reason),
+                )
+            })?;
+            managed.insert(&path.managed_members());
+            fields.push(field);
+        }
+
+        Ok(Mapper {
+            id_column: entity.id_column(),
+            referral_id_column,
+            fields,
+            shape,
+            status,
+            managed,
+            context,
+        })
     }
 
     /// The referral paths this mapping owns.
     pub fn managed_paths(&self) -> &ManagedPaths {
-        todo!("mapping")
+        &self.managed
     }
 
     /// Map one record. Pure: no clock, no I/O.
     pub fn map(&self, record: &Record) -> Result<MappedRecord, RecordError> {
-        let _ = record;
-        todo!("mapping")
+        let mut problems = Vec::new();
+        let external_id = self.external_id(record).map_or_else(
+            |problem| {
+                problems.push(problem);
+                None
+            },
+            Some,
+        );
+
+        let values: Vec<Option<Value>> = self
+            .fields
+            .iter()
+            .map(|field| {
+                field
+                    .value(record, &self.context)
+                    .unwrap_or_else(|problem| {
+                        problems.push(problem);
+                        None
+                    })
+            })
+            .collect();
+
+        let status = self
+            .status
+            .resolve(&record.fields)
+            .unwrap_or_else(|problem| {
+                problems.push(problem);
+                None
+            });
+
+        let referral_id = self.referral_id(record).unwrap_or_else(|problem| {
+            problems.push(problem);
+            None
+        });
+
+        let external_id = match external_id {
+            Some(id) if problems.is_empty() => id,
+            external_id => {
+                return Err(RecordError {
+                    external_id,
+                    location: record.location.clone(),
+                    problems,
+                });
+            }
+        };
+
+        let mut document = match self.shape.render(&values) {
+            Some(Value::Object(members)) => members,
+            _ => Map::new(),
+        };
+        document.insert(
+            "externalReferenceId".to_owned(),
+            Value::from(external_id.clone()),
+        );
+        if let Some(status) = status {
+            document.insert("status".to_owned(), Value::from(status.status));
+            document.insert("substatus".to_owned(), Value::from(status.substatus));
+            if let Some(reason) = status.reason {
+                document.insert("statusReason".to_owned(), Value::from(reason));
+            }
+        }
+        Ok(MappedRecord {
+            external_id,
+            referral_id,
+            document: Value::Object(document),
+        })
+    }
+
+    /// The record's id, trimmed; a GUID in canonical form (lower case,
+    /// no braces), any other id as written.
+    fn external_id(&self, record: &Record) -> Result<String, FieldProblem> {
+        let problem = |value: Option<&Value>, reason: &str| FieldProblem {
+            field: "externalReferenceId".to_owned(),
+            column: Some(self.id_column.to_owned()),
+            value: value.map(raw_text),
+            reason: reason.to_owned(),
+        };
+        match record.fields.get(self.id_column) {
+            None | Some(Value::Null) => Err(problem(None, "the record has no id")),
+            Some(Value::String(text)) if text.trim().is_empty() => {
+                Err(problem(None, "the record has no id"))
+            }
+            Some(Value::String(text)) => {
+                Ok(convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned()))
+            }
+            Some(Value::Number(number)) => Ok(number.to_string()),
+            Some(other) => Err(problem(Some(other), "not an id")),
+        }
+    }
+
+    /// The referral id from `referral_id_column`, when the record has one.
+    fn referral_id(&self, record: &Record) -> Result<Option<String>, FieldProblem> {
+        let Some(column) = &self.referral_id_column else {
+            return Ok(None);
+        };
+        match column.lookup(&record.fields) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+            Some(value) => {
+                let guid = match value {
+                    Value::String(text) => convert::normalise_guid(text).ok(),
+                    _ => None,
+                };
+                guid.map(Some).ok_or_else(|| FieldProblem {
+                    field: "id".to_owned(),
+                    column: Some(column.text().to_owned()),
+                    value: Some(raw_text(value)),
+                    reason: "not a referral id: expected a GUID".to_owned(),
+                })
+            }
+        }
     }
 }
+
+fn compile_field(
+    path_text: &str,
+    spec: &FieldSpec,
+    context: &Context,
+    error: impl Fn(&str, String) -> MappingConfigError,
+) -> Result<Field, MappingConfigError> {
+    let known = || {
+        let names: Vec<&str> = FieldType::NAMES.iter().map(|(name, _)| *name).collect();
+        names.join(", ")
+    };
+    // Required, because an override replaces a field whole: an override
+    // that changed only `from` would otherwise turn money into text.
+    let Some(kind_name) = spec.kind.as_deref() else {
+        return Err(error(
+            ".type",
+            format!("missing; expected one of {}", known()),
+        ));
+    };
+    let kind = FieldType::from_name(kind_name).ok_or_else(|| {
+        error(
+            ".type",
+            format!("unknown type `{kind_name}`; expected one of {}", known()),
+        )
+    })?;
+    let columns = spec
+        .from
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            ColumnRef::parse(text).map_err(|message| error(&format!(".from[{index}]"), message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let default = match &spec.default {
+        Some(written) => {
+            let converted = convert::convert(kind, written, context)
+                .map_err(|problem| error(".default", format!("{written}: {problem}")))?;
+            Some(converted.ok_or_else(|| error(".default", "is empty".to_owned()))?)
+        }
+        None if kind == FieldType::Currency => Some(Value::from(context.default_currency)),
+        None => None,
+    };
+    if columns.is_empty() && default.is_none() {
+        return Err(error(
+            ".from",
+            "no column to read: give `from`, or a `default` for a constant, or set `enabled = false`"
+                .to_owned(),
+        ));
+    }
+    Ok(Field {
+        path: path_text.to_owned(),
+        columns,
+        kind,
+        default,
+        required: spec.required,
+    })
+}
+
+fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), MappingConfigError> {
+    let mut seen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    for (header, column) in headers {
+        let error = |message: String| MappingConfigError {
+            key: format!("headers.{header:?}"),
+            message,
+        };
+        if header.trim().is_empty() {
+            return Err(error("the header is empty".to_owned()));
+        }
+        if column.trim().is_empty() {
+            return Err(error("the column name is empty".to_owned()));
+        }
+        let key = header.trim().to_lowercase();
+        if let Some((other, other_column)) = seen.insert(key, (header, column))
+            && other_column != column
+        {
+            return Err(error(format!(
+                "headers are matched ignoring case, and {other:?} already maps to `{other_column}`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Field {
+    /// The field's value for a record: the first column with a value, else
+    /// the default; `None` when empty.
+    fn value(&self, record: &Record, context: &Context) -> Result<Option<Value>, FieldProblem> {
+        for column in &self.columns {
+            let Some(raw) = column.lookup(&record.fields) else {
+                continue;
+            };
+            match convert::convert(self.kind, raw, context) {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => continue,
+                Err(problem) => {
+                    return Err(FieldProblem {
+                        field: self.path.clone(),
+                        column: Some(column.text().to_owned()),
+                        value: Some(raw_text(raw)),
+                        reason: problem.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(default) = &self.default {
+            return Ok(Some(default.clone()));
+        }
+        if self.required {
+            let columns: Vec<&str> = self.columns.iter().map(ColumnRef::text).collect();
+            return Err(FieldProblem {
+                field: self.path.clone(),
+                column: Some(columns.join(", ")),
+                value: None,
+                reason: "required, but empty".to_owned(),
+            });
+        }
+        Ok(None)
+    }
+}
+
+/// A value as the export wrote it: text as is, anything else as JSON.
+fn raw_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `from = "a"` or `from = ["a", "b"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Columns;
+
+    impl<'de> Visitor<'de> for Columns {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a column name or a list of column names")
+        }
+
+        fn visit_str<E: de::Error>(self, column: &str) -> Result<Vec<String>, E> {
+            Ok(vec![column.to_owned()])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut columns = Vec::new();
+            while let Some(column) = seq.next_element::<String>()? {
+                columns.push(column);
+            }
+            Ok(columns)
+        }
+    }
+
+    deserializer.deserialize_any(Columns)
+}
+
+impl Serialize for StatusReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StatusReason::Label => serializer.serialize_str("label"),
+            StatusReason::Text(text) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("text", text)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Reason;
+
+        impl<'de> Visitor<'de> for Reason {
+            type Value = StatusReason;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""label" or { text = "…" }"#)
+            }
+
+            fn visit_str<E: de::Error>(self, keyword: &str) -> Result<StatusReason, E> {
+                match keyword {
+                    "label" => Ok(StatusReason::Label),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StatusReason, A::Error> {
+                let mut text = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "text" if text.is_none() => text = Some(map.next_value::<String>()?),
+                        "text" => return Err(de::Error::duplicate_field("text")),
+                        other => return Err(de::Error::unknown_field(other, &["text"])),
+                    }
+                }
+                text.map(StatusReason::Text)
+                    .ok_or_else(|| de::Error::missing_field("text"))
+            }
+        }
+
+        deserializer.deserialize_any(Reason)
+    }
+}
+
+#[cfg(test)]
+mod tests;

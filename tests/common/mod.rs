@@ -1,0 +1,375 @@
+//! The harness the integration tests share: a real `pc-emulator` on
+//! loopback, a temporary workspace with a configuration, an export and a
+//! token, and the real `referral-sync` binary run against them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "integration-test-token-5f0c2a";
+
+pub fn referral_sync_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_referral-sync")
+}
+
+pub fn emulator_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pc-emulator")
+}
+
+/// Path of a file under `tests/fixtures` or the repository root.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A running emulator; killed on drop.
+pub struct Emulator {
+    child: Child,
+    pub base: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+    pub stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    /// Start with `seed` (an array of referral documents) and extra flags.
+    pub fn start(seed: &Value, extra_args: &[&str]) -> Emulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed_path = dir.path().join("seed.json");
+        std::fs::write(&seed_path, serde_json::to_vec(seed).unwrap()).unwrap();
+        let stderr_path = dir.path().join("emulator.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(emulator_bin())
+            .args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--seed"])
+            .arg(&seed_path)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start pc-emulator");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected emulator output: {line:?}"))
+            .to_owned();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Emulator {
+            child,
+            base,
+            http: reqwest::Client::new(),
+            rt,
+            stderr_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("{}/v1.0", self.base)
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let mut request = self.http.request(method, &url);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.expect("admin request");
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    /// Every referral the emulator holds.
+    pub fn referrals(&self) -> Vec<Value> {
+        let (_, body) = self.call(reqwest::Method::GET, "/_admin/referrals", None);
+        body["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn referral(&self, id: &str) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/_admin/referrals/{id}"),
+            None,
+        )
+        .1
+    }
+
+    /// The referral whose externalReferenceId is `external_id` (exactly one).
+    pub fn referral_for(&self, external_id: &str) -> Value {
+        let matching: Vec<Value> = self
+            .referrals()
+            .into_iter()
+            .filter(|r| r["externalReferenceId"] == json!(external_id))
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "referrals for {external_id}: {matching:?}"
+        );
+        matching.into_iter().next().unwrap()
+    }
+
+    /// The request journal.
+    pub fn requests(&self) -> Vec<Value> {
+        let (_, body) = self.call(reqwest::Method::GET, "/_admin/requests", None);
+        body["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Journal entries for one method (e.g. "PATCH").
+    pub fn requests_with_method(&self, method: &str) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["method"] == json!(method))
+            .collect()
+    }
+
+    pub fn clear_requests(&self) {
+        self.call(reqwest::Method::DELETE, "/_admin/requests", None);
+    }
+
+    /// Append fault rules (one rule or an array).
+    pub fn add_faults(&self, rules: Value) {
+        let (status, body) = self.call(reqwest::Method::POST, "/_admin/faults", Some(rules));
+        assert!(status < 300, "faults refused: {status} {body}");
+    }
+
+    pub fn clear_faults(&self) {
+        self.call(reqwest::Method::DELETE, "/_admin/faults", None);
+    }
+
+    /// A seller's edit in Partner Center: any JSON Patch, new eTag.
+    pub fn seller_edit(&self, id: &str, patch: Value) -> Value {
+        let (status, body) = self.call(
+            reqwest::Method::POST,
+            &format!("/_admin/referrals/{id}/edit"),
+            Some(patch),
+        );
+        assert_eq!(status, 200, "edit refused: {body}");
+        body
+    }
+
+    pub fn insert(&self, referral: Value) {
+        let (status, body) = self.call(reqwest::Method::POST, "/_admin/referrals", Some(referral));
+        assert_eq!(status, 201, "insert refused: {body}");
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory with a configuration, a token and an export.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub export: PathBuf,
+    pub store: PathBuf,
+}
+
+impl Workspace {
+    /// `entity` is "opportunity" or "lead"; `export_name` the export's file
+    /// name (its extension decides the format); `extra` is appended to the
+    /// configuration (TOML).
+    pub fn new(emulator: &Emulator, entity: &str, export_name: &str, extra: &str) -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let export = dir.path().join(export_name);
+        let store = dir.path().join("store.db");
+        let config = dir.path().join("referral-sync.toml");
+        let text = format!(
+            r#"[export]
+path = "{export}"
+entity = "{entity}"
+
+[store]
+path = "{store}"
+
+[api]
+base_url = "{api}"
+request_timeout_secs = 5
+connect_timeout_secs = 2
+
+[api.retry]
+initial = "20ms"
+max_interval = "200ms"
+max_elapsed = "20s"
+max_attempts = 6
+
+[auth]
+token_file = "{token}"
+
+{extra}
+"#,
+            export = export.display(),
+            store = store.display(),
+            api = emulator.api_url(),
+            token = token.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        Workspace {
+            dir,
+            config,
+            export,
+            store,
+        }
+    }
+
+    pub fn write_export(&self, contents: &str) {
+        std::fs::write(&self.export, contents).unwrap();
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(referral_sync_bin());
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    /// Run referral-sync to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let output = self.command(args).output().expect("run referral-sync");
+        Run {
+            output,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// `status --json`.
+    pub fn status(&self) -> Value {
+        let run = self.run(&["status", "--json"]);
+        assert_eq!(run.code(), 0, "status failed: {}", run.stderr());
+        serde_json::from_str(&run.stdout()).expect("status JSON")
+    }
+
+    /// One row of the store, read directly.
+    pub fn stored(&self, external_id: &str) -> Option<StoredRow> {
+        let conn = rusqlite::Connection::open(&self.store).ok()?;
+        conn.query_row(
+            "SELECT referral_id, etag, snapshot, state, last_error, attempts FROM records WHERE external_id = ?1",
+            [external_id],
+            |row| {
+                Ok(StoredRow {
+                    referral_id: row.get(0)?,
+                    etag: row.get(1)?,
+                    snapshot: row
+                        .get::<_, Option<String>>(2)?
+                        .map(|s| serde_json::from_str(&s).unwrap()),
+                    state: row.get(3)?,
+                    last_error: row.get(4)?,
+                    attempts: row.get(5)?,
+                })
+            },
+        )
+        .ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub referral_id: Option<String>,
+    pub etag: Option<String>,
+    pub snapshot: Option<Value>,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub attempts: i64,
+}
+
+pub struct Run {
+    pub output: Output,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// stdout parsed as JSON Lines (for `--output json`).
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+    #[track_caller]
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            expected,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+/// An OData page holding `records`.
+pub fn odata_page(records: &[Value]) -> String {
+    serde_json::to_string_pretty(&json!({
+        "@odata.context": "https://contoso.crm.dynamics.com/api/data/v9.2/$metadata#opportunities",
+        "value": records,
+    }))
+    .unwrap()
+}
+
+/// An opportunity record in Web API shape.
+pub fn opportunity(id: &str, name: &str, value: f64, statecode: i64, statuscode: i64) -> Value {
+    json!({
+        "@odata.etag": "W/\"1\"",
+        "opportunityid": id,
+        "name": name,
+        "estimatedvalue": value,
+        "estimatedclosedate": "2025-03-31",
+        "description": format!("{name} notes"),
+        "statecode": statecode,
+        "statuscode": statuscode,
+        "_customerid_value@OData.Community.Display.V1.FormattedValue": format!("{name} Customer"),
+        "transactioncurrencyid": {"isocurrencycode": "USD"},
+    })
+}
+
+/// Wait until `check` holds, or panic after `timeout`.
+#[track_caller]
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
