@@ -116,7 +116,9 @@ pub fn run(cli: Cli) -> u8 {
         }
         Command::Check => with_settings(&cli.config, check_command),
         Command::Run => with_settings(&cli.config, crate::daemon::run),
-        Command::Resync(args) => with_settings(&cli.config, |settings| crate::daemon::resync_command(settings, &args)),
+        Command::Resync(args) => with_settings(&cli.config, |settings| {
+            crate::daemon::resync_command(settings, &args)
+        }),
     }
 }
 

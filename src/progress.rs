@@ -13,7 +13,7 @@
 //! ```
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,15 @@ use crate::cycle::{Action, RecordOutcome, Trigger};
 
 /// How often a cycle without a terminal logs its progress.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The spinner on screen, if any, so that log lines can step around it.
+static ACTIVE_SPINNER: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn set_active_spinner(spinner: Option<ProgressBar>) {
+    if let Ok(mut active) = ACTIVE_SPINNER.lock() {
+        *active = spinner;
+    }
+}
 
 /// Records decided so far in a cycle, by action.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,6 +126,7 @@ impl Progress {
         bar.set_message("reading the export");
         // Keeps spinning during the scan, when no record is decided yet.
         bar.enable_steady_tick(Duration::from_millis(120));
+        set_active_spinner(Some(bar.clone()));
         Progress {
             trigger,
             tally: Mutex::new(Tally::default()),
@@ -171,6 +181,7 @@ impl Progress {
     pub fn finish(&self) {
         if let Display::Spinner(bar) = &self.display {
             bar.finish_and_clear();
+            set_active_spinner(None);
         }
     }
 }
@@ -197,6 +208,34 @@ fn log_progress(trigger: Trigger, tally: &Tally) {
         unresolved = tally.unresolved,
         "progress: {tally}"
     );
+}
+
+/// Standard error for log lines (`tracing_subscriber::fmt().with_writer(
+/// LogWriter)`): a line written while a spinner is on screen clears it
+/// first and redraws it after, instead of tearing it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let spinner = ACTIVE_SPINNER.lock().ok().and_then(|active| active.clone());
+        match spinner {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// A spinner on standard error while waiting for something else (the

@@ -113,7 +113,11 @@ impl Daemon {
     fn lines_with(&self, message: &str) -> Vec<Value> {
         self.log()
             .into_iter()
-            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(message)))
+            .filter(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
             .collect()
     }
 
@@ -154,7 +158,11 @@ impl Daemon {
                 std::thread::sleep(Duration::from_millis(100));
                 return status;
             }
-            assert!(Instant::now() < deadline, "the daemon did not exit:\n{}", self.raw_log());
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit:\n{}",
+                self.raw_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -312,7 +320,10 @@ fn assert_no_duplicates(emulator: &Emulator, external_ids: &[String]) {
         assert_eq!(count, 1, "referrals for {id}");
     }
     for referral in &referrals {
-        let team = referral["customerProfile"]["team"].as_array().cloned().unwrap_or_default();
+        let team = referral["customerProfile"]["team"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut members: Vec<String> = team.iter().map(|m| m.to_string()).collect();
         let all = members.len();
         members.sort();
@@ -334,12 +345,21 @@ fn cycles_run_on_a_seconds_schedule() {
     assert_eq!(started["schedule"], json!("*/2 * * * * *"));
     assert_eq!(started["timezone"], json!("UTC"));
     assert_eq!(started["config"], json!(ws.config.display().to_string()));
-    assert!(started["next_tick"].as_str().is_some_and(|t| t.ends_with('Z')), "{started}");
+    assert!(
+        started["next_tick"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{started}"
+    );
     daemon.wait_for_line("daemon ready");
 
     // The startup cycle and two scheduled ones.
     wait_until(WAIT, "three finished cycles", || {
-        cycles(&ws.store).iter().filter(|c| c.finished_at.is_some()).count() >= 3
+        cycles(&ws.store)
+            .iter()
+            .filter(|c| c.finished_at.is_some())
+            .count()
+            >= 3
     });
     let status = ws.status();
     let from_status: Vec<&str> = status["cycles"]
@@ -349,7 +369,11 @@ fn cycles_run_on_a_seconds_schedule() {
         .rev()
         .map(|c| c["trigger"].as_str().unwrap())
         .collect();
-    assert_eq!(&from_status[..3], ["startup", "schedule", "schedule"], "{status}");
+    assert_eq!(
+        &from_status[..3],
+        ["startup", "schedule", "schedule"],
+        "{status}"
+    );
     assert_eq!(status["lock_holder_pid"], json!(daemon.pid().to_string()));
 
     assert!(daemon.terminate().success());
@@ -361,7 +385,10 @@ fn cycles_run_on_a_seconds_schedule() {
         assert_eq!(row.trigger, "schedule");
         // Nothing changed in the export: nothing more to send.
         let summary = row.summary.as_ref().unwrap();
-        assert_eq!((summary["seen"].clone(), summary["unchanged"].clone()), (json!(5), json!(5)));
+        assert_eq!(
+            (summary["seen"].clone(), summary["unchanged"].clone()),
+            (json!(5), json!(5))
+        );
     }
     assert_no_overlap(&rows);
     assert_eq!(emulator.requests_with_method("POST").len(), 3);
@@ -377,7 +404,10 @@ fn json_log_lines_carry_cycle_id_trigger_and_counts() {
 
     // Every line is one JSON object with a level and a message.
     let log = daemon.log();
-    assert!(log.iter().all(|l| l["level"].is_string() && l["message"].is_string()));
+    assert!(
+        log.iter()
+            .all(|l| l["level"].is_string() && l["message"].is_string())
+    );
 
     let rows = cycles(&ws.store);
     let finished = daemon.lines_with("cycle finished");
@@ -389,13 +419,29 @@ fn json_log_lines_carry_cycle_id_trigger_and_counts() {
             .unwrap_or_else(|| panic!("{cycle_id} not in the cycles table"));
         assert_eq!(line["trigger"], json!(row.trigger));
         assert_eq!(line["outcome"], json!("ok"));
-        for count in ["seen", "unchanged", "created", "updated", "failed", "invalid", "unresolved"] {
-            assert_eq!(line[count], row.summary.as_ref().unwrap()[count], "{count} in {line}");
+        for count in [
+            "seen",
+            "unchanged",
+            "created",
+            "updated",
+            "failed",
+            "invalid",
+            "unresolved",
+        ] {
+            assert_eq!(
+                line[count],
+                row.summary.as_ref().unwrap()[count],
+                "{count} in {line}"
+            );
         }
     }
     assert_eq!(finished[0]["trigger"], json!("startup"));
     assert_eq!(
-        (finished[0]["seen"].clone(), finished[0]["created"].clone(), finished[0]["updated"].clone()),
+        (
+            finished[0]["seen"].clone(),
+            finished[0]["created"].clone(),
+            finished[0]["updated"].clone()
+        ),
         (json!(5), json!(3), json!(2))
     );
     assert_eq!(finished[1]["trigger"], json!("schedule"));
@@ -403,7 +449,10 @@ fn json_log_lines_carry_cycle_id_trigger_and_counts() {
 
     let begun = daemon.wait_for_line("shutdown begun");
     assert_eq!(begun["signal"], json!("SIGTERM"));
-    assert_eq!(daemon.wait_for_line("shutdown finished")["cut_off"], json!(false));
+    assert_eq!(
+        daemon.wait_for_line("shutdown finished")["cut_off"],
+        json!(false)
+    );
 }
 
 #[test]
@@ -425,7 +474,10 @@ fn a_tick_during_a_running_cycle_is_skipped() {
     let rows = cycles(&ws.store);
     let startup = rows.iter().find(|r| r.trigger == "startup").unwrap();
     assert_eq!(skipped["running_cycle_id"], json!(startup.cycle_id));
-    assert!(rows.iter().skip(1).all(|r| r.trigger == "schedule"), "{rows:#?}");
+    assert!(
+        rows.iter().skip(1).all(|r| r.trigger == "schedule"),
+        "{rows:#?}"
+    );
     assert_no_overlap(&rows);
     assert_no_duplicates(&emulator, &EXAMPLE_IDS.map(String::from));
 }
@@ -443,7 +495,11 @@ fn resync_command_asks_the_running_daemon() {
     emulator.clear_requests();
     let run = ws.run(&["resync", "--only", CONTOSO]);
     run.assert_code(0);
-    assert!(run.stdout().starts_with("resynced: seen 5"), "{}", run.stdout());
+    assert!(
+        run.stdout().starts_with("resynced: seen 5"),
+        "{}",
+        run.stdout()
+    );
     assert_eq!(referrals_read(&emulator), vec![contoso.clone()]);
     let requested = daemon.wait_for_line("resync requested");
     assert_eq!(requested["source"], json!("command"));
@@ -467,11 +523,18 @@ fn resync_command_asks_the_running_daemon() {
 
     let requests = resync_requests(&ws.store);
     assert_eq!(requests.len(), 3, "{requests:#?}");
-    assert_eq!(requests[0].only_ids.as_deref(), Some(format!("[\"{CONTOSO}\"]").as_str()));
+    assert_eq!(
+        requests[0].only_ids.as_deref(),
+        Some(format!("[\"{CONTOSO}\"]").as_str())
+    );
     assert_eq!(requests[2].only_ids, None);
     let outcomes: Vec<Option<&str>> = requests.iter().map(|r| r.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("ok"), Some("partial"), Some("ok")]);
-    assert!(requests.iter().all(|r| r.requested_by_pid.is_some() && r.started_at.is_some()));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.requested_by_pid.is_some() && r.started_at.is_some())
+    );
     assert_eq!(requests[1].summary.as_ref().unwrap()["exit_code"], json!(1));
 
     assert!(daemon.terminate().success());
@@ -492,7 +555,11 @@ fn resync_without_a_daemon_runs_in_the_command() {
 
     let run = ws.run(&["resync"]);
     run.assert_code(0);
-    assert!(run.stdout().contains("resynced: seen 5"), "{}", run.stdout());
+    assert!(
+        run.stdout().contains("resynced: seen 5"),
+        "{}",
+        run.stdout()
+    );
     let mut all: Vec<String> = EXAMPLE_IDS.iter().map(|id| referral_id(&ws, id)).collect();
     all.sort();
     assert_eq!(referrals_read(&emulator), all);
@@ -558,7 +625,10 @@ fn sigterm_lets_records_in_flight_finish_within_the_grace_period() {
 
     let status = daemon.terminate();
     assert_eq!(status.code(), Some(0), "{}", daemon.raw_log());
-    assert_eq!(daemon.wait_for_line("shutdown finished")["cut_off"], json!(false));
+    assert_eq!(
+        daemon.wait_for_line("shutdown finished")["cut_off"],
+        json!(false)
+    );
     assert_eq!(integrity(&ws.store), "ok");
     let rows = cycles(&ws.store);
     assert_eq!(rows.len(), 1);
@@ -567,7 +637,10 @@ fn sigterm_lets_records_in_flight_finish_within_the_grace_period() {
     // and the cycle stopped before the end.
     let states = record_states(&ws.store);
     assert!(!states.is_empty() && states.len() < ids.len(), "{states:?}");
-    assert!(states.iter().all(|(_, state)| state == "synced"), "{states:?}");
+    assert!(
+        states.iter().all(|(_, state)| state == "synced"),
+        "{states:?}"
+    );
     assert_eq!(emulator.referrals().len(), states.len());
 
     // The next run converges.
@@ -592,7 +665,10 @@ fn sigterm_past_the_grace_period_leaves_records_pending_and_loses_nothing() {
     assert_eq!(status.code(), Some(0), "{}", daemon.raw_log());
     let cut = daemon.wait_for_line("cycle cut off by the shutdown grace period");
     assert_eq!(cut["level"], json!("WARN"));
-    assert_eq!(daemon.wait_for_line("shutdown finished")["cut_off"], json!(true));
+    assert_eq!(
+        daemon.wait_for_line("shutdown finished")["cut_off"],
+        json!(true)
+    );
 
     // The store is consistent: the cycle is closed, the records whose
     // create was cut off are pending, nothing is half recorded.
@@ -603,7 +679,10 @@ fn sigterm_past_the_grace_period_leaves_records_pending_and_loses_nothing() {
     assert!(rows[0].finished_at.is_some());
     let states = record_states(&ws.store);
     assert!(states.iter().any(|(_, s)| s == "pending"), "{states:?}");
-    assert!(states.iter().all(|(_, s)| s == "pending" || s == "synced"), "{states:?}");
+    assert!(
+        states.iter().all(|(_, s)| s == "pending" || s == "synced"),
+        "{states:?}"
+    );
     for (id, state) in &states {
         let row = ws.stored(id).unwrap();
         if state == "pending" {
@@ -630,7 +709,9 @@ struct NotifySocket {
 impl NotifySocket {
     fn bind(path: &Path) -> NotifySocket {
         let socket = UnixDatagram::bind(path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         NotifySocket {
             socket,
             received: Vec::new(),
@@ -677,9 +758,16 @@ fn ready_status_reloading_and_watchdog_reach_the_notify_socket() {
 
     let ready = socket.wait_for("READY=1", |m| notify_lines(m).contains(&"READY=1"));
     assert!(ready.contains("STATUS="), "{ready}");
-    let status = socket.wait_for("the startup cycle's STATUS", |m| m.contains("STATUS=last cycle (startup"));
-    assert!(status.contains("ok: seen 5, unchanged 0, created 3, updated 2"), "{status}");
-    socket.wait_for("a watchdog ping", |m| notify_lines(m).contains(&"WATCHDOG=1"));
+    let status = socket.wait_for("the startup cycle's STATUS", |m| {
+        m.contains("STATUS=last cycle (startup")
+    });
+    assert!(
+        status.contains("ok: seen 5, unchanged 0, created 3, updated 2"),
+        "{status}"
+    );
+    socket.wait_for("a watchdog ping", |m| {
+        notify_lines(m).contains(&"WATCHDOG=1")
+    });
 
     daemon.signal(libc::SIGHUP);
     let reloading = socket.wait_for("RELOADING=1", |m| notify_lines(m).contains(&"RELOADING=1"));
@@ -706,7 +794,12 @@ fn the_lock_loser_names_the_holder_and_exits_5() {
         let run = ws.run(args);
         run.assert_code(5);
         assert!(run.stderr().contains(&pid), "{args:?}: {}", run.stderr());
-        assert!(run.stderr().contains("in use by another referral-sync process"), "{}", run.stderr());
+        assert!(
+            run.stderr()
+                .contains("in use by another referral-sync process"),
+            "{}",
+            run.stderr()
+        );
     }
     assert!(daemon.terminate().success());
 
@@ -715,7 +808,10 @@ fn the_lock_loser_names_the_holder_and_exits_5() {
     let run = ws.run(&["resync"]);
     run.assert_code(5);
     assert!(
-        run.stderr().contains(&format!("in use by pid {}, which is not a referral-sync daemon", std::process::id())),
+        run.stderr().contains(&format!(
+            "in use by pid {}, which is not a referral-sync daemon",
+            std::process::id()
+        )),
         "{}",
         run.stderr()
     );
@@ -732,7 +828,10 @@ fn the_systemd_unit_verifies() {
         return;
     }
     // verify checks that ExecStart's binary exists: point it at ours.
-    assert!(unit.contains("ExecStart=/usr/local/bin/referral-sync "), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/referral-sync "),
+        "{unit}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("referral-sync.service");
     std::fs::write(
@@ -766,5 +865,8 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze security: {stdout}{}",
         String::from_utf8_lossy(&security.stderr)
     );
-    assert!(stdout.contains("Overall exposure level for referral-sync.service"), "{stdout}");
+    assert!(
+        stdout.contains("Overall exposure level for referral-sync.service"),
+        "{stdout}"
+    );
 }

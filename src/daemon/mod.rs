@@ -452,11 +452,10 @@ impl Daemon {
                     "the cycle was cancelled".to_owned()
                 };
                 error!(trigger = running.trigger.as_str(), error = %message, "cycle ended abnormally");
-                if let Some(after) = running.rows_before {
-                    if let Err(e) = requests::close_unfinished_cycles(&self.store, after, &message)
-                    {
-                        warn!(error = %e, "cannot close the cycle's row");
-                    }
+                if let Some(after) = running.rows_before
+                    && let Err(e) = requests::close_unfinished_cycles(&self.store, after, &message)
+                {
+                    warn!(error = %e, "cannot close the cycle's row");
                 }
                 ResyncResult {
                     outcome: "failed".to_owned(),
@@ -489,7 +488,7 @@ impl Daemon {
             cycle_id = cycle_id.unwrap_or(""),
             outcome = %result.outcome,
             exit_code = result.exit_code,
-            error = result.error.as_deref().unwrap_or(""),
+            error = result.error.as_deref(),
             seen = s.seen,
             unchanged = s.unchanged,
             created = s.created,

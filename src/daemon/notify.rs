@@ -56,10 +56,10 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
-            }
+        if let Err(e) = sd_notify::notify(states)
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
         }
     }
 }

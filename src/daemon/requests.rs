@@ -88,7 +88,7 @@ pub fn insert(
 ) -> Result<i64, RequestError> {
     let err = sqlite_error(store.path());
     let only = only
-        .map(|ids| serde_json::to_string(ids))
+        .map(serde_json::to_string)
         .transpose()
         // A list of strings always serialises.
         .unwrap_or_default();

@@ -122,10 +122,10 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
         // A resync takes up every record; the unchanged ones are only
         // counted.
         let report = progress.wrap(|outcome: &RecordOutcome| {
-            if outcome.action != Action::Unchanged {
-                if let Ok(mut out) = stdout.lock() {
-                    let _ = write_outcome(&mut *out, outcome, Output::Text);
-                }
+            if outcome.action != Action::Unchanged
+                && let Ok(mut out) = stdout.lock()
+            {
+                let _ = write_outcome(&mut *out, outcome, Output::Text);
             }
         });
         let result = engine
@@ -309,7 +309,8 @@ mod tests {
 
     #[test]
     fn only_ids_are_trimmed_and_deduplicated_in_order() {
-        let cases: [(&[&str], Result<Option<Vec<&str>>, EmptyExternalId>); 4] = [
+        type Expected = Result<Option<Vec<&'static str>>, EmptyExternalId>;
+        let cases: [(&[&str], Expected); 4] = [
             (&[], Ok(None)),
             (&["b", "a"], Ok(Some(vec!["b", "a"]))),
             (&[" a ", "b", "a"], Ok(Some(vec!["a", "b"]))),
