@@ -10,7 +10,6 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::cli::{Output, cycle_exit_code, exit, write_outcome};
@@ -107,7 +106,7 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
             Err(e) => return print_error(exit::CONFIG, &e),
         };
         let (stop, stop_receiver) = watch::channel(false);
-        if let Err(e) = stop_on_signal(stop) {
+        if let Err(e) = signals::stop_on_signal(stop) {
             return print_error(
                 exit::RUNTIME,
                 &format!("cannot install signal handlers: {e}"),
@@ -154,33 +153,6 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(lock);
     code
-}
-
-/// The first SIGINT or SIGTERM stops the resync gracefully (records in
-/// flight finish); a second one ends the process at once, which leaves the
-/// records in flight `pending` for the next cycle to resolve.
-fn stop_on_signal(stop: watch::Sender<bool>) -> std::io::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::spawn(async move {
-        let mut signals_seen = 0;
-        loop {
-            tokio::select! {
-                Some(()) = interrupt.recv() => {}
-                Some(()) = terminate.recv() => {}
-                else => return,
-            }
-            signals_seen += 1;
-            if signals_seen == 1 {
-                eprintln!("stopping: records in flight finish first (signal again to stop now)");
-                let _ = stop.send(true);
-            } else {
-                eprintln!("stopped at once: records in flight stay pending");
-                std::process::exit(i32::from(exit::RUNTIME));
-            }
-        }
-    });
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------

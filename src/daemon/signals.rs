@@ -1,10 +1,13 @@
 //! The signals the daemon answers: SIGHUP asks for a resync
 //! (`systemctl reload`, `referral-sync resync`), SIGTERM and SIGINT for a
-//! graceful shutdown.
+//! graceful shutdown; and the same two for a manual run.
 
 use std::io;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cli::exit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalEvent {
@@ -56,4 +59,32 @@ pub fn send_hangup(pid: u32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// For a manual run (`resync`, and `sync` if it wants): the first SIGINT
+/// or SIGTERM turns `stop` on, so the cycle starts no new record and those
+/// in flight finish; a second one ends the process at once, which leaves the
+/// records in flight `pending` for the next cycle to resolve.
+pub fn stop_on_signal(stop: watch::Sender<bool>) -> std::io::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let mut signals_seen = 0;
+        loop {
+            tokio::select! {
+                Some(()) = interrupt.recv() => {}
+                Some(()) = terminate.recv() => {}
+                else => return,
+            }
+            signals_seen += 1;
+            if signals_seen == 1 {
+                eprintln!("stopping: records in flight finish first (signal again to stop now)");
+                let _ = stop.send(true);
+            } else {
+                eprintln!("stopped at once: records in flight stay pending");
+                std::process::exit(i32::from(exit::RUNTIME));
+            }
+        }
+    });
+    Ok(())
 }
