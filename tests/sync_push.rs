@@ -80,18 +80,10 @@ fn write_deals(ws: &Workspace, deals: &[Value]) {
 /// An emulator holding referrals 1..=n, and a workspace whose first sync
 /// adopted them without writing anything. The journal is cleared.
 fn adopted(n: usize, configure: impl FnOnce(&Workspace)) -> (Emulator, Workspace) {
-    adopted_with(n, &[], configure)
-}
-
-fn adopted_with(
-    n: usize,
-    emulator_args: &[&str],
-    configure: impl FnOnce(&Workspace),
-) -> (Emulator, Workspace) {
     let seed: Vec<Value> = (1..=n)
         .map(|i| seeded_deal(&referral_id(i), &external_id(i), base_value(i)))
         .collect();
-    let emulator = Emulator::start(&Value::Array(seed), emulator_args);
+    let emulator = Emulator::start(&Value::Array(seed), &[]);
     let ws = Workspace::new(&emulator, "opportunity", "export.json", "");
     configure(&ws);
     write_deals(&ws, &base_deals(n));
