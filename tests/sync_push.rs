@@ -422,11 +422,10 @@ fn a_new_team_member_is_one_append() {
     assert_eq!(live["customerProfile"]["size"], "1to50employees");
 }
 
-/// Known gap (reported): the mapping owns `customerProfile.team` as one
-/// leaf, so adopting a referral whose team member carries a member the CRM
-/// does not map sends `replace /customerProfile/team` whole and drops it.
+/// The mapping owns `customerProfile.team` as one
+/// leaf; members of its elements the CRM does not map (a seller's
+/// `contactPreference`) must survive adoption and later whole-array writes.
 #[test]
-#[ignore = "diff/mapping replace customerProfile.team whole and drop the seller's contactPreference"]
 fn adopting_a_customer_team_keeps_members_the_crm_does_not_map() {
     let mut sue = sue();
     sue["contactPreference"] = json!({"locale": "en-us", "disableNotifications": false});
@@ -438,6 +437,23 @@ fn adopting_a_customer_team_keeps_members_the_crm_does_not_map() {
     assert_eq!(
         emulator.referral("ref-L1")["customerProfile"]["team"],
         json!([sue])
+    );
+
+    // The CRM then edits Sue: the array is rewritten against the live one,
+    // and the member the CRM does not map rides along.
+    ws.write_export(&lead_csv(false).replace(",Sue,Smith,", ",Sue,Smith-Jones,"));
+    ws.run(&["sync"]).assert_code(0);
+    let patches = emulator.requests_with_method("PATCH");
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    let mut edited = sue.clone();
+    edited["lastName"] = json!("Smith-Jones");
+    assert_eq!(
+        patches[0]["body"],
+        json!([{"op": "replace", "path": "/customerProfile/team", "value": [edited.clone()]}])
+    );
+    assert_eq!(
+        emulator.referral("ref-L1")["customerProfile"]["team"],
+        json!([edited])
     );
 }
 

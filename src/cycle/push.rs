@@ -253,7 +253,15 @@ impl Pusher {
                 (&rec.referral_id, &rec.etag, &rec.snapshot)
         {
             let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
-            if trusted {
+            let planned =
+                diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
+            // Rewriting a whole array of objects needs the live elements,
+            // whose members the mapping does not fill must be carried over.
+            let rewrites_elements = planned.ops.iter().any(|op| {
+                matches!(op, Op::Replace { .. })
+                    && self.managed.element_members().contains_key(op.path())
+            });
+            if trusted && !(rewrites_elements && self.client.is_some()) {
                 let base = Base {
                     referral_id: id.clone(),
                     etag: etag.clone(),
@@ -261,8 +269,6 @@ impl Pusher {
                     live: None,
                     adopting: false,
                 };
-                let planned =
-                    diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
                 return self
                     .push(item, base, planned.ops, planned.rejected, Vec::new())
                     .await;
@@ -290,13 +296,7 @@ impl Pusher {
             Some(snapshot) => (snapshot, false),
             None => (live.document.clone(), true),
         };
-        let merged = merge::three_way(
-            &snapshot,
-            desired,
-            &live.document,
-            &self.managed,
-            &self.merge_options(adopting),
-        );
+        let merged = self.merge_with_live(&snapshot, desired, &live.document, adopting);
         let base = Base {
             referral_id,
             etag: live.etag.clone(),
@@ -336,13 +336,7 @@ impl Pusher {
         base: &mut Base,
         live: Referral,
     ) -> merge::MergeOutcome {
-        let merged = merge::three_way(
-            &base.snapshot,
-            desired,
-            &live.document,
-            &self.managed,
-            &self.merge_options(base.adopting),
-        );
+        let merged = self.merge_with_live(&base.snapshot, desired, &live.document, base.adopting);
         log_conflicts(self.correlation_id, external_id, &merged.conflicts);
         debug!(
             external_id,
@@ -353,6 +347,31 @@ impl Pusher {
         base.etag = live.etag;
         base.live = Some(live.document);
         merged
+    }
+
+    /// Three-way merge against the live referral. Array elements of the
+    /// snapshot and the desired document first take over the members the
+    /// mapping does not fill from their live counterparts, so that those
+    /// members neither look like a conflict nor get dropped by a
+    /// whole-array write.
+    fn merge_with_live(
+        &self,
+        snapshot: &Value,
+        desired: &Value,
+        live: &Value,
+        adopting: bool,
+    ) -> merge::MergeOutcome {
+        let mut snapshot = snapshot.clone();
+        let mut desired = desired.clone();
+        merge::carry_unmanaged_element_members(&mut snapshot, live, &self.managed);
+        merge::carry_unmanaged_element_members(&mut desired, live, &self.managed);
+        merge::three_way(
+            &snapshot,
+            &desired,
+            live,
+            &self.managed,
+            &self.merge_options(adopting),
+        )
     }
 
     fn merge_options(&self, adopting: bool) -> MergeOptions {
