@@ -233,6 +233,13 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                     "{}: {summary}",
                     if args.dry_run { "plan" } else { "synced" }
                 );
+                if summary.interrupted {
+                    eprintln!("{line}");
+                    print_error(
+                        &"the cycle was interrupted; records not reached stay as they were",
+                    );
+                    return exit::RUNTIME;
+                }
                 match output {
                     Output::Text => println!("{line}"),
                     Output::Json => eprintln!("{line}"),
@@ -253,8 +260,9 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
 
 pub fn cycle_exit_code(e: &CycleError) -> u8 {
     match e {
-        CycleError::Scan(scan::ScanError::Export(_)) | CycleError::SecondRead(_) => exit::EXPORT,
-        CycleError::ExportChanged(_) => exit::EXPORT,
+        CycleError::Scan(scan::ScanError::Export(_)) => exit::EXPORT,
+        // The push phase had started: some records may have been sent.
+        CycleError::SecondRead(_) | CycleError::ExportChanged(_) => exit::RUNTIME,
         CycleError::TooManyMissing { .. } => exit::MISSING,
         _ => exit::RUNTIME,
     }

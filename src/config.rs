@@ -380,7 +380,7 @@ impl Settings {
         };
 
         let api = validate_api(raw.api)?;
-        let auth = validate_auth(raw.auth, &credential)?;
+        let auth = validate_auth(raw.auth, &credential, api.allow_insecure)?;
 
         let sync = raw.sync;
         let currency = sync.default_currency.trim().to_ascii_uppercase();
@@ -530,12 +530,13 @@ fn resolve_credential(path: &Path, base_dir: &Path) -> PathBuf {
     base_dir.join(path)
 }
 
-fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
-    let base_url = raw.base_url.trim_end_matches('/').to_owned();
-    let url = reqwest::Url::parse(&base_url)
-        .map_err(|e| invalid("api.base_url", format!("{base_url:?} is not a URL: {e}")))?;
+/// A URL bearer tokens or secrets are sent to: https, or plain http only to
+/// this machine unless `allow_insecure`.
+fn secure_url(key: &str, text: &str, allow_insecure: bool) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| invalid(key, format!("{text:?} is not a URL: {e}")))?;
     match url.scheme() {
-        "https" => {}
+        "https" => Ok(()),
         "http" => {
             let loopback = match url.host() {
                 Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -543,23 +544,28 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
                 Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
                 None => false,
             };
-            if !loopback && !raw.allow_insecure {
-                return Err(invalid(
-                    "api.base_url",
+            if loopback || allow_insecure {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
                     format!(
-                        "{base_url:?} is plain http to a host that is not loopback; \
+                        "{text:?} is plain http to a host that is not loopback; \
                          use https, or set api.allow_insecure = true"
                     ),
-                ));
+                ))
             }
         }
-        other => {
-            return Err(invalid(
-                "api.base_url",
-                format!("scheme {other:?} is not http or https"),
-            ));
-        }
+        other => Err(invalid(
+            key,
+            format!("scheme {other:?} is not http or https"),
+        )),
     }
+}
+
+fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
+    let base_url = raw.base_url.trim_end_matches('/').to_owned();
+    secure_url("api.base_url", &base_url, raw.allow_insecure)?;
     raw.retry
         .validate()
         .map_err(|e| invalid("api.retry", e.to_string()))?;
@@ -596,6 +602,7 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
 fn validate_auth(
     raw: RawAuth,
     credential: &dyn Fn(&Path) -> PathBuf,
+    allow_insecure: bool,
 ) -> Result<Option<AuthSettings>, ConfigError> {
     match (&raw.token_file, &raw.refresh_token_file) {
         (Some(_), Some(_)) => Err(invalid(
@@ -625,9 +632,8 @@ fn validate_auth(
                     ));
                 }
             };
-            reqwest::Url::parse(&token_url).map_err(|e| {
-                invalid("auth.token_url", format!("{token_url:?} is not a URL: {e}"))
-            })?;
+            // The refresh token and the client secret travel there.
+            secure_url("auth.token_url", &token_url, allow_insecure)?;
             Ok(Some(AuthSettings::RefreshToken {
                 token_url,
                 client_id,

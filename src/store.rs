@@ -98,7 +98,9 @@ pub struct RecordBrief {
 #[derive(Debug, Clone, Copy)]
 pub struct Applied<'a> {
     pub referral_id: &'a str,
-    pub etag: &'a str,
+    /// `None` when the acknowledgement carried no eTag (a 204): the next
+    /// change is then planned against the live referral, never sent blind.
+    pub etag: Option<&'a str>,
     /// The desired document now applied.
     pub snapshot: &'a Value,
     pub desired_hash: &'a str,
@@ -218,6 +220,39 @@ impl Store {
             });
         }
         Ok(Some(store))
+    }
+
+    /// Open the store another process holds (the running daemon), to
+    /// write beside it: no migration, no pragma changes. The schema must be
+    /// exactly the one this build knows.
+    pub fn open_shared(path: &Path) -> Result<Store, StoreError> {
+        let err = sqlite_error(path);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(&err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+        let store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        let version = store.user_version()?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: version,
+                known,
+            });
+        }
+        if version < known {
+            return Err(StoreError::TooOld {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        Ok(store)
     }
 
     /// An empty store in memory (dry runs without a store file, tests).
@@ -450,6 +485,19 @@ impl Store {
         self.record_problem(external_id, referral_id, SyncState::Failed, None, error)
     }
 
+    /// A write may or may not have been applied and could not be settled
+    /// this cycle: the record stays `pending` (so the next cycle reads the
+    /// live referral before sending anything), with the error and the
+    /// attempt counted.
+    pub fn record_unsettled(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.record_problem(external_id, referral_id, SyncState::Pending, None, error)
+    }
+
     /// The record cannot be sent as it is; nothing was applied. The hash is
     /// kept so that the same unchanged record is not re-planned each cycle.
     pub fn record_invalid(
@@ -477,7 +525,7 @@ impl Store {
         error: &str,
     ) -> Result<(), StoreError> {
         let now = now();
-        let attempts_increment = i64::from(state == SyncState::Failed);
+        let attempts_increment = i64::from(state != SyncState::Invalid);
         self.conn
             .prepare_cached(
                 "INSERT INTO records (external_id, referral_id, desired_hash, state, last_error,
@@ -735,7 +783,7 @@ mod tests {
                 "ext-1",
                 &Applied {
                     referral_id: "ref-1",
-                    etag: "\"e1\"",
+                    etag: Some("\"e1\""),
                     snapshot: &doc,
                     desired_hash: "h1",
                     state: SyncState::Synced,

@@ -162,7 +162,8 @@ impl Engine {
         let result = self
             .run_phases(&request, cycle_id, &counters, report, stop)
             .await;
-        let summary = counters.summary(started.elapsed());
+        let mut summary = counters.summary(started.elapsed());
+        summary.interrupted = matches!(result, Ok(true));
         let (outcome, error_text) = match &result {
             Ok(interrupted) if *interrupted => ("interrupted", None),
             Ok(_) if summary.is_clean() => ("ok", None),
@@ -217,6 +218,7 @@ impl Engine {
         report: &(dyn Fn(&RecordOutcome) + Send + Sync),
         stop: watch::Receiver<bool>,
     ) -> Result<bool, CycleError> {
+        let client_retries_before = self.client.as_ref().map_or(0, |c| c.stats().retries);
         // Pass one: the whole export, validated, before anything is sent.
         let scan = {
             let store = Arc::clone(&self.store);
@@ -403,7 +405,11 @@ impl Engine {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         if let Some(client) = &self.client {
-            Counters::add(&counters.retried, client.stats().retries);
+            // The client counts over its life; this cycle's share.
+            Counters::add(
+                &counters.retried,
+                client.stats().retries.saturating_sub(client_retries_before),
+            );
         }
         Ok(interrupted)
     }

@@ -120,6 +120,7 @@ impl Counters {
             invalid: get(&self.invalid),
             unresolved: get(&self.unresolved),
             duration_ms: duration.as_millis() as u64,
+            interrupted: false,
         }
     }
 }
@@ -141,12 +142,14 @@ pub struct CycleSummary {
     pub invalid: u64,
     pub unresolved: u64,
     pub duration_ms: u64,
+    /// A shutdown stopped the cycle before every record was reached.
+    pub interrupted: bool,
 }
 
 impl CycleSummary {
-    /// Every record synced or unchanged.
+    /// Every record reached, and synced or unchanged.
     pub fn is_clean(&self) -> bool {
-        self.failed == 0 && self.invalid == 0 && self.unresolved == 0
+        self.failed == 0 && self.invalid == 0 && self.unresolved == 0 && !self.interrupted
     }
 }
 
@@ -165,6 +168,10 @@ impl std::fmt::Display for CycleSummary {
             self.invalid,
             self.unresolved,
             self.duration_ms as f64 / 1000.0
-        )
+        )?;
+        if self.interrupted {
+            write!(f, " (interrupted)")?;
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use crate::api::retry::RetrySchedule;
 use crate::api::{ApiClient, ApiError, Referral, RequestContext};
 use crate::config::{Settings, UpdateMethod};
 use crate::diff::{self, DiffOptions, OnCleared, Rejection};
-use crate::mapping::MappedRecord;
+use crate::mapping::{self, MappedRecord};
 use crate::merge::{self, ConflictPolicy, MergeOptions};
 use crate::model::{ManagedPaths, Op};
 use crate::store::{Applied, Store, StoreError, StoredRecord, SyncState};
@@ -62,14 +62,9 @@ impl ReferralIndex {
         *self.entries.lock().await = Some(pusher.build_index().await);
     }
 
-    async fn lookup(
-        &self,
-        pusher: &Pusher,
-        external_id: &str,
-        fresh: bool,
-    ) -> Result<Option<String>, String> {
+    async fn lookup(&self, pusher: &Pusher, external_id: &str) -> Result<Option<String>, String> {
         let mut entries = self.entries.lock().await;
-        if entries.is_none() || fresh {
+        if entries.is_none() {
             *entries = Some(pusher.build_index().await);
         }
         match entries.as_ref() {
@@ -108,8 +103,33 @@ enum Stop {
         message: String,
         status: Option<u16>,
         code: Option<String>,
+        /// A write of this cycle may have been applied: the record stays
+        /// `pending` rather than `failed`.
+        unsettled: bool,
     },
     Store(StoreError),
+}
+
+impl Stop {
+    /// The same stop, after a write whose outcome is not known.
+    fn unsettled(self) -> Stop {
+        match self {
+            Stop::Failed {
+                referral_id,
+                message,
+                status,
+                code,
+                ..
+            } => Stop::Failed {
+                referral_id,
+                message,
+                status,
+                code,
+                unsettled: true,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<StoreError> for Stop {
@@ -143,6 +163,7 @@ impl Pusher {
             message: "internal error: the store lock was poisoned".into(),
             status: None,
             code: None,
+            unsettled: false,
         })
     }
 
@@ -171,12 +192,15 @@ impl Pusher {
         let count = client
             .list(&ctx, |page: Vec<Value>| {
                 for referral in page {
-                    let ext = referral.get("externalReferenceId").and_then(Value::as_str);
+                    let ext = referral
+                        .get("externalReferenceId")
+                        .and_then(Value::as_str)
+                        .map(mapping::normalise_external_id);
                     let id = referral.get("id").and_then(Value::as_str);
                     if let (Some(ext), Some(id)) = (ext, id)
                         && !ext.is_empty()
                     {
-                        map.entry(ext.to_owned()).or_default().push(id.to_owned());
+                        map.entry(ext).or_default().push(id.to_owned());
                     }
                 }
             })
@@ -212,6 +236,7 @@ impl Pusher {
                         message,
                         status,
                         code,
+                        unsettled,
                     } => {
                         warn!(
                             correlation_id = %self.correlation_id,
@@ -222,11 +247,19 @@ impl Pusher {
                             error = %message,
                             "record failed"
                         );
-                        if !self.dry_run
-                            && let Ok(store) = self.store.lock()
-                            && let Err(e) =
+                        let recorded = match self.store.lock() {
+                            Ok(_) if self.dry_run => Ok(()),
+                            Ok(store) if unsettled => store.record_unsettled(
+                                &external_id,
+                                referral_id.as_deref(),
+                                &message,
+                            ),
+                            Ok(store) => {
                                 store.record_failed(&external_id, referral_id.as_deref(), &message)
-                        {
+                            }
+                            Err(_) => Ok(()),
+                        };
+                        if let Err(e) = recorded {
                             warn!(external_id = %external_id, error = %e, "could not record the failure");
                         }
                         outcome.referral_id = referral_id;
@@ -322,6 +355,7 @@ impl Pusher {
                 ),
                 status: Some(412),
                 code: Some("preconditionFailed".into()),
+                unsettled: false,
             });
         }
         Ok(())
@@ -397,16 +431,17 @@ impl Pusher {
             let indexed = self.store()?.index_lookup(&item.mapped.external_id)?;
             return Ok(indexed);
         }
-        // A create whose outcome was lost may have succeeded: look again.
-        let fresh = stored.is_some_and(|r| r.state == SyncState::Pending);
+        // The index is listed once per cycle, so a create whose answer was
+        // lost in an earlier cycle (the record is `pending`) is found here.
         self.index
-            .lookup(self, &item.mapped.external_id, fresh)
+            .lookup(self, &item.mapped.external_id)
             .await
             .map_err(|message| Stop::Failed {
                 referral_id: None,
                 message,
                 status: None,
                 code: None,
+                unsettled: false,
             })
     }
 
@@ -465,7 +500,7 @@ impl Pusher {
                     ext,
                     &Applied {
                         referral_id: &referral.id,
-                        etag: &referral.etag,
+                        etag: Some(&referral.etag),
                         snapshot: &item.mapped.document,
                         desired_hash: &item.hash,
                         state: SyncState::Synced,
@@ -549,9 +584,11 @@ impl Pusher {
         let method = self.settings.api.update_method;
         log_conflicts(self.correlation_id, ext, &conflicts);
 
-        let final_etag = loop {
+        // The eTag the referral has once our changes are in it; `None` when
+        // a write was acknowledged without one (204).
+        let etag_after: Option<String> = loop {
             if ops.is_empty() {
-                break None;
+                break Some(base.etag.clone());
             }
             let Some(client) = self.client.as_ref().filter(|_| !self.dry_run) else {
                 sent = ops.clone();
@@ -590,6 +627,7 @@ impl Pusher {
                         message,
                         status: None,
                         code: None,
+                        unsettled: false,
                     })?;
                     client.put(&ctx, &base.referral_id, &base.etag, &body).await
                 }
@@ -597,12 +635,11 @@ impl Pusher {
             match result {
                 Ok(acknowledged) => {
                     sent.extend(ops.iter().cloned());
-                    let etag = match acknowledged {
-                        Some(referral) => referral.etag,
-                        // 204: the service ignored `Prefer`; read the eTag.
-                        None => self.get_live(client, ext, &base.referral_id).await?.etag,
-                    };
-                    break Some(etag);
+                    // A 204 (the service ignored `Prefer`) carries no eTag.
+                    // Reading one now could pick up someone else's later
+                    // edit as if it were ours; store none, so the next
+                    // change is merged against the live referral.
+                    break acknowledged.map(|referral| referral.etag);
                 }
                 Err(ApiError::PreconditionFailed { .. }) => {
                     self.conflict_round(&mut conflict_rounds, &base)?;
@@ -614,10 +651,11 @@ impl Pusher {
                         return Err(Stop::Failed {
                             referral_id: Some(base.referral_id.clone()),
                             message: format!(
-                                "write outcome unknown and retries exhausted: {reason}"
+                                "write outcome unknown and retries exhausted: {reason}; the next cycle reads the referral before sending again"
                             ),
                             status: None,
                             code: None,
+                            unsettled: true,
                         });
                     };
                     info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
@@ -627,7 +665,11 @@ impl Pusher {
                 Err(e) => return Err(api_stop(Some(&base.referral_id), &e)),
             }
             // Read the live referral and merge three ways against it.
-            let live = self.get_live(client, ext, &base.referral_id).await?;
+            let live = match self.get_live(client, ext, &base.referral_id).await {
+                Ok(live) => live,
+                Err(stop) if !in_doubt.is_empty() => return Err(stop.unsettled()),
+                Err(stop) => return Err(stop),
+            };
             let merged = self.replan(ext, desired, &mut base, live);
             // A PATCH is all or nothing: when the referral already holds
             // changes of the write whose answer was lost, that write took
@@ -664,13 +706,12 @@ impl Pusher {
         // What the referral now holds of ours: the desired document, except
         // where a change was refused.
         let snapshot = snapshot_after(desired, &base.snapshot, &rejected);
-        let etag = final_etag.unwrap_or(base.etag);
         let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
         self.store()?.record_applied(
             ext,
             &Applied {
                 referral_id: &base.referral_id,
-                etag: &etag,
+                etag: etag_after.as_deref(),
                 snapshot: &snapshot,
                 desired_hash: &item.hash,
                 state,
@@ -705,29 +746,45 @@ fn snapshot_after(desired: &Value, base: &Value, rejected: &[Rejection]) -> Valu
     let mut snapshot = desired.clone();
     for r in rejected {
         // A status refusal covers its substatus too.
-        let paths: Vec<&str> = if r.path == "/status" {
-            vec!["/status", "/substatus"]
+        let paths: &[&str] = if r.path == "/status" {
+            &["/status", "/substatus"]
         } else {
-            vec![r.path.as_str()]
+            &[r.path.as_str()]
         };
         for path in paths {
-            let key = path.trim_start_matches('/');
-            if key.contains('/') {
-                continue;
-            }
-            if let Value::Object(map) = &mut snapshot {
-                match base.get(key) {
-                    Some(v) => {
-                        map.insert(key.to_owned(), v.clone());
-                    }
-                    None => {
-                        map.remove(key);
-                    }
-                }
-            }
+            restore(&mut snapshot, base, path);
         }
     }
     snapshot
+}
+
+/// Make the member at `pointer` in `document` what it is in `base`
+/// (absent if `base` lacks it), creating parent objects as needed.
+fn restore(document: &mut Value, base: &Value, pointer: &str) {
+    let tokens: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        return;
+    };
+    let mut node = document;
+    for token in parents {
+        let Value::Object(map) = node else { return };
+        node = map
+            .entry(token.clone())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    let Value::Object(map) = node else { return };
+    match base.pointer(pointer) {
+        Some(value) => {
+            map.insert(last.clone(), value.clone());
+        }
+        None => {
+            map.remove(last);
+        }
+    }
 }
 
 /// The live referral with `ops` applied, less what the service owns.
@@ -754,5 +811,49 @@ fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
         message: error.to_string(),
         status,
         code,
+        unsettled: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rejection(path: &str) -> Rejection {
+        Rejection {
+            path: path.to_owned(),
+            reason: "refused".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_refused_change_stays_out_of_the_snapshot_at_any_depth() {
+        let base = json!({
+            "status": "Closed", "substatus": "Won",
+            "customerProfile": {"address": {"city": "Redmond"}},
+        });
+        let desired = json!({
+            "status": "Active", "substatus": "Accepted",
+            "customerProfile": {"address": {"city": "Bellevue", "state": "WA"}, "name": "C"},
+            "details": {"notes": "new"},
+        });
+        let snapshot = snapshot_after(
+            &desired,
+            &base,
+            &[
+                rejection("/status"),
+                rejection("/customerProfile/address/city"),
+                rejection("/details/notes"),
+            ],
+        );
+        assert_eq!(
+            snapshot,
+            json!({
+                "status": "Closed", "substatus": "Won",
+                "customerProfile": {"address": {"city": "Redmond", "state": "WA"}, "name": "C"},
+                "details": {},
+            })
+        );
     }
 }

@@ -173,7 +173,9 @@ fn resync_through_daemon(settings: &Settings, holder: &str, only: Option<Vec<Str
             );
         }
     };
-    let store = match Store::open(store_path) {
+    // The daemon holds the store: write the request beside it without
+    // migrating anything under it.
+    let store = match Store::open_shared(store_path) {
         Ok(store) => store,
         Err(e) => return print_error(exit::RUNTIME, &e),
     };

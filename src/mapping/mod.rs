@@ -259,6 +259,14 @@ pub struct MappedRecord {
     pub document: Document,
 }
 
+/// An external id as the store and the referral index key it: a GUID in
+/// canonical form (lower case, no braces), anything else trimmed. Partner
+/// Center may hold `externalReferenceId` in another spelling of the same
+/// GUID than the export.
+pub fn normalise_external_id(text: &str) -> String {
+    convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned())
+}
+
 /// A validated mapping, ready to map records.
 #[derive(Debug, Clone)]
 pub struct Mapper {
@@ -460,9 +468,7 @@ impl Mapper {
             Some(Value::String(text)) if text.trim().is_empty() => {
                 Err(problem(None, "the record has no id"))
             }
-            Some(Value::String(text)) => {
-                Ok(convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned()))
-            }
+            Some(Value::String(text)) => Ok(normalise_external_id(text)),
             Some(Value::Number(number)) => Ok(number.to_string()),
             Some(other) => Err(problem(Some(other), "not an id")),
         }
