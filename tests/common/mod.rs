@@ -463,9 +463,13 @@ impl Workspace {
             return rows;
         }
         let conn = rusqlite::Connection::open(&self.store).unwrap();
-        let mut statement = conn
-            .prepare("SELECT external_id FROM records ORDER BY external_id")
-            .unwrap();
+        // A process killed before its first migration leaves an empty file.
+        let mut statement =
+            match conn.prepare("SELECT external_id FROM records ORDER BY external_id") {
+                Ok(statement) => statement,
+                Err(e) if e.to_string().contains("no such table") => return rows,
+                Err(e) => panic!("store {}: {e}", self.store.display()),
+            };
         let ids: Vec<String> = statement
             .query_map([], |row| row.get(0))
             .unwrap()
