@@ -71,6 +71,10 @@ pub enum Command {
     },
     /// Validate the configuration and the export; print every problem.
     Check,
+    /// Run as a service: cycles on `schedule.cron`, resyncs on SIGHUP.
+    Run,
+    /// Resync now: through the running daemon, or here if none runs.
+    Resync(crate::daemon::ResyncArgs),
     /// Print the patch between two referral documents (every path managed).
     Diff { before: PathBuf, after: PathBuf },
 }
@@ -111,6 +115,10 @@ pub fn run(cli: Cli) -> u8 {
             with_settings(&cli.config, |settings| status_command(settings, json))
         }
         Command::Check => with_settings(&cli.config, check_command),
+        Command::Run => with_settings(&cli.config, crate::daemon::run),
+        Command::Resync(args) => with_settings(&cli.config, |settings| {
+            crate::daemon::resync_command(settings, &args)
+        }),
     }
 }
 
@@ -209,8 +217,17 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                 let _ = write_outcome(&mut *out, outcome, output);
             }
         };
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        match engine.run_cycle(request, &report, stop_rx).await {
+        // Ctrl-C or SIGTERM: no new record starts, those in flight finish.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Err(e) = crate::daemon::signals::stop_on_signal(stop_tx) {
+            print_error(&format!("cannot install the signal handlers: {e}"));
+            return exit::RUNTIME;
+        }
+        let progress = crate::progress::Progress::for_manual_run(Trigger::Manual);
+        let report = progress.wrap(report);
+        let result = engine.run_cycle(request, &report, stop_rx).await;
+        progress.finish();
+        match result {
             Ok(summary) => {
                 let line = format!(
                     "{}: {summary}",
@@ -336,6 +353,10 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             return exit::RUNTIME;
         }
     };
+    // The lock holder is a daemon when its pid is the one the daemon wrote.
+    let daemon_pid = crate::daemon::daemon_pid(&settings.store_path)
+        .filter(|pid| holder.as_deref() == Some(pid.to_string().as_str()));
+    let open_resyncs = crate::daemon::requests::open_count(&store).unwrap_or(0);
     if as_json {
         println!(
             "{}",
@@ -343,6 +364,8 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
                 "store": settings.store_path,
                 "exists": true,
                 "lock_holder_pid": holder,
+                "daemon_pid": daemon_pid,
+                "open_resync_requests": open_resyncs,
                 "counts": counts,
                 "cycles": cycles,
                 "problems": problems,
@@ -351,9 +374,13 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         return exit::OK;
     }
     println!("store      {}", settings.store_path.display());
-    match &holder {
-        Some(pid) => println!("running    yes (pid {pid} holds the store)"),
-        None => println!("running    no"),
+    match (&holder, daemon_pid) {
+        (Some(pid), Some(_)) => println!("running    daemon, pid {pid}"),
+        (Some(pid), None) => println!("running    yes (pid {pid} holds the store)"),
+        (None, _) => println!("running    no"),
+    }
+    if open_resyncs > 0 {
+        println!("resyncs    {open_resyncs} requested, not finished");
     }
     println!(
         "records    synced {}, pending {}, failed {}, invalid {}",

@@ -8,6 +8,9 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::LogFormat;
 
+/// Dependencies that log routine internals at info.
+const QUIET_DEPENDENCIES: &str = "tokio_cron_scheduler=warn";
+
 /// Install the global subscriber (once; later calls do nothing). Logs go to
 /// standard error so that standard output carries only command results.
 pub fn init(format: LogFormat, level: &str) {
@@ -15,11 +18,14 @@ pub fn init(format: LogFormat, level: &str) {
         Ok(directives) if !directives.trim().is_empty() => {
             EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new(level))
         }
-        _ => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        // The scheduler's own start-up chatter is not the operator's concern.
+        _ => EnvFilter::try_new(format!("{level},{QUIET_DEPENDENCIES}"))
+            .or_else(|_| EnvFilter::try_new(level))
+            .unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_span_events(FmtSpan::NONE)
         .with_target(false);

@@ -295,6 +295,52 @@ impl Standing {
     }
 }
 
+/// Carry into `document` the members of the live referral's array elements
+/// that the mapping does not fill (a seller's `contactPreference` on a team
+/// member), so that a whole-array write keeps them. An element is matched
+/// with the live element of the same e-mail address, or, when it has none,
+/// with the live element at the same position that has none either.
+pub fn carry_unmanaged_element_members(document: &mut Value, live: &Value, managed: &ManagedPaths) {
+    for (pointer, filled) in managed.element_members() {
+        let (Some(Value::Array(elements)), Some(Value::Array(live_elements))) =
+            (document.pointer_mut(pointer), live.pointer(pointer))
+        else {
+            continue;
+        };
+        for (index, element) in elements.iter_mut().enumerate() {
+            let Value::Object(members) = element else {
+                continue;
+            };
+            let email = |value: &Value| {
+                value
+                    .get("email")
+                    .and_then(Value::as_str)
+                    .map(str::to_lowercase)
+            };
+            let own_email = members
+                .get("email")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase);
+            let matched = match &own_email {
+                Some(address) => live_elements
+                    .iter()
+                    .find(|candidate| email(candidate).as_ref() == Some(address)),
+                None => live_elements
+                    .get(index)
+                    .filter(|candidate| email(candidate).is_none()),
+            };
+            let Some(Value::Object(live_members)) = matched else {
+                continue;
+            };
+            for (key, value) in live_members {
+                if !filled.contains(key) && !members.contains_key(key) {
+                    members.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Whether an appended element is already in a live array: the same value,
 /// or — for team members — the same e-mail address in any letter case.
 fn same_element(a: &Value, b: &Value) -> bool {
@@ -976,5 +1022,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn unmanaged_element_members_are_carried_from_live() {
+        let mut managed = managed(&["/customerProfile/team"]);
+        for member in ["firstName", "lastName", "email"] {
+            managed.insert_element_member(&["customerProfile", "team"], member);
+        }
+        let preference = json!({"locale": "en-us"});
+        let live = json!({"customerProfile": {"team": [
+            {"email": "Sue@x", "firstName": "Sue", "contactPreference": preference, "phoneNumber": "1"},
+            {"firstName": "NoMail", "phoneNumber": "2"},
+        ]}});
+        let mut document = json!({"customerProfile": {"team": [
+            {"firstName": "NoMail2"},
+            {"email": "sue@x", "firstName": "Susan"},
+        ]}});
+        carry_unmanaged_element_members(&mut document, &live, &managed);
+        assert_eq!(
+            document,
+            json!({"customerProfile": {"team": [
+                // Position 0 in live has an address, so nothing matches.
+                {"firstName": "NoMail2"},
+                // Matched by address in any letter case; mapped members
+                // keep the document's values.
+                {"email": "sue@x", "firstName": "Susan", "contactPreference": preference, "phoneNumber": "1"},
+            ]}})
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! *snapshot* is the desired document last applied, a *plan* is what a cycle
 //! will do for one record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -97,9 +97,17 @@ pub fn escape_pointer_token(token: &str) -> String {
 /// everything outside the tree belongs to Partner Center and is never
 /// touched. [`ManagedPaths::all`] owns every path, which is what the `diff`
 /// command and the patch vectors use.
+///
+/// A managed array is owned whole (its elements are compacted, so an
+/// element has no stable path), but the mapping fills only some members of
+/// each element; [`ManagedPaths::element_members`] names them, so that a
+/// whole-array write can carry the other members (a seller's
+/// `contactPreference`) over from the live referral.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManagedPaths {
     node: ManagedNode,
+    /// JSON Pointer of a managed array → the element members the mapping fills.
+    element_members: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -116,6 +124,7 @@ impl ManagedPaths {
     pub fn all() -> Self {
         ManagedPaths {
             node: ManagedNode::All,
+            element_members: BTreeMap::new(),
         }
     }
 
@@ -123,6 +132,7 @@ impl ManagedPaths {
     pub fn empty() -> Self {
         ManagedPaths {
             node: ManagedNode::Members(BTreeMap::new()),
+            element_members: BTreeMap::new(),
         }
     }
 
@@ -141,6 +151,25 @@ impl ManagedPaths {
             }
         }
         *node = ManagedNode::All;
+    }
+
+    /// Record that the mapping fills `member` in each element of the array
+    /// at `array` (object keys from the root).
+    pub fn insert_element_member<S: AsRef<str>>(&mut self, array: &[S], member: &str) {
+        let pointer: String = array
+            .iter()
+            .map(|s| format!("/{}", escape_pointer_token(s.as_ref())))
+            .collect();
+        self.element_members
+            .entry(pointer)
+            .or_default()
+            .insert(member.to_owned());
+    }
+
+    /// Managed arrays of objects (JSON Pointer) with the element members the
+    /// mapping fills.
+    pub fn element_members(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        &self.element_members
     }
 
     pub fn root(&self) -> &ManagedNode {

@@ -238,3 +238,69 @@ fn status_before_any_cycle_and_a_held_lock() {
     );
     drop(lock);
 }
+
+#[test]
+fn dry_run_plans_the_lead_sample_from_its_display_name_csv() {
+    let export = std::fs::read_to_string(repo_path("examples/leads.csv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leads.csv"), export).unwrap();
+    let config = dir.path().join("referral-sync.toml");
+    std::fs::write(
+        &config,
+        "[export]\npath = \"leads.csv\"\nentity = \"lead\"\n[store]\npath = \"store.db\"\n[sync]\ncreate_missing = true\n",
+    )
+    .unwrap();
+    let run = referral_sync(&[
+        "--config",
+        config.to_str().unwrap(),
+        "sync",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    run.assert_code(0);
+    let lines = run.json_lines();
+    assert_eq!(lines.len(), 3);
+    let adatum = &lines[0]["document"];
+    assert_eq!(
+        lines[0]["externalReferenceId"],
+        json!("9a1c2b3d-0000-4000-8000-00000000a001")
+    );
+    assert_eq!(adatum["status"], json!("New"));
+    assert_eq!(adatum["substatus"], json!("Received"));
+    assert_eq!(adatum["details"]["dealValue"], json!(75000));
+    assert_eq!(adatum["details"]["currency"], json!("USD"));
+    assert_eq!(
+        adatum["details"]["closingDateTime"],
+        json!("2024-12-31T00:00:00Z")
+    );
+    assert_eq!(adatum["customerProfile"]["address"]["country"], json!("US"));
+    assert_eq!(
+        adatum["customerProfile"]["team"],
+        json!([{"firstName": "Sue", "lastName": "Smith", "email": "sue.smith@adatum.example", "phoneNumber": "1234567890"}])
+    );
+    let litware = &lines[1]["document"];
+    assert_eq!(litware["status"], json!("Active"));
+    assert_eq!(litware["details"]["currency"], json!("EUR"));
+    assert_eq!(litware["details"]["dealValue"], json!(20000));
+    assert_eq!(litware["customerProfile"]["name"], json!("Litware, Inc."));
+    assert_eq!(
+        litware["customerProfile"]["address"]["country"],
+        json!("IE")
+    );
+    assert_eq!(
+        litware["details"]["notes"],
+        json!("Follow-up after the webinar,\nasked for a demo.")
+    );
+    let proseware = &lines[2]["document"];
+    assert_eq!(proseware["status"], json!("Closed"));
+    assert_eq!(proseware["substatus"], json!("Declined"));
+    assert_eq!(
+        proseware["customerProfile"]["address"]["country"],
+        json!("BR")
+    );
+    assert_eq!(
+        proseware["customerProfile"]["address"]["city"],
+        json!("São Paulo")
+    );
+}

@@ -132,7 +132,8 @@ pub struct CycleSummary {
     pub unchanged: u64,
     pub created: u64,
     pub updated: u64,
-    /// 412 rounds resolved by a three-way merge.
+    /// Rounds of the referral changing under a write (a 412, or a new eTag
+    /// read before a PUT), resolved by a three-way merge.
     pub conflicts: u64,
     /// Requests retried after an unknown outcome or a transient failure.
     pub retried: u64,

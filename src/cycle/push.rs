@@ -253,7 +253,15 @@ impl Pusher {
                 (&rec.referral_id, &rec.etag, &rec.snapshot)
         {
             let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
-            if trusted {
+            let planned =
+                diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
+            // Rewriting a whole array of objects needs the live elements,
+            // whose members the mapping does not fill must be carried over.
+            let rewrites_elements = planned.ops.iter().any(|op| {
+                matches!(op, Op::Replace { .. })
+                    && self.managed.element_members().contains_key(op.path())
+            });
+            if trusted && !(rewrites_elements && self.client.is_some()) {
                 let base = Base {
                     referral_id: id.clone(),
                     etag: etag.clone(),
@@ -261,8 +269,6 @@ impl Pusher {
                     live: None,
                     adopting: false,
                 };
-                let planned =
-                    diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
                 return self
                     .push(item, base, planned.ops, planned.rejected, Vec::new())
                     .await;
@@ -290,13 +296,7 @@ impl Pusher {
             Some(snapshot) => (snapshot, false),
             None => (live.document.clone(), true),
         };
-        let merged = merge::three_way(
-            &snapshot,
-            desired,
-            &live.document,
-            &self.managed,
-            &self.merge_options(adopting),
-        );
+        let merged = self.merge_with_live(&snapshot, desired, &live.document, adopting);
         let base = Base {
             referral_id,
             etag: live.etag.clone(),
@@ -306,6 +306,72 @@ impl Pusher {
         };
         self.push(item, base, merged.ops, merged.rejected, merged.conflicts)
             .await
+    }
+
+    /// Count one round of the referral changing under us (a 412, or a
+    /// PUT's read finding a new eTag); past the limit the record fails.
+    fn conflict_round(&self, rounds: &mut u32, base: &Base) -> Result<(), Stop> {
+        *rounds += 1;
+        self.counters_conflicts.fetch_add(1, Ordering::Relaxed);
+        let limit = self.settings.sync.max_conflict_retries;
+        if *rounds > limit {
+            return Err(Stop::Failed {
+                referral_id: Some(base.referral_id.clone()),
+                message: format!(
+                    "412 Precondition Failed (or a new eTag read before a PUT) {rounds} times: the referral keeps changing (sync.max_conflict_retries = {limit})"
+                ),
+                status: Some(412),
+                code: Some("preconditionFailed".into()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Plan again against the live referral, which becomes the base the
+    /// next write is sent against.
+    fn replan(
+        &self,
+        external_id: &str,
+        desired: &Value,
+        base: &mut Base,
+        live: Referral,
+    ) -> merge::MergeOutcome {
+        let merged = self.merge_with_live(&base.snapshot, desired, &live.document, base.adopting);
+        log_conflicts(self.correlation_id, external_id, &merged.conflicts);
+        debug!(
+            external_id,
+            ops = merged.ops.len(),
+            already_applied = merged.already_applied,
+            "re-planned against the live referral"
+        );
+        base.etag = live.etag;
+        base.live = Some(live.document);
+        merged
+    }
+
+    /// Three-way merge against the live referral. Array elements of the
+    /// snapshot and the desired document first take over the members the
+    /// mapping does not fill from their live counterparts, so that those
+    /// members neither look like a conflict nor get dropped by a
+    /// whole-array write.
+    fn merge_with_live(
+        &self,
+        snapshot: &Value,
+        desired: &Value,
+        live: &Value,
+        adopting: bool,
+    ) -> merge::MergeOutcome {
+        let mut snapshot = snapshot.clone();
+        let mut desired = desired.clone();
+        merge::carry_unmanaged_element_members(&mut snapshot, live, &self.managed);
+        merge::carry_unmanaged_element_members(&mut desired, live, &self.managed);
+        merge::three_way(
+            &snapshot,
+            &desired,
+            live,
+            &self.managed,
+            &self.merge_options(adopting),
+        )
     }
 
     fn merge_options(&self, adopting: bool) -> MergeOptions {
@@ -475,6 +541,9 @@ impl Pusher {
         let desired = &item.mapped.document;
         let mut rejected = rejected;
         let mut sent: Vec<Op> = Vec::new();
+        // Ops of a write whose answer was lost, until a read tells whether
+        // the referral took them.
+        let mut in_doubt: Vec<Op> = Vec::new();
         let mut conflict_rounds = 0u32;
         let mut unknown = RetrySchedule::new(&self.settings.api.retry);
         let method = self.settings.api.update_method;
@@ -501,7 +570,18 @@ impl Pusher {
                         Some(live) => live,
                         None => {
                             let live = self.get_live(client, ext, &base.referral_id).await?;
-                            base.etag = live.etag;
+                            if live.etag != base.etag {
+                                // Changed in Partner Center since the snapshot
+                                // the ops were planned against: a PUT under
+                                // this fresh eTag would overwrite the change
+                                // unseen. Merge first, as after a 412.
+                                self.conflict_round(&mut conflict_rounds, &base)?;
+                                let merged = self.replan(ext, desired, &mut base, live);
+                                conflicts.extend(merged.conflicts);
+                                rejected = merged.rejected;
+                                ops = merged.ops;
+                                continue;
+                            }
                             live.document
                         }
                     };
@@ -516,7 +596,7 @@ impl Pusher {
             };
             match result {
                 Ok(acknowledged) => {
-                    sent = ops.clone();
+                    sent.extend(ops.iter().cloned());
                     let etag = match acknowledged {
                         Some(referral) => referral.etag,
                         // 204: the service ignored `Prefer`; read the eTag.
@@ -525,19 +605,7 @@ impl Pusher {
                     break Some(etag);
                 }
                 Err(ApiError::PreconditionFailed { .. }) => {
-                    conflict_rounds += 1;
-                    self.counters_conflicts.fetch_add(1, Ordering::Relaxed);
-                    if conflict_rounds > self.settings.sync.max_conflict_retries {
-                        return Err(Stop::Failed {
-                            referral_id: Some(base.referral_id.clone()),
-                            message: format!(
-                                "412 Precondition Failed {conflict_rounds} times: the referral keeps changing (sync.max_conflict_retries = {})",
-                                self.settings.sync.max_conflict_retries
-                            ),
-                            status: Some(412),
-                            code: Some("preconditionFailed".into()),
-                        });
-                    }
+                    self.conflict_round(&mut conflict_rounds, &base)?;
                     info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
                 }
                 Err(ApiError::OutcomeUnknown { reason, .. }) => {
@@ -553,31 +621,24 @@ impl Pusher {
                         });
                     };
                     info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
+                    in_doubt = ops.clone();
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(api_stop(Some(&base.referral_id), &e)),
             }
             // Read the live referral and merge three ways against it.
             let live = self.get_live(client, ext, &base.referral_id).await?;
-            let merged = merge::three_way(
-                &base.snapshot,
-                desired,
-                &live.document,
-                &self.managed,
-                &self.merge_options(base.adopting),
-            );
-            log_conflicts(self.correlation_id, ext, &merged.conflicts);
-            debug!(
-                external_id = ext,
-                ops = merged.ops.len(),
-                already_applied = merged.already_applied,
-                "re-planned against the live referral"
-            );
+            let merged = self.replan(ext, desired, &mut base, live);
+            // A PATCH is all or nothing: when the referral already holds
+            // changes of the write whose answer was lost, that write took
+            // effect and is reported as sent.
+            if merged.already_applied > 0 {
+                sent.append(&mut in_doubt);
+            }
+            in_doubt.clear();
             conflicts.extend(merged.conflicts);
             rejected = merged.rejected;
             ops = merged.ops;
-            base.etag = live.etag;
-            base.live = Some(live.document);
         };
 
         let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);

@@ -377,6 +377,9 @@ impl Mapper {
                 )
             })?;
             managed.insert(&path.managed_members());
+            if let Some((array, member)) = path.element_member() {
+                managed.insert_element_member(&array, member);
+            }
             fields.push(field);
         }
 

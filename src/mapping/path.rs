@@ -71,6 +71,21 @@ impl FieldPath {
     }
 }
 
+impl FieldPath {
+    /// For a path into a list element (`customerProfile.team[0].email`):
+    /// the members up to the list and the element member it fills.
+    pub(super) fn element_member(&self) -> Option<(Vec<&str>, &str)> {
+        let index = self
+            .steps
+            .iter()
+            .position(|step| matches!(step, Step::Element(_)))?;
+        match self.steps.get(index + 1) {
+            Some(Step::Member(member)) => Some((self.managed_members(), member.as_str())),
+            _ => None,
+        }
+    }
+}
+
 fn is_member_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars

@@ -154,6 +154,18 @@ fn managed_paths_stop_at_lists_and_include_the_status() {
             .iter()
             .any(|leaf| leaf.starts_with("/customerProfile/team/"))
     );
+    // …but which members of each element it fills is known.
+    let filled: Vec<&str> = lead.managed_paths().element_members()["/customerProfile/team"]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(filled, ["email", "firstName", "lastName", "phoneNumber"]);
+    assert!(
+        mapper(Entity::Opportunity)
+            .managed_paths()
+            .element_members()
+            .is_empty()
+    );
 
     // Without a status table nothing of the status is owned; a disabled
     // field is not owned either.

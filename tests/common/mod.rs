@@ -160,6 +160,25 @@ impl Emulator {
         body
     }
 
+    /// The fault rules in force, each with its `matched` and `fired`
+    /// counters.
+    pub fn faults(&self) -> Vec<Value> {
+        let (_, body) = self.call(reqwest::Method::GET, "/_admin/faults", None);
+        body["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every access token the emulator issued (or was started with) stops
+    /// working now.
+    pub fn expire_tokens(&self) {
+        let (status, body) = self.call(reqwest::Method::POST, "/_admin/tokens/expire", None);
+        assert_eq!(status, 200, "expire refused: {body}");
+    }
+
+    /// The token endpoint of `tenant` (`auth.token_url`).
+    pub fn token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/token", self.base)
+    }
+
     pub fn insert(&self, referral: Value) {
         let (status, body) = self.call(reqwest::Method::POST, "/_admin/referrals", Some(referral));
         assert_eq!(status, 201, "insert refused: {body}");
@@ -233,6 +252,22 @@ token_file = "{token}"
             export,
             store,
         }
+    }
+
+    /// Rewrite the configuration file, e.g. to put a key under a table
+    /// `new` already wrote (`[api]`, `[auth]`): TOML allows a table once.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+    }
+
+    /// Add `key = value` lines at the top of the `[table]` `new` wrote.
+    pub fn set_in_table(&self, table: &str, lines: &str) {
+        let header = format!("[{table}]\n");
+        self.edit_config(|text| {
+            assert!(text.contains(&header), "no {header:?} in the configuration");
+            text.replacen(&header, &format!("{header}{lines}\n"), 1)
+        });
     }
 
     pub fn write_export(&self, contents: &str) {

@@ -1,0 +1,297 @@
+//! `referral-sync resync [--only EXTERNAL_ID ...]`: a full resync now.
+//!
+//! When a daemon holds the store, the command queues a request in
+//! `resync_requests`, wakes the daemon with SIGHUP and waits for its answer;
+//! otherwise it takes the lock and runs the resync itself. Either way it
+//! ends with the exit codes of `sync`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::cli::{Output, cycle_exit_code, exit, write_outcome};
+use crate::config::Settings;
+use crate::cycle::{Action, CycleRequest, Engine, RecordOutcome, Trigger};
+use crate::lock::{LockError, StoreLock};
+use crate::progress::{self, Progress};
+use crate::service;
+use crate::store::Store;
+
+use super::requests::{self, RequestState, ResyncResult};
+use super::{HOUSEKEEPING_INTERVAL, daemon_pid, signals};
+
+/// How often the command looks at its request while the daemon works.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ResyncArgs {
+    /// Only these records (their CRM ids, the referrals'
+    /// externalReferenceId); every record when left out.
+    #[arg(long, value_name = "EXTERNAL_ID", num_args = 1..)]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--only: an external id must not be empty")]
+pub struct EmptyExternalId;
+
+/// The ids of `--only`, trimmed and without repeats, in the order given;
+/// `None` when none were given (every record).
+pub fn only_ids(args: &ResyncArgs) -> Result<Option<Vec<String>>, EmptyExternalId> {
+    if args.only.is_empty() {
+        return Ok(None);
+    }
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    for id in &args.only {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(EmptyExternalId);
+        }
+        if seen.insert(id) {
+            ids.push(id.to_owned());
+        }
+    }
+    Ok(Some(ids))
+}
+
+pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
+    let only = match only_ids(args) {
+        Ok(only) => only,
+        Err(e) => return print_error(exit::CONFIG, &e),
+    };
+    match StoreLock::acquire(&settings.store_path) {
+        Ok(lock) => resync_here(settings, lock, only),
+        Err(LockError::Held { pid, .. }) => resync_through_daemon(&settings, &pid, only),
+        Err(e) => print_error(exit::RUNTIME, &e),
+    }
+}
+
+fn print_error(code: u8, e: &dyn std::fmt::Display) -> u8 {
+    eprintln!("error: {e}");
+    code
+}
+
+// ---------------------------------------------------------------------------
+// No daemon: run it here.
+
+fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -> u8 {
+    let settings = Arc::new(settings);
+    let mapper = match settings.mapper() {
+        Ok(mapper) => Arc::new(mapper),
+        Err(e) => return print_error(exit::CONFIG, &e),
+    };
+    let store = match Store::open(&settings.store_path) {
+        Ok(store) => Arc::new(Mutex::new(store)),
+        Err(e) => return print_error(exit::RUNTIME, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return print_error(
+                exit::RUNTIME,
+                &format!("cannot start the async runtime: {e}"),
+            );
+        }
+    };
+    let code = runtime.block_on(async {
+        let client = match service::build_client(&settings) {
+            Ok(client) => client,
+            Err(e) => return print_error(exit::CONFIG, &e),
+        };
+        let (stop, stop_receiver) = watch::channel(false);
+        if let Err(e) = signals::stop_on_signal(stop) {
+            return print_error(
+                exit::RUNTIME,
+                &format!("cannot install signal handlers: {e}"),
+            );
+        }
+        let engine = Engine::new(Arc::clone(&settings), mapper, store, Some(client));
+        let mut request = CycleRequest::new(Trigger::Resync);
+        request.resync = true;
+        request.only = only.map(|ids| ids.into_iter().collect());
+        let stdout = Mutex::new(std::io::stdout());
+        let progress = Progress::for_manual_run(Trigger::Resync);
+        // A resync takes up every record; the unchanged ones are only
+        // counted.
+        let report = progress.wrap(|outcome: &RecordOutcome| {
+            if outcome.action != Action::Unchanged
+                && let Ok(mut out) = stdout.lock()
+            {
+                let _ = write_outcome(&mut *out, outcome, Output::Text);
+            }
+        });
+        let result = engine
+            .run_cycle(request, &report, stop_receiver.clone())
+            .await;
+        progress.finish();
+        match result {
+            Ok(summary) if *stop_receiver.borrow() => {
+                println!("interrupted: {summary}");
+                eprintln!(
+                    "error: the resync was interrupted; records not reached stay as they were"
+                );
+                exit::RUNTIME
+            }
+            Ok(summary) => {
+                println!("resynced: {summary}");
+                if summary.is_clean() {
+                    exit::OK
+                } else {
+                    exit::RECORDS
+                }
+            }
+            Err(e) => print_error(cycle_exit_code(&e), &e),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(lock);
+    code
+}
+
+// ---------------------------------------------------------------------------
+// A daemon holds the store: ask it.
+
+fn resync_through_daemon(settings: &Settings, holder: &str, only: Option<Vec<String>>) -> u8 {
+    let store_path = &settings.store_path;
+    let pid = match holder.parse::<u32>() {
+        Ok(pid) if daemon_pid(store_path) == Some(pid) => pid,
+        _ => {
+            return print_error(
+                exit::LOCKED,
+                &format!(
+                    "store {} is in use by pid {holder}, which is not a referral-sync daemon \
+                     (a `sync` or `resync` still running?); try again when it has finished",
+                    store_path.display()
+                ),
+            );
+        }
+    };
+    let store = match Store::open(store_path) {
+        Ok(store) => store,
+        Err(e) => return print_error(exit::RUNTIME, &e),
+    };
+    let id = match requests::insert(&store, only.as_deref(), Some(std::process::id())) {
+        Ok(id) => id,
+        Err(e) => return print_error(exit::RUNTIME, &e),
+    };
+    match signals::send_hangup(pid) {
+        Ok(()) => eprintln!("resync request {id} sent to the daemon (pid {pid})"),
+        Err(e) => eprintln!(
+            "warning: cannot signal the daemon (pid {pid}): {e}; it takes resync request {id} \
+             up within {}s",
+            HOUSEKEEPING_INTERVAL.as_secs()
+        ),
+    }
+    let spinner = progress::waiting_spinner(format!("resync request {id}: queued"));
+    let code = wait_for_answer(&store, id, pid, holder, &spinner);
+    spinner.finish_and_clear();
+    code
+}
+
+fn wait_for_answer(
+    store: &Store,
+    id: i64,
+    pid: u32,
+    holder: &str,
+    spinner: &indicatif::ProgressBar,
+) -> u8 {
+    loop {
+        std::thread::sleep(POLL_INTERVAL);
+        match requests::state(store, id) {
+            Ok(RequestState::Finished(result)) => {
+                spinner.finish_and_clear();
+                return print_result(&result);
+            }
+            Ok(RequestState::Queued) => spinner.set_message(format!(
+                "resync request {id}: queued behind the running cycle"
+            )),
+            Ok(RequestState::Running) => spinner.set_message(format!(
+                "resync request {id}: the daemon (pid {pid}) is running it"
+            )),
+            Ok(RequestState::Missing) => {
+                return print_error(
+                    exit::RUNTIME,
+                    &format!(
+                        "resync request {id} is no longer in store {}",
+                        store.path().display()
+                    ),
+                );
+            }
+            Err(e) => return print_error(exit::RUNTIME, &e),
+        }
+        if StoreLock::holder(store.path()).as_deref() == Some(holder) {
+            continue;
+        }
+        // The daemon is gone. It may have answered just before it went.
+        if let Ok(RequestState::Finished(result)) = requests::state(store, id) {
+            spinner.finish_and_clear();
+            return print_result(&result);
+        }
+        let reason = format!("the daemon (pid {pid}) stopped before taking up the request");
+        return match requests::cancel_queued(store, id, &reason) {
+            Ok(true) => print_error(
+                exit::RUNTIME,
+                &format!("{reason}; resync request {id} was withdrawn and nothing was done"),
+            ),
+            Ok(false) => print_error(
+                exit::RUNTIME,
+                &format!(
+                    "the daemon (pid {pid}) stopped during resync request {id}; \
+                     see `referral-sync status` and the daemon's log"
+                ),
+            ),
+            Err(e) => print_error(exit::RUNTIME, &e),
+        };
+    }
+}
+
+fn print_result(result: &ResyncResult) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match result.outcome.as_str() {
+        "ok" | "partial" => {
+            let _ = writeln!(out, "resynced: {}", result.summary);
+        }
+        outcome => {
+            if result.summary != Default::default() {
+                let _ = writeln!(out, "{outcome}: {}", result.summary);
+            }
+            let error = result.error.as_deref().unwrap_or("no reason recorded");
+            eprintln!("error: the resync {outcome}: {error}");
+        }
+    }
+    result.exit_code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(only: &[&str]) -> ResyncArgs {
+        ResyncArgs {
+            only: only.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_ids_are_trimmed_and_deduplicated_in_order() {
+        type Expected = Result<Option<Vec<&'static str>>, EmptyExternalId>;
+        let cases: [(&[&str], Expected); 4] = [
+            (&[], Ok(None)),
+            (&["b", "a"], Ok(Some(vec!["b", "a"]))),
+            (&[" a ", "b", "a"], Ok(Some(vec!["a", "b"]))),
+            (&["a", "  "], Err(EmptyExternalId)),
+        ];
+        for (given, expected) in cases {
+            let expected =
+                expected.map(|o| o.map(|ids| ids.iter().map(|s| s.to_string()).collect()));
+            assert_eq!(only_ids(&args(given)), expected, "{given:?}");
+        }
+    }
+}
