@@ -422,15 +422,6 @@ pub struct Desired {
 }
 
 impl Emulator {
-    /// The fault rules in force, with their `matched`/`fired` counters.
-    pub fn faults(&self) -> Vec<Value> {
-        let (_, body) = self.call(reqwest::Method::GET, "/_admin/faults", None);
-        match body {
-            Value::Array(rules) => rules,
-            other => other["value"].as_array().cloned().unwrap_or_default(),
-        }
-    }
-
     /// Every referral, by external id (several per id would be a bug the
     /// caller checks with [`assert_no_duplicates`]).
     pub fn referrals_by_external_id(&self) -> std::collections::BTreeMap<String, Vec<Value>> {
