@@ -5,8 +5,11 @@
 //! export's desired document on every managed path, and nothing was applied
 //! twice: one referral per record, no team member twice.
 //!
-//! The normal run does a few trials; `scripts/crash-trials.sh` runs the
-//! ignored `crash_trials_many` for a hundred (`CRASH_TRIALS`, `CRASH_SEED`).
+//! Both ways of running are killed: `referral-sync sync`, restarted as
+//! `sync`, and the daemon (`referral-sync run`), restarted as a daemon whose
+//! startup cycle must converge. The normal run does a few trials;
+//! `scripts/crash-trials.sh` runs the ignored `crash_trials_many` for a
+//! hundred (`CRASH_TRIALS`, `CRASH_SEED`), half of them with the daemon.
 
 mod common;
 
@@ -57,7 +60,15 @@ struct Tally {
     applied_unacknowledged: u32,
 }
 
+/// What is killed and restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Sync,
+    Daemon,
+}
+
 struct Trial {
+    mode: Mode,
     seed: u64,
     rng: Rng,
     emulator: Emulator,
@@ -67,15 +78,20 @@ struct Trial {
 }
 
 impl Trial {
-    fn new(seed: u64) -> Trial {
+    fn new(mode: Mode, seed: u64) -> Trial {
         let emulator = Emulator::start(&json!([]), &["--latency-ms", LATENCY_MS]);
+        // The daemon's schedule never fires here: only its startup cycle
+        // runs, so that each restart is one cycle, as with `sync`.
         let ws = Workspace::new(
             &emulator,
             "lead",
             "export.jsonl",
-            &format!("[sync]\ncreate_missing = true\n{SECOND_MEMBER_MAPPING}"),
+            &format!(
+                "[sync]\ncreate_missing = true\n\n[schedule]\ncron = \"0 0 0 1 1 *\"\n\n[daemon]\nshutdown_grace_secs = 5\n{SECOND_MEMBER_MAPPING}"
+            ),
         );
         Trial {
+            mode,
             seed,
             rng: Rng::new(seed),
             emulator,
@@ -86,7 +102,7 @@ impl Trial {
     }
 
     fn context(&self, phase: &str) -> String {
-        format!("crash trial seed {} ({phase})", self.seed)
+        format!("crash trial seed {} ({:?}, {phase})", self.seed, self.mode)
     }
 
     /// Maybe make the service hold back its answers to writes.
@@ -105,7 +121,11 @@ impl Trial {
     fn kill_and_recover(&mut self, phase: &str) {
         self.maybe_hold_answers();
         let delay = Duration::from_millis(self.rng.below(250));
-        let mut spawned = self.ws.spawn(&["sync"], phase);
+        let command = match self.mode {
+            Mode::Sync => "sync",
+            Mode::Daemon => "run",
+        };
+        let mut spawned = self.ws.spawn(&[command], phase);
         let started = Instant::now();
         while started.elapsed() < delay {
             if spawned.child.try_wait().unwrap().is_some() {
@@ -145,17 +165,74 @@ impl Trial {
             .count() as u32;
 
         // The service keeps behaving as it did; the restart must cope.
-        let run = self.ws.run(&["sync"]);
         let context = format!("{}, killed after {delay:?}", self.context(phase));
-        assert_eq!(
-            run.code(),
-            0,
-            "{context}: the restarted cycle did not converge\n--- stdout\n{}\n--- stderr\n{}\n--- killed run's stderr\n{}",
-            run.stdout(),
-            run.stderr(),
-            spawned.stderr()
-        );
+        match self.mode {
+            Mode::Sync => {
+                let run = self.ws.run(&["sync"]);
+                assert_eq!(
+                    run.code(),
+                    0,
+                    "{context}: the restarted cycle did not converge\n--- stdout\n{}\n--- stderr\n{}\n--- killed run's stderr\n{}",
+                    run.stdout(),
+                    run.stderr(),
+                    spawned.stderr()
+                );
+            }
+            Mode::Daemon => self.restart_daemon(&context, phase),
+        }
         self.check(&context);
+    }
+
+    /// Start the daemon again, wait for its startup cycle to end, stop it
+    /// with SIGTERM; the cycle must have ended `ok`.
+    fn restart_daemon(&self, context: &str, phase: &str) {
+        let before = self.ws.status()["cycles"][0]["cycle_id"].clone();
+        let mut daemon = self.ws.spawn(&["run"], &format!("{phase}-restart"));
+        let mut cycle = Value::Null;
+        wait_until(
+            Duration::from_secs(60),
+            "the restarted daemon's startup cycle",
+            || {
+                let status = self.ws.status();
+                let latest = &status["cycles"][0];
+                if latest["cycle_id"] != before
+                    && latest["trigger"] == "startup"
+                    && !latest["outcome"].is_null()
+                {
+                    cycle = latest.clone();
+                    return true;
+                }
+                false
+            },
+        );
+        let pid = daemon.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let stopped = Instant::now();
+        loop {
+            if let Some(code) = daemon.child.try_wait().unwrap() {
+                assert_eq!(
+                    code.code(),
+                    Some(0),
+                    "{context}: the daemon's exit\n{}",
+                    daemon.stderr()
+                );
+                break;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_secs(30),
+                "{context}: the daemon did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            cycle["outcome"],
+            "ok",
+            "{context}: the restarted daemon's cycle: {cycle}\n{}",
+            daemon.stderr()
+        );
     }
 
     #[track_caller]
@@ -270,18 +347,18 @@ impl Trial {
     }
 }
 
-fn run_trial(seed: u64) -> Tally {
-    let mut trial = Trial::new(seed);
+fn run_trial(mode: Mode, seed: u64) -> Tally {
+    let mut trial = Trial::new(mode, seed);
     trial.creation();
     trial.updates();
     trial.conflicts();
     trial.tally
 }
 
-fn run_trials(seeds: impl Iterator<Item = u64>) -> Tally {
+fn run_trials(seeds: impl Iterator<Item = (Mode, u64)>) -> Tally {
     let mut total = Tally::default();
-    for seed in seeds {
-        let tally = run_trial(seed);
+    for (mode, seed) in seeds {
+        let tally = run_trial(mode, seed);
         total.killed_running += tally.killed_running;
         total.finished_first += tally.finished_first;
         total.pending_left += tally.pending_left;
@@ -292,7 +369,17 @@ fn run_trials(seeds: impl Iterator<Item = u64>) -> Tally {
 
 #[test]
 fn a_few_kills_at_random_moments_lose_nothing_and_apply_nothing_twice() {
-    let tally = run_trials([11, 12, 13].into_iter());
+    let tally = run_trials([11, 12, 13].map(|seed| (Mode::Sync, seed)).into_iter());
+    eprintln!("{tally:?}");
+    assert!(
+        tally.killed_running > 0,
+        "no kill landed during a cycle: {tally:?}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_restarted_converges_in_its_startup_cycle() {
+    let tally = run_trials([21, 22].map(|seed| (Mode::Daemon, seed)).into_iter());
     eprintln!("{tally:?}");
     assert!(
         tally.killed_running > 0,
@@ -318,7 +405,15 @@ fn crash_trials_many() {
                 .as_secs()
         });
     eprintln!("crash trials: {trials}, seeds {base}..{}", base + trials);
-    let tally = run_trials(base..base + trials);
+    // Even seeds kill `sync`, odd ones the daemon.
+    let modes = |seed: u64| {
+        if seed % 2 == 0 {
+            Mode::Sync
+        } else {
+            Mode::Daemon
+        }
+    };
+    let tally = run_trials((base..base + trials).map(|seed| (modes(seed), seed)));
     eprintln!(
         "crash trials passed: {} kills during a cycle, {} cycles finished before the kill, \
          {} records left pending by a kill, {} of them with their write applied",
