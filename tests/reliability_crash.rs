@@ -407,7 +407,7 @@ fn crash_trials_many() {
     eprintln!("crash trials: {trials}, seeds {base}..{}", base + trials);
     // Even seeds kill `sync`, odd ones the daemon.
     let modes = |seed: u64| {
-        if seed % 2 == 0 {
+        if seed.is_multiple_of(2) {
             Mode::Sync
         } else {
             Mode::Daemon
