@@ -392,11 +392,44 @@ async fn read_secret(kind: SecretFile, path: &Path) -> Result<SecretString, Auth
     Ok(secret)
 }
 
+/// Read a secret file as [`TokenProvider`] will, without keeping the
+/// secret, so that `check` and a start-up check find what a cycle would
+/// only find request by request. `Ok(Some(mode))` when group or others can
+/// access the file.
+pub fn check_secret_file(kind: SecretFile, path: &Path) -> Result<Option<u32>, AuthError> {
+    let read_error = |error| AuthError::Read {
+        kind,
+        path: path.to_owned(),
+        error,
+    };
+    let mut content = std::fs::read_to_string(path).map_err(read_error)?;
+    let empty = content.trim().is_empty();
+    content.zeroize();
+    if empty {
+        return Err(AuthError::Empty {
+            kind,
+            path: path.to_owned(),
+        });
+    }
+    let metadata = std::fs::metadata(path).map_err(read_error)?;
+    Ok(exposed_mode(&metadata))
+}
+
+/// The permission bits when group or others have any access.
 #[cfg(unix)]
-fn warn_if_exposed(kind: SecretFile, path: &Path, metadata: &std::fs::Metadata) {
+fn exposed_mode(metadata: &std::fs::Metadata) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn exposed_mode(_metadata: &std::fs::Metadata) -> Option<u32> {
+    None
+}
+
+fn warn_if_exposed(kind: SecretFile, path: &Path, metadata: &std::fs::Metadata) {
+    if let Some(mode) = exposed_mode(metadata) {
         tracing::warn!(
             file = %path.display(),
             mode = format_args!("{mode:o}"),
@@ -405,9 +438,6 @@ fn warn_if_exposed(kind: SecretFile, path: &Path, metadata: &std::fs::Metadata) 
         );
     }
 }
-
-#[cfg(not(unix))]
-fn warn_if_exposed(_kind: SecretFile, _path: &Path, _metadata: &std::fs::Metadata) {}
 
 /// Write the rotated refresh token back. A failure is logged, not returned:
 /// the token is kept in memory and the daemon keeps working; the next
@@ -1118,5 +1148,55 @@ mod tests {
         assert_eq!(error.as_deref(), Some("invalid_client"));
         assert_eq!(description, Some(format!("{}…", "x".repeat(500))));
         assert_eq!(oauth_error(b"<html>"), (None, None));
+    }
+
+    #[test]
+    fn check_secret_file_reads_as_the_client_will_and_reports_exposure() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let directory = dir.path().join("directory");
+        std::fs::create_dir(&directory).unwrap();
+        let blank = dir.path().join("blank");
+        std::fs::write(&blank, " \n").unwrap();
+        let private = dir.path().join("private");
+        std::fs::write(&private, "secret-value\n").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::write(&shared, "secret-value\n").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+        let message = |path: &Path| {
+            check_secret_file(SecretFile::Token, path)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            message(&missing).starts_with(&format!(
+                "cannot read the token file {}: No such file or directory",
+                missing.display()
+            )),
+            "{}",
+            message(&missing)
+        );
+        assert!(
+            message(&directory).starts_with(&format!(
+                "cannot read the token file {}: Is a directory",
+                directory.display()
+            )),
+            "{}",
+            message(&directory)
+        );
+        assert_eq!(
+            message(&blank),
+            format!("the token file {} is empty", blank.display())
+        );
+        assert_eq!(
+            check_secret_file(SecretFile::Token, &private).unwrap(),
+            None
+        );
+        assert_eq!(
+            check_secret_file(SecretFile::ClientSecret, &shared).unwrap(),
+            Some(0o640)
+        );
     }
 }

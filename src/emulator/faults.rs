@@ -10,7 +10,8 @@
 //! [
 //!   {"method": "PATCH", "kind": "status", "status": 429, "retry_after": 2},
 //!   {"method": "PATCH", "path_contains": "/referrals/", "after": 1, "kind": "reset_after"},
-//!   {"method": "GET", "kind": "delay", "ms": 5000, "times": 0}
+//!   {"method": "GET", "kind": "delay", "ms": 5000, "times": 0},
+//!   {"method": "POST", "kind": "delay_after", "ms": 200}
 //! ]
 //! ```
 
@@ -31,6 +32,9 @@ pub enum FaultAction {
     /// Wait, then handle the request as usual; if the client gives up
     /// meanwhile, nothing is applied.
     Delay { ms: u64 },
+    /// Handle the request, then wait before answering: a client that gives
+    /// up (or dies) meanwhile never learns that its write was applied.
+    DelayAfter { ms: u64 },
     /// Drop the connection without handling the request.
     ResetBefore,
     /// Handle the request, then drop the connection without answering.
@@ -42,6 +46,7 @@ impl FaultAction {
         match self {
             FaultAction::Status { .. } => "status",
             FaultAction::Delay { .. } => "delay",
+            FaultAction::DelayAfter { .. } => "delay_after",
             FaultAction::ResetBefore => "reset_before",
             FaultAction::ResetAfter => "reset_after",
         }
@@ -136,7 +141,12 @@ fn validate(raw: RawFaultRule) -> Result<FaultRule, String> {
     only_for("status", raw.status.is_some(), "status")?;
     only_for("retry_after", raw.retry_after.is_some(), "status")?;
     only_for("body", raw.body.is_some(), "status")?;
-    only_for("ms", raw.ms.is_some(), "delay")?;
+    if raw.ms.is_some() && raw.kind != "delay" && raw.kind != "delay_after" {
+        return Err(format!(
+            "ms applies to kinds delay and delay_after only, not {}",
+            raw.kind
+        ));
+    }
     let action = match raw.kind.as_str() {
         "status" => {
             let status = raw.status.ok_or("kind status needs a status")?;
@@ -152,11 +162,14 @@ fn validate(raw: RawFaultRule) -> Result<FaultRule, String> {
         "delay" => FaultAction::Delay {
             ms: raw.ms.ok_or("kind delay needs ms")?,
         },
+        "delay_after" => FaultAction::DelayAfter {
+            ms: raw.ms.ok_or("kind delay_after needs ms")?,
+        },
         "reset_before" => FaultAction::ResetBefore,
         "reset_after" => FaultAction::ResetAfter,
         other => {
             return Err(format!(
-                "unknown kind {other:?}: expected status, delay, reset_before or reset_after"
+                "unknown kind {other:?}: expected status, delay, delay_after, reset_before or reset_after"
             ));
         }
     };
@@ -194,7 +207,7 @@ impl Serialize for FaultRule {
                 raw.retry_after = *retry_after;
                 raw.body = body.clone();
             }
-            FaultAction::Delay { ms } => raw.ms = Some(*ms),
+            FaultAction::Delay { ms } | FaultAction::DelayAfter { ms } => raw.ms = Some(*ms),
             FaultAction::ResetBefore | FaultAction::ResetAfter => {}
         }
         raw.serialize(serializer)
@@ -322,6 +335,10 @@ mod tests {
                 json!([{"kind": "delay", "ms": 1}, {"kind": "delay"}]),
                 "fault rule 1: kind delay needs ms",
             ),
+            (
+                json!([{"kind": "delay_after"}]),
+                "fault rule 0: kind delay_after needs ms",
+            ),
             (json!([{"kind": "explode"}]), "unknown kind \"explode\""),
             (
                 json!([{"kind": "status", "status": 99}]),
@@ -329,7 +346,7 @@ mod tests {
             ),
             (
                 json!([{"kind": "reset_before", "ms": 5}]),
-                "ms applies to kind delay only",
+                "ms applies to kinds delay and delay_after only",
             ),
             (
                 json!([{"kind": "status", "status": 429, "retry-after": 5}]),
@@ -351,6 +368,7 @@ mod tests {
         let rules = json!([
             {"method": "POST", "path_contains": "oauth2", "after": 0, "times": 2, "kind": "status", "status": 503, "body": {"statusCode": 503, "message": "busy"}},
             {"after": 1, "times": 0, "kind": "delay", "ms": 100},
+            {"after": 0, "times": 1, "kind": "delay_after", "ms": 50},
         ]);
         let parsed = parse_fault_rules(&rules).unwrap();
         assert_eq!(serde_json::to_value(&parsed).unwrap(), rules);

@@ -92,7 +92,7 @@ pub(crate) async fn gateway(
             return reset(connection).await;
         }
         Some(FaultAction::Delay { ms }) => tokio::time::sleep(Duration::from_millis(*ms)).await,
-        Some(FaultAction::ResetAfter) | None => {}
+        Some(FaultAction::ResetAfter | FaultAction::DelayAfter { .. }) | None => {}
     }
 
     let response = match authorization {
@@ -113,6 +113,11 @@ pub(crate) async fn gateway(
         (false, _) => Outcome::Rejected,
     };
     record.close(Some(status), outcome, fault_kind);
+    // Closed first: the write took effect even if the client is gone
+    // before it hears so.
+    if let Some(FaultAction::DelayAfter { ms }) = fault {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     response
 }
 

@@ -196,6 +196,41 @@ pub fn read_export(
     Ok(summary)
 }
 
+/// Read one export file held in memory as [`read_export`] reads a file
+/// named `path`: the same format decision (`options.format`, else `path`'s
+/// extension, else the content), the same readers and the same errors. No
+/// file is opened and `options.path` is not used; `path` only names the
+/// records' locations and the errors. For fuzzing and tests without disk.
+pub fn read_export_bytes(
+    options: &ExportOptions,
+    path: &Path,
+    bytes: &[u8],
+    on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
+) -> Result<ExportSummary, ExportError> {
+    let aliases = HeaderAliases::new(&options.header_aliases)?;
+    let mut sink = Sink {
+        on_record,
+        records: 0,
+    };
+    let format =
+        file_format(options.format, path, bytes).map_err(|error| input_error(path, error))?;
+    let input = TextInput::new(bytes);
+    // Stopped by the callback or read to the end: either way this file is done.
+    let _flow = match format {
+        FileFormat::OdataJson => read_odata(path, input, &mut sink)?,
+        FileFormat::Csv => read_csv(path, input, &aliases, &mut sink)?,
+        FileFormat::Jsonl => read_jsonl(path, input, &mut sink)?,
+    };
+    Ok(ExportSummary {
+        files: vec![FileFingerprint {
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+            modified: None,
+        }],
+        records: sink.records,
+    })
+}
+
 /// How reading one file ended: read to its end, or stopped by the callback.
 type FileOutcome = Result<ControlFlow<()>, ExportError>;
 
@@ -375,6 +410,57 @@ fn parse_error_at(result: FileOutcome, path: &Path) -> Option<(u64, u64, String)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_in_memory_read_as_a_file_of_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: [(&str, &[u8]); 4] = [
+            (
+                "leads.csv",
+                b"leadid,subject\nL-1,One\nL-2,\"Two\nlines\"\n",
+            ),
+            (
+                "leads.jsonl",
+                b"{\"leadid\": \"L-1\"}\n\n{\"leadid\": \"L-2\"}\n",
+            ),
+            (
+                "page.json",
+                b"{\"value\": [{\"leadid\": \"L-1\"}, {\"leadid\": \"L-2\"}]}",
+            ),
+            ("cut-short", b"{\"value\": [{\"leadid\": \"L-1\"}, {\"lead"),
+        ];
+        for (name, bytes) in cases {
+            let path = dir.path().join(name);
+            fs::write(&path, bytes).unwrap();
+            let options = ExportOptions {
+                path: path.clone(),
+                format: ExportFormat::Auto,
+                entity: Entity::Lead,
+                header_aliases: BTreeMap::new(),
+            };
+            let mut from_file = Vec::new();
+            let file_result = read_export(&options, &mut |record| {
+                from_file.push(record);
+                ControlFlow::Continue(())
+            });
+            let mut from_bytes = Vec::new();
+            let bytes_result = read_export_bytes(&options, &path, bytes, &mut |record| {
+                from_bytes.push(record);
+                ControlFlow::Continue(())
+            });
+            assert_eq!(from_bytes, from_file, "{name}");
+            match (file_result, bytes_result) {
+                (Ok(file), Ok(in_memory)) => {
+                    assert_eq!(in_memory.records, file.records, "{name}");
+                    assert_eq!(in_memory.files[0].len, file.files[0].len, "{name}");
+                }
+                (Err(file), Err(in_memory)) => {
+                    assert_eq!(in_memory.to_string(), file.to_string(), "{name}")
+                }
+                (file, in_memory) => panic!("{name}: {file:?} vs {in_memory:?}"),
+            }
+        }
+    }
 
     #[test]
     fn skips_files_that_are_not_finished_pages() {

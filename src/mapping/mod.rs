@@ -235,17 +235,40 @@ pub struct RecordError {
     pub problems: Vec<FieldProblem>,
 }
 
+/// How much of a value a message quotes: a 10 MB cell must not become a
+/// 10 MB log line.
+const MAX_QUOTED_VALUE_CHARS: usize = 120;
+/// Reasons are ours, but some repeat the value.
+const MAX_REASON_CHARS: usize = 400;
+
+/// `text`, or its first `limit` characters, with the whole length in bytes
+/// when it was cut.
+fn quotable(text: &str, limit: usize) -> (&str, Option<usize>) {
+    match text.char_indices().nth(limit) {
+        Some((cut, _)) => (&text[..cut], Some(text.len())),
+        None => (text, None),
+    }
+}
+
 impl std::fmt::Display for FieldProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.field)?;
         if let Some(column) = &self.column {
             write!(f, " (column {column}")?;
             if let Some(value) = &self.value {
-                write!(f, ", value {value:?}")?;
+                match quotable(value, MAX_QUOTED_VALUE_CHARS) {
+                    (whole, None) => write!(f, ", value {whole:?}")?,
+                    (start, Some(bytes)) => {
+                        write!(f, ", value {:?} ({bytes} bytes)", format!("{start}…"))?
+                    }
+                }
             }
             write!(f, ")")?;
         }
-        write!(f, ": {}", self.reason)
+        match quotable(&self.reason, MAX_REASON_CHARS) {
+            (whole, None) => write!(f, ": {whole}"),
+            (start, Some(_)) => write!(f, ": {start}…"),
+        }
     }
 }
 

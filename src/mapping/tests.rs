@@ -1038,3 +1038,42 @@ fn an_ambiguous_symbol_is_an_error_for_the_record() {
         json!({"currency": "NOK", "dealValue": 5000})
     );
 }
+
+#[test]
+fn a_huge_value_is_quoted_cut_short_with_its_size() {
+    let lead = mapper(Entity::Lead);
+    let huge = "9".repeat(5_000_000);
+    let huge_record = record(
+        json!({"leadid": "L-1", "estimatedclosedate": huge, "address1_country": format!("Atlantis{huge}")}),
+    );
+    let message = lead.map(&huge_record).unwrap_err().to_string();
+    assert!(message.len() < 2_000, "{} bytes", message.len());
+    assert!(
+        message.contains(&format!(
+            "details.closingDateTime (column estimatedclosedate, value \"{}…\" (5000000 bytes)): ",
+            "9".repeat(120)
+        )),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("customerProfile.address.country (column address1_country, value \"Atlantis"),
+        "{message}"
+    );
+    assert!(
+        message.contains("(5000008 bytes)): unknown country `Atlantis999"),
+        "{message}"
+    );
+    assert!(
+        message.contains("999…; details.closingDateTime"),
+        "{message}"
+    );
+
+    // Short values are quoted whole.
+    let short_record = record(json!({"leadid": "L-1", "estimatedclosedate": "2/30/2024"}));
+    let message = lead.map(&short_record).unwrap_err().to_string();
+    assert!(
+        message.contains("value \"2/30/2024\"): no such date"),
+        "{message}"
+    );
+}

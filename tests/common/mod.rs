@@ -408,3 +408,297 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
     panic!("timed out waiting for {what}");
 }
+
+// ---------------------------------------------------------------------------
+// Reliability: the desired state computed from the export by the library,
+// the invariants every fault and crash test checks, and processes that can
+// be killed.
+
+/// What the export says Partner Center should hold: the desired document
+/// per external id and the mapping's managed leaves (JSON Pointers).
+pub struct Desired {
+    pub documents: std::collections::BTreeMap<String, Value>,
+    pub managed: Vec<String>,
+}
+
+impl Emulator {
+    /// Every referral, by external id (several per id would be a bug the
+    /// caller checks with [`assert_no_duplicates`]).
+    pub fn referrals_by_external_id(&self) -> std::collections::BTreeMap<String, Vec<Value>> {
+        let mut by_id: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+        for referral in self.referrals() {
+            if let Some(id) = referral["externalReferenceId"].as_str() {
+                by_id.entry(id.to_owned()).or_default().push(referral);
+            }
+        }
+        by_id
+    }
+}
+
+/// A `referral-sync` process started in the background, its output going
+/// to files so that it can be killed at any moment.
+pub struct Spawned {
+    pub child: Child,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Spawned {
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Workspace {
+    /// Run to completion with extra environment variables (e.g. a shorter
+    /// `REFERRAL_SYNC__API__REQUEST_TIMEOUT_SECS`, or `RUST_LOG`).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let started = Instant::now();
+        let mut command = self.command(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run referral-sync");
+        Run {
+            output,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Start in the background; `tag` names the output files.
+    pub fn spawn(&self, args: &[&str], tag: &str) -> Spawned {
+        let stdout_path = self.dir.path().join(format!("{tag}.stdout"));
+        let stderr_path = self.dir.path().join(format!("{tag}.stderr"));
+        let child = self
+            .command(args)
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("start referral-sync");
+        Spawned {
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    /// Every row of the `records` table, by external id.
+    pub fn all_stored(&self) -> std::collections::BTreeMap<String, StoredRow> {
+        let mut rows = std::collections::BTreeMap::new();
+        if !self.store.exists() {
+            return rows;
+        }
+        let conn = rusqlite::Connection::open(&self.store).unwrap();
+        // A process killed before its first migration leaves an empty file.
+        let mut statement =
+            match conn.prepare("SELECT external_id FROM records ORDER BY external_id") {
+                Ok(statement) => statement,
+                Err(e) if e.to_string().contains("no such table") => return rows,
+                Err(e) => panic!("store {}: {e}", self.store.display()),
+            };
+        let ids: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for id in ids {
+            let row = self.stored(&id).unwrap();
+            rows.insert(id, row);
+        }
+        rows
+    }
+
+    /// `PRAGMA integrity_check` of the store, read with its WAL.
+    pub fn integrity_check(&self) -> String {
+        let conn = rusqlite::Connection::open(&self.store).unwrap();
+        let results: Vec<String> = conn
+            .prepare("PRAGMA integrity_check")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        results.join("; ")
+    }
+
+    /// The desired documents, computed from the export with the library's
+    /// own reader and mapper under this workspace's configuration. Records
+    /// that do not map are left out.
+    pub fn desired(&self) -> Desired {
+        let settings = referral_sync::config::Settings::load(&self.config).unwrap();
+        let mapper = settings.mapper().unwrap();
+        let mut documents = std::collections::BTreeMap::new();
+        referral_sync::export::read_export(&settings.export_options(), &mut |record| {
+            if let Ok(mapped) = mapper.map(&record) {
+                documents.insert(mapped.external_id, mapped.document);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        Desired {
+            documents,
+            managed: mapper.managed_paths().leaves(),
+        }
+    }
+}
+
+/// `null` and an absent member are the same "empty" value.
+fn at_pointer<'v>(document: &'v Value, pointer: &str) -> Option<&'v Value> {
+    document.pointer(pointer).filter(|value| !value.is_null())
+}
+
+/// Managed leaves on which `live` does not hold what `desired` holds, as
+/// `pointer: live … desired …` lines.
+pub fn mapped_differences(live: &Value, desired: &Value, managed: &[String]) -> Vec<String> {
+    managed
+        .iter()
+        .filter_map(|pointer| {
+            let (have, want) = (at_pointer(live, pointer), at_pointer(desired, pointer));
+            (have != want).then(|| format!("{pointer}: live {have:?}, desired {want:?}"))
+        })
+        .collect()
+}
+
+/// At most one referral per external id, and no array anywhere in any
+/// referral holding the same element twice (or two team members with the
+/// same email).
+#[track_caller]
+pub fn assert_no_duplicates(emulator: &Emulator) {
+    for (external_id, referrals) in emulator.referrals_by_external_id() {
+        assert_eq!(
+            referrals.len(),
+            1,
+            "{} referrals carry externalReferenceId {external_id}: {referrals:#?}",
+            referrals.len()
+        );
+        assert_no_repeated_elements(&referrals[0], "");
+    }
+}
+
+#[track_caller]
+fn assert_no_repeated_elements(value: &Value, at: &str) {
+    match value {
+        Value::Array(elements) => {
+            for (i, element) in elements.iter().enumerate() {
+                assert!(
+                    !elements[..i].contains(element),
+                    "{at}/{i} repeats an earlier element: {element}"
+                );
+                assert_no_repeated_elements(element, &format!("{at}/{i}"));
+            }
+            let emails: Vec<String> = elements
+                .iter()
+                .filter_map(|e| e["email"].as_str())
+                .map(str::to_ascii_lowercase)
+                .collect();
+            for (i, email) in emails.iter().enumerate() {
+                assert!(
+                    !emails[..i].contains(email),
+                    "{at}: two members with email {email}"
+                );
+            }
+        }
+        Value::Object(members) => {
+            for (key, member) in members {
+                assert_no_repeated_elements(member, &format!("{at}/{key}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The end state every fault and crash test must reach: the store is
+/// sound; one referral per record, nothing duplicated; every live referral
+/// holds the desired document on every managed path; every record is
+/// `synced` with the live referral's id and eTag and the desired document
+/// as its snapshot. Returns the live referrals by external id.
+#[track_caller]
+pub fn assert_converged(
+    emulator: &Emulator,
+    ws: &Workspace,
+) -> std::collections::BTreeMap<String, Value> {
+    assert_eq!(ws.integrity_check(), "ok");
+    assert_no_duplicates(emulator);
+    let desired = ws.desired();
+    let live = emulator.referrals_by_external_id();
+    let stored = ws.all_stored();
+    let mut out = std::collections::BTreeMap::new();
+    for (external_id, document) in &desired.documents {
+        let referral = live
+            .get(external_id)
+            .and_then(|r| r.first())
+            .unwrap_or_else(|| panic!("no referral for {external_id}"));
+        let differences = mapped_differences(referral, document, &desired.managed);
+        assert!(
+            differences.is_empty(),
+            "{external_id} differs on managed paths:\n{}",
+            differences.join("\n")
+        );
+        let row = stored
+            .get(external_id)
+            .unwrap_or_else(|| panic!("no store row for {external_id}"));
+        assert_eq!(row.state, "synced", "{external_id}: {row:?}");
+        assert_eq!(
+            row.referral_id.as_ref(),
+            referral["id"].as_str().map(str::to_owned).as_ref()
+        );
+        assert_eq!(
+            row.etag.as_deref(),
+            referral["eTag"].as_str(),
+            "{external_id}"
+        );
+        assert_eq!(row.snapshot.as_ref(), Some(document), "{external_id}");
+        out.insert(external_id.clone(), referral.clone());
+    }
+    out
+}
+
+/// The external id of lead number `n`.
+pub fn lead_id(n: u32) -> String {
+    format!("0d000000-0000-4000-8000-{n:012}")
+}
+
+/// A lead record (JSON Lines shape): status New, one team member.
+pub fn lead(n: u32, name: &str, amount: i64) -> Value {
+    json!({
+        "leadid": lead_id(n),
+        "subject": name,
+        "estimatedamount": amount,
+        "statecode": 0,
+        "statuscode": 1,
+        "companyname": format!("{name} Ltd"),
+        "firstname": "Ann",
+        "lastname": format!("Lee {n}"),
+        "emailaddress1": format!("ann.{n}@example.com"),
+        "description": format!("{name} notes"),
+    })
+}
+
+/// Records as JSON Lines.
+pub fn jsonl(records: &[Value]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+/// Configuration that maps a second team member (`new_secondemail`,
+/// `new_secondfirstname`), so that a CRM change can append to an array.
+pub const SECOND_MEMBER_MAPPING: &str = r#"
+[mapping.fields."customerProfile.team[1].email"]
+from = "new_secondemail"
+type = "email"
+
+[mapping.fields."customerProfile.team[1].firstName"]
+from = "new_secondfirstname"
+type = "text"
+"#;
+
+/// Give lead `record` a second team member.
+pub fn with_second_member(mut record: Value, first_name: &str) -> Value {
+    let n = record["lastname"].as_str().unwrap_or_default().to_owned();
+    record["new_secondemail"] = json!(format!(
+        "{}.{}@example.com",
+        first_name.to_ascii_lowercase(),
+        n.replace(' ', "")
+    ));
+    record["new_secondfirstname"] = json!(first_name);
+    record
+}

@@ -1,0 +1,560 @@
+//! The bad-input corpus (`tests/bad_input/`) run through `referral-sync
+//! check` and `referral-sync sync`: every case against a store and a
+//! Partner Center that already hold four synced leads.
+//!
+//! What must hold: the error names the file and the line (and column), or
+//! the record; an export that does not parse changes nothing and sends
+//! nothing (exit 3); a bad record is refused alone while the others sync
+//! (exit 1) and its store row stays exactly as it was; an export that lacks
+//! more of the known records than `sync.max_missing_ratio` allows changes
+//! nothing (exit 4) until `sync --allow-missing`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use serde_json::{Value, json};
+
+const CORPUS: &str = "tests/bad_input";
+
+/// Four leads synced by a clean cycle; then the baseline export is taken
+/// away, leaving an empty export directory for a case.
+struct Bench {
+    emulator: Emulator,
+    ws: Workspace,
+    rows_before: BTreeMap<String, StoredRow>,
+    live_before: BTreeMap<String, Value>,
+}
+
+fn baseline_record(n: u32) -> Value {
+    json!({
+        "leadid": lead_id(n),
+        "subject": format!("Lead {n}"),
+        "estimatedamount": 100 * n,
+        "statecode": 0,
+        "statuscode": 1,
+        "companyname": format!("Company {n}"),
+    })
+}
+
+impl Bench {
+    fn new(extra_config: &str) -> Bench {
+        let emulator = Emulator::start(&json!([]), &[]);
+        let ws = Workspace::new(
+            &emulator,
+            "lead",
+            "export",
+            &format!("[sync]\ncreate_missing = true\n{extra_config}"),
+        );
+        std::fs::create_dir(&ws.export).unwrap();
+        let baseline = ws.export.join("baseline.jsonl");
+        let records: Vec<Value> = (1..=4).map(baseline_record).collect();
+        std::fs::write(&baseline, jsonl(&records)).unwrap();
+        ws.run(&["sync"]).assert_code(0);
+        std::fs::remove_file(&baseline).unwrap();
+        emulator.clear_requests();
+        let rows_before = ws.all_stored();
+        assert_eq!(rows_before.len(), 4);
+        let live_before = emulator
+            .referrals()
+            .into_iter()
+            .map(|r| (r["externalReferenceId"].as_str().unwrap().to_owned(), r))
+            .collect();
+        Bench {
+            emulator,
+            ws,
+            rows_before,
+            live_before,
+        }
+    }
+
+    /// Put the corpus file (or the files of the corpus directory) `case`
+    /// into the export directory.
+    fn install(&self, case: &str) {
+        let source = repo_path(CORPUS).join(case);
+        if source.is_dir() {
+            for entry in std::fs::read_dir(&source).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), self.ws.export.join(entry.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(&source, self.ws.export.join(case)).unwrap();
+        }
+    }
+
+    /// `<export dir>/<rest>`: how messages name a file of the export.
+    fn at(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.ws.export.display())
+    }
+
+    /// The store row and the live referral of lead `n` are exactly as the
+    /// baseline left them.
+    #[track_caller]
+    fn assert_untouched(&self, n: u32, case: &str) {
+        let id = lead_id(n);
+        assert_eq!(
+            self.ws.stored(&id).as_ref(),
+            self.rows_before.get(&id),
+            "{case}: the store row of lead {n} changed"
+        );
+        assert_eq!(
+            self.emulator.referral_for(&id),
+            self.live_before[&id],
+            "{case}: the referral of lead {n} changed"
+        );
+    }
+
+    /// Lead `n` now holds the case file's version: renamed, synced.
+    #[track_caller]
+    fn assert_synced(&self, n: u32, case: &str) {
+        let id = lead_id(n);
+        let row = self.ws.stored(&id).unwrap();
+        assert_eq!(row.state, "synced", "{case}: lead {n}: {row:?}");
+        let name = format!("Lead {n} renamed");
+        assert_eq!(
+            row.snapshot.as_ref().unwrap()["name"],
+            json!(name),
+            "{case}"
+        );
+        assert_eq!(
+            self.emulator.referral_for(&id)["name"],
+            json!(name),
+            "{case}"
+        );
+    }
+
+    #[track_caller]
+    fn assert_nothing_sent(&self, case: &str) {
+        let requests = self.emulator.requests();
+        assert!(
+            requests.is_empty(),
+            "{case}: requests were sent: {requests:#?}"
+        );
+    }
+
+    fn last_cycle(&self) -> Value {
+        self.ws.status()["cycles"][0].clone()
+    }
+}
+
+/// Exports that do not parse: refused whole. `(case, where, message)`;
+/// `where` is the file (relative to the export directory), line and column.
+const UNREADABLE: &[(&str, &str, &str)] = &[
+    (
+        "truncated.odata.json",
+        "truncated.odata.json:14:25",
+        "EOF while parsing a string (the file is truncated, or still being written)",
+    ),
+    (
+        "empty.json",
+        "empty.json:1:1",
+        "no OData envelope: the file is empty",
+    ),
+    (
+        "half-written.jsonl",
+        "half-written.jsonl:3:73",
+        "EOF while parsing a string (the file is truncated, or still being written)",
+    ),
+    (
+        "not-an-object.jsonl",
+        "not-an-object.jsonl:2:1",
+        "expected a record object, found an array",
+    ),
+    (
+        "odata-error-envelope.json",
+        "odata-error-envelope.json:6:1",
+        "not an OData page: it has no `value` array",
+    ),
+    (
+        "invalid-utf8.csv",
+        "invalid-utf8.csv:3:41",
+        "invalid UTF-8 byte 0xE9",
+    ),
+    (
+        "unbalanced-quote.csv",
+        "unbalanced-quote.csv:3:38",
+        "quoted field is never closed: the quote opened here has no closing `\"`",
+    ),
+    // The first page is fine; the second, cut short, spoils the export.
+    (
+        "second-page-truncated",
+        "page-2.json:13:20",
+        "EOF while parsing a string (the file is truncated, or still being written)",
+    ),
+];
+
+#[test]
+fn an_export_that_does_not_parse_is_refused_whole_naming_file_line_and_column() {
+    for &(case, place, message) in UNREADABLE {
+        let bench = Bench::new("");
+        bench.install(case);
+        let expected = format!("{}: {message}", bench.at(place));
+
+        let check = bench.ws.run(&["check"]);
+        check.assert_code(1);
+        assert!(
+            check.stdout().contains(&format!(
+                "problem: export unreadable, nothing was changed: {expected}"
+            )),
+            "{case}: check said\n{}",
+            check.stdout()
+        );
+
+        let sync = bench.ws.run(&["sync"]);
+        sync.assert_code(3);
+        assert!(
+            sync.stderr().contains(&format!(
+                "error: export unreadable, nothing was changed: {expected}"
+            )),
+            "{case}: sync said\n{}",
+            sync.stderr()
+        );
+        bench.assert_nothing_sent(case);
+        for n in 1..=4 {
+            bench.assert_untouched(n, case);
+        }
+        let cycle = bench.last_cycle();
+        assert_eq!(cycle["outcome"], "failed", "{case}");
+        assert!(
+            cycle["error"].as_str().unwrap().contains(&expected),
+            "{case}: {cycle}"
+        );
+    }
+}
+
+#[test]
+fn an_export_directory_without_a_page_is_refused() {
+    let bench = Bench::new("");
+    // Only files being written, which are never read.
+    std::fs::write(bench.ws.export.join("page-1.json.part"), "{\"value\": [").unwrap();
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(3);
+    let expected = format!(
+        "error: export unreadable, nothing was changed: {}: no export files found",
+        bench.ws.export.display()
+    );
+    assert!(sync.stderr().contains(&expected), "{}", sync.stderr());
+    bench.assert_nothing_sent("no pages");
+    for n in 1..=4 {
+        bench.assert_untouched(n, "no pages");
+    }
+}
+
+/// Records that cannot be synced as they are. `(case, messages, synced,
+/// untouched)`: every message is reported by both `check` and `sync`; the
+/// `synced` leads get the case file's version, the `untouched` ones stay as
+/// the baseline left them in the store and in Partner Center.
+type RecordCase = (
+    &'static str,
+    &'static [&'static str],
+    &'static [u32],
+    &'static [u32],
+);
+
+const RECORD_PROBLEMS: &[RecordCase] = &[
+    (
+        "duplicate-ids.jsonl",
+        &[
+            "external id 0d000000-0000-4000-8000-000000000001 occurs 2 times: {dir}/duplicate-ids.jsonl:1 (record 1), {dir}/duplicate-ids.jsonl:3 (record 3)",
+        ],
+        &[2, 3, 4],
+        &[1],
+    ),
+    (
+        "unknown-status.jsonl",
+        &[
+            "{dir}/unknown-status.jsonl:2 (record 2) [0d000000-0000-4000-8000-000000000002]: status (column statuscode, value \"99\"): unknown status code 99: no rule in mapping.status has it",
+            "{dir}/unknown-status.jsonl:3 (record 3) [0d000000-0000-4000-8000-000000000003]: status (column statuscode, value \"Pondering\"): unknown status reason `Pondering`: no rule in mapping.status has that label or code",
+        ],
+        &[1, 4],
+        &[2, 3],
+    ),
+    (
+        "invalid-values.csv",
+        &[
+            "{dir}/invalid-values.csv:3 (record 2) [0d000000-0000-4000-8000-000000000002]: details.closingDateTime (column estimatedclosedate, value \"2/30/2024\"): no such date",
+            "{dir}/invalid-values.csv:4 (record 3) [0d000000-0000-4000-8000-000000000003]: details.currency (column transactioncurrencyidname, value \"Galactic Credits\"): not a currency",
+            "{dir}/invalid-values.csv:5 (record 4) [0d000000-0000-4000-8000-000000000004]: customerProfile.address.country (column address1_country, value \"Atlantis\"): unknown country `Atlantis`",
+            // Every problem of a record, not only the first.
+            "{dir}/invalid-values.csv:6 (record 5) [0d000000-0000-4000-8000-000000000005]: customerProfile.team[0].email (column emailaddress1, value \"ann at example\"): not an email address; details.dealValue (column estimatedamount, value \"twelve thousand\"): not an amount",
+        ],
+        &[1],
+        &[2, 3, 4],
+    ),
+];
+
+#[test]
+fn a_bad_record_is_refused_alone_naming_file_line_and_column_and_the_others_sync() {
+    for &(case, messages, synced, untouched) in RECORD_PROBLEMS {
+        let bench = Bench::new("");
+        bench.install(case);
+        let dir = bench.ws.export.display().to_string();
+        let messages: Vec<String> = messages.iter().map(|m| m.replace("{dir}", &dir)).collect();
+
+        let check = bench.ws.run(&["check"]);
+        check.assert_code(1);
+        for message in &messages {
+            assert!(
+                check.stdout().contains(&format!("problem: {message}")),
+                "{case}: check did not say {message:?}:\n{}",
+                check.stdout()
+            );
+        }
+        assert!(
+            check
+                .stdout()
+                .contains(&format!("{} problem(s) found", messages.len())),
+            "{case}:\n{}",
+            check.stdout()
+        );
+
+        let sync = bench.ws.run(&["sync"]);
+        sync.assert_code(1);
+        for message in &messages {
+            assert!(
+                sync.stdout().contains(&format!("    error: {message}")),
+                "{case}: sync did not print {message:?}:\n{}",
+                sync.stdout()
+            );
+            assert!(
+                sync.stderr().contains(message.as_str()),
+                "{case}: the log does not say {message:?}:\n{}",
+                sync.stderr()
+            );
+        }
+        assert!(
+            sync.stdout()
+                .contains(&format!("invalid {}", messages.len())),
+            "{case}:\n{}",
+            sync.stdout()
+        );
+        for &n in synced {
+            bench.assert_synced(n, case);
+        }
+        for &n in untouched {
+            bench.assert_untouched(n, case);
+        }
+        // A record the store never knew stays unknown.
+        if case == "invalid-values.csv" {
+            assert_eq!(bench.ws.stored(&lead_id(5)), None);
+            let live = bench.emulator.referrals_by_external_id();
+            assert!(!live.contains_key(&lead_id(5)));
+        }
+        assert_eq!(bench.last_cycle()["outcome"], "partial", "{case}");
+        assert_eq!(bench.ws.integrity_check(), "ok");
+    }
+}
+
+/// Exports that lack most known records. `(case, missing, record
+/// messages, synced with --allow-missing)`.
+type ShrunkCase = (&'static str, u32, &'static [&'static str], &'static [u32]);
+
+const SHRUNK: &[ShrunkCase] = &[
+    ("zero-records.csv", 4, &[], &[]),
+    ("zero-records.odata.json", 4, &[], &[]),
+    ("shrunken.jsonl", 3, &[], &[1]),
+    // Without its id column no record can be matched: they all count as
+    // missing, and each is reported.
+    (
+        "missing-id-column.csv",
+        4,
+        &[
+            "{dir}/missing-id-column.csv:2 (record 1): externalReferenceId (column leadid): the record has no id",
+            "{dir}/missing-id-column.csv:3 (record 2): externalReferenceId (column leadid): the record has no id",
+        ],
+        &[],
+    ),
+];
+
+#[test]
+fn an_empty_or_shrunken_export_changes_nothing_until_allow_missing() {
+    for &(case, missing, messages, synced) in SHRUNK {
+        let bench = Bench::new("");
+        bench.install(case);
+        let dir = bench.ws.export.display().to_string();
+        let refusal = format!(
+            "{missing} of the 4 records in the store are missing from the export (more than sync.max_missing_ratio = 0.5)"
+        );
+
+        let check = bench.ws.run(&["check"]);
+        check.assert_code(1);
+        assert!(
+            check.stdout().contains(&format!("problem: {refusal}")),
+            "{case}:\n{}",
+            check.stdout()
+        );
+        for message in messages {
+            let message = message.replace("{dir}", &dir);
+            assert!(
+                check.stdout().contains(&format!("problem: {message}")),
+                "{case}:\n{}",
+                check.stdout()
+            );
+        }
+
+        let sync = bench.ws.run(&["sync"]);
+        sync.assert_code(4);
+        let stderr = sync.stderr();
+        assert!(
+            stderr.contains(&format!(
+                "error: {refusal}; nothing was changed. If the export really shrank, confirm with `referral-sync sync --allow-missing` or run a resync"
+            )),
+            "{case}:\n{stderr}"
+        );
+        bench.assert_nothing_sent(case);
+        for n in 1..=4 {
+            bench.assert_untouched(n, case);
+        }
+        let cycle = bench.last_cycle();
+        assert_eq!(cycle["outcome"], "failed", "{case}");
+        assert!(
+            cycle["error"].as_str().unwrap().contains(&refusal),
+            "{case}: {cycle}"
+        );
+
+        // Confirmed: what is there is synced; what is missing is still
+        // left alone, never cleared or closed.
+        let confirmed = bench.ws.run(&["sync", "--allow-missing"]);
+        confirmed.assert_code(if messages.is_empty() { 0 } else { 1 });
+        for &n in synced {
+            bench.assert_synced(n, case);
+        }
+        for n in (1..=4).filter(|n| !synced.contains(n)) {
+            bench.assert_untouched(n, case);
+        }
+        let writes: Vec<Value> = bench
+            .emulator
+            .requests()
+            .into_iter()
+            .filter(|r| r["method"] != "GET")
+            .collect();
+        assert_eq!(writes.len(), synced.len(), "{case}: {writes:#?}");
+    }
+}
+
+#[test]
+fn the_missing_ratio_is_the_configured_one() {
+    // 3 of 4 missing is 0.75: refused at 0.5 (above), allowed at 0.8.
+    let bench = Bench::new("max_missing_ratio = 0.8\n");
+    bench.install("shrunken.jsonl");
+    bench.ws.run(&["check"]).assert_code(0);
+    bench.ws.run(&["sync"]).assert_code(0);
+    bench.assert_synced(1, "ratio 0.8");
+    for n in 2..=4 {
+        bench.assert_untouched(n, "ratio 0.8");
+    }
+}
+
+#[test]
+fn a_zero_record_export_on_a_fresh_store_does_nothing() {
+    let emulator = Emulator::start(&json!([]), &[]);
+    let ws = Workspace::new(&emulator, "lead", "export.csv", "");
+    std::fs::copy(repo_path(CORPUS).join("zero-records.csv"), &ws.export).unwrap();
+    let run = ws.run(&["sync"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout()
+            .contains("seen 0, unchanged 0, created 0, updated 0"),
+        "{}",
+        run.stdout()
+    );
+    assert!(emulator.requests().is_empty());
+}
+
+#[test]
+fn a_ten_megabyte_field_is_reported_in_a_few_lines_and_the_others_sync() {
+    const TEN_MB: usize = 10 * 1024 * 1024;
+    let bench = Bench::new("");
+    let mut records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record
+        })
+        .collect();
+    // Valid but huge: sent, and refused by the service (the emulator takes
+    // at most 4 MB).
+    records[1]["description"] = json!("d".repeat(TEN_MB));
+    // Huge and invalid: refused before anything is sent.
+    records[2]["estimatedclosedate"] = json!("9".repeat(TEN_MB));
+    std::fs::write(bench.ws.export.join("huge.jsonl"), jsonl(&records)).unwrap();
+
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(1);
+    let invalid = format!(
+        "{}:3 (record 3) [{}]: details.closingDateTime (column estimatedclosedate, value \"{}…\" ({TEN_MB} bytes)): not a date",
+        bench.at("huge.jsonl"),
+        lead_id(3),
+        "9".repeat(120)
+    );
+    assert!(
+        check.stdout().contains(&invalid),
+        "{}",
+        &check.stdout()[..2000.min(check.stdout().len())]
+    );
+    assert!(
+        check.output.stdout.len() < 10_000,
+        "check printed {} bytes",
+        check.output.stdout.len()
+    );
+
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(1);
+    let printed = sync.output.stdout.len() + sync.output.stderr.len();
+    assert!(printed < 20_000, "sync printed {printed} bytes");
+    assert!(sync.stdout().contains(&invalid), "{}", sync.stdout());
+    let status = bench.ws.status();
+    let failed = status["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["external_id"] == json!(lead_id(2)))
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(failed["state"], "failed");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("HTTP 413"),
+        "{failed}"
+    );
+    assert!(sync.stderr().contains("record failed"), "{}", sync.stderr());
+    // The failure advanced nothing but the record's state.
+    let row = bench.ws.stored(&lead_id(2)).unwrap();
+    let before = &bench.rows_before[&lead_id(2)];
+    assert_eq!(
+        (&row.snapshot, &row.etag, &row.referral_id),
+        (&before.snapshot, &before.etag, &before.referral_id)
+    );
+    assert_eq!(
+        bench.emulator.referral_for(&lead_id(2)),
+        bench.live_before[&lead_id(2)]
+    );
+    bench.assert_untouched(3, "huge");
+    bench.assert_synced(1, "huge");
+    bench.assert_synced(4, "huge");
+    // The store does not hold the huge value anywhere.
+    let store_size = std::fs::metadata(&bench.ws.store).unwrap().len()
+        + std::fs::metadata(bench.ws.store.with_extension("db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    assert!(store_size < TEN_MB as u64, "store is {store_size} bytes");
+}
+
+#[test]
+fn every_corpus_entry_has_a_case() {
+    let mut cased: Vec<&str> = UNREADABLE.iter().map(|c| c.0).collect();
+    cased.extend(RECORD_PROBLEMS.iter().map(|c| c.0));
+    cased.extend(SHRUNK.iter().map(|c| c.0));
+    let mut entries: Vec<String> = std::fs::read_dir(repo_path(CORPUS))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "README.md")
+        .collect();
+    entries.sort();
+    cased.sort();
+    assert_eq!(
+        entries, cased,
+        "tests/bad_input and the cases here must match"
+    );
+    assert!(Path::new(&repo_path(CORPUS)).join("README.md").exists());
+}
