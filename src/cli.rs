@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::api::auth::{SecretFile, check_secret_file};
 use crate::config::Settings;
 use crate::cycle::scan::{self, ScanOptions};
 use crate::cycle::{Action, CycleError, CycleRequest, Engine, RecordOutcome, Trigger};
@@ -104,7 +105,22 @@ pub enum Output {
 /// Parse the arguments and run the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        restore_default_sigpipe();
+    }
     ExitCode::from(run(cli))
+}
+
+/// Output cut short by a closed pipe (`referral-sync check | head`) ends a
+/// command quietly, as it does for other Unix tools, instead of a panic in
+/// `println!`. Not for the daemon, whose output is its log.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal disposition to its default, before any
+    // thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 pub fn run(cli: Cli) -> u8 {
@@ -194,8 +210,14 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let offline = args.dry_run && (args.offline || settings.auth.is_none());
+    // A secret the client cannot use would fail every record one by one.
+    if !offline && let Some(problem) = unusable_secret_file(&settings) {
+        print_error(&problem);
+        return exit::CONFIG;
+    }
     runtime.block_on(async {
-        let client = if args.dry_run && (args.offline || settings.auth.is_none()) {
+        let client = if offline {
             None
         } else {
             match service::build_client(&settings) {
@@ -439,10 +461,14 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
 fn check_command(settings: Settings) -> u8 {
     let mut problems: Vec<String> = Vec::new();
     println!("configuration {}: ok", settings.source.display());
-    for (what, path) in secret_files(&settings) {
-        match std::fs::File::open(&path) {
-            Ok(_) => println!("{what} {}: readable", path.display()),
-            Err(e) => problems.push(format!("{what} {}: {e}", path.display())),
+    for (key, kind, path) in secret_files(&settings) {
+        match check_secret_file(kind, &path) {
+            Ok(None) => println!("{key} {}: readable", path.display()),
+            Ok(Some(mode)) => println!(
+                "{key} {}: readable, but mode {mode:o} lets group or others read it too (chmod 600)",
+                path.display()
+            ),
+            Err(e) => problems.push(format!("{key}: {e}")),
         }
     }
     if settings.auth.is_none() {
@@ -521,23 +547,46 @@ fn check_command(settings: Settings) -> u8 {
     }
 }
 
-fn secret_files(settings: &Settings) -> Vec<(&'static str, PathBuf)> {
+/// The configured secret files: the key, what the file holds, its path.
+fn secret_files(settings: &Settings) -> Vec<(&'static str, SecretFile, PathBuf)> {
     use crate::config::AuthSettings;
     match &settings.auth {
-        Some(AuthSettings::TokenFile(p)) => vec![("auth.token_file", p.clone())],
+        Some(AuthSettings::TokenFile(p)) => {
+            vec![("auth.token_file", SecretFile::Token, p.clone())]
+        }
         Some(AuthSettings::RefreshToken {
             client_secret_file,
             refresh_token_file,
             ..
         }) => {
-            let mut files = vec![("auth.refresh_token_file", refresh_token_file.clone())];
+            let mut files = vec![(
+                "auth.refresh_token_file",
+                SecretFile::RefreshToken,
+                refresh_token_file.clone(),
+            )];
             if let Some(p) = client_secret_file {
-                files.push(("auth.client_secret_file", p.clone()));
+                files.push((
+                    "auth.client_secret_file",
+                    SecretFile::ClientSecret,
+                    p.clone(),
+                ));
             }
             files
         }
         None => Vec::new(),
     }
+}
+
+/// Read every secret file as the client will (its content is not kept):
+/// the first that cannot be used, as `key: error`.
+fn unusable_secret_file(settings: &Settings) -> Option<String> {
+    secret_files(settings)
+        .into_iter()
+        .find_map(|(key, kind, path)| {
+            check_secret_file(kind, &path)
+                .err()
+                .map(|e| format!("{key}: {e}"))
+        })
 }
 
 // ---------------------------------------------------------------------------

@@ -242,7 +242,7 @@ fn check_names_the_key_of_a_secret_file_it_cannot_read() {
     run.assert_code(1);
     assert!(
         run.stdout().contains(&format!(
-            "problem: auth.token_file {}: No such file or directory",
+            "problem: auth.token_file: cannot read the token file {}: No such file or directory",
             missing.display()
         )),
         "{}",
@@ -273,7 +273,7 @@ fn check_names_the_key_of_a_secret_file_it_cannot_read() {
     );
     assert!(
         run.stdout().contains(&format!(
-            "problem: auth.client_secret_file {}: No such file or directory",
+            "problem: auth.client_secret_file: cannot read the client secret file {}: No such file or directory",
             missing.display()
         )),
         "{}",
@@ -281,11 +281,10 @@ fn check_names_the_key_of_a_secret_file_it_cannot_read() {
     );
 }
 
-/// Wanted: `check` reads a secret file as the client will
+/// `check` reads a secret file as the client will
 /// (`api::auth::check_secret_file`), so that a directory or an empty file
 /// is a problem, not "readable" (see RELIABILITY.md, "Open").
 #[test]
-#[ignore = "needs cli::check_command to read secret files with api::auth::check_secret_file"]
 fn check_reads_a_secret_file_as_the_client_will() {
     let setup = Setup::new();
     let directory = setup.dir.path().join("a-directory");
@@ -341,11 +340,10 @@ fn sync_with_an_unreadable_token_file_sends_nothing_and_advances_nothing() {
     assert_eq!(names, ["Lead 1", "Lead 2"]);
 }
 
-/// Wanted: `sync` reads its secret files before the cycle, as `check`
+/// `sync` reads its secret files before the cycle, as `check`
 /// does, and stops with exit 2 naming the key instead of failing every
 /// record one by one (see RELIABILITY.md, "Open").
 #[test]
-#[ignore = "needs cli::sync_command to check the secret files before the cycle"]
 fn sync_with_an_unreadable_token_file_stops_before_the_cycle_with_exit_2() {
     let setup = Setup::new();
     std::fs::remove_file(&setup.token).unwrap();
@@ -355,10 +353,9 @@ fn sync_with_an_unreadable_token_file_stops_before_the_cycle_with_exit_2() {
     assert!(!run.stdout().contains("failed "), "{}", run.stdout());
 }
 
-/// Wanted: output cut short by a closed pipe (`| head`) ends the command
+/// Output cut short by a closed pipe (`| head`) ends the command
 /// quietly, as ripgrep does, instead of a panic with exit 101.
 #[test]
-#[ignore = "needs cli to treat a broken stdout pipe as the end of output"]
 fn a_closed_stdout_pipe_is_not_a_panic() {
     use std::process::Stdio;
     let setup = Setup::new();

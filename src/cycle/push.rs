@@ -519,6 +519,7 @@ impl Pusher {
                     "create: outcome unknown ({reason}); the next cycle looks the referral up before creating again"
                 );
                 warn!(correlation_id = %self.correlation_id, external_id = ext, error = %message, "record pending");
+                self.store()?.record_unsettled(ext, None, &message)?;
                 let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
                 outcome.errors.push(message);
                 Ok(outcome)
