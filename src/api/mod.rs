@@ -494,6 +494,23 @@ impl ApiClient {
                             });
                         }
                         429 => (Retry::Throttled { retry_after }, reason),
+                        // A gateway's 503 may come after the backend acted;
+                        // only a write guarded by If-Match is safe to resend
+                        // (a repeat meets a 412). A create is not: its caller
+                        // looks the referral up before creating again.
+                        503 if retry_after.is_some()
+                            && call.if_match.is_none()
+                            && !call.is_read() =>
+                        {
+                            if let Some(wait) = retry_after {
+                                inner.gate.pause_for(wait.min(inner.retry.max_elapsed));
+                            }
+                            return Err(ApiError::OutcomeUnknown {
+                                method: call.method.clone(),
+                                path: call.path(),
+                                reason,
+                            });
+                        }
                         503 if retry_after.is_some() => (Retry::Throttled { retry_after }, reason),
                         // The service did not receive a whole request.
                         408 => (Retry::Transient, reason),

@@ -637,6 +637,23 @@ async fn a_503_with_retry_after_on_patch_is_retried() {
 }
 
 #[tokio::test]
+async fn a_503_with_retry_after_on_create_is_an_unknown_outcome_not_a_resend() {
+    let service = Service::start(|_, _| respond(503, &[("retry-after", "1")], "")).await;
+    let (client, _dir) = client_for(&service);
+    let error = client
+        .create(&ctx(), &json!({"name": "Contoso"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ApiError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
+    // Sent once; the pause still holds for every other request.
+    assert_eq!(service.seen().len(), 1);
+    assert!(client.gate().pause_in_effect().is_some());
+}
+
+#[tokio::test]
 async fn server_errors_on_get_are_retried_then_succeed() {
     let service = Service::start(|call, _| match call {
         1 => respond(
