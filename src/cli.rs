@@ -105,22 +105,19 @@ pub enum Output {
 /// Parse the arguments and run the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run) {
-        restore_default_sigpipe();
-    }
     ExitCode::from(run(cli))
 }
 
-/// Output cut short by a closed pipe (`referral-sync check | head`) ends a
-/// command quietly, as it does for other Unix tools, instead of a panic in
-/// `println!`. Not for the daemon, whose output is its log.
-fn restore_default_sigpipe() {
-    #[cfg(unix)]
-    // SAFETY: resetting a signal disposition to its default, before any
-    // thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// Print a line of command output. Output cut short by a closed pipe
+/// (`referral-sync check | head`) just ends: the command goes on and exits
+/// with its own code, instead of `println!`'s panic. (SIGPIPE stays
+/// ignored: the HTTP client must see a closed socket as an error.)
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
 }
 
 pub fn run(cli: Cli) -> u8 {
@@ -152,13 +149,10 @@ fn with_settings(path: &Path, command: impl FnOnce(Settings) -> u8) -> u8 {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, u8> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            exit::RUNTIME
-        })
+    service::async_runtime().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        exit::RUNTIME
+    })
 }
 
 fn print_error(e: &dyn std::fmt::Display) {
@@ -263,7 +257,7 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                     return exit::RUNTIME;
                 }
                 match output {
-                    Output::Text => println!("{line}"),
+                    Output::Text => outln!("{line}"),
                     Output::Json => eprintln!("{line}"),
                 }
                 if summary.is_clean() {
@@ -352,12 +346,12 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         Ok(Some(store)) => store,
         Ok(None) => {
             if as_json {
-                println!(
+                outln!(
                     "{}",
                     json!({"store": settings.store_path, "exists": false, "lock_holder_pid": holder})
                 );
             } else {
-                println!(
+                outln!(
                     "store {}: not created yet (no cycle has run)",
                     settings.store_path.display()
                 );
@@ -388,7 +382,7 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         .filter(|pid| holder.as_deref() == Some(pid.to_string().as_str()));
     let open_resyncs = crate::daemon::requests::open_count(&store).unwrap_or(0);
     if as_json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "store": settings.store_path,
@@ -403,22 +397,25 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         );
         return exit::OK;
     }
-    println!("store      {}", settings.store_path.display());
+    outln!("store      {}", settings.store_path.display());
     match (&holder, daemon_pid) {
-        (Some(pid), Some(_)) => println!("running    daemon, pid {pid}"),
-        (Some(pid), None) => println!("running    yes (pid {pid} holds the store)"),
-        (None, _) => println!("running    no"),
+        (Some(pid), Some(_)) => outln!("running    daemon, pid {pid}"),
+        (Some(pid), None) => outln!("running    yes (pid {pid} holds the store)"),
+        (None, _) => outln!("running    no"),
     }
     if open_resyncs > 0 {
-        println!("resyncs    {open_resyncs} requested, not finished");
+        outln!("resyncs    {open_resyncs} requested, not finished");
     }
-    println!(
+    outln!(
         "records    synced {}, pending {}, failed {}, invalid {}",
-        counts.synced, counts.pending, counts.failed, counts.invalid
+        counts.synced,
+        counts.pending,
+        counts.failed,
+        counts.invalid
     );
-    println!("\nrecent cycles:");
+    outln!("\nrecent cycles:");
     if cycles.is_empty() {
-        println!("  none yet");
+        outln!("  none yet");
     }
     for c in &cycles {
         let summary = c
@@ -427,7 +424,7 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             .and_then(|s| serde_json::from_value::<crate::cycle::CycleSummary>(s.clone()).ok())
             .map(|s| s.to_string())
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {}  {:<8} {:<11} {}{}",
             c.started_at,
             c.trigger,
@@ -440,9 +437,9 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         );
     }
     if !problems.is_empty() {
-        println!("\nrecords needing attention:");
+        outln!("\nrecords needing attention:");
         for p in &problems {
-            println!(
+            outln!(
                 "  {:<8} {}  referral {}  attempts {}  {}",
                 p.state.as_str(),
                 p.external_id,
@@ -460,11 +457,11 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
 
 fn check_command(settings: Settings) -> u8 {
     let mut problems: Vec<String> = Vec::new();
-    println!("configuration {}: ok", settings.source.display());
+    outln!("configuration {}: ok", settings.source.display());
     for (key, kind, path) in secret_files(&settings) {
         match check_secret_file(kind, &path) {
-            Ok(None) => println!("{key} {}: readable", path.display()),
-            Ok(Some(mode)) => println!(
+            Ok(None) => outln!("{key} {}: readable", path.display()),
+            Ok(Some(mode)) => outln!(
                 "{key} {}: readable, but mode {mode:o} lets group or others read it too (chmod 600)",
                 path.display()
             ),
@@ -472,7 +469,7 @@ fn check_command(settings: Settings) -> u8 {
         }
     }
     if settings.auth.is_none() {
-        println!("auth: none configured (only `sync --dry-run` can run)");
+        outln!("auth: none configured (only `sync --dry-run` can run)");
     }
     let mapper = match settings.mapper() {
         Ok(m) => m,
@@ -505,7 +502,7 @@ fn check_command(settings: Settings) -> u8 {
     };
     match scan::scan_export(&settings.export_options(), &mapper, &store, &options) {
         Ok(scan) => {
-            println!(
+            outln!(
                 "export {}: {} records in {} file(s), {} valid",
                 settings.export.path.display(),
                 scan.export.records,
@@ -536,13 +533,13 @@ fn check_command(settings: Settings) -> u8 {
         Err(e) => problems.push(e.to_string()),
     }
     for p in &problems {
-        println!("problem: {p}");
+        outln!("problem: {p}");
     }
     if problems.is_empty() {
-        println!("no problems found");
+        outln!("no problems found");
         exit::OK
     } else {
-        println!("{} problem(s) found", problems.len());
+        outln!("{} problem(s) found", problems.len());
         exit::RECORDS
     }
 }
@@ -612,7 +609,7 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
         &DiffOptions::default(),
     );
     match serde_json::to_string_pretty(&planned.ops) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => outln!("{text}"),
         Err(e) => {
             eprintln!("error: {e}");
             return exit::RUNTIME;

@@ -680,14 +680,13 @@ fn validate_schedule(schedule: &ScheduleSettings) -> Result<(), ConfigError> {
 }
 
 fn croner_check(expr: &str) -> Result<(), String> {
-    // The same parser settings tokio-cron-scheduler uses.
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
+    // The scheduler's own parser, so that what passes here runs there.
+    crate::daemon::schedule::parse_cron(expr)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            crate::daemon::schedule::ScheduleError::Cron { message, .. } => message,
+            other => other.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -311,12 +311,6 @@ pub fn carry_unmanaged_element_members(document: &mut Value, live: &Value, manag
             let Value::Object(members) = element else {
                 continue;
             };
-            let email = |value: &Value| {
-                value
-                    .get("email")
-                    .and_then(Value::as_str)
-                    .map(str::to_lowercase)
-            };
             let own_email = members
                 .get("email")
                 .and_then(Value::as_str)
@@ -324,10 +318,10 @@ pub fn carry_unmanaged_element_members(document: &mut Value, live: &Value, manag
             let matched = match &own_email {
                 Some(address) => live_elements
                     .iter()
-                    .find(|candidate| email(candidate).as_ref() == Some(address)),
+                    .find(|candidate| email_of(candidate).as_ref() == Some(address)),
                 None => live_elements
                     .get(index)
-                    .filter(|candidate| email(candidate).is_none()),
+                    .filter(|candidate| email_of(candidate).is_none()),
             };
             let Some(Value::Object(live_members)) = matched else {
                 continue;
@@ -341,16 +335,19 @@ pub fn carry_unmanaged_element_members(document: &mut Value, live: &Value, manag
     }
 }
 
+/// A team member's e-mail address, in lower case: how members are told
+/// apart across the CRM and Partner Center.
+fn email_of(value: &Value) -> Option<String> {
+    value
+        .get("email")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase)
+}
+
 /// Whether an appended element is already in a live array: the same value,
 /// or — for team members — the same e-mail address in any letter case.
 fn same_element(a: &Value, b: &Value) -> bool {
-    let email = |value: &Value| {
-        value
-            .get("email")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase)
-    };
-    match (email(a), email(b)) {
+    match (email_of(a), email_of(b)) {
         (Some(a), Some(b)) => a == b,
         _ => equivalent(a, b),
     }

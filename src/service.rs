@@ -26,6 +26,13 @@ impl From<crate::api::ApiError> for ServiceError {
     }
 }
 
+/// The multi-threaded runtime every command runs on.
+pub fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// The client for `settings`, with one request gate shared by every worker.
 pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
     let auth = match settings.auth.as_ref().ok_or(ServiceError::NoCredentials)? {

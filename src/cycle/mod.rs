@@ -158,7 +158,7 @@ impl Engine {
                 false,
             )?)
         };
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let result = self
             .run_phases(&request, cycle_id, &counters, report, stop)
             .await;
@@ -214,7 +214,7 @@ impl Engine {
         &self,
         request: &CycleRequest,
         cycle_id: uuid::Uuid,
-        counters: &Counters,
+        counters: &Arc<Counters>,
         report: &(dyn Fn(&RecordOutcome) + Send + Sync),
         stop: watch::Receiver<bool>,
     ) -> Result<bool, CycleError> {
@@ -300,8 +300,7 @@ impl Engine {
             index: ReferralIndex::default(),
             correlation_id: cycle_id,
             dry_run: request.dry_run,
-            counters_retried: Default::default(),
-            counters_conflicts: Default::default(),
+            counters: Arc::clone(counters),
         });
         if request.resync && self.client.is_some() {
             pusher.index.build(&pusher).await;
@@ -392,18 +391,6 @@ impl Engine {
             interrupted = true;
             warn!(cycle_id = %cycle_id, "cycle interrupted by shutdown; records not reached stay as they were");
         }
-        Counters::add(
-            &counters.retried,
-            pusher
-                .counters_retried
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        Counters::add(
-            &counters.conflicts,
-            pusher
-                .counters_conflicts
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
         if let Some(client) = &self.client {
             // The client counts over its life; this cycle's share.
             Counters::add(

@@ -4,7 +4,6 @@
 //! only after the service acknowledged.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
@@ -20,7 +19,7 @@ use crate::merge::{self, ConflictPolicy, MergeOptions};
 use crate::model::{ManagedPaths, Op};
 use crate::store::{Applied, Store, StoreError, StoredRecord, SyncState};
 
-use super::outcome::{Action, RecordOutcome};
+use super::outcome::{Action, Counters, RecordOutcome};
 use super::scan::WorkReason;
 
 /// Members the service sets; never sent in a PUT body.
@@ -92,8 +91,9 @@ pub struct Pusher {
     pub index: ReferralIndex,
     pub correlation_id: uuid::Uuid,
     pub dry_run: bool,
-    pub counters_retried: AtomicU64,
-    pub counters_conflicts: AtomicU64,
+    /// The cycle's counters: the push phase adds its retries and
+    /// conflict rounds.
+    pub counters: Arc<Counters>,
 }
 
 /// Why a record stopped.
@@ -345,7 +345,7 @@ impl Pusher {
     /// PUT's read finding a new eTag); past the limit the record fails.
     fn conflict_round(&self, rounds: &mut u32, base: &Base) -> Result<(), Stop> {
         *rounds += 1;
-        self.counters_conflicts.fetch_add(1, Ordering::Relaxed);
+        Counters::add(&self.counters.conflicts, 1);
         let limit = self.settings.sync.max_conflict_retries;
         if *rounds > limit {
             return Err(Stop::Failed {
@@ -514,7 +514,7 @@ impl Pusher {
             Err(ApiError::OutcomeUnknown { reason, .. }) => {
                 // It may exist now. The record stays `pending`, so the next
                 // cycle lists the referrals afresh before creating again.
-                self.counters_retried.fetch_add(1, Ordering::Relaxed);
+                Counters::add(&self.counters.retried, 1);
                 let message = format!(
                     "create: outcome unknown ({reason}); the next cycle looks the referral up before creating again"
                 );
@@ -647,7 +647,7 @@ impl Pusher {
                     info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
                 }
                 Err(ApiError::OutcomeUnknown { reason, .. }) => {
-                    self.counters_retried.fetch_add(1, Ordering::Relaxed);
+                    Counters::add(&self.counters.retried, 1);
                     let Some(delay) = unknown.next_delay() else {
                         return Err(Stop::Failed {
                             referral_id: Some(base.referral_id.clone()),

@@ -69,10 +69,7 @@ pub fn run(settings: Settings) -> u8 {
         Ok(file) => file,
         Err(e) => return fail(exit::RUNTIME, &e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::service::async_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             return fail(

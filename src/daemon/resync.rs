@@ -88,10 +88,7 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
         Ok(store) => Arc::new(Mutex::new(store)),
         Err(e) => return print_error(exit::RUNTIME, &e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::service::async_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             return print_error(
@@ -133,14 +130,14 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
         progress.finish();
         match result {
             Ok(summary) if *stop_receiver.borrow() => {
-                println!("interrupted: {summary}");
+                crate::outln!("interrupted: {summary}");
                 eprintln!(
                     "error: the resync was interrupted; records not reached stay as they were"
                 );
                 exit::RUNTIME
             }
             Ok(summary) => {
-                println!("resynced: {summary}");
+                crate::outln!("resynced: {summary}");
                 if summary.is_clean() {
                     exit::OK
                 } else {
