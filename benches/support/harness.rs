@@ -67,7 +67,10 @@ pub enum Step {
     FirstCycle,
     NoChange,
     OnePercent,
-    Push { latency_ms: u64, concurrency: usize },
+    Push {
+        latency_ms: u64,
+        concurrency: usize,
+    },
 }
 
 impl Step {
@@ -109,6 +112,8 @@ pub struct Row {
     pub step: Step,
     /// Wall-clock seconds of the whole process (median over repeats).
     pub seconds: f64,
+    /// User + system CPU seconds of the process, when GNU time measured it.
+    pub cpu_seconds: Option<f64>,
     /// Pass one of a cycle: read, map, hash, compare with the store.
     pub scan_seconds: Option<f64>,
     /// The push phase of a cycle.
@@ -250,7 +255,12 @@ impl SizeRun<'_> {
             return Ok(());
         }
 
-        let emulator = Emulator::start(&self.bins.pc_emulator, 0, None, &self.dir.join("emulator-0ms.log"))?;
+        let emulator = Emulator::start(
+            &self.bins.pc_emulator,
+            0,
+            None,
+            &self.dir.join("emulator-0ms.log"),
+        )?;
         let workspace = Workspace::new(&self.dir, &self.odata())?;
         workspace.configure(&emulator.api_url(), self.plan.cycle_concurrency)?;
 
@@ -348,8 +358,8 @@ impl SizeRun<'_> {
             "gen-export generate failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let summary: Value = serde_json::from_slice(&output.stdout)
-            .context("gen-export printed no summary")?;
+        let summary: Value =
+            serde_json::from_slice(&output.stdout).context("gen-export printed no summary")?;
         if format == Format::Odata {
             self.changed = changed;
         }
@@ -389,6 +399,7 @@ impl SizeRun<'_> {
                 format,
                 step,
                 seconds: measured.seconds,
+                cpu_seconds: measured.cpu_seconds,
                 scan_seconds: None,
                 push_seconds: None,
                 pushed: 0,
@@ -415,6 +426,7 @@ impl SizeRun<'_> {
                 format: Format::Odata,
                 step,
                 seconds: measured.seconds,
+                cpu_seconds: measured.cpu_seconds,
                 peak_rss_kb: measured.peak_rss_kb,
                 export_bytes: bytes,
                 ..cycle.row
@@ -457,7 +469,8 @@ impl SizeRun<'_> {
             let referral_id: String = lookup
                 .query_row([external_id], |row| row.get(0))
                 .with_context(|| format!("no referral id stored for {external_id}"))?;
-            let (status, referral) = emulator.admin_get(&format!("/_admin/referrals/{referral_id}"))?;
+            let (status, referral) =
+                emulator.admin_get(&format!("/_admin/referrals/{referral_id}"))?;
             ensure!(status == 200, "referral {referral_id}: {status} {referral}");
             referrals.push(referral);
         }
@@ -501,7 +514,13 @@ impl Cycle {
         for line in reader.lines() {
             let line = line?;
             // Records are logged one line each; skip them unparsed.
-            let wanted = ["\"cycle started\"", "\"export read\"", "\"cycle finished", "\"ERROR\"", "\"cycle failed\""];
+            let wanted = [
+                "\"cycle started\"",
+                "\"export read\"",
+                "\"cycle finished",
+                "\"ERROR\"",
+                "\"cycle failed\"",
+            ];
             if !wanted.iter().any(|marker| line.contains(marker)) {
                 continue;
             }
@@ -528,7 +547,8 @@ impl Cycle {
                 errors.join("\n")
             );
         };
-        let seconds = |from: chrono::DateTime<chrono::FixedOffset>, to: chrono::DateTime<chrono::FixedOffset>| {
+        let seconds = |from: chrono::DateTime<chrono::FixedOffset>,
+                       to: chrono::DateTime<chrono::FixedOffset>| {
             (to - from).num_microseconds().unwrap_or(0) as f64 / 1e6
         };
         let count = |key: &str| summary[key].as_u64().unwrap_or(0);
@@ -544,6 +564,7 @@ impl Cycle {
                 format: Format::Odata,
                 step,
                 seconds: 0.0,
+                cpu_seconds: None,
                 scan_seconds: Some(seconds(started, read)),
                 push_seconds: Some(seconds(read, finished)),
                 pushed: count("created") + count("updated"),
@@ -552,7 +573,10 @@ impl Cycle {
             },
         };
         if !status.success() {
-            bail!("referral-sync sync exited with {status}: {cycle:?}; see {}", log.display());
+            bail!(
+                "referral-sync sync exited with {status}: {cycle:?}; see {}",
+                log.display()
+            );
         }
         Ok(cycle)
     }
@@ -571,6 +595,7 @@ struct Job {
 struct Measured {
     status: ExitStatus,
     seconds: f64,
+    cpu_seconds: Option<f64>,
     peak_rss_kb: u64,
 }
 
@@ -608,7 +633,12 @@ impl Job {
         let rss_file = stderr.with_extension("rss");
         let mut command = if gnu_time.exists() {
             let mut command = Command::new(gnu_time);
-            command.arg("-f").arg("%M").arg("-o").arg(&rss_file).arg(&self.program);
+            command
+                .arg("-f")
+                .arg("%M %U %S")
+                .arg("-o")
+                .arg(&rss_file)
+                .arg(&self.program);
             command
         } else {
             Command::new(&self.program)
@@ -633,21 +663,34 @@ impl Job {
             std::thread::sleep(Duration::from_millis(5));
         };
         let seconds = started.elapsed().as_secs_f64();
-        let peak_rss_kb = if gnu_time.exists() {
+        let (peak_rss_kb, cpu_seconds) = if gnu_time.exists() {
             let text = fs::read_to_string(&rss_file)
                 .with_context(|| format!("read {}", rss_file.display()))?;
             // GNU time writes "Command exited with non-zero status N" first
-            // when the command fails; the figure is on the last line.
-            text.lines()
+            // when the command fails; the figures are on the last line.
+            let figures: Vec<f64> = text
+                .lines()
                 .last()
-                .and_then(|line| line.trim().parse().ok())
-                .ok_or_else(|| anyhow!("{}: no peak RSS in {text:?}", rss_file.display()))?
+                .map(|line| {
+                    line.split_whitespace()
+                        .filter_map(|f| f.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let [rss, user, system] = figures[..] else {
+                bail!(
+                    "{}: expected peak RSS, user and system time in {text:?}",
+                    rss_file.display()
+                );
+            };
+            (rss as u64, Some(user + system))
         } else {
-            polled_kb
+            (polled_kb, None)
         };
         Ok(Measured {
             status,
             seconds,
+            cpu_seconds,
             peak_rss_kb,
         })
     }
@@ -668,10 +711,22 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    fn start(bin: &Path, latency_ms: u64, seed: Option<&Path>, log: &Path) -> anyhow::Result<Emulator> {
+    fn start(
+        bin: &Path,
+        latency_ms: u64,
+        seed: Option<&Path>,
+        log: &Path,
+    ) -> anyhow::Result<Emulator> {
         let mut command = Command::new(bin);
         command
-            .args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--journal-limit", "1000"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                TOKEN,
+                "--journal-limit",
+                "1000",
+            ])
             .arg("--latency-ms")
             .arg(latency_ms.to_string())
             .env("RUST_LOG", "warn")
@@ -829,7 +884,10 @@ impl Machine {
 pub fn load_average() -> String {
     let mut text = String::new();
     let _ = File::open("/proc/loadavg").and_then(|mut f| f.read_to_string(&mut text));
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn git_commit() -> String {
@@ -867,13 +925,21 @@ impl Report {
             out,
             "Machine: {} CPUs (`nproc`), {:.1} GiB memory, {}. Load average before the run: {}; after: {}. \
              **The machine is shared with other builds**: figures move by 10–30% from run to run; compare ratios, not absolute times.\n",
-            self.machine.cpus, self.machine.memory_gib, self.machine.cpu_model, self.load_before, self.load_after
+            self.machine.cpus,
+            self.machine.memory_gib,
+            self.machine.cpu_model,
+            self.load_before,
+            self.load_after
         );
         let _ = writeln!(
             out,
             "Plan: sizes {}, OData pages of {} records, median of {} run(s) for the parse-only reads and the no-change cycle, \
              {} changed records per push measurement, cycles other than the push matrix at concurrency {}.\n",
-            plan.sizes.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            plan.sizes
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             plan.page_size,
             plan.repeats.max(1),
             plan.push_records,
@@ -883,27 +949,44 @@ impl Report {
         let _ = writeln!(out, "### Reading and cycles\n");
         let _ = writeln!(
             out,
-            "| Records | Export | Step | Wall (s) | × limit | Scan (s) | Push (s) | Sent | Peak RSS (MB) |"
+            "| Records | Export | Step | Wall (s) | × limit | CPU (s) | CPU × limit | Scan (s) | Push (s) | Sent | Peak RSS (MB) |"
         );
-        let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|---:|---:|");
-        for row in self.rows.iter().filter(|r| !matches!(r.step, Step::Push { .. })) {
-            let limit = self.find(row.size, row.format, Step::ReadExport).map(|l| l.seconds);
+        let _ = writeln!(
+            out,
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| !matches!(r.step, Step::Push { .. }))
+        {
+            let limit = self.find(row.size, row.format, Step::ReadExport);
             let ratio = limit
-                .filter(|l| *l > 0.0)
-                .map(|l| format!("{:.2}", row.seconds / l))
+                .filter(|l| l.seconds > 0.0)
+                .map(|l| format!("{:.2}", row.seconds / l.seconds))
                 .unwrap_or_else(|| "–".into());
+            let cpu_ratio = match (row.cpu_seconds, limit.and_then(|l| l.cpu_seconds)) {
+                (Some(cpu), Some(limit)) if limit > 0.0 => format!("{:.2}", cpu / limit),
+                _ => "–".into(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} ({:.0} MB) | {} | {:.2} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} ({:.0} MB) | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.1} |",
                 thousands(row.size),
                 row.format.label(),
                 row.export_bytes as f64 / 1e6,
                 row.step.label(),
                 row.seconds,
                 ratio,
+                optional_seconds(row.cpu_seconds),
+                cpu_ratio,
                 optional_seconds(row.scan_seconds),
                 optional_seconds(row.push_seconds),
-                if row.scan_seconds.is_some() { thousands(row.pushed) } else { "–".into() },
+                if row.scan_seconds.is_some() {
+                    thousands(row.pushed)
+                } else {
+                    "–".into()
+                },
                 row.peak_rss_mb()
             );
         }
@@ -929,10 +1012,17 @@ impl Report {
                     continue;
                 };
                 let push = row.push_seconds.unwrap_or(0.0);
-                let rate = if push > 0.0 { row.pushed as f64 / push } else { 0.0 };
+                let rate = if push > 0.0 {
+                    row.pushed as f64 / push
+                } else {
+                    0.0
+                };
                 let (bound, share) = if latency_ms > 0 {
                     let bound = concurrency as f64 * 1000.0 / latency_ms as f64;
-                    (format!("{bound:.0}"), format!("{:.0}%", 100.0 * rate / bound))
+                    (
+                        format!("{bound:.0}"),
+                        format!("{:.0}%", 100.0 * rate / bound),
+                    )
                 } else {
                     ("–".into(), "–".into())
                 };
@@ -966,8 +1056,15 @@ impl Report {
             let one = self.find(size, Format::Odata, Step::OnePercent);
             if let (Some(limit), Some(no_change)) = (limit, no_change) {
                 let ratio = no_change.seconds / limit.seconds;
+                let cpu = match (no_change.cpu_seconds, limit.cpu_seconds) {
+                    (Some(cycle), Some(read)) if read > 0.0 => format!(
+                        " (CPU time: {cycle:.2} s vs {read:.2} s = {:.2}×)",
+                        cycle / read
+                    ),
+                    _ => String::new(),
+                };
                 lines.push(format!(
-                    "{n}: no-change cycle ≤ 1.5 × parse-only: {:.2} s vs {:.2} s = {ratio:.2}× — {}",
+                    "{n}: no-change cycle ≤ 1.5 × parse-only: wall {:.2} s vs {:.2} s = {ratio:.2}×{cpu} — {}",
                     no_change.seconds,
                     limit.seconds,
                     verdict(ratio <= 1.5)

@@ -379,7 +379,13 @@ struct Opportunity {
     customer_id: String,
     owner: &'static str,
     owner_id: String,
-    currency: (&'static str, &'static str, &'static str, &'static str, usize),
+    currency: (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+    ),
     currency_id: String,
     value_cents: u64,
     close_date: chrono::NaiveDate,
@@ -443,11 +449,7 @@ impl Synthetic {
     fn opportunity(&self, index: u64, changed: u64) -> Opportunity {
         let mut rng = self.rng(index);
         let id = guid(&mut rng, index);
-        let customer = format!(
-            "{}{}",
-            rng.pick(COMPANIES),
-            rng.pick(COMPANY_SUFFIXES)
-        );
+        let customer = format!("{}{}", rng.pick(COMPANIES), rng.pick(COMPANY_SUFFIXES));
         let name = format!("{} {}", customer, rng.pick(PROJECTS));
         let customer_id = guid(&mut rng, index);
         let owner_index = rng.below(OWNERS.len() as u64);
@@ -770,7 +772,11 @@ fn write_odata_pages(
     for page in 0..pages {
         let path = dir.join(format!("opportunities-page-{:0width$}.json", page + 1));
         let mut out = create(&path)?;
-        write!(out, "{{\"@odata.context\":{},\"value\":[", json!(ODATA_CONTEXT))?;
+        write!(
+            out,
+            "{{\"@odata.context\":{},\"value\":[",
+            json!(ODATA_CONTEXT)
+        )?;
         let first = page * page_size;
         let last = (first + page_size).min(export.records);
         for index in first..last {
