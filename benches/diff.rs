@@ -49,7 +49,9 @@ fn bench(criterion: &mut Criterion) {
         ("200-element array appended to", long_array_pair()),
     ] {
         // Faster must not mean a longer patch.
-        let planned = plan_patch(&snapshot, &desired, &managed, &options).ops.len();
+        let planned = plan_patch(&snapshot, &desired, &managed, &options)
+            .ops
+            .len();
         let generic = json_patch::diff(&snapshot, &desired).0.len();
         assert!(
             planned <= generic,

@@ -410,11 +410,13 @@ fn members_of<'a>(
             desired,
         };
     }
-    let entries = |map: Option<&'a Map<String, Value>>| map.map(Map::iter).into_iter().flatten();
-    Members::Merged(entries(snapshot).peekable(), entries(desired).peekable())
+    let entries = |map: Option<&'a Map<String, Value>>| map.unwrap_or(&EMPTY).iter().peekable();
+    Members::Merged(entries(snapshot), entries(desired))
 }
 
-type Entries<'a> = std::iter::Flatten<std::option::IntoIter<serde_json::map::Iter<'a>>>;
+static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+
+type Entries<'a> = serde_json::map::Iter<'a>;
 
 /// `(key, snapshot's value, desired value)` in key order.
 enum Members<'a> {

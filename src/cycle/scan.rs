@@ -637,7 +637,7 @@ mod tests {
     #[test]
     fn over_the_budget_nothing_is_retained_but_every_verdict_is_kept() {
         let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
-        let (_dir, options) = export(&[records.clone()]);
+        let (_dir, options) = export(std::slice::from_ref(&records));
         let store = Store::open_in_memory().unwrap();
         for (budget_size, fits) in [(3, true), (2, false), (0, false)] {
             let scan = scan_export(&options, &mapper(), &store, &budget(budget_size)).unwrap();
@@ -659,7 +659,7 @@ mod tests {
     #[test]
     fn only_and_resync_choose_the_records_taken_up() {
         let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
-        let (_dir, options) = export(&[records.clone()]);
+        let (_dir, options) = export(std::slice::from_ref(&records));
         let store = Store::open_in_memory().unwrap();
         for record in &records {
             applied(&store, record, &desired_hash(record));
