@@ -21,12 +21,14 @@ use std::thread;
 use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
 use crate::mapping::{MappedRecord, Mapper, RecordError};
 use crate::store::{Store, StoreError, SyncState};
+use serde_json::Value;
 
 /// How many changed documents pass one keeps for the push phase before it
-/// falls back to reading the export again. A desired document held as a
-/// `serde_json::Value` takes about 4 KB, so this bounds them to ~50 MB while
-/// a 1% change of a million-record export (10,000) still fits.
-pub const RETAIN_BUDGET: usize = 12_000;
+/// falls back to reading the export again. Kept as canonical JSON text, a
+/// desired document takes about 1 KB (as a `serde_json::Value` tree it
+/// would take 4), so this bounds them to ~35 MB while changes of 3% of a
+/// million-record export still go out without a second read.
+pub const RETAIN_BUDGET: usize = 32_000;
 
 /// Records handed from the parsing thread to the deciding one at a time,
 /// and batches in flight: enough to keep both busy, few enough that memory
@@ -36,18 +38,21 @@ const BATCHES_IN_FLIGHT: usize = 4;
 
 /// 128 bits of BLAKE3 over the canonical JSON of a desired document.
 /// `serde_json` keeps object keys sorted, so equal documents hash equal.
-pub fn document_hash(document: &serde_json::Value) -> DocHash {
+pub fn document_hash(document: &Value) -> DocHash {
     thread_local! {
         // One buffer per thread instead of a String per record.
         static CANONICAL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    CANONICAL.with_borrow_mut(|text| {
-        text.clear();
-        // Serialising a `Value` into memory cannot fail: its keys are
-        // strings and its numbers finite.
-        let _ = serde_json::to_writer(&mut *text, document);
-        DocHash(first_128_bits(blake3::hash(text)))
-    })
+    CANONICAL.with_borrow_mut(|text| canonical_hash(document, text))
+}
+
+/// The hash of `document`, leaving its canonical JSON in `text`.
+fn canonical_hash(document: &Value, text: &mut Vec<u8>) -> DocHash {
+    text.clear();
+    // Serialising a `Value` into memory cannot fail: its keys are strings
+    // and its numbers finite.
+    let _ = serde_json::to_writer(&mut *text, document);
+    DocHash(first_128_bits(blake3::hash(text)))
 }
 
 fn first_128_bits(digest: blake3::Hash) -> [u8; 16] {
@@ -128,7 +133,7 @@ pub struct Scan {
     pub known: u64,
     /// Records needing work, with their documents, when they fit the
     /// budget; `None` means the push phase must read the export again.
-    pub retained: Option<Vec<(MappedRecord, DocHash, WorkReason)>>,
+    pub retained: Option<Retained>,
     /// Ids that occur once, sorted by key.
     seen: Vec<Seen>,
     work_count: u64,
@@ -189,6 +194,124 @@ impl Scan {
     }
 }
 
+/// The records pass one took up, in export order, each document kept as its
+/// canonical JSON text and turned back into a record when the push phase
+/// takes it: a quarter of the memory of the documents themselves.
+#[derive(Debug, Default)]
+pub struct Retained {
+    records: Vec<RetainedRecord>,
+}
+
+#[derive(Debug)]
+struct RetainedRecord {
+    external_id: String,
+    referral_id: Option<String>,
+    document: RetainedDocument,
+    hash: DocHash,
+    reason: WorkReason,
+}
+
+#[derive(Debug)]
+enum RetainedDocument {
+    Text(Box<str>),
+    /// Documents too deep for serde_json to read back (its recursion limit
+    /// is 128) stay as they are.
+    Tree(Value),
+}
+
+/// Deeper documents are kept as trees; mapped documents are a few levels
+/// deep.
+const MAX_TEXT_DEPTH: usize = 64;
+
+impl Retained {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Keep `mapped`, whose canonical JSON is `canonical`.
+    fn push(&mut self, mapped: MappedRecord, canonical: &[u8], hash: DocHash, reason: WorkReason) {
+        let document = match std::str::from_utf8(canonical) {
+            Ok(text) if depth(&mapped.document) <= MAX_TEXT_DEPTH => {
+                RetainedDocument::Text(text.into())
+            }
+            _ => RetainedDocument::Tree(mapped.document),
+        };
+        self.records.push(RetainedRecord {
+            external_id: mapped.external_id,
+            referral_id: mapped.referral_id,
+            document,
+            hash,
+            reason,
+        });
+    }
+
+    fn retain_ids(&mut self, keep: impl Fn(&str) -> bool) {
+        self.records.retain(|record| keep(&record.external_id));
+    }
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        Value::Array(elements) => 1 + elements.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl IntoIterator for Retained {
+    type Item = (MappedRecord, DocHash, WorkReason);
+    type IntoIter = RetainedRecords;
+
+    fn into_iter(self) -> RetainedRecords {
+        RetainedRecords(self.records.into_iter())
+    }
+}
+
+/// The retained records, read back one at a time.
+#[derive(Debug)]
+pub struct RetainedRecords(std::vec::IntoIter<RetainedRecord>);
+
+impl Iterator for RetainedRecords {
+    type Item = (MappedRecord, DocHash, WorkReason);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for record in self.0.by_ref() {
+            let document = match record.document {
+                RetainedDocument::Tree(document) => document,
+                RetainedDocument::Text(text) => match serde_json::from_str(&text) {
+                    Ok(document) => document,
+                    // serde_json reads back what it wrote at this depth;
+                    // should that ever fail, the record is not sent and its
+                    // stored state, untouched, takes it up next cycle.
+                    Err(error) => {
+                        tracing::error!(
+                            external_id = %record.external_id,
+                            error = %error,
+                            "retained document unreadable; the record waits for the next cycle"
+                        );
+                        continue;
+                    }
+                },
+            };
+            let mapped = MappedRecord {
+                external_id: record.external_id,
+                referral_id: record.referral_id,
+                document,
+            };
+            return Some((mapped, record.hash, record.reason));
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.0.len()))
+    }
+}
+
 /// The push phase's verdict on a record read the second time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkFor {
@@ -217,7 +340,8 @@ pub fn scan_export(
 
     let mut scan = Scan::default();
     let mut seen: Vec<Seen> = Vec::new();
-    let mut retained: Vec<(MappedRecord, DocHash, WorkReason)> = Vec::new();
+    let mut retained = Retained::default();
+    let mut canonical = Vec::new();
     let mut over_budget = false;
     let mut store_error: Option<StoreError> = None;
 
@@ -254,7 +378,7 @@ pub fn scan_export(
                         continue;
                     }
                 };
-                let hash = document_hash(&mapped.document);
+                let hash = canonical_hash(&mapped.document, &mut canonical);
                 let wanted = options
                     .only
                     .as_ref()
@@ -297,10 +421,10 @@ pub fn scan_export(
                     && !over_budget
                 {
                     if retained.len() < options.retain_budget {
-                        retained.push((mapped, hash, reason));
+                        retained.push(mapped, &canonical, hash, reason);
                     } else {
                         over_budget = true;
-                        retained = Vec::new();
+                        retained = Retained::default();
                     }
                 }
             }
@@ -322,7 +446,7 @@ pub fn scan_export(
     if !repeated.is_empty() {
         scan.duplicates = name_duplicates(export_options, mapper, &scan, &repeated)?;
         let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id).collect();
-        retained.retain(|(record, _, _)| !repeated_ids.contains(&IdKey::of(&record.external_id)));
+        retained.retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
     }
     scan.valid = scan.seen.len() as u64;
     scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
@@ -537,15 +661,15 @@ mod tests {
         applied(&store, &opportunity(&id(5), 500), "gone");
         let (_dir, options) = export(&[vec![unchanged, changed.clone(), failed, new]]);
 
-        let scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
+        let mut scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
         assert_eq!((scan.valid, scan.unchanged, scan.work_count()), (4, 1, 3));
         assert_eq!((scan.known, scan.missing_from_export), (4, 1));
         let retained: Vec<(String, WorkReason)> = scan
             .retained
-            .as_ref()
+            .take()
             .unwrap()
-            .iter()
-            .map(|(record, _, reason)| (record.external_id.clone(), *reason))
+            .into_iter()
+            .map(|(record, _, reason)| (record.external_id, reason))
             .collect();
         assert_eq!(
             retained,
@@ -587,7 +711,7 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         applied(&store, &opportunity(&id(7), 1), "old");
 
-        let scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
+        let mut scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
         let page = |n: u32| dir.path().join(format!("page-{n}.json"));
         let place = |file: PathBuf, line: u64, ordinal: u64| RecordLocation {
             file,
@@ -606,12 +730,12 @@ mod tests {
             )]
         );
         assert_eq!((scan.valid, scan.work_count()), (2, 2));
-        let retained: Vec<&str> = scan
+        let retained: Vec<String> = scan
             .retained
-            .as_ref()
+            .take()
             .unwrap()
-            .iter()
-            .map(|(record, _, _)| record.external_id.as_str())
+            .into_iter()
+            .map(|(record, _, _)| record.external_id)
             .collect();
         assert_eq!(retained, [id(1), id(2)]);
         assert_eq!(scan.work_for(&id(7), DocHash([0; 16])), None);
@@ -678,6 +802,47 @@ mod tests {
             .collect();
         assert_eq!(retained, [(id(2), WorkReason::Resync)]);
         assert_eq!((scan.valid, scan.unchanged), (3, 2));
+    }
+
+    #[test]
+    fn retained_documents_come_back_as_they_were_mapped() {
+        let mut deep = json!("bottom");
+        for _ in 0..MAX_TEXT_DEPTH + 10 {
+            deep = json!({"down": deep});
+        }
+        let documents = [
+            json!({"name": "Contoso \"quoted\" ü", "details": {"dealValue": 1.5, "notes": null}, "team": [{"a": 1}]}),
+            deep,
+        ];
+        let mut retained = Retained::default();
+        let mut text = Vec::new();
+        for (n, document) in documents.iter().enumerate() {
+            let hash = canonical_hash(document, &mut text);
+            let mapped = MappedRecord {
+                external_id: id(n as u32),
+                referral_id: Some("r".into()),
+                document: document.clone(),
+            };
+            retained.push(mapped, &text, hash, WorkReason::Changed);
+        }
+        assert!(matches!(
+            retained.records[0].document,
+            RetainedDocument::Text(_)
+        ));
+        assert!(matches!(
+            retained.records[1].document,
+            RetainedDocument::Tree(_)
+        ));
+        let back: Vec<(MappedRecord, DocHash, WorkReason)> = retained.into_iter().collect();
+        for ((mapped, hash, reason), (n, document)) in back.iter().zip(documents.iter().enumerate())
+        {
+            assert_eq!(mapped.external_id, id(n as u32));
+            assert_eq!(mapped.referral_id.as_deref(), Some("r"));
+            assert_eq!(&mapped.document, document);
+            assert_eq!(*hash, document_hash(document));
+            assert_eq!(*reason, WorkReason::Changed);
+        }
+        assert_eq!(back.len(), 2);
     }
 
     #[test]
