@@ -969,7 +969,7 @@ mod tests {
     fn each_step_changes_exactly_the_records_it_adds() {
         for records in [1u64, 7, 10, 500] {
             let export = Synthetic::new(records, 3).unwrap();
-            let mut steps = vec![0, 1, records / 2, records, records + 3, 2 * records + 1];
+            let mut steps = [0, 1, records / 2, records, records + 3, 2 * records + 1];
             steps.sort_unstable();
             // The promise holds for steps of at most `records` revisions.
             for window in steps.windows(2).filter(|w| w[1] - w[0] <= records) {
