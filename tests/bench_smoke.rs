@@ -53,20 +53,23 @@ fn a_tiny_run_yields_every_row_of_the_table() {
     assert_eq!(steps, expected);
     assert_eq!(
         expected.len(),
-        4 + 3 + 4 + 4,
+        5 + 3 + 4 + 5,
         "the 500-record plan and the read-only 700"
     );
 
     for row in &report.rows {
         let sent = match row.step {
-            Step::ReadExport | Step::BareParse | Step::NoChange => 0,
+            Step::ReadExport | Step::BareParse | Step::BareParseInMemory | Step::NoChange => 0,
             Step::FirstCycle => 500,
             Step::OnePercent => 5,
             Step::Push { .. } => 20,
         };
         assert_eq!(row.pushed, sent, "{row:?}");
         assert!(row.seconds > 0.0 && row.peak_rss_kb > 0, "{row:?}");
-        let is_cycle = !matches!(row.step, Step::ReadExport | Step::BareParse);
+        let is_cycle = !matches!(
+            row.step,
+            Step::ReadExport | Step::BareParse | Step::BareParseInMemory
+        );
         assert_eq!(row.scan_seconds.is_some(), is_cycle, "{row:?}");
         assert!(row.export_bytes > 0, "{row:?}");
     }

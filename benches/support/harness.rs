@@ -64,6 +64,8 @@ pub enum Step {
     ReadExport,
     /// serde_json or the csv crate alone, each record into a field map.
     BareParse,
+    /// serde_json alone over each page read whole into memory.
+    BareParseInMemory,
     FirstCycle,
     NoChange,
     OnePercent,
@@ -78,6 +80,7 @@ impl Step {
         match self {
             Step::ReadExport => "parse only: read_export, no-op callback".into(),
             Step::BareParse => "parse only: bare serde_json / csv".into(),
+            Step::BareParseInMemory => "parse only: bare serde_json, page in memory".into(),
             Step::FirstCycle => "first cycle (empty store, creates all)".into(),
             Step::NoChange => "no-change cycle".into(),
             Step::OnePercent => "1%-changed cycle".into(),
@@ -146,6 +149,7 @@ pub fn expected_steps(plan: &Plan, size: u64) -> Vec<(Format, Step)> {
     let mut steps = vec![
         (Format::Odata, Step::ReadExport),
         (Format::Odata, Step::BareParse),
+        (Format::Odata, Step::BareParseInMemory),
         (Format::Csv, Step::ReadExport),
         (Format::Csv, Step::BareParse),
     ];
@@ -239,11 +243,15 @@ impl SizeRun<'_> {
             (Format::Odata, self.odata(), odata_bytes),
             (Format::Csv, self.csv(), csv_bytes),
         ] {
-            let bare = match format {
-                Format::Odata => "serde-json",
-                Format::Csv => "csv",
+            let readers: &[(Step, &str)] = match format {
+                Format::Odata => &[
+                    (Step::ReadExport, "export"),
+                    (Step::BareParse, "serde-json"),
+                    (Step::BareParseInMemory, "serde-json-pages"),
+                ],
+                Format::Csv => &[(Step::ReadExport, "export"), (Step::BareParse, "csv")],
             };
-            for (step, reader) in [(Step::ReadExport, "export"), (Step::BareParse, bare)] {
+            for &(step, reader) in readers {
                 self.say(&format!("{} {}", format.label(), step.label()));
                 let row = self.read_only(format, step, reader, &path, bytes)?;
                 self.rows.push(row);

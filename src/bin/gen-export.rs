@@ -106,6 +106,10 @@ enum Reader {
     /// serde_json alone, streaming each page's `value` elements into
     /// field maps (what any reader must hand out), no checks on top.
     SerdeJson,
+    /// serde_json alone over each page file read whole into memory
+    /// (`from_slice`), each record into a field map: what a reader that
+    /// reads a page at a time could reach.
+    SerdeJsonPages,
     /// The csv crate alone, each row into a field map.
     Csv,
 }
@@ -152,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             let records = match with {
                 Reader::Export => read_with_export(&path)?,
                 Reader::SerdeJson => read_with_serde_json(&path)?,
+                Reader::SerdeJsonPages => read_pages_with_serde_json(&path)?,
                 Reader::Csv => read_with_csv(&path)?,
             };
             let seconds = started.elapsed().as_secs_f64();
@@ -858,6 +863,19 @@ fn read_with_serde_json(path: &Path) -> anyhow::Result<u64> {
             File::open(&file).with_context(|| format!("open {}", file.display()))?,
         );
         let mut deserializer = serde_json::Deserializer::from_reader(input);
+        records += Page
+            .deserialize(&mut deserializer)
+            .and_then(|count| deserializer.end().map(|()| count))
+            .with_context(|| format!("parse {}", file.display()))?;
+    }
+    Ok(records)
+}
+
+fn read_pages_with_serde_json(path: &Path) -> anyhow::Result<u64> {
+    let mut records = 0;
+    for file in export_files(path)? {
+        let page = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&page);
         records += Page
             .deserialize(&mut deserializer)
             .and_then(|count| deserializer.end().map(|()| count))
