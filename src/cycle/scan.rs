@@ -349,6 +349,10 @@ pub fn scan_export(
     // hashes and looks records up: the two halves take about as long as
     // each other, so on two cores the pass costs little more than the parse.
     let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
+    // Batches go back to the parsing thread once decided, so that records
+    // are freed by the thread that allocated them (the allocator's fast
+    // path) and batch buffers are reused.
+    let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
     let summary = thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
@@ -357,7 +361,14 @@ pub fn scan_export(
                 if batch.len() < BATCH {
                     return ControlFlow::Continue(());
                 }
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                let next = match recycled.try_recv() {
+                    Ok(mut used) => {
+                        used.clear();
+                        used
+                    }
+                    Err(_) => Vec::with_capacity(BATCH),
+                };
+                let full = std::mem::replace(&mut batch, next);
                 // A closed channel: the other half stopped on a store error.
                 match batches.send(full) {
                     Ok(()) => ControlFlow::Continue(()),
@@ -370,8 +381,8 @@ pub fn scan_export(
             summary
         });
         'records: for batch in received {
-            for record in batch {
-                let mapped = match mapper.map(&record) {
+            for record in &batch {
+                let mapped = match mapper.map(record) {
                     Ok(mapped) => mapped,
                     Err(error) => {
                         scan.record_errors.push(error);
@@ -428,6 +439,9 @@ pub fn scan_export(
                     }
                 }
             }
+            // Once the parsing thread is done, it frees nothing more: the
+            // rest is freed here.
+            let _ = recycle.send(batch);
         }
         reader
             .join()
