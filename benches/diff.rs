@@ -48,6 +48,15 @@ fn bench(criterion: &mut Criterion) {
         ("sample referral, several changes", referral_pair()),
         ("200-element array appended to", long_array_pair()),
     ] {
+        // Faster must not mean a longer patch.
+        let planned = plan_patch(&snapshot, &desired, &managed, &options)
+            .ops
+            .len();
+        let generic = json_patch::diff(&snapshot, &desired).0.len();
+        assert!(
+            planned <= generic,
+            "{name}: plan_patch sends {planned} ops, json_patch::diff {generic}"
+        );
         let mut group = criterion.benchmark_group(name);
         group.bench_function("plan_patch", |bencher| {
             bencher.iter(|| {

@@ -13,7 +13,10 @@
 //!
 //! Throughout, `null` and an absent member are the same "empty" value.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::iter::Peekable;
+use std::sync::LazyLock;
 
 use json_patch::jsonptr::Pointer;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
@@ -68,19 +71,21 @@ pub fn plan_patch(
     managed: &ManagedPaths,
     options: &DiffOptions,
 ) -> PlannedPatch {
-    let mut edits = Vec::new();
     let mut rejected = Vec::new();
-    for change in crm_changes(snapshot, desired, managed, options) {
-        match change {
-            Change::Edit(edit) => edits.push(edit),
+    // Changes become edits as `render` takes them, without a list between.
+    let edits = crm_changes(snapshot, desired, managed, options)
+        .into_iter()
+        .flat_map(|change| match change {
+            Change::Edit(edit) => Some(edit).into_iter().chain(Vec::new()),
             Change::Status { status, substatus } => {
-                match status_edits(snapshot, desired, managed, status, substatus) {
-                    Ok(status_edits) => edits.extend(status_edits),
-                    Err(rejection) => rejected.push(rejection),
-                }
+                let edits = status_edits(snapshot, desired, managed, status, substatus)
+                    .unwrap_or_else(|rejection| {
+                        rejected.push(rejection);
+                        Vec::new()
+                    });
+                None.into_iter().chain(edits)
             }
-        }
-    }
+        });
     let rendered = render(snapshot, edits);
     rejected.extend(rendered.rejected);
     PlannedPatch {
@@ -192,22 +197,50 @@ pub(crate) fn crm_changes<'a>(
 ) -> Vec<Change<'a>> {
     let mut walk = Walk {
         on_cleared: options.on_cleared,
-        path: Vec::new(),
         changes: Vec::new(),
     };
-    walk.member(Some(snapshot), Some(desired), managed.root());
+    walk.member(&Trail::Root, Some(snapshot), Some(desired), managed.root());
     walk.changes
 }
 
 struct Walk<'a> {
     on_cleared: OnCleared,
-    path: Tokens<'a>,
     changes: Vec<Change<'a>>,
+}
+
+/// The keys from the root down to the member being walked, kept on the
+/// stack: a token list is built only for the members that changed.
+enum Trail<'t, 'a> {
+    Root,
+    Member {
+        parent: &'t Trail<'t, 'a>,
+        key: &'a str,
+    },
+}
+
+impl<'a> Trail<'_, 'a> {
+    fn tokens(&self) -> Tokens<'a> {
+        let mut depth = 0;
+        let mut trail = self;
+        while let Trail::Member { parent, .. } = trail {
+            depth += 1;
+            trail = parent;
+        }
+        let mut tokens = vec![""; depth];
+        let mut trail = self;
+        while let Trail::Member { parent, key } = trail {
+            depth -= 1;
+            tokens[depth] = *key;
+            trail = parent;
+        }
+        tokens
+    }
 }
 
 impl<'a> Walk<'a> {
     fn member(
         &mut self,
+        trail: &Trail<'_, 'a>,
         snapshot: Option<&'a Value>,
         desired: Option<&'a Value>,
         node: &'a ManagedNode,
@@ -217,6 +250,7 @@ impl<'a> Walk<'a> {
             // Only some members below are managed: a value that is not an
             // object exposes none of them, so it reads as empty.
             ManagedNode::Members(members) => self.object(
+                trail,
                 snapshot.and_then(Value::as_object),
                 desired.and_then(Value::as_object),
                 Some(members),
@@ -225,19 +259,19 @@ impl<'a> Walk<'a> {
                 (None, None) => {}
                 (Some(_), None) => {
                     if self.on_cleared == OnCleared::Null {
-                        self.set(&NULL);
+                        self.set(trail, &NULL);
                     }
                 }
-                (None, Some(desired)) => self.set(desired),
+                (None, Some(desired)) => self.set(trail, desired),
                 (Some(Value::Object(snapshot)), Some(Value::Object(desired))) => {
-                    self.object(Some(snapshot), Some(desired), None)
+                    self.object(trail, Some(snapshot), Some(desired), None)
                 }
                 (Some(Value::Array(snapshot)), Some(whole @ Value::Array(desired))) => {
-                    self.array(snapshot, desired, whole)
+                    self.array(trail, snapshot, desired, whole)
                 }
                 (Some(snapshot), Some(desired)) => {
                     if !equivalent(snapshot, desired) {
-                        self.set(desired);
+                        self.set(trail, desired);
                     }
                 }
             },
@@ -248,6 +282,7 @@ impl<'a> Walk<'a> {
     /// are managed.
     fn object(
         &mut self,
+        trail: &Trail<'_, 'a>,
         snapshot: Option<&'a Map<String, Value>>,
         desired: Option<&'a Map<String, Value>>,
         members: Option<&'a BTreeMap<String, ManagedNode>>,
@@ -258,31 +293,24 @@ impl<'a> Walk<'a> {
                 Some(members) => members.get(key),
             }
         };
-        // BTreeSet: sorted whatever order the maps keep.
-        let keys: BTreeSet<&'a str> = match members {
-            Some(members) => members.keys().map(String::as_str).collect(),
-            None => snapshot
-                .into_iter()
-                .chain(desired)
-                .flat_map(|map| map.keys().map(String::as_str))
-                .collect(),
-        };
-        let at_root = self.path.is_empty();
+        let at_root = matches!(trail, Trail::Root);
+        let on_cleared = self.on_cleared;
+        // Settled when the walk first meets either member: most objects
+        // have neither, and need no lookups for them.
+        let mut status_group: Option<(bool, bool)> = None;
         let status_changed = |member: &str| {
             matches!(child_node(member), Some(ManagedNode::All))
-                && self.member_changed(
+                && member_changed(
+                    on_cleared,
                     snapshot.and_then(|map| map.get(member)),
                     desired.and_then(|map| map.get(member)),
                 )
         };
-        let (status, substatus) = if at_root {
-            (status_changed("status"), status_changed("substatus"))
-        } else {
-            (false, false)
-        };
 
-        for key in keys {
+        for (key, snapshot_value, desired_value) in members_of(snapshot, desired, members) {
             if at_root && (key == "status" || key == "substatus") {
+                let (status, substatus) = *status_group
+                    .get_or_insert_with(|| (status_changed("status"), status_changed("substatus")));
                 let anchor = if status { "status" } else { "substatus" };
                 if (status || substatus) && key == anchor {
                     self.changes.push(Change::Status { status, substatus });
@@ -292,46 +320,168 @@ impl<'a> Walk<'a> {
             let Some(node) = child_node(key) else {
                 continue;
             };
-            self.path.push(key);
             self.member(
-                snapshot.and_then(|map| map.get(key)),
-                desired.and_then(|map| map.get(key)),
+                &Trail::Member { parent: trail, key },
+                snapshot_value,
+                desired_value,
                 node,
             );
-            self.path.pop();
         }
     }
 
-    /// Whether a wholly managed member changed, as [`Walk::member`] sees it.
-    fn member_changed(&self, snapshot: Option<&Value>, desired: Option<&Value>) -> bool {
-        match (non_null(snapshot), non_null(desired)) {
-            (Some(_), None) => self.on_cleared == OnCleared::Null,
-            (snapshot, desired) => !same(snapshot, desired),
-        }
-    }
-
-    fn array(&mut self, snapshot: &'a [Value], desired: &'a [Value], whole: &'a Value) {
+    fn array(
+        &mut self,
+        trail: &Trail<'_, 'a>,
+        snapshot: &'a [Value],
+        desired: &'a [Value],
+        whole: &'a Value,
+    ) {
         let prefix_kept = snapshot.len() <= desired.len()
             && snapshot
                 .iter()
                 .zip(desired)
                 .all(|(snapshot, desired)| equivalent(snapshot, desired));
         if !prefix_kept {
-            self.set(whole);
+            self.set(trail, whole);
         } else if desired.len() > snapshot.len() {
             self.changes.push(Change::Edit(Edit::Append {
-                tokens: self.path.clone(),
+                tokens: trail.tokens(),
                 elements: desired[snapshot.len()..].iter().collect(),
                 whole,
             }));
         }
     }
 
-    fn set(&mut self, value: &'a Value) {
+    fn set(&mut self, trail: &Trail<'_, 'a>, value: &'a Value) {
         self.changes.push(Change::Edit(Edit::Set {
-            tokens: self.path.clone(),
+            tokens: trail.tokens(),
             value,
         }));
+    }
+}
+
+/// Whether `serde_json::Map` iterates in key order. It does unless its
+/// `preserve_order` feature is on, which any crate in the build could turn
+/// on; then [`members_of`] sorts for itself.
+static MAPS_ARE_SORTED: LazyLock<bool> = LazyLock::new(|| {
+    let mut probe = Map::new();
+    probe.insert("b".to_owned(), Value::Null);
+    probe.insert("a".to_owned(), Value::Null);
+    probe.keys().next().map(String::as_str) == Some("a")
+});
+
+/// Whether a wholly managed member changed, as [`Walk::member`] sees it.
+fn member_changed(
+    on_cleared: OnCleared,
+    snapshot: Option<&Value>,
+    desired: Option<&Value>,
+) -> bool {
+    match (non_null(snapshot), non_null(desired)) {
+        (Some(_), None) => on_cleared == OnCleared::Null,
+        (snapshot, desired) => !same(snapshot, desired),
+    }
+}
+
+/// The members to walk in an object, in key order, with their values on
+/// either side: the managed members when only some are managed, else every
+/// key of either side. Sorted maps are merged as they are, without
+/// collecting keys or looking values up.
+fn members_of<'a>(
+    snapshot: Option<&'a Map<String, Value>>,
+    desired: Option<&'a Map<String, Value>>,
+    members: Option<&'a BTreeMap<String, ManagedNode>>,
+) -> Members<'a> {
+    if let Some(members) = members {
+        return Members::Managed {
+            keys: members.keys(),
+            snapshot,
+            desired,
+        };
+    }
+    if !*MAPS_ARE_SORTED {
+        let keys: BTreeSet<&'a str> = snapshot
+            .into_iter()
+            .chain(desired)
+            .flat_map(|map| map.keys().map(String::as_str))
+            .collect();
+        return Members::Collected {
+            keys: keys.into_iter(),
+            snapshot,
+            desired,
+        };
+    }
+    let entries = |map: Option<&'a Map<String, Value>>| map.unwrap_or(&EMPTY).iter().peekable();
+    Members::Merged(entries(snapshot), entries(desired))
+}
+
+static EMPTY: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+
+type Entries<'a> = serde_json::map::Iter<'a>;
+
+/// `(key, snapshot's value, desired value)` in key order.
+enum Members<'a> {
+    Managed {
+        keys: std::collections::btree_map::Keys<'a, String, ManagedNode>,
+        snapshot: Option<&'a Map<String, Value>>,
+        desired: Option<&'a Map<String, Value>>,
+    },
+    Collected {
+        keys: std::collections::btree_set::IntoIter<&'a str>,
+        snapshot: Option<&'a Map<String, Value>>,
+        desired: Option<&'a Map<String, Value>>,
+    },
+    /// Two sorted maps, merged; a key in both comes once.
+    Merged(Peekable<Entries<'a>>, Peekable<Entries<'a>>),
+}
+
+type Member<'a> = (&'a str, Option<&'a Value>, Option<&'a Value>);
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Member<'a>;
+
+    fn next(&mut self) -> Option<Member<'a>> {
+        let look_up = |key: &'a str,
+                       snapshot: Option<&'a Map<String, Value>>,
+                       desired: Option<&'a Map<String, Value>>| {
+            (
+                key,
+                snapshot.and_then(|map| map.get(key)),
+                desired.and_then(|map| map.get(key)),
+            )
+        };
+        match self {
+            Members::Managed {
+                keys,
+                snapshot,
+                desired,
+            } => keys.next().map(|key| look_up(key, *snapshot, *desired)),
+            Members::Collected {
+                keys,
+                snapshot,
+                desired,
+            } => keys.next().map(|key| look_up(key, *snapshot, *desired)),
+            Members::Merged(left, right) => {
+                let order = match (left.peek(), right.peek()) {
+                    (Some((l, _)), Some((r, _))) => l.cmp(r),
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (None, None) => return None,
+                };
+                Some(match order {
+                    Ordering::Less => left
+                        .next()
+                        .map(|(key, value)| (key.as_str(), Some(value), None))?,
+                    Ordering::Greater => right
+                        .next()
+                        .map(|(key, value)| (key.as_str(), None, Some(value)))?,
+                    Ordering::Equal => {
+                        let (key, snapshot_value) = left.next()?;
+                        let desired_value = right.next().map(|(_, value)| value);
+                        (key.as_str(), Some(snapshot_value), desired_value)
+                    }
+                })
+            }
+        }
     }
 }
 
@@ -376,12 +526,19 @@ pub(crate) fn value_at<'v>(document: &'v Value, tokens: &[&str]) -> Option<&'v V
         .try_fold(document, |value, token| value.as_object()?.get(*token))
 }
 
-/// The JSON Pointer of `tokens`.
+/// The JSON Pointer of `tokens` (`~` written `~0`, `/` written `~1`).
 pub(crate) fn pointer(tokens: &[&str]) -> String {
-    tokens
-        .iter()
-        .map(|token| format!("/{}", escape_pointer_token(token)))
-        .collect()
+    let length = tokens.iter().map(|token| token.len() + 1).sum();
+    let mut path = String::with_capacity(length);
+    for token in tokens {
+        path.push('/');
+        if token.contains(['~', '/']) {
+            path.push_str(&escape_pointer_token(token));
+        } else {
+            path.push_str(token);
+        }
+    }
+    path
 }
 
 // ---------------------------------------------------------------------------
@@ -536,16 +693,6 @@ pub(crate) fn obstruction(obstacle: &[&str], found: &Value, edit: &[&str]) -> Re
     }
 }
 
-enum Pending {
-    Ready(Op),
-    /// A missing parent, added whole; edits below it fill in `value`.
-    Parent {
-        path: String,
-        exists: bool,
-        value: Value,
-    },
-}
-
 fn set_op(exists: bool, path: String, value: Value) -> Op {
     if exists {
         Op::Replace { path, value }
@@ -556,9 +703,13 @@ fn set_op(exists: bool, path: String, value: Value) -> Op {
 
 /// Express `edits` as ops against `base`, in order.
 pub(crate) fn render<'a>(base: &Value, edits: impl IntoIterator<Item = Edit<'a>>) -> Rendered {
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut parents: HashMap<String, usize> = HashMap::new();
-    let mut obstacles: HashSet<String> = HashSet::new();
+    let mut ops: Vec<Op> = Vec::new();
+    // Missing parents added whole, with the index of their op, whose value
+    // the edits below them fill in; and obstacles already reported. A
+    // patch has a handful of each at most (bounded by the managed tree), so
+    // a list beats a hash map.
+    let mut parents: Vec<(String, usize)> = Vec::new();
+    let mut obstacles: Vec<String> = Vec::new();
     let mut rejected = Vec::new();
 
     for edit in edits {
@@ -567,22 +718,18 @@ pub(crate) fn render<'a>(base: &Value, edits: impl IntoIterator<Item = Edit<'a>>
             Location::Member { exists, current } => {
                 let path = pointer(tokens);
                 match edit {
-                    Edit::Set { value, .. } => {
-                        pending.push(Pending::Ready(set_op(exists, path, value.clone())))
-                    }
+                    Edit::Set { value, .. } => ops.push(set_op(exists, path, value.clone())),
                     Edit::Append {
                         elements, whole, ..
                     } => match non_null(current) {
                         Some(Value::Array(_)) => {
-                            pending.extend(elements.into_iter().map(|element| {
-                                Pending::Ready(Op::Add {
-                                    path: format!("{path}/-"),
-                                    value: element.clone(),
-                                })
+                            ops.extend(elements.into_iter().map(|element| Op::Add {
+                                path: format!("{path}/-"),
+                                value: element.clone(),
                             }))
                         }
                         // No array to append to: the desired array goes whole.
-                        _ => pending.push(Pending::Ready(set_op(exists, path, whole.clone()))),
+                        _ => ops.push(set_op(exists, path, whole.clone())),
                     },
                 }
             }
@@ -592,37 +739,29 @@ pub(crate) fn render<'a>(base: &Value, edits: impl IntoIterator<Item = Edit<'a>>
                     Edit::Append { whole, .. } => (*whole).clone(),
                 };
                 let path = pointer(&tokens[..depth]);
-                let index = *parents.entry(path.clone()).or_insert_with(|| {
-                    pending.push(Pending::Parent {
-                        path,
-                        exists,
-                        value: Value::Object(Map::new()),
-                    });
-                    pending.len() - 1
-                });
-                if let Some(Pending::Parent { value: parent, .. }) = pending.get_mut(index) {
+                let index = match parents.iter().find(|(parent, _)| *parent == path) {
+                    Some(&(_, index)) => index,
+                    None => {
+                        ops.push(set_op(exists, path.clone(), Value::Object(Map::new())));
+                        parents.push((path, ops.len() - 1));
+                        ops.len() - 1
+                    }
+                };
+                if let Some(Op::Add { value: parent, .. } | Op::Replace { value: parent, .. }) =
+                    ops.get_mut(index)
+                {
                     insert_at(parent, &tokens[depth..], value);
                 }
             }
             Location::Obstructed { depth, found } => {
-                if obstacles.insert(pointer(&tokens[..depth])) {
+                let obstacle = pointer(&tokens[..depth]);
+                if !obstacles.contains(&obstacle) {
                     rejected.push(obstruction(&tokens[..depth], found, tokens));
+                    obstacles.push(obstacle);
                 }
             }
         }
     }
-
-    let ops = pending
-        .into_iter()
-        .map(|pending| match pending {
-            Pending::Ready(op) => op,
-            Pending::Parent {
-                path,
-                exists,
-                value,
-            } => set_op(exists, path, value),
-        })
-        .collect();
     Rendered { ops, rejected }
 }
 

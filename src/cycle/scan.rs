@@ -1,31 +1,64 @@
 //! Pass one of a cycle: read the whole export, map and validate every
 //! record, and decide which records need work — before anything is sent.
 //!
-//! Memory stays flat as the export grows: per record only its id, a
-//! 128-bit hash of its desired document and where it first occurred are
-//! kept. Documents of records that need work are retained up to a budget;
-//! beyond it the push phase reads the export a second time.
+//! Memory stays flat as the export grows: per record only a 128-bit key of
+//! its id, a 128-bit hash of its desired document, where it occurred and
+//! whether it needs work are kept (56 bytes, in one vector sorted once the
+//! read is done). Documents of records that need work are retained up to a
+//! budget; beyond it the push phase reads the export a second time.
+//!
+//! The export is parsed on one thread while the calling thread maps each
+//! record, hashes its document and compares it with the store, all within
+//! one read transaction.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
 
-use crate::export::{self, ExportError, ExportOptions, ExportSummary, RecordLocation};
+use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
 use crate::mapping::{MappedRecord, Mapper, RecordError};
 use crate::store::{Store, StoreError, SyncState};
+use serde_json::Value;
 
 /// How many changed documents pass one keeps for the push phase before it
-/// falls back to reading the export again.
-pub const RETAIN_BUDGET: usize = 20_000;
+/// falls back to reading the export again. Kept as canonical JSON text, a
+/// desired document takes about 1 KB (as a `serde_json::Value` tree it
+/// would take 4), so this bounds them to ~35 MB while changes of 3% of a
+/// million-record export still go out without a second read.
+pub const RETAIN_BUDGET: usize = 32_000;
+
+/// Records handed from the parsing thread to the deciding one at a time,
+/// and batches in flight: enough to keep both busy, few enough that memory
+/// does not notice (4 × 64 records of a few KB).
+const BATCH: usize = 64;
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// 128 bits of BLAKE3 over the canonical JSON of a desired document.
 /// `serde_json` keeps object keys sorted, so equal documents hash equal.
-pub fn document_hash(document: &serde_json::Value) -> DocHash {
-    let text = document.to_string();
-    let digest = blake3::hash(text.as_bytes());
+pub fn document_hash(document: &Value) -> DocHash {
+    thread_local! {
+        // One buffer per thread instead of a String per record.
+        static CANONICAL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    CANONICAL.with_borrow_mut(|text| canonical_hash(document, text))
+}
+
+/// The hash of `document`, leaving its canonical JSON in `text`.
+fn canonical_hash(document: &Value, text: &mut Vec<u8>) -> DocHash {
+    text.clear();
+    // Serialising a `Value` into memory cannot fail: its keys are strings
+    // and its numbers finite.
+    let _ = serde_json::to_writer(&mut *text, document);
+    DocHash(first_128_bits(blake3::hash(text)))
+}
+
+fn first_128_bits(digest: blake3::Hash) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest.as_bytes()[..16]);
-    DocHash(out)
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +67,25 @@ pub struct DocHash(pub [u8; 16]);
 impl DocHash {
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
+    }
+
+    /// Whether `hex_text` (as the store keeps hashes) is this hash, without
+    /// allocating.
+    fn matches_hex(self, hex_text: &str) -> bool {
+        let mut own = [0u8; 32];
+        hex::encode_to_slice(self.0, &mut own).is_ok() && own == hex_text.as_bytes()
+    }
+}
+
+/// 128 bits of BLAKE3 over an external id: a fixed-size stand-in for the id
+/// that needs no allocation. Two ids of one export collide with probability
+/// about n² / 2¹²⁹ — for a million ids, 10⁻²⁷.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct IdKey([u8; 16]);
+
+impl IdKey {
+    fn of(external_id: &str) -> IdKey {
+        IdKey(first_128_bits(blake3::hash(external_id.as_bytes())))
     }
 }
 
@@ -50,11 +102,15 @@ pub enum WorkReason {
     Resync,
 }
 
-#[derive(Debug, Clone)]
+/// One occurrence of an external id in the export.
+#[derive(Debug, Clone, Copy)]
 struct Seen {
+    id: IdKey,
     hash: DocHash,
+    /// Index into [`Scan::files`].
     file: u32,
     line: u64,
+    ordinal: u64,
     work: Option<WorkReason>,
 }
 
@@ -64,7 +120,8 @@ pub struct Scan {
     pub export: ExportSummary,
     /// Records that could not be mapped.
     pub record_errors: Vec<RecordError>,
-    /// External ids that occur more than once, with every place.
+    /// External ids that occur more than once, with every place, sorted by
+    /// id.
     pub duplicates: Vec<(String, Vec<RecordLocation>)>,
     /// Records that map cleanly and occur once.
     pub valid: u64,
@@ -76,8 +133,10 @@ pub struct Scan {
     pub known: u64,
     /// Records needing work, with their documents, when they fit the
     /// budget; `None` means the push phase must read the export again.
-    pub retained: Option<Vec<(MappedRecord, DocHash, WorkReason)>>,
-    seen: HashMap<Box<str>, Seen>,
+    pub retained: Option<Retained>,
+    /// Ids that occur once, sorted by key.
+    seen: Vec<Seen>,
+    work_count: u64,
     files: Vec<PathBuf>,
 }
 
@@ -104,7 +163,7 @@ impl Scan {
     /// for records pass one did not take up (unchanged, invalid,
     /// duplicated, filtered out, or not seen).
     pub fn work_for(&self, external_id: &str, hash: DocHash) -> Option<WorkFor> {
-        let seen = self.seen.get(external_id)?;
+        let seen = self.find(IdKey::of(external_id))?;
         let reason = seen.work?;
         if seen.hash != hash {
             return Some(WorkFor::ChangedSinceScan);
@@ -114,11 +173,15 @@ impl Scan {
 
     /// Records taken up for the push phase.
     pub fn work_count(&self) -> u64 {
-        self.seen.values().filter(|s| s.work.is_some()).count() as u64
+        self.work_count
     }
 
-    /// The first place an id was seen.
-    fn first_location(&self, seen: &Seen, ordinal: u64) -> RecordLocation {
+    fn find(&self, id: IdKey) -> Option<&Seen> {
+        let at = self.seen.binary_search_by_key(&id, |s| s.id).ok()?;
+        self.seen.get(at)
+    }
+
+    fn location(&self, seen: &Seen) -> RecordLocation {
         RecordLocation {
             file: self
                 .files
@@ -126,8 +189,126 @@ impl Scan {
                 .cloned()
                 .unwrap_or_default(),
             line: seen.line,
-            ordinal,
+            ordinal: seen.ordinal,
         }
+    }
+}
+
+/// The records pass one took up, in export order, each document kept as its
+/// canonical JSON text and turned back into a record when the push phase
+/// takes it: a quarter of the memory of the documents themselves.
+#[derive(Debug, Default)]
+pub struct Retained {
+    records: Vec<RetainedRecord>,
+}
+
+#[derive(Debug)]
+struct RetainedRecord {
+    external_id: String,
+    referral_id: Option<String>,
+    document: RetainedDocument,
+    hash: DocHash,
+    reason: WorkReason,
+}
+
+#[derive(Debug)]
+enum RetainedDocument {
+    Text(Box<str>),
+    /// Documents too deep for serde_json to read back (its recursion limit
+    /// is 128) stay as they are.
+    Tree(Value),
+}
+
+/// Deeper documents are kept as trees; mapped documents are a few levels
+/// deep.
+const MAX_TEXT_DEPTH: usize = 64;
+
+impl Retained {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Keep `mapped`, whose canonical JSON is `canonical`.
+    fn push(&mut self, mapped: MappedRecord, canonical: &[u8], hash: DocHash, reason: WorkReason) {
+        let document = match std::str::from_utf8(canonical) {
+            Ok(text) if depth(&mapped.document) <= MAX_TEXT_DEPTH => {
+                RetainedDocument::Text(text.into())
+            }
+            _ => RetainedDocument::Tree(mapped.document),
+        };
+        self.records.push(RetainedRecord {
+            external_id: mapped.external_id,
+            referral_id: mapped.referral_id,
+            document,
+            hash,
+            reason,
+        });
+    }
+
+    fn retain_ids(&mut self, keep: impl Fn(&str) -> bool) {
+        self.records.retain(|record| keep(&record.external_id));
+    }
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        Value::Array(elements) => 1 + elements.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl IntoIterator for Retained {
+    type Item = (MappedRecord, DocHash, WorkReason);
+    type IntoIter = RetainedRecords;
+
+    fn into_iter(self) -> RetainedRecords {
+        RetainedRecords(self.records.into_iter())
+    }
+}
+
+/// The retained records, read back one at a time.
+#[derive(Debug)]
+pub struct RetainedRecords(std::vec::IntoIter<RetainedRecord>);
+
+impl Iterator for RetainedRecords {
+    type Item = (MappedRecord, DocHash, WorkReason);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for record in self.0.by_ref() {
+            let document = match record.document {
+                RetainedDocument::Tree(document) => document,
+                RetainedDocument::Text(text) => match serde_json::from_str(&text) {
+                    Ok(document) => document,
+                    // serde_json reads back what it wrote at this depth;
+                    // should that ever fail, the record is not sent and its
+                    // stored state, untouched, takes it up next cycle.
+                    Err(error) => {
+                        tracing::error!(
+                            external_id = %record.external_id,
+                            error = %error,
+                            "retained document unreadable; the record waits for the next cycle"
+                        );
+                        continue;
+                    }
+                },
+            };
+            let mapped = MappedRecord {
+                external_id: record.external_id,
+                referral_id: record.referral_id,
+                document,
+            };
+            return Some((mapped, record.hash, record.reason));
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.0.len()))
     }
 }
 
@@ -146,119 +327,553 @@ pub fn scan_export(
     store: &Store,
     options: &ScanOptions,
 ) -> Result<Scan, ScanError> {
+    // One read transaction for the whole pass: every lookup sees the same
+    // state of the store, and SQLite takes its file lock once rather than
+    // once per record (a tenth of a no-change cycle otherwise).
+    let read_snapshot = store
+        .connection()
+        .unchecked_transaction()
+        .map_err(|source| StoreError::Sqlite {
+            path: store.path().to_path_buf(),
+            source,
+        })?;
+
     let mut scan = Scan::default();
-    let mut retained: Vec<(MappedRecord, DocHash, WorkReason)> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut retained = Retained::default();
+    let mut canonical = Vec::new();
     let mut over_budget = false;
-    // First ordinal per id, to name the first place of a duplicate.
-    let mut first_ordinal: HashMap<Box<str>, u64> = HashMap::new();
-    let mut duplicate_places: HashMap<String, Vec<RecordLocation>> = HashMap::new();
     let mut store_error: Option<StoreError> = None;
 
-    let summary = export::read_export(export_options, &mut |record| {
-        let mapped = match mapper.map(&record) {
-            Ok(mapped) => mapped,
-            Err(error) => {
-                scan.record_errors.push(error);
-                return ControlFlow::Continue(());
-            }
-        };
-        let file_index = match scan.files.iter().position(|f| *f == record.location.file) {
-            Some(i) => i as u32,
-            None => {
-                scan.files.push(record.location.file.clone());
-                (scan.files.len() - 1) as u32
-            }
-        };
-        if let Some(places) = duplicate_places.get_mut(&mapped.external_id) {
-            places.push(record.location.clone());
-            return ControlFlow::Continue(());
-        }
-        if let Some(seen) = scan.seen.remove(mapped.external_id.as_str()) {
-            let ordinal = first_ordinal
-                .remove(mapped.external_id.as_str())
-                .unwrap_or_default();
-            let first = scan.first_location(&seen, ordinal);
-            duplicate_places.insert(
-                mapped.external_id.clone(),
-                vec![first, record.location.clone()],
-            );
-            retained.retain(|(r, _, _)| r.external_id != mapped.external_id);
-            return ControlFlow::Continue(());
-        }
-
-        let hash = document_hash(&mapped.document);
-        let wanted = options
-            .only
-            .as_ref()
-            .is_none_or(|only| only.contains(&mapped.external_id));
-        let work = if !wanted {
-            None
-        } else if options.resync {
-            Some(WorkReason::Resync)
-        } else {
-            match store.brief(&mapped.external_id) {
-                Err(e) => {
-                    store_error = Some(e);
-                    return ControlFlow::Break(());
+    // The export is parsed on a thread of its own while this one maps,
+    // hashes and looks records up: the two halves take about as long as
+    // each other, so on two cores the pass costs little more than the parse.
+    let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
+    // Batches go back to the parsing thread once decided, so that records
+    // are freed by the thread that allocated them (the allocator's fast
+    // path) and batch buffers are reused.
+    let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
+    let summary = thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            let summary = export::read_export(export_options, &mut |record| {
+                batch.push(record);
+                if batch.len() < BATCH {
+                    return ControlFlow::Continue(());
                 }
-                Ok(None) => Some(WorkReason::New),
-                Ok(Some(brief)) => {
-                    let same = brief.desired_hash.as_deref() == Some(hash.to_hex().as_str());
-                    match (brief.state, same) {
-                        (SyncState::Synced | SyncState::Invalid, true) => None,
-                        (SyncState::Pending | SyncState::Failed, _) => Some(WorkReason::Retry),
-                        (_, false) => Some(WorkReason::Changed),
+                let next = match recycled.try_recv() {
+                    Ok(mut used) => {
+                        used.clear();
+                        used
+                    }
+                    Err(_) => Vec::with_capacity(BATCH),
+                };
+                let full = std::mem::replace(&mut batch, next);
+                // A closed channel: the other half stopped on a store error.
+                match batches.send(full) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
+            });
+            if !batch.is_empty() {
+                let _ = batches.send(batch);
+            }
+            summary
+        });
+        'records: for batch in received {
+            for record in &batch {
+                let mapped = match mapper.map(record) {
+                    Ok(mapped) => mapped,
+                    Err(error) => {
+                        scan.record_errors.push(error);
+                        continue;
+                    }
+                };
+                let hash = canonical_hash(&mapped.document, &mut canonical);
+                let wanted = options
+                    .only
+                    .as_ref()
+                    .is_none_or(|only| only.contains(&mapped.external_id));
+                let work = if !wanted {
+                    None
+                } else if options.resync {
+                    Some(WorkReason::Resync)
+                } else {
+                    match store.brief(&mapped.external_id) {
+                        Err(e) => {
+                            store_error = Some(e);
+                            break 'records;
+                        }
+                        Ok(None) => Some(WorkReason::New),
+                        Ok(Some(brief)) => {
+                            let same = brief
+                                .desired_hash
+                                .as_deref()
+                                .is_some_and(|stored| hash.matches_hex(stored));
+                            match (brief.state, same) {
+                                (SyncState::Synced | SyncState::Invalid, true) => None,
+                                (SyncState::Pending | SyncState::Failed, _) => {
+                                    Some(WorkReason::Retry)
+                                }
+                                (_, false) => Some(WorkReason::Changed),
+                            }
+                        }
+                    }
+                };
+                seen.push(Seen {
+                    id: IdKey::of(&mapped.external_id),
+                    hash,
+                    file: file_index(&mut scan.files, &record.location.file),
+                    line: record.location.line,
+                    ordinal: record.location.ordinal,
+                    work,
+                });
+                if let Some(reason) = work
+                    && !over_budget
+                {
+                    if retained.len() < options.retain_budget {
+                        retained.push(mapped, &canonical, hash, reason);
+                    } else {
+                        over_budget = true;
+                        retained = Retained::default();
                     }
                 }
             }
-        };
-        if let Some(reason) = work
-            && !over_budget
-        {
-            if retained.len() < options.retain_budget {
-                retained.push((mapped.clone(), hash, reason));
-            } else {
-                over_budget = true;
-                retained = Vec::new();
-            }
+            // Once the parsing thread is done, it frees nothing more: the
+            // rest is freed here.
+            let _ = recycle.send(batch);
         }
-        first_ordinal.insert(mapped.external_id.as_str().into(), record.location.ordinal);
-        scan.seen.insert(
-            mapped.external_id.into_boxed_str(),
-            Seen {
-                hash,
-                file: file_index,
-                line: record.location.line,
-                work,
-            },
-        );
-        ControlFlow::Continue(())
+        reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
     if let Some(e) = store_error {
         return Err(e.into());
     }
     scan.export = summary;
 
-    let mut duplicates: Vec<_> = duplicate_places.into_iter().collect();
-    duplicates.sort_by(|a, b| a.0.cmp(&b.0));
-    scan.duplicates = duplicates;
+    // Sorted by id then place, an id's occurrences are neighbours: the
+    // first of a run is where it first occurred.
+    seen.sort_unstable_by_key(|s| (s.id, s.ordinal));
+    let repeated = keep_unique(&mut seen);
+    scan.seen = seen;
+    if !repeated.is_empty() {
+        scan.duplicates = name_duplicates(export_options, mapper, &scan, &repeated)?;
+        let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id).collect();
+        retained.retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
+    }
     scan.valid = scan.seen.len() as u64;
-    scan.unchanged = scan.seen.values().filter(|s| s.work.is_none()).count() as u64;
+    scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
+    scan.unchanged = scan.valid - scan.work_count;
     scan.retained = (!over_budget).then_some(retained);
 
-    scan.known = store.record_count()?;
-    let mut missing = 0u64;
-    let duplicate_ids: HashSet<&str> = scan.duplicates.iter().map(|(id, _)| id.as_str()).collect();
-    let invalid_ids: HashSet<&str> = scan
+    // Ids that are in the export, if not valid there, are not missing.
+    let mut in_export: HashSet<IdKey> = scan
         .record_errors
         .iter()
         .filter_map(|e| e.external_id.as_deref())
+        .map(IdKey::of)
         .collect();
+    in_export.extend(repeated.iter().map(|run| run[0].id));
+    let (mut known, mut missing) = (0u64, 0u64);
     store.for_each_external_id(&mut |id| {
-        if !scan.seen.contains_key(id) && !duplicate_ids.contains(id) && !invalid_ids.contains(id) {
+        known += 1;
+        let key = IdKey::of(id);
+        if scan.find(key).is_none() && !in_export.contains(&key) {
             missing += 1;
         }
     })?;
+    scan.known = known;
     scan.missing_from_export = missing;
+    drop(read_snapshot);
     Ok(scan)
+}
+
+/// The index of `file` in `files`, added when new. Records arrive file by
+/// file, so the last one is nearly always the one.
+fn file_index(files: &mut Vec<PathBuf>, file: &Path) -> u32 {
+    let index = match files.iter().rposition(|known| known == file) {
+        Some(index) => index,
+        None => {
+            files.push(file.to_path_buf());
+            files.len() - 1
+        }
+    };
+    // An export of more than four billion files is not read to this point.
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
+
+/// Leave in `seen` (sorted by id) the ids that occur once; return every
+/// occurrence of the others, one run per id.
+fn keep_unique(seen: &mut Vec<Seen>) -> Vec<Vec<Seen>> {
+    let mut repeated = Vec::new();
+    let mut kept = 0;
+    let mut start = 0;
+    while start < seen.len() {
+        let id = seen[start].id;
+        let end = start + seen[start..].iter().take_while(|s| s.id == id).count();
+        if end - start == 1 {
+            seen[kept] = seen[start];
+            kept += 1;
+        } else {
+            repeated.push(seen[start..end].to_vec());
+        }
+        start = end;
+    }
+    seen.truncate(kept);
+    repeated
+}
+
+/// The duplicated ids by name, with every place. Pass one keeps only keys
+/// of ids, so the names come from reading the export once more — only when
+/// it has duplicates, which is an error its owner must fix anyway.
+fn name_duplicates(
+    export_options: &ExportOptions,
+    mapper: &Mapper,
+    scan: &Scan,
+    repeated: &[Vec<Seen>],
+) -> Result<Vec<(String, Vec<RecordLocation>)>, ScanError> {
+    let mut names: HashMap<IdKey, Option<String>> =
+        repeated.iter().map(|run| (run[0].id, None)).collect();
+    let summary = export::read_export(export_options, &mut |record| {
+        if let Ok(mapped) = mapper.map(&record)
+            && let Some(name @ None) = names.get_mut(&IdKey::of(&mapped.external_id))
+        {
+            *name = Some(mapped.external_id);
+        }
+        ControlFlow::Continue(())
+    })?;
+    let changed = || {
+        let path = summary
+            .files
+            .iter()
+            .zip(&scan.export.files)
+            .find(|(now, before)| now != before)
+            .map(|(now, _)| now.path.clone())
+            .unwrap_or_else(|| export_options.path.clone());
+        ScanError::Export(ExportError::Changed { path })
+    };
+    if summary.files != scan.export.files {
+        return Err(changed());
+    }
+    let mut duplicates = Vec::with_capacity(repeated.len());
+    for run in repeated {
+        let Some(Some(name)) = names.remove(&run[0].id) else {
+            return Err(changed());
+        };
+        let places = run.iter().map(|seen| scan.location(seen)).collect();
+        duplicates.push((name, places));
+    }
+    duplicates.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(duplicates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::MappingSpec;
+    use crate::model::Entity;
+    use crate::store::Applied;
+    use serde_json::{Value, json};
+
+    fn mapper() -> Mapper {
+        Mapper::new(
+            &MappingSpec::default_for(Entity::Opportunity),
+            Entity::Opportunity,
+            "USD",
+        )
+        .unwrap()
+    }
+
+    fn opportunity(id: &str, value: u64) -> Value {
+        json!({
+            "opportunityid": id,
+            "name": format!("Deal {id}"),
+            "estimatedvalue": value,
+            "statecode": 0,
+            "statuscode": 1,
+        })
+    }
+
+    fn id(n: u32) -> String {
+        format!("0b000000-0000-4000-8000-{n:012}")
+    }
+
+    /// A directory of OData pages, one record per line.
+    fn export(pages: &[Vec<Value>]) -> (tempfile::TempDir, ExportOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, records) in pages.iter().enumerate() {
+            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+            let text = format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n"));
+            std::fs::write(dir.path().join(format!("page-{}.json", n + 1)), text).unwrap();
+        }
+        let options = ExportOptions {
+            path: dir.path().to_path_buf(),
+            format: crate::export::ExportFormat::Auto,
+            entity: Entity::Opportunity,
+            header_aliases: Default::default(),
+        };
+        (dir, options)
+    }
+
+    fn desired_hash(record: &Value) -> String {
+        let record = crate::export::Record {
+            fields: record.as_object().unwrap().clone(),
+            location: RecordLocation {
+                file: PathBuf::new(),
+                line: 1,
+                ordinal: 1,
+            },
+        };
+        document_hash(&mapper().map(&record).unwrap().document).to_hex()
+    }
+
+    fn applied(store: &Store, record: &Value, hash: &str) {
+        let external_id = record["opportunityid"].as_str().unwrap();
+        store
+            .record_applied(
+                external_id,
+                &Applied {
+                    referral_id: "r",
+                    etag: "e",
+                    snapshot: &json!({}),
+                    desired_hash: hash,
+                    state: SyncState::Synced,
+                    error: None,
+                },
+            )
+            .unwrap();
+    }
+
+    fn budget(retain_budget: usize) -> ScanOptions {
+        ScanOptions {
+            retain_budget,
+            ..ScanOptions::default()
+        }
+    }
+
+    #[test]
+    fn the_document_hash_is_the_one_stores_already_hold() {
+        let document = json!({"name": "Contoso \"quoted\" ü", "details": {"dealValue": 1.5}});
+        let expected = &blake3::hash(document.to_string().as_bytes()).to_hex()[..32];
+        assert_eq!(document_hash(&document).to_hex(), expected);
+        assert!(document_hash(&document).matches_hex(expected));
+        assert!(!document_hash(&document).matches_hex(&"0".repeat(32)));
+        assert!(!document_hash(&document).matches_hex("short"));
+    }
+
+    #[test]
+    fn decides_per_record_from_the_stored_state() {
+        let unchanged = opportunity(&id(1), 100);
+        let changed = opportunity(&id(2), 200);
+        let failed = opportunity(&id(3), 300);
+        let new = opportunity(&id(4), 400);
+        let store = Store::open_in_memory().unwrap();
+        applied(&store, &unchanged, &desired_hash(&unchanged));
+        applied(&store, &changed, &desired_hash(&opportunity(&id(2), 1)));
+        store.record_failed(&id(3), Some("r3"), "503").unwrap();
+        applied(&store, &opportunity(&id(5), 500), "gone");
+        let (_dir, options) = export(&[vec![unchanged, changed.clone(), failed, new]]);
+
+        let mut scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
+        assert_eq!((scan.valid, scan.unchanged, scan.work_count()), (4, 1, 3));
+        assert_eq!((scan.known, scan.missing_from_export), (4, 1));
+        let retained: Vec<(String, WorkReason)> = scan
+            .retained
+            .take()
+            .unwrap()
+            .into_iter()
+            .map(|(record, _, reason)| (record.external_id, reason))
+            .collect();
+        assert_eq!(
+            retained,
+            [
+                (id(2), WorkReason::Changed),
+                (id(3), WorkReason::Retry),
+                (id(4), WorkReason::New)
+            ]
+        );
+        let hash_of = |record: &Value| {
+            let hex = desired_hash(record);
+            let mut bytes = [0u8; 16];
+            hex::decode_to_slice(hex, &mut bytes).unwrap();
+            DocHash(bytes)
+        };
+        assert_eq!(
+            scan.work_for(&id(2), hash_of(&changed)),
+            Some(WorkFor::Push(WorkReason::Changed))
+        );
+        assert_eq!(
+            scan.work_for(&id(2), hash_of(&opportunity(&id(2), 7))),
+            Some(WorkFor::ChangedSinceScan)
+        );
+        assert_eq!(
+            scan.work_for(&id(1), hash_of(&opportunity(&id(1), 100))),
+            None
+        );
+        assert_eq!(scan.work_for(&id(9), hash_of(&changed)), None);
+    }
+
+    #[test]
+    fn names_every_place_of_a_duplicate_and_sends_none_of_its_rows() {
+        let twice = opportunity(&id(7), 1);
+        let (dir, options) = export(&[
+            vec![opportunity(&id(1), 1), twice.clone()],
+            vec![opportunity(&id(7), 2), opportunity(&id(2), 2)],
+            vec![twice],
+        ]);
+        let store = Store::open_in_memory().unwrap();
+        applied(&store, &opportunity(&id(7), 1), "old");
+
+        let mut scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
+        let page = |n: u32| dir.path().join(format!("page-{n}.json"));
+        let place = |file: PathBuf, line: u64, ordinal: u64| RecordLocation {
+            file,
+            line,
+            ordinal,
+        };
+        assert_eq!(
+            scan.duplicates,
+            [(
+                id(7),
+                vec![
+                    place(page(1), 3, 2),
+                    place(page(2), 2, 3),
+                    place(page(3), 2, 5)
+                ]
+            )]
+        );
+        assert_eq!((scan.valid, scan.work_count()), (2, 2));
+        let retained: Vec<String> = scan
+            .retained
+            .take()
+            .unwrap()
+            .into_iter()
+            .map(|(record, _, _)| record.external_id)
+            .collect();
+        assert_eq!(retained, [id(1), id(2)]);
+        assert_eq!(scan.work_for(&id(7), DocHash([0; 16])), None);
+        // Known to the store and present, though not valid: not missing.
+        assert_eq!((scan.known, scan.missing_from_export), (1, 0));
+    }
+
+    #[test]
+    fn an_invalid_record_is_not_missing() {
+        let mut broken = opportunity(&id(1), 1);
+        broken["statuscode"] = json!(99);
+        let store = Store::open_in_memory().unwrap();
+        applied(&store, &opportunity(&id(1), 1), "h");
+        let (_dir, options) = export(&[vec![broken]]);
+        let scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
+        assert_eq!(scan.record_errors.len(), 1);
+        assert_eq!(
+            (scan.valid, scan.known, scan.missing_from_export),
+            (0, 1, 0)
+        );
+    }
+
+    #[test]
+    fn over_the_budget_nothing_is_retained_but_every_verdict_is_kept() {
+        let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
+        let (_dir, options) = export(std::slice::from_ref(&records));
+        let store = Store::open_in_memory().unwrap();
+        for (budget_size, fits) in [(3, true), (2, false), (0, false)] {
+            let scan = scan_export(&options, &mapper(), &store, &budget(budget_size)).unwrap();
+            assert_eq!(scan.retained.is_some(), fits, "budget {budget_size}");
+            assert_eq!(scan.work_count(), 3);
+        }
+        let scan = scan_export(&options, &mapper(), &store, &budget(0)).unwrap();
+        let hash = {
+            let mut bytes = [0u8; 16];
+            hex::decode_to_slice(desired_hash(&records[2]), &mut bytes).unwrap();
+            DocHash(bytes)
+        };
+        assert_eq!(
+            scan.work_for(&id(3), hash),
+            Some(WorkFor::Push(WorkReason::New))
+        );
+    }
+
+    #[test]
+    fn only_and_resync_choose_the_records_taken_up() {
+        let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
+        let (_dir, options) = export(std::slice::from_ref(&records));
+        let store = Store::open_in_memory().unwrap();
+        for record in &records {
+            applied(&store, record, &desired_hash(record));
+        }
+        let only = ScanOptions {
+            only: Some(HashSet::from([id(2)])),
+            resync: true,
+            retain_budget: 10,
+        };
+        let scan = scan_export(&options, &mapper(), &store, &only).unwrap();
+        let retained: Vec<(String, WorkReason)> = scan
+            .retained
+            .unwrap()
+            .into_iter()
+            .map(|(record, _, reason)| (record.external_id, reason))
+            .collect();
+        assert_eq!(retained, [(id(2), WorkReason::Resync)]);
+        assert_eq!((scan.valid, scan.unchanged), (3, 2));
+    }
+
+    #[test]
+    fn retained_documents_come_back_as_they_were_mapped() {
+        let mut deep = json!("bottom");
+        for _ in 0..MAX_TEXT_DEPTH + 10 {
+            deep = json!({"down": deep});
+        }
+        let documents = [
+            json!({"name": "Contoso \"quoted\" ü", "details": {"dealValue": 1.5, "notes": null}, "team": [{"a": 1}]}),
+            deep,
+        ];
+        let mut retained = Retained::default();
+        let mut text = Vec::new();
+        for (n, document) in documents.iter().enumerate() {
+            let hash = canonical_hash(document, &mut text);
+            let mapped = MappedRecord {
+                external_id: id(n as u32),
+                referral_id: Some("r".into()),
+                document: document.clone(),
+            };
+            retained.push(mapped, &text, hash, WorkReason::Changed);
+        }
+        assert!(matches!(
+            retained.records[0].document,
+            RetainedDocument::Text(_)
+        ));
+        assert!(matches!(
+            retained.records[1].document,
+            RetainedDocument::Tree(_)
+        ));
+        let back: Vec<(MappedRecord, DocHash, WorkReason)> = retained.into_iter().collect();
+        for ((mapped, hash, reason), (n, document)) in back.iter().zip(documents.iter().enumerate())
+        {
+            assert_eq!(mapped.external_id, id(n as u32));
+            assert_eq!(mapped.referral_id.as_deref(), Some("r"));
+            assert_eq!(&mapped.document, document);
+            assert_eq!(*hash, document_hash(document));
+            assert_eq!(*reason, WorkReason::Changed);
+        }
+        assert_eq!(back.len(), 2);
+    }
+
+    #[test]
+    fn an_unreadable_export_is_an_export_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("page-1.json"), "{\"value\": [ {\"a\": 1} ").unwrap();
+        let options = ExportOptions {
+            path: dir.path().to_path_buf(),
+            format: crate::export::ExportFormat::Auto,
+            entity: Entity::Opportunity,
+            header_aliases: Default::default(),
+        };
+        let store = Store::open_in_memory().unwrap();
+        let error = scan_export(&options, &mapper(), &store, &budget(10)).unwrap_err();
+        assert!(
+            matches!(&error, ScanError::Export(ExportError::Parse { path, .. }) if path.ends_with("page-1.json")),
+            "{error}"
+        );
+    }
 }

@@ -1,0 +1,100 @@
+//! The cycle benchmark (see `support/harness.rs` and BENCHMARKS.md).
+//!
+//! ```text
+//! cargo bench --bench cycle -- [--sizes 10000,100000,1000000] [--max-cycle-size N]
+//!     [--push-records 2000] [--concurrency 1,4,16] [--latency 0,50] [--repeats 3]
+//!     [--page-size 5000] [--seed 1] [--work DIR] [--out BENCHMARKS.md]
+//! ```
+//!
+//! Writes the results section of `--out` and prints it.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use harness::{Binaries, Plan};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut plan = Plan {
+        sizes: vec![10_000, 100_000, 1_000_000],
+        page_size: 5_000,
+        max_cycle_size: 1_000_000,
+        push_records: 2_000,
+        concurrencies: vec![1, 4, 16],
+        latencies_ms: vec![0, 50],
+        cycle_concurrency: 16,
+        repeats: 3,
+        seed: 1,
+        work_dir: root.join("target/bench-work"),
+    };
+    let mut out = root.join("BENCHMARKS.md");
+
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        // cargo bench passes --bench to every bench binary.
+        if flag == "--bench" {
+            continue;
+        }
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--sizes" => plan.sizes = list(&value()?)?,
+            "--max-cycle-size" => plan.max_cycle_size = value()?.parse()?,
+            "--push-records" => plan.push_records = value()?.parse()?,
+            "--concurrency" => plan.concurrencies = list(&value()?)?,
+            "--latency" => plan.latencies_ms = list(&value()?)?,
+            "--cycle-concurrency" => plan.cycle_concurrency = value()?.parse()?,
+            "--repeats" => plan.repeats = value()?.parse()?,
+            "--page-size" => plan.page_size = value()?.parse()?,
+            "--seed" => plan.seed = value()?.parse()?,
+            "--work" => plan.work_dir = PathBuf::from(value()?),
+            "--out" => out = PathBuf::from(value()?),
+            other => anyhow::bail!("unknown argument {other}; see benches/cycle.rs"),
+        }
+    }
+
+    let bins = Binaries {
+        referral_sync: PathBuf::from(env!("CARGO_BIN_EXE_referral-sync")),
+        pc_emulator: PathBuf::from(env!("CARGO_BIN_EXE_pc-emulator")),
+        gen_export: PathBuf::from(env!("CARGO_BIN_EXE_gen-export")),
+    };
+    let started = std::time::Instant::now();
+    let report = harness::run(&plan, &bins, &mut |line| {
+        eprintln!("{:>7.1}s {line}", started.elapsed().as_secs_f64());
+    })?;
+    let results = report.markdown();
+    let document = std::fs::read_to_string(&out).unwrap_or_default();
+    std::fs::write(&out, harness::splice_results(&document, &results))?;
+    println!("{results}");
+    eprintln!("results written to {}", out.display());
+    Ok(())
+}
+
+fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    text.split(',')
+        .map(|item| {
+            item.trim()
+                .replace('_', "")
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{item:?}: {e}"))
+        })
+        .collect()
+}

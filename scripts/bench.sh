@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The benchmark run behind BENCHMARKS.md: synthetic exports of 10k, 100k and
+# 1M opportunities, read parse-only and synced for real against pc-emulator,
+# with wall time, CPU time and peak RSS of every step. Rewrites the results
+# section of BENCHMARKS.md. Arguments go to the harness (benches/cycle.rs),
+# e.g. `scripts/bench.sh --sizes 10000 --repeats 1`.
+#
+#   scripts/bench.sh            the cycle benchmark (about 30 minutes)
+#   scripts/bench.sh --diff     the criterion micro-benchmarks of the diff
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--diff" ]; then
+    shift
+    exec cargo bench --bench diff -- "$@"
+fi
+
+# GNU time gives the peak RSS and CPU time of each step; without it the
+# harness polls VmHWM, which can miss the last few milliseconds.
+if [ ! -x /usr/bin/time ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+    else
+        echo "note: /usr/bin/time is missing (apt-get install time); peak RSS will be polled" >&2
+    fi
+fi
+
+echo "load average before the build: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+cargo bench --bench cycle --no-run
+exec cargo bench --bench cycle -- "$@"
