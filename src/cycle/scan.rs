@@ -635,7 +635,7 @@ mod tests {
                 external_id,
                 &Applied {
                     referral_id: "r",
-                    etag: "e",
+                    etag: Some("e"),
                     snapshot: &json!({}),
                     desired_hash: hash,
                     state: SyncState::Synced,
