@@ -763,6 +763,18 @@ fn create(path: &Path) -> anyhow::Result<Counted<BufWriter<File>>> {
     })
 }
 
+/// Flush and sync a written file. Without the sync the kernel writes a
+/// gigabyte-sized export back while the next benchmark step runs, and that
+/// step pays for it.
+fn finish(mut out: Counted<BufWriter<File>>, path: &Path) -> anyhow::Result<u64> {
+    out.flush()?;
+    out.inner
+        .get_ref()
+        .sync_all()
+        .with_context(|| format!("sync {}", path.display()))?;
+    Ok(out.bytes)
+}
+
 /// Pages of `page_size` records, one record per line, with the
 /// `@odata.nextLink` Dataverse puts on every page but the last.
 fn write_odata_pages(
@@ -798,8 +810,7 @@ fn write_odata_pages(
             )?;
         }
         out.write_all(b"}\n")?;
-        out.flush()?;
-        bytes += out.bytes;
+        bytes += finish(out, &path)?;
     }
     Ok(bytes)
 }
@@ -817,8 +828,7 @@ fn write_csv(export: &Synthetic, changed: u64, path: &Path) -> anyhow::Result<u6
         }
         writer.flush()?;
     }
-    out.flush()?;
-    Ok(out.bytes)
+    finish(out, path)
 }
 
 // ---------------------------------------------------------------------------
