@@ -304,3 +304,38 @@ fn dry_run_plans_the_lead_sample_from_its_display_name_csv() {
         json!("São Paulo")
     );
 }
+
+#[test]
+fn an_id_on_an_unmappable_row_and_a_valid_row_is_sent_from_neither() {
+    let lines = [
+        json!({"opportunityid": "b1", "name": "bad code", "statuscode": 42}),
+        json!({"opportunityid": "b1", "name": "fine", "statuscode": 1}),
+        json!({"opportunityid": "b2", "name": "fine", "statuscode": 1,
+               "_customerid_value@OData.Community.Display.V1.FormattedValue": "Contoso"}),
+    ];
+    let export: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (_dir, config) =
+        offline_workspace("export.jsonl", &export, "[sync]\ncreate_missing = true\n");
+    let run = referral_sync(&["--config", &config, "sync", "--dry-run", "--output", "json"]);
+    run.assert_code(1);
+    let lines = run.json_lines();
+    let created: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["action"] == json!("create"))
+        .collect();
+    assert_eq!(created.len(), 1, "{lines:?}");
+    assert_eq!(created[0]["externalReferenceId"], json!("b2"));
+    let duplicate = lines
+        .iter()
+        .find(|l| {
+            l["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("external id b1 occurs 2 times"))
+        })
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let message = duplicate["errors"][0].as_str().unwrap();
+    assert!(
+        message.contains("export.jsonl:1") && message.contains("export.jsonl:2"),
+        "{message}"
+    );
+}

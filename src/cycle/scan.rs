@@ -462,6 +462,36 @@ pub fn scan_export(
         let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id).collect();
         retained.retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
     }
+    // An id that also occurs on a row that could not be mapped is
+    // duplicated too: none of its rows is sent.
+    let unmappable: HashMap<IdKey, (&str, &RecordLocation)> = scan
+        .record_errors
+        .iter()
+        .filter_map(|e| {
+            let id = e.external_id.as_deref()?;
+            Some((IdKey::of(id), (id, &e.location)))
+        })
+        .collect();
+    if !unmappable.is_empty() {
+        let mut also_unmappable = Vec::new();
+        scan.seen.retain(|s| match unmappable.get(&s.id) {
+            Some((id, at)) => {
+                let here = RecordLocation {
+                    file: scan.files.get(s.file as usize).cloned().unwrap_or_default(),
+                    line: s.line,
+                    ordinal: s.ordinal,
+                };
+                let mut places = vec![(*at).clone(), here];
+                places.sort_by_key(|p| p.ordinal);
+                also_unmappable.push((id.to_string(), places));
+                false
+            }
+            None => true,
+        });
+        retained.retain_ids(|id| !unmappable.contains_key(&IdKey::of(id)));
+        scan.duplicates.extend(also_unmappable);
+        scan.duplicates.sort_by(|a, b| a.0.cmp(&b.0));
+    }
     scan.valid = scan.seen.len() as u64;
     scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
     scan.unchanged = scan.valid - scan.work_count;
