@@ -790,12 +790,7 @@ mod tests {
     use serde_json::json;
 
     fn managed(paths: &[&str]) -> ManagedPaths {
-        let mut managed = ManagedPaths::empty();
-        for path in paths {
-            let segments: Vec<&str> = path.split('/').skip(1).collect();
-            managed.insert(&segments);
-        }
-        managed
+        ManagedPaths::from_pointers(paths)
     }
 
     fn ops(value: Value) -> Vec<Op> {

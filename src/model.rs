@@ -153,6 +153,18 @@ impl ManagedPaths {
         *node = ManagedNode::All;
     }
 
+    /// Manage each of `pointers` (`/details/dealValue`; unescaped keys) —
+    /// a compact way to write a tree in tests.
+    #[cfg(test)]
+    pub(crate) fn from_pointers(pointers: &[&str]) -> Self {
+        let mut managed = ManagedPaths::empty();
+        for pointer in pointers {
+            let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+            managed.insert(&segments);
+        }
+        managed
+    }
+
     /// Record that the mapping fills `member` in each element of the array
     /// at `array` (object keys from the root).
     pub fn insert_element_member<S: AsRef<str>>(&mut self, array: &[S], member: &str) {

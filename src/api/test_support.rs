@@ -32,6 +32,10 @@ impl LogCapture {
             .with_writer(move || writer.clone())
             .finish();
         let guard = tracing::subscriber::set_default(subscriber);
+        // A callsite first hit by a thread with no subscriber may have
+        // cached "never" as its interest; recompute it now that this
+        // thread has one, or lines could be lost when tests run in parallel.
+        tracing::callsite::rebuild_interest_cache();
         LogCapture {
             buffer,
             _guard: guard,
