@@ -57,6 +57,7 @@ fn a_tiny_run_yields_every_row_of_the_table() {
         "the 500-record plan and the read-only 700"
     );
 
+    let gnu_time = std::path::Path::new("/usr/bin/time").exists();
     for row in &report.rows {
         let sent = match row.step {
             Step::ReadExport | Step::BareParse | Step::BareParseInMemory | Step::NoChange => 0,
@@ -65,7 +66,10 @@ fn a_tiny_run_yields_every_row_of_the_table() {
             Step::Push { .. } => 20,
         };
         assert_eq!(row.pushed, sent, "{row:?}");
-        assert!(row.seconds > 0.0 && row.peak_rss_kb > 0, "{row:?}");
+        // Without GNU time the peak RSS is polled, which can miss a step
+        // this small; with it, every step has one.
+        assert!(row.seconds > 0.0, "{row:?}");
+        assert!(!gnu_time || row.peak_rss_kb > 0, "{row:?}");
         let is_cycle = !matches!(
             row.step,
             Step::ReadExport | Step::BareParse | Step::BareParseInMemory

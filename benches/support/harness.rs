@@ -131,6 +131,16 @@ impl Row {
     pub fn peak_rss_mb(&self) -> f64 {
         self.peak_rss_kb as f64 / 1024.0
     }
+
+    /// The peak RSS for the table; polling can miss a process that ends
+    /// within its first few milliseconds.
+    fn peak_rss_cell(&self) -> String {
+        if self.peak_rss_kb == 0 {
+            "–".into()
+        } else {
+            format!("{:.1}", self.peak_rss_mb())
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -979,7 +989,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} ({:.0} MB) | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} ({:.0} MB) | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
                 thousands(row.size),
                 row.format.label(),
                 row.export_bytes as f64 / 1e6,
@@ -995,7 +1005,7 @@ impl Report {
                 } else {
                     "–".into()
                 },
-                row.peak_rss_mb()
+                row.peak_rss_cell()
             );
         }
 
@@ -1036,11 +1046,11 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {latency_ms} | {concurrency} | {} | {push:.2} | {rate:.0} | {bound} | {share} | {:.2} | {:.1} |",
+                    "| {} | {latency_ms} | {concurrency} | {} | {push:.2} | {rate:.0} | {bound} | {share} | {:.2} | {} |",
                     thousands(row.size),
                     thousands(row.pushed),
                     row.seconds,
-                    row.peak_rss_mb()
+                    row.peak_rss_cell()
                 );
             }
         }
