@@ -512,22 +512,12 @@ fn check_command(settings: Settings) -> u8 {
             for e in &scan.record_errors {
                 problems.push(e.to_string());
             }
-            for (id, places) in &scan.duplicates {
-                let places: Vec<String> = places.iter().map(ToString::to_string).collect();
+            problems.extend(scan.duplicate_errors().map(|(_, message)| message));
+            if scan.too_many_missing(settings.sync.max_missing_ratio) {
                 problems.push(format!(
-                    "external id {id} occurs {} times: {}",
-                    places.len(),
-                    places.join(", ")
+                    "{} of the {} records in the store are missing from the export (more than sync.max_missing_ratio = {})",
+                    scan.missing_from_export, scan.known, settings.sync.max_missing_ratio
                 ));
-            }
-            if scan.known > 0 {
-                let ratio = scan.missing_from_export as f64 / scan.known as f64;
-                if ratio > settings.sync.max_missing_ratio {
-                    problems.push(format!(
-                        "{} of the {} records in the store are missing from the export (more than sync.max_missing_ratio = {})",
-                        scan.missing_from_export, scan.known, settings.sync.max_missing_ratio
-                    ));
-                }
             }
         }
         Err(e) => problems.push(e.to_string()),

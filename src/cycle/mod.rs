@@ -267,29 +267,21 @@ impl Engine {
             counters.count(Action::Invalid);
             report(&outcome);
         }
-        for (external_id, places) in &scan.duplicates {
-            let places: Vec<String> = places.iter().map(ToString::to_string).collect();
-            let message = format!(
-                "external id {external_id} occurs {} times: {}; none of its rows is sent",
-                places.len(),
-                places.join(", ")
-            );
-            warn!(cycle_id = %cycle_id, external_id = %external_id, error = %message, "record invalid");
-            let mut outcome = RecordOutcome::new(Some(external_id.clone()), Action::Invalid);
+        for (external_id, message) in scan.duplicate_errors() {
+            warn!(cycle_id = %cycle_id, external_id, error = %message, "record invalid");
+            let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Invalid);
             outcome.errors.push(message);
             counters.count(Action::Invalid);
             report(&outcome);
         }
 
-        if scan.known > 0 && !request.allow_missing && !request.resync {
-            let ratio = scan.missing_from_export as f64 / scan.known as f64;
-            if ratio > self.settings.sync.max_missing_ratio {
-                return Err(CycleError::TooManyMissing {
-                    missing: scan.missing_from_export,
-                    known: scan.known,
-                    max_ratio: self.settings.sync.max_missing_ratio,
-                });
-            }
+        let max_ratio = self.settings.sync.max_missing_ratio;
+        if !request.allow_missing && !request.resync && scan.too_many_missing(max_ratio) {
+            return Err(CycleError::TooManyMissing {
+                missing: scan.missing_from_export,
+                known: scan.known,
+                max_ratio,
+            });
         }
 
         let pusher = Arc::new(Pusher {

@@ -159,6 +159,25 @@ pub enum ScanError {
 }
 
 impl Scan {
+    /// Whether more of the records the store knows are missing from the
+    /// export than `max_ratio` allows.
+    pub fn too_many_missing(&self, max_ratio: f64) -> bool {
+        self.known > 0 && self.missing_from_export as f64 / self.known as f64 > max_ratio
+    }
+
+    /// Each duplicated external id with the error that names every place.
+    pub fn duplicate_errors(&self) -> impl Iterator<Item = (&str, String)> {
+        self.duplicates.iter().map(|(external_id, places)| {
+            let places: Vec<String> = places.iter().map(ToString::to_string).collect();
+            let message = format!(
+                "external id {external_id} occurs {} times: {}; none of its rows is sent",
+                places.len(),
+                places.join(", ")
+            );
+            (external_id.as_str(), message)
+        })
+    }
+
     /// Whether the record with this id and hash should be pushed; `None`
     /// for records pass one did not take up (unchanged, invalid,
     /// duplicated, filtered out, or not seen).
