@@ -12,6 +12,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
+/// The records [`Store::for_each_settled`] visits.
+const SETTLED: &str = "state IN ('synced', 'invalid') AND desired_hash IS NOT NULL";
+
 /// The schema, in order. `PRAGMA user_version` records how many are applied.
 const MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -21,6 +24,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_resync_requests",
         include_str!("../migrations/0002_resync_requests.sql"),
+    ),
+    (
+        "0003_settled_index",
+        include_str!("../migrations/0003_settled_index.sql"),
     ),
 ];
 
@@ -565,6 +572,38 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
+    /// How many records [`Store::for_each_settled`] visits.
+    pub fn settled_count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM records WHERE {SETTLED}"),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Call `visit` with the external id and desired hash of every record
+    /// whose state is settled (`synced` or `invalid`): the records a cycle
+    /// leaves alone while their desired document stays the same. Read from
+    /// an index that holds these columns, not from the table.
+    pub fn for_each_settled(&self, visit: &mut dyn FnMut(&str, &str)) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT external_id, desired_hash FROM records WHERE {SETTLED}"
+            ))
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let text = |column| row.get_ref(column).and_then(|v| Ok(v.as_str()?));
+            visit(text(0).map_err(&err)?, text(1).map_err(&err)?);
+        }
+        Ok(())
+    }
+
     /// Call `visit` with every external id the store knows.
     pub fn for_each_external_id(&self, visit: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
@@ -574,8 +613,8 @@ impl Store {
             .map_err(&err)?;
         let mut rows = stmt.query([]).map_err(&err)?;
         while let Some(row) = rows.next().map_err(&err)? {
-            let id: String = row.get(0).map_err(&err)?;
-            visit(&id);
+            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
+            visit(id.map_err(&err)?);
         }
         Ok(())
     }
@@ -756,6 +795,56 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn settled_records_are_read_from_the_index_alone() {
+        let (_dir, store) = store();
+        let doc = json!({"name": "A"});
+        for (id, hash) in [("ext-1", "aa"), ("ext-2", "bb"), ("ext-3", "cc")] {
+            store.mark_pending(id, Some("ref")).unwrap();
+            let applied = Applied {
+                referral_id: "ref",
+                etag: Some("\"e\""),
+                snapshot: &doc,
+                desired_hash: hash,
+                state: SyncState::Synced,
+                error: None,
+            };
+            store.record_applied(id, &applied).unwrap();
+        }
+        store.mark_pending("ext-2", None).unwrap();
+        store
+            .record_invalid("ext-3", None, "dd", "refused")
+            .unwrap();
+        store.mark_pending("ext-4", None).unwrap();
+
+        assert_eq!(store.settled_count().unwrap(), 2);
+        let mut settled = Vec::new();
+        store
+            .for_each_settled(&mut |id, hash| settled.push((id.to_string(), hash.to_string())))
+            .unwrap();
+        settled.sort();
+        assert_eq!(
+            settled,
+            [("ext-1".into(), "aa".into()), ("ext-3".into(), "dd".into())]
+        );
+
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN SELECT external_id, desired_hash FROM records WHERE {SETTLED}"
+            ))
+            .unwrap()
+            .query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING COVERING INDEX records_by_state_brief")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -69,11 +69,12 @@ impl DocHash {
         hex::encode(self.0)
     }
 
-    /// Whether `hex_text` (as the store keeps hashes) is this hash, without
-    /// allocating.
-    fn matches_hex(self, hex_text: &str) -> bool {
-        let mut own = [0u8; 32];
-        hex::encode_to_slice(self.0, &mut own).is_ok() && own == hex_text.as_bytes()
+    /// The hash written as `hex_text` (as the store keeps hashes); `None`
+    /// when it is not one.
+    fn from_hex(hex_text: &str) -> Option<DocHash> {
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(hex_text, &mut bytes).ok()?;
+        Some(DocHash(bytes))
     }
 }
 
@@ -86,6 +87,39 @@ struct IdKey([u8; 16]);
 impl IdKey {
     fn of(external_id: &str) -> IdKey {
         IdKey(first_128_bits(blake3::hash(external_id.as_bytes())))
+    }
+}
+
+/// The records the store holds as settled (`synced` or `invalid`), each as
+/// one 128-bit key over its id and the hash of its desired document, sorted.
+/// A record of the export whose key is here is unchanged. Read in one pass
+/// over an index that holds exactly those columns instead of one lookup per
+/// record, and kept in 16 bytes per record.
+struct Settled(Vec<[u8; 16]>);
+
+impl Settled {
+    fn load(store: &Store) -> Result<Settled, StoreError> {
+        let mut keys = Vec::with_capacity(usize::try_from(store.settled_count()?).unwrap_or(0));
+        store.for_each_settled(&mut |external_id, hash| {
+            // A hash that is not one (the store was edited by hand) leaves
+            // its record to the lookup, which takes it up.
+            if let Some(hash) = DocHash::from_hex(hash) {
+                keys.push(Settled::key(IdKey::of(external_id), hash));
+            }
+        })?;
+        keys.sort_unstable();
+        Ok(Settled(keys))
+    }
+
+    fn key(id: IdKey, hash: DocHash) -> [u8; 16] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&id.0);
+        hasher.update(&hash.0);
+        first_128_bits(hasher.finalize())
+    }
+
+    fn contains(&self, id: IdKey, hash: DocHash) -> bool {
+        self.0.binary_search(&Settled::key(id, hash)).is_ok()
     }
 }
 
@@ -372,6 +406,7 @@ pub fn scan_export(
     // are freed by the thread that allocated them (the allocator's fast
     // path) and batch buffers are reused.
     let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
+    let mut settled = Settled(Vec::new());
     let summary = thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
@@ -399,6 +434,19 @@ pub fn scan_export(
             }
             summary
         });
+        // Loaded while the parsing thread gets ahead.
+        if !options.resync {
+            match Settled::load(store) {
+                Ok(loaded) => settled = loaded,
+                Err(e) => {
+                    store_error = Some(e);
+                    drop(received);
+                    return reader
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                }
+            }
+        }
         'records: for batch in received {
             for record in &batch {
                 let mapped = match mapper.map(record) {
@@ -409,6 +457,7 @@ pub fn scan_export(
                     }
                 };
                 let hash = canonical_hash(&mapped.document, &mut canonical);
+                let id = IdKey::of(&mapped.external_id);
                 let wanted = options
                     .only
                     .as_ref()
@@ -417,30 +466,25 @@ pub fn scan_export(
                     None
                 } else if options.resync {
                     Some(WorkReason::Resync)
+                } else if settled.contains(id, hash) {
+                    None
                 } else {
+                    // Not settled with this document: the record's row says
+                    // why (the few records that changed are looked up).
                     match store.brief(&mapped.external_id) {
                         Err(e) => {
                             store_error = Some(e);
                             break 'records;
                         }
                         Ok(None) => Some(WorkReason::New),
-                        Ok(Some(brief)) => {
-                            let same = brief
-                                .desired_hash
-                                .as_deref()
-                                .is_some_and(|stored| hash.matches_hex(stored));
-                            match (brief.state, same) {
-                                (SyncState::Synced | SyncState::Invalid, true) => None,
-                                (SyncState::Pending | SyncState::Failed, _) => {
-                                    Some(WorkReason::Retry)
-                                }
-                                (_, false) => Some(WorkReason::Changed),
-                            }
-                        }
+                        Ok(Some(brief)) => match brief.state {
+                            SyncState::Pending | SyncState::Failed => Some(WorkReason::Retry),
+                            SyncState::Synced | SyncState::Invalid => Some(WorkReason::Changed),
+                        },
                     }
                 };
                 seen.push(Seen {
-                    id: IdKey::of(&mapped.external_id),
+                    id,
                     hash,
                     file: file_index(&mut scan.files, &record.location.file),
                     line: record.location.line,
@@ -706,9 +750,13 @@ mod tests {
         let document = json!({"name": "Contoso \"quoted\" ü", "details": {"dealValue": 1.5}});
         let expected = &blake3::hash(document.to_string().as_bytes()).to_hex()[..32];
         assert_eq!(document_hash(&document).to_hex(), expected);
-        assert!(document_hash(&document).matches_hex(expected));
-        assert!(!document_hash(&document).matches_hex(&"0".repeat(32)));
-        assert!(!document_hash(&document).matches_hex("short"));
+        assert_eq!(DocHash::from_hex(expected), Some(document_hash(&document)));
+        assert_eq!(
+            DocHash::from_hex(&expected.to_uppercase()),
+            Some(document_hash(&document))
+        );
+        assert_eq!(DocHash::from_hex("short"), None);
+        assert_eq!(DocHash::from_hex(&"g".repeat(32)), None);
     }
 
     #[test]
@@ -722,11 +770,40 @@ mod tests {
         applied(&store, &changed, &desired_hash(&opportunity(&id(2), 1)));
         store.record_failed(&id(3), Some("r3"), "503").unwrap();
         applied(&store, &opportunity(&id(5), 500), "gone");
-        let (_dir, options) = export(&[vec![unchanged, changed.clone(), failed, new]]);
+        // Pending with the same document: its last write is unsettled.
+        let pending = opportunity(&id(6), 600);
+        applied(&store, &pending, &desired_hash(&pending));
+        store.mark_pending(&id(6), None).unwrap();
+        // Refused locally with this very document: left alone until it
+        // changes; refused with another one: taken up.
+        let invalid_same = opportunity(&id(7), 700);
+        let invalid_other = opportunity(&id(8), 800);
+        for (record, hash) in [
+            (&invalid_same, desired_hash(&invalid_same)),
+            (&invalid_other, desired_hash(&opportunity(&id(8), 1))),
+        ] {
+            let external_id = record["opportunityid"].as_str().unwrap();
+            store
+                .record_invalid(external_id, Some("r"), &hash, "refused")
+                .unwrap();
+        }
+        // A hash edited by hand into something that is not one.
+        let edited = opportunity(&id(9), 900);
+        applied(&store, &edited, "not a hash");
+        let (_dir, options) = export(&[vec![
+            unchanged,
+            changed.clone(),
+            failed,
+            new,
+            pending,
+            invalid_same,
+            invalid_other,
+            edited,
+        ]]);
 
         let mut scan = scan_export(&options, &mapper(), &store, &budget(10)).unwrap();
-        assert_eq!((scan.valid, scan.unchanged, scan.work_count()), (4, 1, 3));
-        assert_eq!((scan.known, scan.missing_from_export), (4, 1));
+        assert_eq!((scan.valid, scan.unchanged, scan.work_count()), (8, 2, 6));
+        assert_eq!((scan.known, scan.missing_from_export), (8, 1));
         let retained: Vec<(String, WorkReason)> = scan
             .retained
             .take()
@@ -739,7 +816,10 @@ mod tests {
             [
                 (id(2), WorkReason::Changed),
                 (id(3), WorkReason::Retry),
-                (id(4), WorkReason::New)
+                (id(4), WorkReason::New),
+                (id(6), WorkReason::Retry),
+                (id(8), WorkReason::Changed),
+                (id(9), WorkReason::Changed),
             ]
         );
         let hash_of = |record: &Value| {
@@ -760,7 +840,7 @@ mod tests {
             scan.work_for(&id(1), hash_of(&opportunity(&id(1), 100))),
             None
         );
-        assert_eq!(scan.work_for(&id(9), hash_of(&changed)), None);
+        assert_eq!(scan.work_for(&id(10), hash_of(&changed)), None);
     }
 
     #[test]

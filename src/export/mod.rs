@@ -16,7 +16,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -29,7 +29,7 @@ use crate::model::Entity;
 use self::csv::{HeaderAliases, read_csv};
 use self::detect::{FileFormat, file_format};
 use self::jsonl::read_jsonl;
-use self::odata::read_odata;
+use self::odata::{IN_MEMORY_PAGE_LIMIT, read_odata, read_odata_page};
 use self::text::{InputDefect, TextInput};
 
 /// The shape of an export, as configured by `export.format`.
@@ -163,11 +163,9 @@ pub fn read_export(
 ) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
     let paths = export_files(&options.path)?;
-    let mut sink = Sink {
-        on_record,
-        records: 0,
-    };
+    let mut sink = Sink::new(on_record);
     let mut summary = ExportSummary::default();
+    let mut page = Vec::new();
     for path in &paths {
         let file = File::open(path).map_err(|source| io_error(path, source))?;
         let at_open = fingerprint(path, &file)?;
@@ -179,11 +177,17 @@ pub fn read_export(
         (&file)
             .seek(SeekFrom::Start(0))
             .map_err(|source| io_error(path, source))?;
-        let input = TextInput::new(&file);
         let flow = match format {
-            FileFormat::OdataJson => read_odata(path, input, &mut sink)?,
-            FileFormat::Csv => read_csv(path, input, &aliases, &mut sink)?,
-            FileFormat::Jsonl => read_jsonl(path, input, &mut sink)?,
+            FileFormat::OdataJson if at_open.len <= IN_MEMORY_PAGE_LIMIT => {
+                page.clear();
+                (&file)
+                    .read_to_end(&mut page)
+                    .map_err(|source| io_error(path, source))?;
+                read_odata_page(path, &page, &mut sink)?
+            }
+            FileFormat::OdataJson => read_odata(path, TextInput::new(&file), &mut sink)?,
+            FileFormat::Csv => read_csv(path, TextInput::new(&file), &aliases, &mut sink)?,
+            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), &mut sink)?,
         };
         if flow.is_break() {
             break;
@@ -208,16 +212,13 @@ pub fn read_export_bytes(
     on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
-    let mut sink = Sink {
-        on_record,
-        records: 0,
-    };
+    let mut sink = Sink::new(on_record);
     let format =
         file_format(options.format, path, bytes).map_err(|error| input_error(path, error))?;
     let input = TextInput::new(bytes);
     // Stopped by the callback or read to the end: either way this file is done.
     let _flow = match format {
-        FileFormat::OdataJson => read_odata(path, input, &mut sink)?,
+        FileFormat::OdataJson => read_odata_page(path, bytes, &mut sink)?,
         FileFormat::Csv => read_csv(path, input, &aliases, &mut sink)?,
         FileFormat::Jsonl => read_jsonl(path, input, &mut sink)?,
     };
@@ -238,10 +239,26 @@ type FileOutcome = Result<ControlFlow<()>, ExportError>;
 struct Sink<'s> {
     on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
     records: u64,
+    /// Records of the current file that were handed over already, by a pass
+    /// that stopped on a problem: the pass that reads the file again to
+    /// report it drops them.
+    skip: u64,
 }
 
-impl Sink<'_> {
+impl<'s> Sink<'s> {
+    fn new(on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>) -> Self {
+        Sink {
+            on_record,
+            records: 0,
+            skip: 0,
+        }
+    }
+
     fn emit(&mut self, file: &Path, line: u64, fields: Map<String, Value>) -> ControlFlow<()> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return ControlFlow::Continue(());
+        }
         self.records += 1;
         (self.on_record)(Record {
             fields,
@@ -379,10 +396,7 @@ fn collect_records(
             _ => ControlFlow::Continue(()),
         }
     };
-    let mut sink = Sink {
-        on_record: &mut keep,
-        records: 0,
-    };
+    let mut sink = Sink::new(&mut keep);
     let result = read(&mut sink);
     (result, records)
 }

@@ -11,7 +11,7 @@ use std::error::Error;
 use std::fmt;
 use std::io::{self, BufRead, Read};
 
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(super) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 const BUFFER_SIZE: usize = 64 * 1024;
 
 /// A problem in the bytes of a file, found by a reader wrapper rather than by
