@@ -60,9 +60,11 @@ pub struct Plan {
 /// One step of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// `read_export` with a callback that drops each record: the limit.
+    /// `read_export` with a callback that drops each record: the daemon's
+    /// own reader, nothing after it.
     ReadExport,
-    /// serde_json or the csv crate alone, each record into a field map.
+    /// serde_json streaming each page, or the csv crate, alone, each record
+    /// into a field map: the limit the targets are taken against.
     BareParse,
     /// serde_json alone over each page read whole into memory.
     BareParseInMemory,
@@ -79,7 +81,7 @@ impl Step {
     pub fn label(self) -> String {
         match self {
             Step::ReadExport => "parse only: read_export, no-op callback".into(),
-            Step::BareParse => "parse only: bare serde_json / csv".into(),
+            Step::BareParse => "parse only (the limit): streaming serde_json / csv".into(),
             Step::BareParseInMemory => "parse only: bare serde_json, page in memory".into(),
             Step::FirstCycle => "first cycle (empty store, creates all)".into(),
             Step::NoChange => "no-change cycle".into(),
@@ -157,11 +159,11 @@ pub struct Report {
 /// Everything the plan asks for, in order; what a complete report holds.
 pub fn expected_steps(plan: &Plan, size: u64) -> Vec<(Format, Step)> {
     let mut steps = vec![
-        (Format::Odata, Step::ReadExport),
         (Format::Odata, Step::BareParse),
+        (Format::Odata, Step::ReadExport),
         (Format::Odata, Step::BareParseInMemory),
-        (Format::Csv, Step::ReadExport),
         (Format::Csv, Step::BareParse),
+        (Format::Csv, Step::ReadExport),
     ];
     if size <= plan.max_cycle_size {
         steps.extend([
@@ -255,11 +257,11 @@ impl SizeRun<'_> {
         ] {
             let readers: &[(Step, &str)] = match format {
                 Format::Odata => &[
-                    (Step::ReadExport, "export"),
                     (Step::BareParse, "serde-json"),
+                    (Step::ReadExport, "export"),
                     (Step::BareParseInMemory, "serde-json-pages"),
                 ],
-                Format::Csv => &[(Step::ReadExport, "export"), (Step::BareParse, "csv")],
+                Format::Csv => &[(Step::BareParse, "csv"), (Step::ReadExport, "export")],
             };
             for &(step, reader) in readers {
                 self.say(&format!("{} {}", format.label(), step.label()));
@@ -978,7 +980,7 @@ impl Report {
             .iter()
             .filter(|r| !matches!(r.step, Step::Push { .. }))
         {
-            let limit = self.find(row.size, row.format, Step::ReadExport);
+            let limit = self.find(row.size, row.format, Step::BareParse);
             let ratio = limit
                 .filter(|l| l.seconds > 0.0)
                 .map(|l| format!("{:.2}", row.seconds / l.seconds))
@@ -1069,22 +1071,41 @@ impl Report {
         let verdict = |ok: bool| if ok { "**met**" } else { "**missed**" };
         for &size in &self.plan.sizes {
             let n = thousands(size);
-            let limit = self.find(size, Format::Odata, Step::ReadExport);
+            let limit = self.find(size, Format::Odata, Step::BareParse);
+            let own_reader = self.find(size, Format::Odata, Step::ReadExport);
             let no_change = self.find(size, Format::Odata, Step::NoChange);
             let one = self.find(size, Format::Odata, Step::OnePercent);
-            if let (Some(limit), Some(no_change)) = (limit, no_change) {
-                let ratio = no_change.seconds / limit.seconds;
-                let cpu = match (no_change.cpu_seconds, limit.cpu_seconds) {
+            let against = |cycle: &Row, read: &Row| {
+                let cpu = match (cycle.cpu_seconds, read.cpu_seconds) {
                     (Some(cycle), Some(read)) if read > 0.0 => format!(
-                        " (CPU time: {cycle:.2} s vs {read:.2} s = {:.2}×)",
+                        "; CPU time {cycle:.2} s vs {read:.2} s = {:.2}×",
                         cycle / read
                     ),
                     _ => String::new(),
                 };
+                format!(
+                    "wall {:.2} s vs {:.2} s = {:.2}×{cpu}",
+                    cycle.seconds,
+                    read.seconds,
+                    cycle.seconds / read.seconds
+                )
+            };
+            if let (Some(limit), Some(no_change)) = (limit, no_change) {
+                let ratio = no_change.seconds / limit.seconds;
+                // Measured against the daemon's own reader too: since that
+                // reads pages from memory it is faster than the limit, and
+                // the rest of the cycle stands out against it.
+                let own = own_reader
+                    .map(|read| {
+                        format!(
+                            " (against `read_export` alone: {})",
+                            against(no_change, read)
+                        )
+                    })
+                    .unwrap_or_default();
                 lines.push(format!(
-                    "{n}: no-change cycle ≤ 1.5 × parse-only: wall {:.2} s vs {:.2} s = {ratio:.2}×{cpu} — {}",
-                    no_change.seconds,
-                    limit.seconds,
+                    "{n}: no-change cycle ≤ 1.5 × parse-only (streaming serde_json): {}{own} — {}",
+                    against(no_change, limit),
                     verdict(ratio <= 1.5)
                 ));
             }

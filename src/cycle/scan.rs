@@ -82,11 +82,14 @@ impl DocHash {
 /// that needs no allocation. Two ids of one export collide with probability
 /// about n² / 2¹²⁹ — for a million ids, 10⁻²⁷.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct IdKey([u8; 16]);
+/// Kept as one integer so that sorting and searching compare integers.
+struct IdKey(u128);
 
 impl IdKey {
     fn of(external_id: &str) -> IdKey {
-        IdKey(first_128_bits(blake3::hash(external_id.as_bytes())))
+        IdKey(u128::from_be_bytes(first_128_bits(blake3::hash(
+            external_id.as_bytes(),
+        ))))
     }
 }
 
@@ -95,7 +98,7 @@ impl IdKey {
 /// A record of the export whose key is here is unchanged. Read in one pass
 /// over an index that holds exactly those columns instead of one lookup per
 /// record, and kept in 16 bytes per record.
-struct Settled(Vec<[u8; 16]>);
+struct Settled(Vec<u128>);
 
 impl Settled {
     fn load(store: &Store) -> Result<Settled, StoreError> {
@@ -111,11 +114,11 @@ impl Settled {
         Ok(Settled(keys))
     }
 
-    fn key(id: IdKey, hash: DocHash) -> [u8; 16] {
+    fn key(id: IdKey, hash: DocHash) -> u128 {
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&id.0);
+        hasher.update(&id.0.to_be_bytes());
         hasher.update(&hash.0);
-        first_128_bits(hasher.finalize())
+        u128::from_be_bytes(first_128_bits(hasher.finalize()))
     }
 
     fn contains(&self, id: IdKey, hash: DocHash) -> bool {
