@@ -362,6 +362,120 @@ fn errors_that_outlast_the_retries_fail_records_visibly_and_the_next_cycle_conve
 }
 
 #[test]
+fn a_referral_list_that_cannot_be_read_stops_the_cycle_once_not_per_record() {
+    // Forty new records, each of which must be looked up in the referral
+    // list before it is created; the list answers 401 even to a fresh token.
+    let emulator = Emulator::start(&json!([]), &[]);
+    let ws = Workspace::new(
+        &emulator,
+        "lead",
+        "export.jsonl",
+        "[sync]\ncreate_missing = true\n",
+    );
+    ws.set_in_table("api", "concurrency = 2");
+    let records: Vec<Value> = (1..=40)
+        .map(|i| lead(i, &format!("Lead {i}"), 1000 * i64::from(i)))
+        .collect();
+    ws.write_export(&jsonl(&records));
+    emulator.add_faults(json!([{"method": "GET", "times": 0, "kind": "status", "status": 401}]));
+
+    let run = ws.run(&["sync"]);
+    run.assert_code(6);
+    let stderr = run.stderr();
+    assert_eq!(
+        stderr
+            .matches("push phase stopped: no record can be synced")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listing referrals to resolve external ids failed")
+            && stderr.contains("HTTP 401"),
+        "{stderr}"
+    );
+    // Only the records already in flight say so; none is failed one by one.
+    let not_synced = stderr.matches("record not synced").count();
+    assert!((1..=2).contains(&not_synced), "{not_synced}: {stderr}");
+    assert!(!stderr.contains("record failed"), "{stderr}");
+    // Nothing was created, the list was asked for once (with the one retry
+    // of a fresh token), and no record row says failed.
+    assert!(emulator.referrals().is_empty());
+    assert!(emulator.requests_with_method("POST").is_empty());
+    assert!(
+        emulator.requests_with_method("GET").len() <= 2,
+        "{:#?}",
+        emulator.requests_with_method("GET")
+    );
+    let status = ws.status();
+    let cycle = last_cycle(&status);
+    assert_eq!(cycle["outcome"], "failed", "{cycle:#}");
+    assert!(
+        cycle["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the push phase stopped"),
+        "{cycle:#}"
+    );
+    assert_eq!(status["problems"], json!([]), "{status:#}");
+
+    // Once the service lets it in, the next cycle creates each record once.
+    emulator.clear_faults();
+    ws.run(&["sync"]).assert_code(0);
+    assert_eq!(emulator.referrals().len(), 40);
+    assert_no_duplicates(&emulator);
+    assert_converged(&emulator, &ws);
+}
+
+#[test]
+fn refused_credentials_stop_the_push_phase_and_nothing_is_lost() {
+    let mut scene = Scene::new(12, &[], "");
+    scene.ws.set_in_table("api", "concurrency = 2");
+    let marks = scene.seller_marks();
+    scene.change_crm(1, 0);
+    // Every write is refused as unauthorised, even after the token file is
+    // read again.
+    scene.emulator.add_faults(json!([
+        {"method": "PATCH", "times": 0, "kind": "status", "status": 401},
+    ]));
+
+    let run = scene.ws.run(&["sync"]);
+    run.assert_code(6);
+    let stderr = run.stderr();
+    assert_eq!(
+        stderr
+            .matches("push phase stopped: no record can be synced")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("HTTP 401 unauthorized"), "{stderr}");
+    let not_synced = stderr.matches("record not synced").count();
+    assert!((1..=2).contains(&not_synced), "{not_synced}: {stderr}");
+    assert!(!stderr.contains("record failed"), "{stderr}");
+    // Each write reached at most once more with a re-read token.
+    let patches = scene.emulator.requests_with_method("PATCH").len();
+    assert!(patches <= 2 * 2, "{patches} PATCH requests");
+    // No record is `failed`; the ones the refused writes were for wait as
+    // `pending`, the others as they were.
+    let stored = scene.ws.all_stored();
+    assert!(
+        stored.values().all(|row| row.state != "failed"),
+        "{stored:#?}"
+    );
+    let pending = stored.values().filter(|row| row.state == "pending").count();
+    assert!(pending <= 2, "{stored:#?}");
+    let cycle = last_cycle(&scene.status());
+    assert_eq!(cycle["outcome"], "failed", "{cycle:#}");
+
+    scene.emulator.clear_faults();
+    scene.ws.run(&["sync"]).assert_code(0);
+    assert_converged(&scene.emulator, &scene.ws);
+    scene.assert_seller_marks_survive(&marks);
+    assert_no_duplicates(&scene.emulator);
+}
+
+#[test]
 fn answers_slower_than_the_request_timeout_are_never_applied_twice() {
     let mut scene = Scene::new(6, &[], "");
     let marks = scene.seller_marks();

@@ -139,7 +139,8 @@ fn a_rejected_token_is_not_quoted_in_the_errors() {
     let token_file = ws.dir.path().join("token");
     std::fs::write(&token_file, WRONG_TOKEN).unwrap();
     let run = ws.run_with_env(&["sync"], &TRACE);
-    run.assert_code(1);
+    // Refused credentials stop the run part-way.
+    run.assert_code(6);
     assert!(run.stderr().contains("HTTP 401"), "{}", run.stderr());
     assert!(
         emulator

@@ -9,7 +9,7 @@ pub mod scan;
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -95,6 +95,8 @@ pub enum CycleError {
     SecondRead(ExportError),
     #[error("the export changed while it was being read ({0}); the rest of the cycle was skipped")]
     ExportChanged(String),
+    #[error("the push phase stopped: {0}; records not reached stay as they were")]
+    PushStopped(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -293,6 +295,7 @@ impl Engine {
             correlation_id: cycle_id,
             dry_run: request.dry_run,
             counters: Arc::clone(counters),
+            halted: OnceLock::new(),
         });
         if request.resync && self.client.is_some() {
             pusher.index.build(&pusher).await;
@@ -309,12 +312,13 @@ impl Engine {
             }
         };
         let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+        let halted = || pusher.halted().is_some();
 
         if let Some(retained) = scan.retained {
             let stop_items = stop.clone();
             futures_util::stream::iter(retained)
                 .take_while(|_| {
-                    let go = !stopped(&stop_items);
+                    let go = !stopped(&stop_items) && !halted();
                     async move { go }
                 })
                 .map(|(mapped, hash, reason)| WorkItem {
@@ -370,7 +374,7 @@ impl Engine {
                 rx.recv().await.map(|item| (item, rx))
             })
             .take_while(|_| {
-                let go = !stopped(&stop_items);
+                let go = !stopped(&stop_items) && !halted();
                 async move { go }
             })
             .for_each_concurrent(concurrency, work)
@@ -389,6 +393,9 @@ impl Engine {
                 &counters.retried,
                 client.stats().retries.saturating_sub(client_retries_before),
             );
+        }
+        if let Some(reason) = pusher.halted() {
+            return Err(CycleError::PushStopped(reason.to_owned()));
         }
         Ok(interrupted)
     }

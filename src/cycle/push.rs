@@ -4,7 +4,7 @@
 //! only after the service acknowledged.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
@@ -61,7 +61,10 @@ impl ReferralIndex {
         *self.entries.lock().await = Some(pusher.build_index().await);
     }
 
-    async fn lookup(&self, pusher: &Pusher, external_id: &str) -> Result<Option<String>, String> {
+    /// The referral carrying `external_id`. An id carried by several
+    /// referrals fails its record; a list that cannot be read stops the
+    /// push phase, since every record that needs it would fail the same way.
+    async fn lookup(&self, pusher: &Pusher, external_id: &str) -> Result<Option<String>, Stop> {
         let mut entries = self.entries.lock().await;
         if entries.is_none() {
             *entries = Some(pusher.build_index().await);
@@ -70,13 +73,22 @@ impl ReferralIndex {
             Some(Ok(map)) => match map.get(external_id).map(Vec::as_slice) {
                 None | Some([]) => Ok(None),
                 Some([one]) => Ok(Some(one.clone())),
-                Some(many) => Err(format!(
-                    "{} referrals carry externalReferenceId {external_id}: {}; set the referral id in the export (mapping.referral_id_column)",
-                    many.len(),
-                    many.join(", ")
-                )),
+                Some(many) => Err(Stop::Failed {
+                    referral_id: None,
+                    message: format!(
+                        "{} referrals carry externalReferenceId {external_id}: {}; set the referral id in the export (mapping.referral_id_column)",
+                        many.len(),
+                        many.join(", ")
+                    ),
+                    status: None,
+                    code: None,
+                    unsettled: false,
+                }),
             },
-            Some(Err(e)) => Err(e.clone()),
+            Some(Err(e)) => Err(Stop::Halt {
+                message: e.clone(),
+                status: None,
+            }),
             None => Ok(None),
         }
     }
@@ -94,6 +106,10 @@ pub struct Pusher {
     /// The cycle's counters: the push phase adds its retries and
     /// conflict rounds.
     pub counters: Arc<Counters>,
+    /// Set when a failure no record can get past (credentials refused, the
+    /// referral list unreadable) stops the push phase: records not taken up
+    /// yet stay as they were, rather than each failing the same way.
+    pub halted: OnceLock<String>,
 }
 
 /// Why a record stopped.
@@ -108,6 +124,13 @@ enum Stop {
         unsettled: bool,
     },
     Store(StoreError),
+    /// A failure that every record would meet: the push phase stops. Nothing
+    /// is recorded for the record (nothing was applied: the service refused
+    /// the request before looking at it, or it was never sent).
+    Halt {
+        message: String,
+        status: Option<u16>,
+    },
 }
 
 impl Stop {
@@ -150,6 +173,22 @@ struct Base {
 }
 
 impl Pusher {
+    /// Stop the push phase for `reason`; the first reason is kept.
+    fn halt(&self, reason: &str) {
+        if self.halted.set(reason.to_owned()).is_ok() {
+            tracing::error!(
+                correlation_id = %self.correlation_id,
+                error = %reason,
+                "push phase stopped: no record can be synced; records not reached stay as they were"
+            );
+        }
+    }
+
+    /// Why the push phase stopped, if it did.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.get().map(String::as_str)
+    }
+
     fn ctx(&self, external_id: &str) -> RequestContext {
         RequestContext {
             correlation_id: self.correlation_id,
@@ -268,6 +307,17 @@ impl Pusher {
                     Stop::Store(e) => {
                         warn!(external_id = %external_id, error = %e, "record failed: store error");
                         outcome.errors.push(e.to_string());
+                    }
+                    Stop::Halt { message, status } => {
+                        warn!(
+                            correlation_id = %self.correlation_id,
+                            external_id = %external_id,
+                            status = status.map(u64::from),
+                            error = %message,
+                            "record not synced: the push phase stops"
+                        );
+                        self.halt(&message);
+                        outcome.errors.push(message);
                     }
                 }
                 outcome
@@ -433,16 +483,7 @@ impl Pusher {
         }
         // The index is listed once per cycle, so a create whose answer was
         // lost in an earlier cycle (the record is `pending`) is found here.
-        self.index
-            .lookup(self, &item.mapped.external_id)
-            .await
-            .map_err(|message| Stop::Failed {
-                referral_id: None,
-                message,
-                status: None,
-                code: None,
-                unsettled: false,
-            })
+        self.index.lookup(self, &item.mapped.external_id).await
     }
 
     async fn get_live(
@@ -801,6 +842,23 @@ fn put_body(live: &Value, ops: &[Op]) -> Result<Value, String> {
 }
 
 fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
+    // Credentials the service or the token endpoint refuses fail every
+    // record alike.
+    match error {
+        ApiError::Unauthorized { .. } => {
+            return Stop::Halt {
+                message: error.to_string(),
+                status: Some(401),
+            };
+        }
+        ApiError::Auth(_) => {
+            return Stop::Halt {
+                message: error.to_string(),
+                status: None,
+            };
+        }
+        _ => {}
+    }
     let (status, code) = match error {
         ApiError::Rejected { status, code, .. } => (Some(*status), code.clone()),
         ApiError::PreconditionFailed { .. } => (Some(412), Some("preconditionFailed".into())),
