@@ -92,15 +92,6 @@ impl SyncState {
     }
 }
 
-/// What the planner needs to decide whether a record changed, without
-/// loading its snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordBrief {
-    pub referral_id: Option<String>,
-    pub desired_hash: Option<String>,
-    pub state: SyncState,
-}
-
 /// What an acknowledged write leaves behind.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied<'a> {
@@ -341,24 +332,6 @@ impl Store {
     }
 
     // -- records ------------------------------------------------------------
-
-    pub fn brief(&self, external_id: &str) -> Result<Option<RecordBrief>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT referral_id, desired_hash, state FROM records WHERE external_id = ?1",
-            )
-            .map_err(sqlite_error(&self.path))?;
-        stmt.query_row([external_id], |row| {
-            Ok(RecordBrief {
-                referral_id: row.get(0)?,
-                desired_hash: row.get(1)?,
-                state: SyncState::parse(&row.get::<_, String>(2)?),
-            })
-        })
-        .optional()
-        .map_err(sqlite_error(&self.path))
-    }
 
     pub fn record(&self, external_id: &str) -> Result<Option<StoredRecord>, StoreError> {
         let mut stmt = self
@@ -864,7 +837,7 @@ mod tests {
         let doc = json!({"name": "A"});
         store.mark_pending("ext-1", Some("ref-1")).unwrap();
         assert_eq!(
-            store.brief("ext-1").unwrap().unwrap().state,
+            store.record("ext-1").unwrap().unwrap().state,
             SyncState::Pending
         );
         store

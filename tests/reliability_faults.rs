@@ -361,6 +361,28 @@ fn errors_that_outlast_the_retries_fail_records_visibly_and_the_next_cycle_conve
     assert_eq!(status["problems"], json!([]), "{status:#}");
 }
 
+/// `run` ended with exit 6 on a push phase stopped once: one error line,
+/// `record not synced` for at most the `in_flight` records, none failed one
+/// by one. Returns its standard error.
+fn assert_push_phase_stopped_once(run: &Run, in_flight: usize) -> String {
+    run.assert_code(6);
+    let stderr = run.stderr();
+    assert_eq!(
+        stderr
+            .matches("push phase stopped: no record can be synced")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    let not_synced = stderr.matches("record not synced").count();
+    assert!(
+        (1..=in_flight).contains(&not_synced),
+        "{not_synced}: {stderr}"
+    );
+    assert!(!stderr.contains("record failed"), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_referral_list_that_cannot_be_read_stops_the_cycle_once_not_per_record() {
     // Forty new records, each of which must be looked up in the referral
@@ -379,25 +401,12 @@ fn a_referral_list_that_cannot_be_read_stops_the_cycle_once_not_per_record() {
     ws.write_export(&jsonl(&records));
     emulator.add_faults(json!([{"method": "GET", "times": 0, "kind": "status", "status": 401}]));
 
-    let run = ws.run(&["sync"]);
-    run.assert_code(6);
-    let stderr = run.stderr();
-    assert_eq!(
-        stderr
-            .matches("push phase stopped: no record can be synced")
-            .count(),
-        1,
-        "{stderr}"
-    );
+    let stderr = assert_push_phase_stopped_once(&ws.run(&["sync"]), 2);
     assert!(
         stderr.contains("listing referrals to resolve external ids failed")
             && stderr.contains("HTTP 401"),
         "{stderr}"
     );
-    // Only the records already in flight say so; none is failed one by one.
-    let not_synced = stderr.matches("record not synced").count();
-    assert!((1..=2).contains(&not_synced), "{not_synced}: {stderr}");
-    assert!(!stderr.contains("record failed"), "{stderr}");
     // Nothing was created, the list was asked for once (with the one retry
     // of a fresh token), and no record row says failed.
     assert!(emulator.referrals().is_empty());
@@ -439,20 +448,8 @@ fn refused_credentials_stop_the_push_phase_and_nothing_is_lost() {
         {"method": "PATCH", "times": 0, "kind": "status", "status": 401},
     ]));
 
-    let run = scene.ws.run(&["sync"]);
-    run.assert_code(6);
-    let stderr = run.stderr();
-    assert_eq!(
-        stderr
-            .matches("push phase stopped: no record can be synced")
-            .count(),
-        1,
-        "{stderr}"
-    );
+    let stderr = assert_push_phase_stopped_once(&scene.ws.run(&["sync"]), 2);
     assert!(stderr.contains("HTTP 401 unauthorized"), "{stderr}");
-    let not_synced = stderr.matches("record not synced").count();
-    assert!((1..=2).contains(&not_synced), "{not_synced}: {stderr}");
-    assert!(!stderr.contains("record failed"), "{stderr}");
     // Each write reached at most once more with a re-read token.
     let patches = scene.emulator.requests_with_method("PATCH").len();
     assert!(patches <= 2 * 2, "{patches} PATCH requests");

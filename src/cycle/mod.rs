@@ -196,6 +196,7 @@ impl Engine {
                 failed = summary.failed,
                 invalid = summary.invalid,
                 unresolved = summary.unresolved,
+                not_selected = summary.not_selected,
                 duration_ms = summary.duration_ms,
                 "cycle finished: {summary}"
             ),
@@ -246,6 +247,7 @@ impl Engine {
         let total = scan.export.records;
         Counters::add(&counters.seen, total);
         Counters::add(&counters.unchanged, scan.unchanged);
+        Counters::add(&counters.not_selected, scan.not_selected);
         info!(
             cycle_id = %cycle_id,
             records = total,

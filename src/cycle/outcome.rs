@@ -87,6 +87,7 @@ pub struct Counters {
     pub failed: AtomicU64,
     pub invalid: AtomicU64,
     pub unresolved: AtomicU64,
+    pub not_selected: AtomicU64,
 }
 
 impl Counters {
@@ -119,6 +120,7 @@ impl Counters {
             failed: get(&self.failed),
             invalid: get(&self.invalid),
             unresolved: get(&self.unresolved),
+            not_selected: get(&self.not_selected),
             duration_ms: duration.as_millis() as u64,
             interrupted: false,
         }
@@ -141,6 +143,8 @@ pub struct CycleSummary {
     pub failed: u64,
     pub invalid: u64,
     pub unresolved: u64,
+    /// Valid records a resync of some records (`resync --only`) left out.
+    pub not_selected: u64,
     pub duration_ms: u64,
     /// A shutdown stopped the cycle before every record was reached.
     pub interrupted: bool,
@@ -157,7 +161,7 @@ impl std::fmt::Display for CycleSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seen {}, unchanged {}, created {}, updated {}, conflicts resolved {}, retried {}, failed {}, invalid {}, unresolved {} in {:.1}s",
+            "seen {}, unchanged {}, created {}, updated {}, conflicts resolved {}, retried {}, failed {}, invalid {}, unresolved {}",
             self.seen,
             self.unchanged,
             self.created,
@@ -167,8 +171,11 @@ impl std::fmt::Display for CycleSummary {
             self.failed,
             self.invalid,
             self.unresolved,
-            self.duration_ms as f64 / 1000.0
         )?;
+        if self.not_selected > 0 {
+            write!(f, ", not selected {}", self.not_selected)?;
+        }
+        write!(f, " in {:.1}s", self.duration_ms as f64 / 1000.0)?;
         if self.interrupted {
             write!(f, " (interrupted)")?;
         }

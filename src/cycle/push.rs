@@ -656,7 +656,7 @@ impl Pusher {
                                 // unseen. Merge first, as after a 412.
                                 self.conflict_round(&mut conflict_rounds, &base)?;
                                 let merged = self.replan(ext, desired, &mut base, live);
-                                conflicts.extend(merged.conflicts);
+                                keep_latest_conflicts(&mut conflicts, merged.conflicts);
                                 rejected = merged.rejected;
                                 ops = merged.ops;
                                 continue;
@@ -720,7 +720,7 @@ impl Pusher {
                 sent.append(&mut in_doubt);
             }
             in_doubt.clear();
-            conflicts.extend(merged.conflicts);
+            keep_latest_conflicts(&mut conflicts, merged.conflicts);
             rejected = merged.rejected;
             ops = merged.ops;
         };
@@ -765,6 +765,14 @@ impl Pusher {
         }
         Ok(outcome)
     }
+}
+
+/// Add the conflicts of a merge round to those of earlier rounds, one per
+/// path: a path decided again in a later round (the seller edited it once
+/// more) is reported as that round decided it, since that is what was sent.
+fn keep_latest_conflicts(conflicts: &mut Vec<merge::Conflict>, latest: Vec<merge::Conflict>) {
+    conflicts.retain(|earlier| latest.iter().all(|c| c.path != earlier.path));
+    conflicts.extend(latest);
 }
 
 fn log_conflicts(correlation_id: uuid::Uuid, external_id: &str, conflicts: &[merge::Conflict]) {
@@ -884,6 +892,30 @@ mod tests {
             path: path.to_owned(),
             reason: "refused".to_owned(),
         }
+    }
+
+    #[test]
+    fn a_path_decided_in_several_rounds_is_reported_once_as_last_decided() {
+        let conflict = |path: &str, live: &str| merge::Conflict {
+            path: path.to_owned(),
+            snapshot: Some(json!("crm-old")),
+            live: Some(json!(live)),
+            desired: Some(json!("crm-new")),
+            resolution: ConflictPolicy::CrmWins,
+        };
+        let mut conflicts = vec![
+            conflict("/name", "seller-1"),
+            conflict("/details/notes", "n"),
+        ];
+        keep_latest_conflicts(&mut conflicts, vec![conflict("/name", "seller-2")]);
+        keep_latest_conflicts(&mut conflicts, vec![]);
+        assert_eq!(
+            conflicts,
+            [
+                conflict("/details/notes", "n"),
+                conflict("/name", "seller-2")
+            ]
+        );
     }
 
     #[test]

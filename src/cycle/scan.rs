@@ -20,7 +20,7 @@ use std::thread;
 
 use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
 use crate::mapping::{MappedRecord, Mapper, RecordError};
-use crate::store::{Store, StoreError, SyncState};
+use crate::store::{Store, StoreError};
 use serde_json::Value;
 
 /// How many changed documents pass one keeps for the push phase before it
@@ -126,16 +126,16 @@ impl Settled {
     }
 }
 
-/// Why a record is taken up by the push phase.
+/// Why a record is taken up by the push phase. Which of new, changed or
+/// retried an outdated record is, the push phase reads from its row anyway;
+/// pass one does not look each one up to say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkReason {
-    /// Not in the store yet.
-    New,
-    /// Its desired document changed since the last acknowledged state.
-    Changed,
-    /// Its last attempt failed, or its outcome is unknown.
-    Retry,
-    /// A resync asks for every record.
+    /// The store does not hold it as settled with this desired document: it
+    /// is new, its document changed, or its last attempt failed or has an
+    /// unknown outcome.
+    Outdated,
+    /// A resync asks for it whatever the store says.
     Resync,
 }
 
@@ -149,6 +149,9 @@ struct Seen {
     line: u64,
     ordinal: u64,
     work: Option<WorkReason>,
+    /// Left out by `only` (a resync of some records): neither work nor
+    /// unchanged.
+    not_selected: bool,
 }
 
 /// Everything pass one learnt.
@@ -164,6 +167,8 @@ pub struct Scan {
     pub valid: u64,
     /// Of those, the ones whose stored state already matches.
     pub unchanged: u64,
+    /// Of those, the ones `only` left out.
+    pub not_selected: u64,
     /// Records the store knows that this export lacks.
     pub missing_from_export: u64,
     /// Records the store knows.
@@ -450,7 +455,7 @@ pub fn scan_export(
                 }
             }
         }
-        'records: for batch in received {
+        for batch in received {
             for record in &batch {
                 let mapped = match mapper.map(record) {
                     Ok(mapped) => mapped,
@@ -472,19 +477,7 @@ pub fn scan_export(
                 } else if settled.contains(id, hash) {
                     None
                 } else {
-                    // Not settled with this document: the record's row says
-                    // why (the few records that changed are looked up).
-                    match store.brief(&mapped.external_id) {
-                        Err(e) => {
-                            store_error = Some(e);
-                            break 'records;
-                        }
-                        Ok(None) => Some(WorkReason::New),
-                        Ok(Some(brief)) => match brief.state {
-                            SyncState::Pending | SyncState::Failed => Some(WorkReason::Retry),
-                            SyncState::Synced | SyncState::Invalid => Some(WorkReason::Changed),
-                        },
-                    }
+                    Some(WorkReason::Outdated)
                 };
                 seen.push(Seen {
                     id,
@@ -493,6 +486,7 @@ pub fn scan_export(
                     line: record.location.line,
                     ordinal: record.location.ordinal,
                     work,
+                    not_selected: !wanted,
                 });
                 if let Some(reason) = work
                     && !over_budget
@@ -560,7 +554,8 @@ pub fn scan_export(
     }
     scan.valid = scan.seen.len() as u64;
     scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
-    scan.unchanged = scan.valid - scan.work_count;
+    scan.not_selected = scan.seen.iter().filter(|s| s.not_selected).count() as u64;
+    scan.unchanged = scan.valid - scan.work_count - scan.not_selected;
     scan.retained = (!over_budget).then_some(retained);
 
     // Ids that are in the export, if not valid there, are not missing.
@@ -669,7 +664,7 @@ mod tests {
     use super::*;
     use crate::mapping::MappingSpec;
     use crate::model::Entity;
-    use crate::store::Applied;
+    use crate::store::{Applied, SyncState};
     use serde_json::{Value, json};
 
     fn mapper() -> Mapper {
@@ -817,12 +812,12 @@ mod tests {
         assert_eq!(
             retained,
             [
-                (id(2), WorkReason::Changed),
-                (id(3), WorkReason::Retry),
-                (id(4), WorkReason::New),
-                (id(6), WorkReason::Retry),
-                (id(8), WorkReason::Changed),
-                (id(9), WorkReason::Changed),
+                (id(2), WorkReason::Outdated),
+                (id(3), WorkReason::Outdated),
+                (id(4), WorkReason::Outdated),
+                (id(6), WorkReason::Outdated),
+                (id(8), WorkReason::Outdated),
+                (id(9), WorkReason::Outdated),
             ]
         );
         let hash_of = |record: &Value| {
@@ -833,7 +828,7 @@ mod tests {
         };
         assert_eq!(
             scan.work_for(&id(2), hash_of(&changed)),
-            Some(WorkFor::Push(WorkReason::Changed))
+            Some(WorkFor::Push(WorkReason::Outdated))
         );
         assert_eq!(
             scan.work_for(&id(2), hash_of(&opportunity(&id(2), 7))),
@@ -922,7 +917,7 @@ mod tests {
         };
         assert_eq!(
             scan.work_for(&id(3), hash),
-            Some(WorkFor::Push(WorkReason::New))
+            Some(WorkFor::Push(WorkReason::Outdated))
         );
     }
 
@@ -939,15 +934,25 @@ mod tests {
             resync: true,
             retain_budget: 10,
         };
-        let scan = scan_export(&options, &mapper(), &store, &only).unwrap();
+        let mut scan = scan_export(&options, &mapper(), &store, &only).unwrap();
         let retained: Vec<(String, WorkReason)> = scan
             .retained
+            .take()
             .unwrap()
             .into_iter()
             .map(|(record, _, reason)| (record.external_id, reason))
             .collect();
         assert_eq!(retained, [(id(2), WorkReason::Resync)]);
-        assert_eq!((scan.valid, scan.unchanged), (3, 2));
+        // The two left out are neither work nor unchanged.
+        assert_eq!(
+            (
+                scan.valid,
+                scan.work_count(),
+                scan.unchanged,
+                scan.not_selected
+            ),
+            (3, 1, 0, 2)
+        );
     }
 
     #[test]
@@ -969,7 +974,7 @@ mod tests {
                 referral_id: Some("r".into()),
                 document: document.clone(),
             };
-            retained.push(mapped, &text, hash, WorkReason::Changed);
+            retained.push(mapped, &text, hash, WorkReason::Outdated);
         }
         assert!(matches!(
             retained.records[0].document,
@@ -986,7 +991,7 @@ mod tests {
             assert_eq!(mapped.referral_id.as_deref(), Some("r"));
             assert_eq!(&mapped.document, document);
             assert_eq!(*hash, document_hash(document));
-            assert_eq!(*reason, WorkReason::Changed);
+            assert_eq!(*reason, WorkReason::Outdated);
         }
         assert_eq!(back.len(), 2);
     }

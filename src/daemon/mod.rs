@@ -495,6 +495,7 @@ impl Daemon {
             failed = s.failed,
             invalid = s.invalid,
             unresolved = s.unresolved,
+            not_selected = s.not_selected,
             duration_ms = s.duration_ms,
             "resync finished"
         );
