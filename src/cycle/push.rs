@@ -125,8 +125,9 @@ enum Stop {
     },
     Store(StoreError),
     /// A failure that every record would meet: the push phase stops. Nothing
-    /// is recorded for the record (nothing was applied: the service refused
-    /// the request before looking at it, or it was never sent).
+    /// more is recorded for the record: its row stays as it is, `pending`
+    /// if a write was started (so the next cycle reads the live referral
+    /// before sending anything), else as the last acknowledged state.
     Halt {
         message: String,
         status: Option<u16>,
