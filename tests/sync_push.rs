@@ -523,6 +523,77 @@ fn partner_center_edits_survive_a_412_round_while_the_crm_change_lands() {
 }
 
 #[test]
+fn after_a_204_no_etag_is_kept_and_the_next_change_is_merged_against_the_live_referral() {
+    let (emulator, ws) = adopted(1, |_| {});
+    // The service answers writes 204 No Content, ignoring `Prefer`.
+    emulator.add_faults(json!({"method": "PATCH", "kind": "ignore_prefer", "times": 0}));
+    let mut deals = base_deals(1);
+    deals[0] = open_deal("opp-1", 1500);
+    write_deals(&ws, &deals);
+    ws.run(&["sync"]).assert_code(0);
+    assert_eq!(exchanges(&emulator), [("PATCH".to_owned(), 204)]);
+    let row = ws.stored("opp-1").unwrap();
+    assert_eq!(row.state, "synced");
+    // A 204 carries the referral's new state in no body: no eTag is kept,
+    // rather than one read later that could cover someone else's edit.
+    assert_eq!(row.etag, None);
+    assert_eq!(emulator.referral("ref-1")["details"]["dealValue"], 1500);
+
+    // A seller edits the referral, then the CRM changes the deal again.
+    let edited = emulator.seller_edit(
+        "ref-1",
+        json!([
+            replace("/customerProfile/size", json!("Morethan500employees")),
+            replace("/details/notes", json!("Seller: call back in May")),
+        ]),
+    );
+    deals[0] = open_deal("opp-1", 2500);
+    write_deals(&ws, &deals);
+    emulator.clear_requests();
+    ws.run(&["sync"]).assert_code(0);
+    // Nothing is sent blind: the live referral is read first, the change is
+    // merged against it and sent under its eTag, and the seller's edits stay.
+    assert_eq!(
+        exchanges(&emulator),
+        [("GET".to_owned(), 200), ("PATCH".to_owned(), 204)]
+    );
+    let patches = emulator.requests_with_method("PATCH");
+    assert_eq!(patches[0]["if_match"], edited["eTag"]);
+    assert_eq!(
+        patches[0]["body"],
+        json!([replace("/details/dealValue", json!(2500))])
+    );
+    let live = emulator.referral("ref-1");
+    assert_eq!(live["details"]["dealValue"], 2500);
+    assert_eq!(live["details"]["notes"], "Seller: call back in May");
+    assert_eq!(live["customerProfile"]["size"], "Morethan500employees");
+    assert_eq!(ws.stored("opp-1").unwrap().etag, None);
+
+    // Once writes are answered with the referral again, its eTag is kept
+    // and the change after that goes out under it alone.
+    emulator.clear_faults();
+    for (value, expected) in [
+        (
+            3500,
+            vec![("GET".to_owned(), 200), ("PATCH".to_owned(), 200)],
+        ),
+        (4500, vec![("PATCH".to_owned(), 200)]),
+    ] {
+        deals[0] = open_deal("opp-1", value);
+        write_deals(&ws, &deals);
+        emulator.clear_requests();
+        ws.run(&["sync"]).assert_code(0);
+        assert_eq!(exchanges(&emulator), expected, "deal value {value}");
+        let live = emulator.referral("ref-1");
+        assert_eq!(live["details"]["dealValue"], value);
+        assert_eq!(
+            ws.stored("opp-1").unwrap().etag.as_deref(),
+            live["eTag"].as_str()
+        );
+    }
+}
+
+#[test]
 fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
     struct Case {
         policy: Option<&'static str>,

@@ -11,7 +11,8 @@
 //!   {"method": "PATCH", "kind": "status", "status": 429, "retry_after": 2},
 //!   {"method": "PATCH", "path_contains": "/referrals/", "after": 1, "kind": "reset_after"},
 //!   {"method": "GET", "kind": "delay", "ms": 5000, "times": 0},
-//!   {"method": "POST", "kind": "delay_after", "ms": 200}
+//!   {"method": "POST", "kind": "delay_after", "ms": 200},
+//!   {"method": "PATCH", "kind": "ignore_prefer", "times": 0}
 //! ]
 //! ```
 
@@ -39,6 +40,10 @@ pub enum FaultAction {
     ResetBefore,
     /// Handle the request, then drop the connection without answering.
     ResetAfter,
+    /// Handle the request as if it carried no `Prefer` header, as a service
+    /// that ignores the preference may: a PATCH that succeeds is answered
+    /// `204 No Content`, with the new eTag in an `ETag` header only.
+    IgnorePrefer,
 }
 
 impl FaultAction {
@@ -49,6 +54,7 @@ impl FaultAction {
             FaultAction::DelayAfter { .. } => "delay_after",
             FaultAction::ResetBefore => "reset_before",
             FaultAction::ResetAfter => "reset_after",
+            FaultAction::IgnorePrefer => "ignore_prefer",
         }
     }
 }
@@ -167,9 +173,10 @@ fn validate(raw: RawFaultRule) -> Result<FaultRule, String> {
         },
         "reset_before" => FaultAction::ResetBefore,
         "reset_after" => FaultAction::ResetAfter,
+        "ignore_prefer" => FaultAction::IgnorePrefer,
         other => {
             return Err(format!(
-                "unknown kind {other:?}: expected status, delay, delay_after, reset_before or reset_after"
+                "unknown kind {other:?}: expected status, delay, delay_after, reset_before, reset_after or ignore_prefer"
             ));
         }
     };
@@ -208,7 +215,7 @@ impl Serialize for FaultRule {
                 raw.body = body.clone();
             }
             FaultAction::Delay { ms } | FaultAction::DelayAfter { ms } => raw.ms = Some(*ms),
-            FaultAction::ResetBefore | FaultAction::ResetAfter => {}
+            FaultAction::ResetBefore | FaultAction::ResetAfter | FaultAction::IgnorePrefer => {}
         }
         raw.serialize(serializer)
     }
@@ -294,6 +301,21 @@ mod tests {
             Some(FaultAction::ResetBefore)
         );
         assert_eq!(book.take("PATCH", "/v1.0/engagements/referrals/r1"), None);
+    }
+
+    #[test]
+    fn every_kind_reads_back_as_it_was_written() {
+        let rules = json!([
+            {"method": "PATCH", "after": 0, "times": 0, "kind": "ignore_prefer"},
+            {"method": "GET", "after": 1, "times": 2, "kind": "delay", "ms": 5},
+            {"method": "POST", "after": 0, "times": 1, "kind": "delay_after", "ms": 7},
+            {"after": 0, "times": 1, "kind": "reset_before"},
+            {"after": 0, "times": 1, "kind": "reset_after"},
+            {"after": 0, "times": 1, "kind": "status", "status": 503, "retry_after": 2},
+        ]);
+        let parsed = parse_fault_rules(&rules).unwrap();
+        assert_eq!(parsed[0].action, FaultAction::IgnorePrefer);
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), rules);
     }
 
     #[test]

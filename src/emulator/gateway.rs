@@ -37,7 +37,7 @@ pub(crate) async fn gateway(
         return next.run(request).await;
     }
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let is_api =
         parts.uri.path() == API_PREFIX || parts.uri.path().starts_with(&format!("{API_PREFIX}/"));
     let authorization = is_api.then(|| {
@@ -92,6 +92,11 @@ pub(crate) async fn gateway(
             return reset(connection).await;
         }
         Some(FaultAction::Delay { ms }) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+        Some(FaultAction::IgnorePrefer) => {
+            parts
+                .headers
+                .remove(header::HeaderName::from_static("prefer"));
+        }
         Some(FaultAction::ResetAfter | FaultAction::DelayAfter { .. }) | None => {}
     }
 
