@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Kill `referral-sync sync` with SIGKILL at random moments of its cycles,
-# restart it, and check after every restart that nothing was lost or
-# applied twice and that the store is sound (tests/reliability_crash.rs).
+# Kill `referral-sync sync`, the daemon in its startup cycle, or the daemon
+# in a resync asked for with SIGHUP (by seed modulo 3) with SIGKILL at
+# random moments, restart it, and check after every restart that nothing was
+# lost or applied twice and that the store is sound
+# (tests/reliability_crash.rs).
 #
 #   scripts/crash-trials.sh            # 100 trials, seeds from the clock
 #   scripts/crash-trials.sh 500        # 500 trials

@@ -5,11 +5,13 @@
 //! export's desired document on every managed path, and nothing was applied
 //! twice: one referral per record, no team member twice.
 //!
-//! Both ways of running are killed: `referral-sync sync`, restarted as
-//! `sync`, and the daemon (`referral-sync run`), restarted as a daemon whose
-//! startup cycle must converge. The normal run does a few trials;
+//! Three ways of running are killed: `referral-sync sync`, restarted as
+//! `sync`; the daemon (`referral-sync run`) in its startup cycle; and the
+//! daemon in the middle of a resync asked for with SIGHUP once its startup
+//! cycle is done. Both daemons are restarted as a daemon whose startup cycle
+//! must converge. The normal run does a few trials of each;
 //! `scripts/crash-trials.sh` runs the ignored `crash_trials_many` for a
-//! hundred (`CRASH_TRIALS`, `CRASH_SEED`), half of them with the daemon.
+//! hundred (`CRASH_TRIALS`, `CRASH_SEED`), a third of them in each way.
 
 mod common;
 
@@ -51,6 +53,10 @@ impl Rng {
 struct Tally {
     /// The process was still running when killed.
     killed_running: u32,
+    /// The kill cut a cycle off: the store shows it unfinished.
+    killed_mid_cycle: u32,
+    /// Of those, resync cycles.
+    killed_mid_resync: u32,
     /// It had already finished.
     finished_first: u32,
     /// Records left `pending` by the kill: a write whose outcome the store
@@ -63,8 +69,13 @@ struct Tally {
 /// What is killed and restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// `sync`, in its one cycle.
     Sync,
+    /// The daemon, in its startup cycle.
     Daemon,
+    /// The daemon, in a resync asked for with SIGHUP after its startup
+    /// cycle went over the export as it was before the phase's change.
+    Resync,
 }
 
 struct Trial {
@@ -74,6 +85,8 @@ struct Trial {
     emulator: Emulator,
     ws: Workspace,
     records: Vec<Value>,
+    /// The export as the last phase left it, converged.
+    converged_export: String,
     tally: Tally,
 }
 
@@ -97,6 +110,7 @@ impl Trial {
             emulator,
             ws,
             records: Vec::new(),
+            converged_export: String::new(),
             tally: Tally::default(),
         }
     }
@@ -121,11 +135,11 @@ impl Trial {
     fn kill_and_recover(&mut self, phase: &str) {
         self.maybe_hold_answers();
         let delay = Duration::from_millis(self.rng.below(250));
-        let command = match self.mode {
-            Mode::Sync => "sync",
-            Mode::Daemon => "run",
+        let mut spawned = match self.mode {
+            Mode::Sync => self.ws.spawn(&["sync"], phase),
+            Mode::Daemon => self.ws.spawn(&["run"], phase),
+            Mode::Resync => self.resync_in_a_running_daemon(phase),
         };
-        let mut spawned = self.ws.spawn(&[command], phase);
         let started = Instant::now();
         while started.elapsed() < delay {
             if spawned.child.try_wait().unwrap().is_some() {
@@ -140,6 +154,16 @@ impl Trial {
                 spawned.child.kill().unwrap();
                 spawned.child.wait().unwrap();
                 self.tally.killed_running += 1;
+            }
+        }
+        let cut_off = &self.ws.status()["cycles"][0];
+        if cut_off["outcome"].is_null() {
+            self.tally.killed_mid_cycle += 1;
+            if cut_off["trigger"]
+                .as_str()
+                .is_some_and(|t| t != "startup" && t != "manual")
+            {
+                self.tally.killed_mid_resync += 1;
             }
         }
         let pending: Vec<String> = self
@@ -178,9 +202,52 @@ impl Trial {
                     spawned.stderr()
                 );
             }
-            Mode::Daemon => self.restart_daemon(&context, phase),
+            Mode::Daemon | Mode::Resync => self.restart_daemon(&context, phase),
         }
         self.check(&context);
+        self.converged_export = jsonl(&self.records);
+    }
+
+    /// Start the daemon over the export the last phase converged, wait for
+    /// its startup cycle, then put the phase's export in place and ask for a
+    /// resync with SIGHUP: the daemon is then busy with the phase's changes
+    /// in a resync cycle, where the caller kills it.
+    fn resync_in_a_running_daemon(&self, phase: &str) -> Spawned {
+        self.ws.write_export(&self.converged_export);
+        let before = self.ws.status()["cycles"][0]["cycle_id"].clone();
+        let mut daemon = self.ws.spawn(&["run"], phase);
+        let context = self.context(phase);
+        let mut startup = Value::Null;
+        wait_until(
+            Duration::from_secs(60),
+            "the daemon's startup cycle over the converged export",
+            || {
+                let status = self.ws.status();
+                let latest = &status["cycles"][0];
+                if latest["cycle_id"] != before && !latest["outcome"].is_null() {
+                    startup = latest.clone();
+                    return true;
+                }
+                daemon.child.try_wait().ok().flatten().is_some()
+            },
+        );
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "{context}: the daemon ended before the resync\n{}",
+            daemon.stderr()
+        );
+        assert_eq!(
+            (&startup["trigger"], &startup["outcome"]),
+            (&json!("startup"), &json!("ok")),
+            "{context}: the startup cycle over the converged export\n{}",
+            daemon.stderr()
+        );
+        self.write_export();
+        std::process::Command::new("kill")
+            .args(["-HUP", &daemon.child.id().to_string()])
+            .status()
+            .unwrap();
+        daemon
     }
 
     /// Start the daemon again, wait for its startup cycle to end, stop it
@@ -360,6 +427,8 @@ fn run_trials(seeds: impl Iterator<Item = (Mode, u64)>) -> Tally {
     for (mode, seed) in seeds {
         let tally = run_trial(mode, seed);
         total.killed_running += tally.killed_running;
+        total.killed_mid_cycle += tally.killed_mid_cycle;
+        total.killed_mid_resync += tally.killed_mid_resync;
         total.finished_first += tally.finished_first;
         total.pending_left += tally.pending_left;
         total.applied_unacknowledged += tally.applied_unacknowledged;
@@ -381,9 +450,20 @@ fn a_few_kills_at_random_moments_lose_nothing_and_apply_nothing_twice() {
 fn a_killed_daemon_restarted_converges_in_its_startup_cycle() {
     let tally = run_trials([21, 22].map(|seed| (Mode::Daemon, seed)).into_iter());
     eprintln!("{tally:?}");
+    // A daemon runs on after its cycle: what counts is a cycle cut off.
     assert!(
-        tally.killed_running > 0,
+        tally.killed_mid_cycle > 0,
         "no kill landed during a cycle: {tally:?}"
+    );
+}
+
+#[test]
+fn a_daemon_killed_in_the_middle_of_a_resync_converges_when_restarted() {
+    let tally = run_trials([31, 32].map(|seed| (Mode::Resync, seed)).into_iter());
+    eprintln!("{tally:?}");
+    assert!(
+        tally.killed_mid_resync > 0 && tally.pending_left > 0,
+        "no kill landed while a resync was writing: {tally:?}"
     );
 }
 
@@ -405,24 +485,31 @@ fn crash_trials_many() {
                 .as_secs()
         });
     eprintln!("crash trials: {trials}, seeds {base}..{}", base + trials);
-    // Even seeds kill `sync`, odd ones the daemon.
-    let modes = |seed: u64| {
-        if seed.is_multiple_of(2) {
-            Mode::Sync
-        } else {
-            Mode::Daemon
-        }
+    // By seed modulo 3: `sync`, the daemon's startup cycle, a resync.
+    let modes = |seed: u64| match seed % 3 {
+        0 => Mode::Sync,
+        1 => Mode::Daemon,
+        _ => Mode::Resync,
     };
     let tally = run_trials((base..base + trials).map(|seed| (modes(seed), seed)));
     eprintln!(
-        "crash trials passed: {} kills during a cycle, {} cycles finished before the kill, \
+        "crash trials passed: {} kills of a running process, {} of them cutting a cycle off \
+         ({} a resync), {} cycles finished before the kill, \
          {} records left pending by a kill, {} of them with their write applied",
         tally.killed_running,
+        tally.killed_mid_cycle,
+        tally.killed_mid_resync,
         tally.finished_first,
         tally.pending_left,
         tally.applied_unacknowledged
     );
     assert!(u64::from(tally.killed_running) > trials, "{tally:?}");
+    if trials >= 3 {
+        assert!(
+            tally.killed_mid_resync > 0,
+            "no kill cut a resync off: {tally:?}"
+        );
+    }
     assert!(
         tally.applied_unacknowledged > 0,
         "no kill left an applied write unacknowledged: {tally:?}"
