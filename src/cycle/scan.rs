@@ -4,12 +4,14 @@
 //! Memory stays flat as the export grows: per record only a 128-bit key of
 //! its id, a 128-bit hash of its desired document, where it occurred and
 //! whether it needs work are kept (56 bytes, in one vector sorted once the
-//! read is done). Documents of records that need work are retained up to a
+//! read is done), besides one 16-byte key per record the store holds as
+//! settled. Documents of records that need work are retained up to a
 //! budget; beyond it the push phase reads the export a second time.
 //!
-//! The export is parsed on one thread while the calling thread maps each
-//! record, hashes its document and compares it with the store, all within
-//! one read transaction.
+//! The store's settled records are read first, in one pass over an index;
+//! then the export is parsed on one thread while the calling thread maps
+//! each record, hashes its document and looks its key up among the settled
+//! ones, all within one read transaction.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -104,8 +106,8 @@ impl Settled {
     fn load(store: &Store) -> Result<Settled, StoreError> {
         let mut keys = Vec::with_capacity(usize::try_from(store.settled_count()?).unwrap_or(0));
         store.for_each_settled(&mut |external_id, hash| {
-            // A hash that is not one (the store was edited by hand) leaves
-            // its record to the lookup, which takes it up.
+            // A hash that is not one (the store was edited by hand) keeps
+            // its record out: it is taken up as outdated.
             if let Some(hash) = DocHash::from_hex(hash) {
                 keys.push(Settled::key(IdKey::of(external_id), hash));
             }
@@ -404,17 +406,21 @@ pub fn scan_export(
     let mut retained = Retained::default();
     let mut canonical = Vec::new();
     let mut over_budget = false;
-    let mut store_error: Option<StoreError> = None;
+    // A resync takes every record up whatever the store says.
+    let settled = if options.resync {
+        Settled(Vec::new())
+    } else {
+        Settled::load(store)?
+    };
 
     // The export is parsed on a thread of its own while this one maps,
-    // hashes and looks records up. Parsing is about two thirds of the work,
-    // so with a second core free the pass costs little more than the parse.
+    // hashes and decides. Parsing is about half the work, so with a second
+    // core free the pass costs little more than the parse.
     let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
     // Batches go back to the parsing thread once decided, so that records
     // are freed by the thread that allocated them (the allocator's fast
     // path) and batch buffers are reused.
     let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
-    let mut settled = Settled(Vec::new());
     let summary = thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
@@ -442,19 +448,6 @@ pub fn scan_export(
             }
             summary
         });
-        // Loaded while the parsing thread gets ahead.
-        if !options.resync {
-            match Settled::load(store) {
-                Ok(loaded) => settled = loaded,
-                Err(e) => {
-                    store_error = Some(e);
-                    drop(received);
-                    return reader
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                }
-            }
-        }
         for batch in received {
             for record in &batch {
                 let mapped = match mapper.map(record) {
@@ -507,9 +500,6 @@ pub fn scan_export(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    if let Some(e) = store_error {
-        return Err(e.into());
-    }
     scan.export = summary;
 
     // Sorted by id then place, an id's occurrences are neighbours: the
