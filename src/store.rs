@@ -188,35 +188,15 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
-        let err = sqlite_error(path);
-        let conn = Connection::open_with_flags(
+        let (store, version) = Store::open_existing(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(&err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
-        let store = Store {
-            conn,
-            path: path.to_owned(),
-        };
-        let version = store.user_version()?;
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::TooNew {
-                path: path.to_owned(),
-                found: version,
-                known: MIGRATIONS.len() as i64,
-            });
-        }
+        )?;
         if version == 0 {
             // Created but never migrated: nothing in it yet.
             return Ok(None);
         }
-        if version < MIGRATIONS.len() as i64 {
-            return Err(StoreError::TooOld {
-                path: path.to_owned(),
-                found: version,
-            });
-        }
+        store.require_schema(version)?;
         Ok(Some(store))
     }
 
@@ -224,33 +204,45 @@ impl Store {
     /// write beside it: no migration, no pragma changes. The schema must be
     /// exactly the one this build knows.
     pub fn open_shared(path: &Path) -> Result<Store, StoreError> {
-        let err = sqlite_error(path);
-        let conn = Connection::open_with_flags(
+        let (store, version) = Store::open_existing(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(&err)?;
+        )?;
+        store.require_schema(version)?;
+        Ok(store)
+    }
+
+    /// Open an existing store file with `flags`, changing nothing in it;
+    /// with its schema version.
+    fn open_existing(path: &Path, flags: OpenFlags) -> Result<(Store, i64), StoreError> {
+        let err = sqlite_error(path);
+        let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
         let store = Store {
             conn,
             path: path.to_owned(),
         };
         let version = store.user_version()?;
+        Ok((store, version))
+    }
+
+    /// Refuse a schema `version` other than the one this build knows.
+    fn require_schema(&self, version: i64) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
         if version > known {
             return Err(StoreError::TooNew {
-                path: path.to_owned(),
+                path: self.path.clone(),
                 found: version,
                 known,
             });
         }
         if version < known {
             return Err(StoreError::TooOld {
-                path: path.to_owned(),
+                path: self.path.clone(),
                 found: version,
             });
         }
-        Ok(store)
+        Ok(())
     }
 
     /// An empty store in memory (dry runs without a store file, tests).

@@ -432,7 +432,6 @@ fn a_referral_list_that_cannot_be_read_stops_the_cycle_once_not_per_record() {
     emulator.clear_faults();
     ws.run(&["sync"]).assert_code(0);
     assert_eq!(emulator.referrals().len(), 40);
-    assert_no_duplicates(&emulator);
     assert_converged(&emulator, &ws);
 }
 
@@ -469,7 +468,6 @@ fn refused_credentials_stop_the_push_phase_and_nothing_is_lost() {
     scene.ws.run(&["sync"]).assert_code(0);
     assert_converged(&scene.emulator, &scene.ws);
     scene.assert_seller_marks_survive(&marks);
-    assert_no_duplicates(&scene.emulator);
 }
 
 #[test]
