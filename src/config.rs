@@ -134,6 +134,7 @@ struct RawSync {
     max_conflict_retries: u32,
     create_missing: bool,
     max_missing_ratio: f64,
+    create_confirm_secs: u64,
 }
 
 impl Default for RawSync {
@@ -145,6 +146,7 @@ impl Default for RawSync {
             max_conflict_retries: 5,
             create_missing: false,
             max_missing_ratio: 0.5,
+            create_confirm_secs: 300,
         }
     }
 }
@@ -280,6 +282,9 @@ pub struct SyncSettings {
     pub max_conflict_retries: u32,
     pub create_missing: bool,
     pub max_missing_ratio: f64,
+    /// A create whose outcome is unknown is repeated only when a listing
+    /// made at least this long after it shows no such referral.
+    pub create_confirm_secs: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +469,7 @@ impl Settings {
                 max_conflict_retries: sync.max_conflict_retries,
                 create_missing: sync.create_missing,
                 max_missing_ratio: sync.max_missing_ratio,
+                create_confirm_secs: sync.create_confirm_secs,
             },
             create,
             schedule,

@@ -519,13 +519,6 @@ pub(crate) fn equivalent(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The value at `tokens`, `None` when it or a parent is missing.
-pub(crate) fn value_at<'v>(document: &'v Value, tokens: &[&str]) -> Option<&'v Value> {
-    tokens
-        .iter()
-        .try_fold(document, |value, token| value.as_object()?.get(*token))
-}
-
 /// The JSON Pointer of `tokens` (`~` written `~0`, `/` written `~1`).
 pub(crate) fn pointer(tokens: &[&str]) -> String {
     let length = tokens.iter().map(|token| token.len() + 1).sum();
@@ -635,6 +628,14 @@ pub(crate) fn locate<'v>(base: &'v Value, tokens: &[&str]) -> Location<'v> {
     };
     let mut current = base;
     for (depth, token) in parents.iter().enumerate() {
+        // An element of a keyed list, addressed by its position (which the
+        // eTag the plan is sent under vouches for).
+        if let Value::Array(elements) = current
+            && let Some(element) = token.parse::<usize>().ok().and_then(|i| elements.get(i))
+        {
+            current = element;
+            continue;
+        }
         let Value::Object(members) = current else {
             return Location::Obstructed {
                 depth,

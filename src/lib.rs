@@ -14,6 +14,7 @@ pub mod logging;
 pub mod mapping;
 pub mod merge;
 pub mod model;
+pub mod ownership;
 pub mod progress;
 pub mod service;
 pub mod status;

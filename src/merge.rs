@@ -1,24 +1,30 @@
-//! Three-way merge: snapshot (what we last applied), desired (the CRM now)
-//! and live (Partner Center now) → the patch to send against the live
-//! referral. Pure: no I/O, no clock.
+//! The merge: per owned slot, what the referral should hold, and the patch
+//! that gets it there. Pure: no I/O, no clock.
 //!
-//! Only what the CRM changed (snapshot → desired) is ever sent, so an edit a
-//! seller made in Partner Center on any path the CRM left alone survives.
-//! Each CRM change is then checked against live: already there → dropped;
-//! changed there too → a [`Conflict`] settled by the [`ConflictPolicy`];
-//! otherwise sent, re-expressed against live (`add` vs `replace`, missing
-//! parents added whole, appends not repeated).
+//! Four values meet in every slot ([`crate::ownership::Slot`]):
+//!
+//! - **base** — what Partner Center acknowledged at the last sync (the
+//!   answer to our write, or what we read), stored with its eTag;
+//! - **before** — the CRM's value at the last sync (unknown when a
+//!   referral is adopted);
+//! - **crm** — the CRM's value now;
+//! - **live** — Partner Center's value now (the base, when the plan is made
+//!   against the stored eTag without reading the referral).
+//!
+//! [`decide`] is the whole rule, one table (`ARCHITECTURE.md` shows it);
+//! [`plan`] applies it to every slot, checks the status move against the
+//! transition table from the status Partner Center holds, and renders the
+//! decisions as the smallest `add`/`replace` patch against live.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::diff::{
-    Change, DiffOptions, Edit, Location, Rejection, crm_changes, equivalent, locate, non_null,
-    pointer, render, same, status_edits, value_at,
-};
+use crate::diff::{DiffOptions, Edit, OnCleared, Rejection, render, same};
 use crate::model::{ManagedPaths, Op};
+use crate::ownership::{ListProblem, Slot, Slots};
+use crate::status::{ReferralStatus, ReferralSubstatus, check_transition, read_status};
 
 /// Who wins a path changed both in the CRM and in Partner Center.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -29,1018 +35,515 @@ pub enum ConflictPolicy {
     RemoteWins,
 }
 
+/// An ordinary cycle, or a resync that re-asserts what the CRM owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Only what changed in the CRM since the last sync is sent.
+    #[default]
+    Sync,
+    /// Also every owned slot where Partner Center drifted from the CRM's
+    /// value: set back under `crm-wins`, kept (and reported) under
+    /// `remote-wins`.
+    Resync,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MergeOptions {
     pub diff: DiffOptions,
     pub conflict: ConflictPolicy,
+    pub mode: Mode,
 }
 
-/// A path changed on both sides, and how it was settled.
+/// A slot changed on both sides since the last sync, and how it was settled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Conflict {
     pub path: String,
+    /// The value both sides started from (the base).
     pub snapshot: Option<Value>,
     pub live: Option<Value>,
     pub desired: Option<Value>,
     pub resolution: ConflictPolicy,
 }
 
+/// What a resync found where Partner Center differs from the CRM's value
+/// that the CRM did not change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Drift {
+    pub path: String,
+    #[serde(rename = "partnerCenter")]
+    pub partner_center: Option<Value>,
+    pub crm: Option<Value>,
+    pub action: DriftAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftAction {
+    /// Set back to the CRM's value (`crm-wins`).
+    Repaired,
+    /// Left as Partner Center has it (`remote-wins`).
+    Kept,
+}
+
+impl DriftAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftAction::Repaired => "repaired",
+            DriftAction::Kept => "kept",
+        }
+    }
+}
+
+/// The CRM's value at the last sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Before<'a> {
+    Known(Option<&'a Value>),
+    /// Adopting a referral: every value the CRM has counts as its word;
+    /// a value it lacks is left as Partner Center has it.
+    Unknown,
+}
+
+/// One slot's four values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cell<'a> {
+    pub base: Option<&'a Value>,
+    pub before: Before<'a>,
+    pub crm: Option<&'a Value>,
+    pub live: Option<&'a Value>,
+    /// The slot belongs to a list element the CRM had and no longer has.
+    pub element_gone: bool,
+}
+
+/// What the referral should hold in one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Leave Partner Center's value.
+    Keep(Why),
+    /// Send the CRM's value (`null` when the CRM cleared it).
+    Set(Why),
+}
+
+/// Why a slot was decided as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Neither side changed it.
+    InStep,
+    /// A seller changed it; the CRM did not.
+    SellerEdit,
+    /// The CRM changed it and Partner Center already holds that value.
+    AlreadyThere,
+    /// The CRM changed it and Partner Center did not: the CRM's word.
+    CrmChange,
+    /// The CRM cleared it and `sync.on_cleared = "skip"`.
+    ClearSkipped,
+    /// Both changed it since the last sync; the policy decided.
+    Conflict,
+    /// A resync found Partner Center's value differing from the CRM's.
+    Drift,
+    /// The CRM no longer has the list element: left in place.
+    ElementGone,
+}
+
+/// The merge rule for one slot. The table in `ARCHITECTURE.md` is this
+/// function; the unit tests below go through it row by row.
+pub fn decide(cell: &Cell<'_>, options: &MergeOptions) -> Verdict {
+    use Verdict::{Keep, Set};
+    if cell.element_gone {
+        return Keep(Why::ElementGone);
+    }
+    let crm_changed = match cell.before {
+        Before::Known(before) => !same(before, cell.crm),
+        Before::Unknown => cell.crm.is_some_and(|v| !v.is_null()),
+    };
+    let seller_changed = !same(cell.live, cell.base);
+    let live_is_crm = same(cell.live, cell.crm);
+    let cleared = crm_changed && same(cell.crm, None);
+
+    let verdict = if !crm_changed {
+        if seller_changed {
+            Keep(Why::SellerEdit)
+        } else {
+            Keep(Why::InStep)
+        }
+    } else if live_is_crm {
+        Keep(Why::AlreadyThere)
+    } else if cleared && options.diff.on_cleared == OnCleared::Skip {
+        Keep(Why::ClearSkipped)
+    } else if !seller_changed {
+        Set(Why::CrmChange)
+    } else {
+        match options.conflict {
+            ConflictPolicy::CrmWins => Set(Why::Conflict),
+            ConflictPolicy::RemoteWins => Keep(Why::Conflict),
+        }
+    };
+
+    // A resync re-asserts every value the CRM has. A value it does not
+    // have is not re-asserted: absent is not cleared.
+    let crm_has_value = !same(cell.crm, None);
+    match verdict {
+        Keep(Why::InStep | Why::SellerEdit | Why::ClearSkipped)
+            if options.mode == Mode::Resync && crm_has_value && !live_is_crm =>
+        {
+            match options.conflict {
+                ConflictPolicy::CrmWins => Set(Why::Drift),
+                ConflictPolicy::RemoteWins => Keep(Why::Drift),
+            }
+        }
+        verdict => verdict,
+    }
+}
+
+/// Everything a plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// The desired document: the CRM now.
+    pub crm: &'a Value,
+    /// The desired document of the last sync; `None` when adopting.
+    pub before: Option<&'a Value>,
+    /// What Partner Center acknowledged at the last sync (a projection, see
+    /// [`crate::ownership::project`]); when it is not known, the live
+    /// referral.
+    pub base: &'a Value,
+    /// The live referral, when it was read; `None` plans against `base`
+    /// and the stored eTag.
+    pub live: Option<&'a Value>,
+    pub managed: &'a ManagedPaths,
+    pub options: MergeOptions,
+}
+
+/// The plan for one record against one referral.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct MergeOutcome {
-    /// The ops to send against `live`.
+pub struct Plan {
+    /// The ops to send, against live (or the base).
     pub ops: Vec<Op>,
+    /// What each op sets, slot by slot: the write intent.
+    pub targets: Vec<(Slot, Value)>,
     pub conflicts: Vec<Conflict>,
+    pub drift: Vec<Drift>,
+    /// Changes that cannot be sent (an invalid status move, an element
+    /// without a key); the other ops still go.
     pub rejected: Vec<Rejection>,
-    /// CRM changes dropped because live already holds the desired value.
+    /// Keyed elements the CRM no longer has, left in place (there is no
+    /// `remove`), as `/customerProfile/team[jane@…]`.
+    pub left_in_place: Vec<String>,
+    /// CRM changes Partner Center already holds.
     pub already_applied: usize,
 }
 
-/// Merge three ways. With `snapshot == live` this is [`crate::diff::plan_patch`].
-///
-/// `null` and an absent member are the same empty value on all three sides.
-/// Status changes are checked against the live status (a referral closed in
-/// Partner Center stays closed); `/status` still travels with `/substatus`.
-pub fn three_way(
-    snapshot: &Value,
-    desired: &Value,
-    live: &Value,
-    managed: &ManagedPaths,
-    options: &MergeOptions,
-) -> MergeOutcome {
-    let mut merge = ThreeWayMerge {
-        snapshot,
-        desired,
-        live,
-        managed,
-        policy: options.conflict,
-        edits: Vec::new(),
-        settled_obstacles: HashSet::new(),
-        outcome: MergeOutcome::default(),
-    };
-    for change in crm_changes(snapshot, desired, managed, &options.diff) {
-        match change {
-            Change::Edit(edit) => merge.edit(edit),
-            Change::Status { status, substatus } => merge.status(status, substatus),
+/// Decide every owned slot and render the decisions as a patch.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let managed = input.managed;
+    let current_doc = input.live.unwrap_or(input.base);
+    let crm = Slots::of(input.crm, managed);
+    let before = input.before.map(|b| Slots::of(b, managed));
+    let base = Slots::of(input.base, managed);
+    let live = Slots::of(current_doc, managed);
+
+    let mut out = Plan::default();
+    report_list_problems(&crm, &mut out);
+
+    let mut all: Vec<&Slot> = crm
+        .values
+        .keys()
+        .chain(before.iter().flat_map(|b| b.values.keys()))
+        .chain(base.values.keys())
+        .chain(live.values.keys())
+        .collect();
+    all.sort();
+    all.dedup();
+
+    let mut targets: BTreeMap<Slot, Value> = BTreeMap::new();
+    for slot in all {
+        let element_gone = slot.element.as_ref().is_some_and(|element| {
+            let pointer = slot.pointer();
+            crm.element(&pointer, &element.key).is_none()
+                && before
+                    .as_ref()
+                    .is_some_and(|b| b.element(&pointer, &element.key).is_some())
+        });
+        let cell = Cell {
+            base: base.get(slot),
+            before: match &before {
+                Some(b) => Before::Known(b.get(slot)),
+                None => Before::Unknown,
+            },
+            crm: crm.get(slot),
+            live: live.get(slot),
+            element_gone,
+        };
+        let verdict = decide(&cell, &input.options);
+        record(&mut out, slot, &cell, verdict, &input.options);
+        if let Verdict::Set(_) = verdict {
+            targets.insert(slot.clone(), cell.crm.cloned().unwrap_or(Value::Null));
         }
     }
-    let rendered = render(live, merge.edits);
-    let mut outcome = merge.outcome;
-    outcome.ops = rendered.ops;
-    outcome.rejected.extend(rendered.rejected);
-    outcome
+    note_elements_gone(&crm, before.as_ref(), &mut out);
+    settle_status(input, current_doc, &mut targets, &mut out);
+
+    let (ops, rejected) = render_targets(current_doc, &live, &crm, &targets, managed);
+    out.ops = ops;
+    out.rejected.extend(rejected);
+    out.targets = targets.into_iter().collect();
+    out
 }
 
-struct ThreeWayMerge<'a> {
-    snapshot: &'a Value,
-    desired: &'a Value,
-    live: &'a Value,
-    managed: &'a ManagedPaths,
-    policy: ConflictPolicy,
-    /// The CRM changes to send, rendered against live at the end.
-    edits: Vec<Edit<'a>>,
-    /// Managed ancestors Partner Center turned into non-objects, settled once
-    /// for every edit below them.
-    settled_obstacles: HashSet<String>,
-    outcome: MergeOutcome,
-}
-
-/// How live stands to one CRM change.
-enum Standing {
-    /// Live already holds the desired value.
-    Applied,
-    /// Live changed it too; the policy decided.
-    Conflict,
-    /// Live still holds the snapshot's value.
-    Clean,
-}
-
-impl<'a> ThreeWayMerge<'a> {
-    fn edit(&mut self, edit: Edit<'a>) {
-        if let Location::Obstructed { depth, .. } = locate(self.live, edit.tokens()) {
-            let obstacle = &edit.tokens()[..depth];
-            if self.managed.contains(obstacle) {
-                self.settle_obstacle(obstacle.to_vec());
-            } else if matches!(edit, Edit::Set { value, .. } if value.is_null()) {
-                // Nothing can be below a non-object: the clear is done.
-                self.outcome.already_applied += 1;
+/// Count and report one slot's decision.
+fn record(out: &mut Plan, slot: &Slot, cell: &Cell<'_>, verdict: Verdict, options: &MergeOptions) {
+    let owned = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+    match verdict {
+        Verdict::Keep(Why::AlreadyThere) => out.already_applied += 1,
+        Verdict::Set(Why::Conflict) | Verdict::Keep(Why::Conflict) => {
+            out.conflicts.push(Conflict {
+                path: slot.to_string(),
+                snapshot: owned(cell.base),
+                live: owned(cell.live),
+                desired: owned(cell.crm),
+                resolution: options.conflict,
+            })
+        }
+        Verdict::Set(Why::Drift) | Verdict::Keep(Why::Drift) => out.drift.push(Drift {
+            path: slot.to_string(),
+            partner_center: owned(cell.live),
+            crm: owned(cell.crm),
+            action: if matches!(verdict, Verdict::Set(_)) {
+                DriftAction::Repaired
             } else {
-                // Partner Center's own member is in the way: rendering
-                // refuses the edit.
-                self.edits.push(edit);
+                DriftAction::Kept
+            },
+        }),
+        _ => {}
+    }
+}
+
+fn report_list_problems(crm: &Slots, out: &mut Plan) {
+    for problem in &crm.problems {
+        out.rejected.push(match problem {
+            ListProblem::NoKey { list, index } => Rejection {
+                path: list.clone(),
+                reason: format!(
+                    "element {index} of the record's {list} has no key, so it cannot be matched with a Partner Center element; it is not sent"
+                ),
+            },
+            ListProblem::RepeatedKey { list, key } => Rejection {
+                path: list.clone(),
+                reason: format!(
+                    "the record's {list} has {key} more than once; only the first is sent"
+                ),
+            },
+        });
+    }
+}
+
+fn note_elements_gone(crm: &Slots, before: Option<&Slots>, out: &mut Plan) {
+    let Some(before) = before else { return };
+    for (list, elements) in &before.elements {
+        for key in elements.keys() {
+            if crm.element(list, key).is_none() {
+                out.left_in_place.push(format!("{list}[{key}]"));
             }
+        }
+    }
+}
+
+/// A status move goes with its substatus and must be allowed from the
+/// status Partner Center holds; a refused move leaves both as they are and
+/// says so. A CRM status that Partner Center cannot reach from where it is
+/// is reported on every plan until the two agree.
+fn settle_status(
+    input: &PlanInput<'_>,
+    current: &Value,
+    targets: &mut BTreeMap<Slot, Value>,
+    out: &mut Plan,
+) {
+    if !input.managed.contains(&["status"]) {
+        return;
+    }
+    let status_slot = Slot::leaf(&["status"]);
+    let substatus_slot = Slot::leaf(&["substatus"]);
+    let sends_status = targets.contains_key(&status_slot);
+    let sends_substatus = targets.contains_key(&substatus_slot);
+    let Ok(from) = read_status(current) else {
+        if sends_status || sends_substatus {
+            targets.remove(&status_slot);
+            targets.remove(&substatus_slot);
+            out.rejected.push(Rejection {
+                path: "/status".into(),
+                reason: "cannot read the referral's current status".into(),
+            });
+        }
+        return;
+    };
+    let pair_of = |doc: &Value| read_status(doc).ok().flatten();
+    let crm_pair = pair_of(input.crm);
+
+    if sends_status || sends_substatus {
+        if sends_status {
+            // The status carries the CRM's substatus, whatever else was
+            // decided for it.
+            let substatus = input.crm.get("substatus").cloned().unwrap_or(Value::Null);
+            targets.insert(substatus_slot.clone(), substatus);
+        }
+        let mut to = Map::new();
+        for (slot, name) in [(&status_slot, "status"), (&substatus_slot, "substatus")] {
+            let value = targets
+                .get(slot)
+                .cloned()
+                .or_else(|| current.get(name).cloned())
+                .unwrap_or(Value::Null);
+            to.insert(name.into(), value);
+        }
+        let to = Value::Object(to);
+        let refused = match read_status(&to) {
+            Ok(Some(pair)) => check_transition(from, pair)
+                .err()
+                .map(|e| refusal(from, pair, &e.to_string())),
+            Ok(None) => Some("a referral's status cannot be cleared".to_owned()),
+            Err(e) => Some(format!("invalid desired status: {e}")),
+        };
+        if let Some(reason) = refused {
+            targets.remove(&status_slot);
+            targets.remove(&substatus_slot);
+            out.rejected.push(Rejection {
+                path: "/status".into(),
+                reason,
+            });
             return;
         }
-        match edit {
-            Edit::Set { tokens, value } => {
-                if self.stand(&tokens, Some(value)).sends(self.policy) {
-                    self.edits.push(Edit::Set { tokens, value });
+    }
+
+    // Not sent this time: a CRM status Partner Center cannot move to is
+    // reported until the two agree.
+    if let Some(crm_pair) = crm_pair
+        && from != Some(crm_pair)
+        && !targets.contains_key(&status_slot)
+        && !targets.contains_key(&substatus_slot)
+        && let Err(e) = check_transition(from, crm_pair)
+    {
+        out.rejected.push(Rejection {
+            path: "/status".into(),
+            reason: refusal(from, crm_pair, &e.to_string()),
+        });
+    }
+}
+
+fn refusal(
+    from: Option<(ReferralStatus, ReferralSubstatus)>,
+    to: (ReferralStatus, ReferralSubstatus),
+    why: &str,
+) -> String {
+    let holds = match from {
+        Some((status, substatus)) => format!("{}/{}", status.as_str(), substatus.as_str()),
+        None => "no status".to_owned(),
+    };
+    format!(
+        "Partner Center holds {holds}, the CRM says {}/{}: {why}",
+        to.0.as_str(),
+        to.1.as_str()
+    )
+}
+
+/// Render the slots to set as ops against `current` (live, or the base):
+/// a leaf at its deepest member, a missing parent added whole, a keyed
+/// element's member at the element's position in Partner Center, a new
+/// element appended.
+fn render_targets(
+    current: &Value,
+    live: &Slots,
+    crm: &Slots,
+    targets: &BTreeMap<Slot, Value>,
+    managed: &ManagedPaths,
+) -> (Vec<Op>, Vec<Rejection>) {
+    // Token lists that edits borrow: leaf tokens, element positions, and
+    // the new elements per list.
+    struct Planned {
+        tokens: Vec<String>,
+        value: Value,
+        append: bool,
+    }
+    let mut planned: Vec<Planned> = Vec::new();
+    let mut new_elements: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
+    let mut new_index: BTreeMap<(Vec<String>, String), usize> = BTreeMap::new();
+
+    for (slot, value) in targets {
+        let Some(element) = &slot.element else {
+            planned.push(Planned {
+                tokens: slot.tokens.clone(),
+                value: value.clone(),
+                append: false,
+            });
+            continue;
+        };
+        let pointer = slot.pointer();
+        if let Some(found) = live.element(&pointer, &element.key) {
+            let mut tokens = slot.tokens.clone();
+            tokens.push(found.index.to_string());
+            tokens.push(element.member.clone());
+            planned.push(Planned {
+                tokens,
+                value: value.clone(),
+                append: false,
+            });
+            continue;
+        }
+        // A new element: its key as the CRM writes it, and its members.
+        let list = new_elements.entry(slot.tokens.clone()).or_default();
+        let index = *new_index
+            .entry((slot.tokens.clone(), element.key.clone()))
+            .or_insert_with(|| {
+                let mut fresh = Map::new();
+                if let (Some(key), Some(found)) = (
+                    managed.list_key(&pointer),
+                    crm.element(&pointer, &element.key),
+                ) {
+                    fresh.insert(key.member.clone(), found.key_value.clone());
                 }
-            }
+                list.push(Value::Object(fresh));
+                list.len() - 1
+            });
+        let is_key = managed
+            .list_key(&pointer)
+            .is_some_and(|key| key.member == element.member);
+        if let Some(Value::Object(fresh)) = list.get_mut(index)
+            && !value.is_null()
+            && !is_key
+        {
+            fresh.insert(element.member.clone(), value.clone());
+        }
+    }
+    // Elements whose every member is cleared are not worth adding; an
+    // element the CRM adds with only its key has no slot and no target.
+    for (tokens, elements) in new_elements {
+        planned.push(Planned {
+            tokens,
+            value: Value::Array(elements),
+            append: true,
+        });
+    }
+    planned.sort_by(|a, b| a.tokens.cmp(&b.tokens));
+
+    let edits = planned.iter().map(|p| {
+        let tokens: Vec<&str> = p.tokens.iter().map(String::as_str).collect();
+        if p.append {
+            let elements = match &p.value {
+                Value::Array(elements) => elements.iter().collect(),
+                _ => Vec::new(),
+            };
             Edit::Append {
                 tokens,
                 elements,
-                whole,
-            } => self.append(tokens, elements, whole),
-        }
-    }
-
-    /// How live stands to the CRM's change of `tokens` to `desired`;
-    /// counts and records it.
-    fn stand(&mut self, tokens: &[&str], desired: Option<&'a Value>) -> Standing {
-        let live = value_at(self.live, tokens);
-        let snapshot = value_at(self.snapshot, tokens);
-        if same(live, desired) {
-            self.outcome.already_applied += 1;
-            Standing::Applied
-        } else if !same(live, snapshot) {
-            self.conflict(tokens, snapshot, live, desired);
-            Standing::Conflict
+                whole: &p.value,
+            }
         } else {
-            Standing::Clean
-        }
-    }
-
-    fn conflict(
-        &mut self,
-        tokens: &[&str],
-        snapshot: Option<&Value>,
-        live: Option<&Value>,
-        desired: Option<&Value>,
-    ) {
-        self.outcome.conflicts.push(Conflict {
-            path: pointer(tokens),
-            snapshot: non_null(snapshot).cloned(),
-            live: non_null(live).cloned(),
-            desired: non_null(desired).cloned(),
-            resolution: self.policy,
-        });
-    }
-
-    /// Partner Center holds a non-object at a managed `obstacle` the CRM
-    /// changes members below: both sides changed it.
-    fn settle_obstacle(&mut self, obstacle: Vec<&'a str>) {
-        if !self.settled_obstacles.insert(pointer(&obstacle)) {
-            return;
-        }
-        let desired = value_at(self.desired, &obstacle);
-        self.conflict(
-            &obstacle,
-            value_at(self.snapshot, &obstacle),
-            value_at(self.live, &obstacle),
-            desired,
-        );
-        if self.policy == ConflictPolicy::CrmWins
-            && let Some(desired) = desired
-        {
-            self.edits.push(Edit::Set {
-                tokens: obstacle,
-                value: desired,
-            });
-        }
-    }
-
-    fn append(&mut self, tokens: Vec<&'a str>, elements: Vec<&'a Value>, whole: &'a Value) {
-        let live = non_null(value_at(self.live, &tokens));
-        let Some(live) = live else {
-            // Live has no array at all: rendering adds the desired one whole.
-            self.edits.push(Edit::Append {
+            Edit::Set {
                 tokens,
-                elements,
-                whole,
-            });
-            return;
-        };
-        let Value::Array(live) = live else {
-            let snapshot = value_at(self.snapshot, &tokens);
-            self.conflict(&tokens, snapshot, Some(live), Some(whole));
-            if self.policy == ConflictPolicy::CrmWins {
-                self.edits.push(Edit::Set {
-                    tokens,
-                    value: whole,
-                });
-            }
-            return;
-        };
-
-        // The elements live gained since the snapshot — by a seller, or by
-        // our own write whose answer was lost. An appended element found
-        // among them is already there; each one can match only once, so
-        // with `snapshot == live` every element is appended.
-        let mut gained: Vec<&Value> = live.iter().collect();
-        let snapshot = value_at(self.snapshot, &tokens).and_then(Value::as_array);
-        for element in snapshot.into_iter().flatten() {
-            if let Some(index) = gained.iter().position(|other| same_element(element, other)) {
-                gained.remove(index);
+                value: &p.value,
             }
         }
-        let mut missing = Vec::with_capacity(elements.len());
-        for element in elements {
-            match gained.iter().position(|other| same_element(element, other)) {
-                Some(index) => {
-                    gained.remove(index);
-                    self.outcome.already_applied += 1;
-                }
-                None => missing.push(element),
-            }
-        }
-        if !missing.is_empty() {
-            self.edits.push(Edit::Append {
-                tokens,
-                elements: missing,
-                whole,
-            });
-        }
-    }
-
-    fn status(&mut self, status_changed: bool, substatus_changed: bool) {
-        let conflicts_before = self.outcome.conflicts.len();
-        let send = |merge: &mut Self, member: &'static str, changed: bool| {
-            changed
-                && merge
-                    .stand(&[member], merge.desired.get(member))
-                    .sends(merge.policy)
-        };
-        let send_status = send(self, "status", status_changed);
-        let send_substatus = send(self, "substatus", substatus_changed);
-
-        if send_status {
-            // A status change must carry its substatus, so a substatus the
-            // seller changed is overwritten whatever the policy says.
-            for conflict in &mut self.outcome.conflicts[conflicts_before..] {
-                if conflict.path == "/substatus" {
-                    conflict.resolution = ConflictPolicy::CrmWins;
-                }
-            }
-        }
-        match status_edits(
-            self.live,
-            self.desired,
-            self.managed,
-            send_status,
-            send_substatus,
-        ) {
-            Ok(edits) => self.edits.extend(edits),
-            Err(rejection) => self.outcome.rejected.push(rejection),
-        }
-    }
-}
-
-impl Standing {
-    fn sends(&self, policy: ConflictPolicy) -> bool {
-        match self {
-            Standing::Applied => false,
-            Standing::Conflict => policy == ConflictPolicy::CrmWins,
-            Standing::Clean => true,
-        }
-    }
-}
-
-/// Carry into `document` the members of the live referral's array elements
-/// that the mapping does not fill (a seller's `contactPreference` on a team
-/// member), so that a whole-array write keeps them. An element is matched
-/// with the live element of the same e-mail address, or, when it has none,
-/// with the live element at the same position that has none either.
-pub fn carry_unmanaged_element_members(document: &mut Value, live: &Value, managed: &ManagedPaths) {
-    for (pointer, filled) in managed.element_members() {
-        let (Some(Value::Array(elements)), Some(Value::Array(live_elements))) =
-            (document.pointer_mut(pointer), live.pointer(pointer))
-        else {
-            continue;
-        };
-        for (index, element) in elements.iter_mut().enumerate() {
-            let Value::Object(members) = element else {
-                continue;
-            };
-            let own_email = members
-                .get("email")
-                .and_then(Value::as_str)
-                .map(str::to_lowercase);
-            let matched = match &own_email {
-                Some(address) => live_elements
-                    .iter()
-                    .find(|candidate| email_of(candidate).as_ref() == Some(address)),
-                None => live_elements
-                    .get(index)
-                    .filter(|candidate| email_of(candidate).is_none()),
-            };
-            let Some(Value::Object(live_members)) = matched else {
-                continue;
-            };
-            for (key, value) in live_members {
-                if !filled.contains(key) && !members.contains_key(key) {
-                    members.insert(key.clone(), value.clone());
-                }
-            }
-        }
-    }
-}
-
-/// A team member's e-mail address, in lower case: how members are told
-/// apart across the CRM and Partner Center.
-fn email_of(value: &Value) -> Option<String> {
-    value
-        .get("email")
-        .and_then(Value::as_str)
-        .map(str::to_lowercase)
-}
-
-/// Whether an appended element is already in a live array: the same value,
-/// or — for team members — the same e-mail address in any letter case.
-fn same_element(a: &Value, b: &Value) -> bool {
-    match (email_of(a), email_of(b)) {
-        (Some(a), Some(b)) => a == b,
-        _ => equivalent(a, b),
-    }
+    });
+    let rendered = render(current, edits);
+    (rendered.ops, rendered.rejected)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diff::{apply_ops, plan_patch};
-    use serde_json::json;
-
-    fn managed(paths: &[&str]) -> ManagedPaths {
-        ManagedPaths::from_pointers(paths)
-    }
-
-    fn ops(value: Value) -> Vec<Op> {
-        serde_json::from_value(value).unwrap()
-    }
-
-    fn crm_wins() -> MergeOptions {
-        MergeOptions::default()
-    }
-
-    fn remote_wins() -> MergeOptions {
-        MergeOptions {
-            conflict: ConflictPolicy::RemoteWins,
-            ..MergeOptions::default()
-        }
-    }
-
-    struct Case {
-        name: &'static str,
-        snapshot: Value,
-        desired: Value,
-        live: Value,
-        managed: ManagedPaths,
-        options: MergeOptions,
-        expected: Value,
-        /// (path, snapshot, live, desired, resolution)
-        conflicts: Vec<(&'static str, Value, Value, Value, ConflictPolicy)>,
-        rejected: &'static [(&'static str, &'static str)],
-        already_applied: usize,
-        /// The live referral once the ops are applied.
-        result: Option<Value>,
-    }
-
-    fn case(
-        name: &'static str,
-        snapshot: Value,
-        desired: Value,
-        live: Value,
-        expected: Value,
-    ) -> Case {
-        Case {
-            name,
-            snapshot,
-            desired,
-            live,
-            managed: ManagedPaths::all(),
-            options: crm_wins(),
-            expected,
-            conflicts: Vec::new(),
-            rejected: &[],
-            already_applied: 0,
-            result: None,
-        }
-    }
-
-    fn run(cases: Vec<Case>) {
-        for case in cases {
-            let name = case.name;
-            let outcome = three_way(
-                &case.snapshot,
-                &case.desired,
-                &case.live,
-                &case.managed,
-                &case.options,
-            );
-            assert_eq!(outcome.ops, ops(case.expected), "case {name:?}: ops");
-            let conflicts: Vec<Conflict> = case
-                .conflicts
-                .into_iter()
-                .map(|(path, snapshot, live, desired, resolution)| Conflict {
-                    path: path.to_owned(),
-                    snapshot: non_null(Some(&snapshot)).cloned(),
-                    live: non_null(Some(&live)).cloned(),
-                    desired: non_null(Some(&desired)).cloned(),
-                    resolution,
-                })
-                .collect();
-            assert_eq!(outcome.conflicts, conflicts, "case {name:?}: conflicts");
-            let rejected: Vec<(&str, &str)> = outcome
-                .rejected
-                .iter()
-                .map(|rejection| (rejection.path.as_str(), rejection.reason.as_str()))
-                .collect();
-            assert_eq!(rejected, case.rejected, "case {name:?}: rejections");
-            assert_eq!(
-                outcome.already_applied, case.already_applied,
-                "case {name:?}: already applied"
-            );
-
-            let mut applied = case.live.clone();
-            apply_ops(&mut applied, &outcome.ops)
-                .unwrap_or_else(|error| panic!("case {name:?}: {error}"));
-            if let Some(result) = case.result {
-                assert_eq!(applied, result, "case {name:?}: live after the patch");
-            }
-        }
-    }
-
-    fn sue() -> Value {
-        json!({"firstName": "Sue", "email": "sue.smith@contoso.com"})
-    }
-
-    fn jane() -> Value {
-        json!({"firstName": "Jane", "email": "jane.doe@contoso.com"})
-    }
-
-    #[test]
-    fn seller_edits_the_crm_did_not_touch_survive() {
-        run(vec![
-            Case {
-                managed: managed(&["/details/dealValue"]),
-                result: Some(json!({"details": {"notes": "seller's notes", "dealValue": 2}})),
-                ..case(
-                    "edit on an unmapped field",
-                    json!({"details": {"notes": "n", "dealValue": 1}}),
-                    json!({"details": {"notes": "crm notes", "dealValue": 2}}),
-                    json!({"details": {"notes": "seller's notes", "dealValue": 1}}),
-                    json!([{"op": "replace", "path": "/details/dealValue", "value": 2}]),
-                )
-            },
-            Case {
-                managed: managed(&["/details"]),
-                result: Some(json!({"details": {"notes": "seller's notes", "dealValue": 2}})),
-                ..case(
-                    "edit on a mapped field the CRM did not change",
-                    json!({"details": {"notes": "n", "dealValue": 1}}),
-                    json!({"details": {"notes": "n", "dealValue": 2}}),
-                    json!({"details": {"notes": "seller's notes", "dealValue": 1}}),
-                    json!([{"op": "replace", "path": "/details/dealValue", "value": 2}]),
-                )
-            },
-            case(
-                "member the seller added",
-                json!({"details": {"dealValue": 1}}),
-                json!({"details": {"dealValue": 2}}),
-                json!({"details": {"dealValue": 1, "closingDateTime": "2020-01-01T00:00:00Z"}}),
-                json!([{"op": "replace", "path": "/details/dealValue", "value": 2}]),
-            ),
-        ]);
-    }
-
-    #[test]
-    fn changes_on_both_sides_follow_the_policy() {
-        let snapshot = json!({"details": {"notes": "n", "dealValue": 1}});
-        let desired = json!({"details": {"notes": "crm", "dealValue": 2}});
-        let live = json!({"details": {"notes": "seller", "dealValue": 1}});
-        run(vec![
-            Case {
-                conflicts: vec![(
-                    "/details/notes",
-                    json!("n"),
-                    json!("seller"),
-                    json!("crm"),
-                    ConflictPolicy::CrmWins,
-                )],
-                result: Some(json!({"details": {"notes": "crm", "dealValue": 2}})),
-                ..case(
-                    "crm wins",
-                    snapshot.clone(),
-                    desired.clone(),
-                    live.clone(),
-                    json!([
-                        {"op": "replace", "path": "/details/dealValue", "value": 2},
-                        {"op": "replace", "path": "/details/notes", "value": "crm"},
-                    ]),
-                )
-            },
-            Case {
-                options: remote_wins(),
-                conflicts: vec![(
-                    "/details/notes",
-                    json!("n"),
-                    json!("seller"),
-                    json!("crm"),
-                    ConflictPolicy::RemoteWins,
-                )],
-                result: Some(json!({"details": {"notes": "seller", "dealValue": 2}})),
-                ..case(
-                    "remote wins",
-                    snapshot.clone(),
-                    desired.clone(),
-                    live.clone(),
-                    json!([{"op": "replace", "path": "/details/dealValue", "value": 2}]),
-                )
-            },
-            Case {
-                conflicts: vec![(
-                    "/details/notes",
-                    json!("n"),
-                    json!(null),
-                    json!("crm"),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "seller cleared it, crm wins: replace becomes add",
-                    json!({"details": {"notes": "n"}}),
-                    json!({"details": {"notes": "crm"}}),
-                    json!({"details": {}}),
-                    json!([{"op": "add", "path": "/details/notes", "value": "crm"}]),
-                )
-            },
-            Case {
-                conflicts: vec![(
-                    "/team",
-                    json!([sue()]),
-                    json!([jane()]),
-                    json!([jane(), sue()]),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "whole-array replace, crm wins",
-                    json!({"team": [sue()]}),
-                    json!({"team": [jane(), sue()]}),
-                    json!({"team": [jane()]}),
-                    json!([{"op": "replace", "path": "/team", "value": [jane(), sue()]}]),
-                )
-            },
-            Case {
-                options: remote_wins(),
-                conflicts: vec![(
-                    "/team",
-                    json!([sue()]),
-                    json!([jane()]),
-                    json!([jane(), sue()]),
-                    ConflictPolicy::RemoteWins,
-                )],
-                ..case(
-                    "whole-array replace, remote wins",
-                    json!({"team": [sue()]}),
-                    json!({"team": [jane(), sue()]}),
-                    json!({"team": [jane()]}),
-                    json!([]),
-                )
-            },
-        ]);
-    }
-
-    #[test]
-    fn changes_already_in_live_are_dropped() {
-        run(vec![
-            Case {
-                already_applied: 2,
-                ..case(
-                    "both changes already applied",
-                    json!({"details": {"notes": "n", "dealValue": 1}}),
-                    json!({"details": {"notes": "m", "dealValue": 2}}),
-                    json!({"details": {"notes": "m", "dealValue": 2}}),
-                    json!([]),
-                )
-            },
-            Case {
-                already_applied: 1,
-                ..case(
-                    "cleared in the CRM and already empty in live",
-                    json!({"details": {"notes": "n", "dealValue": 1}}),
-                    json!({"details": {"dealValue": 2}}),
-                    json!({"details": {"notes": null, "dealValue": 1}}),
-                    json!([{"op": "replace", "path": "/details/dealValue", "value": 2}]),
-                )
-            },
-            Case {
-                already_applied: 2,
-                ..case(
-                    "equal up to null members and number form",
-                    json!({"details": {"dealValue": 1}}),
-                    json!({"details": {"dealValue": 2.0, "extra": {"x": 1}}}),
-                    json!({"details": {"dealValue": 2, "extra": {"x": 1, "y": null}}}),
-                    json!([]),
-                )
-            },
-        ]);
-    }
-
-    #[test]
-    fn appends_are_not_repeated() {
-        run(vec![
-            Case {
-                already_applied: 1,
-                ..case(
-                    "team member already appended before a timeout",
-                    json!({"team": [sue()]}),
-                    json!({"team": [sue(), jane()]}),
-                    json!({"team": [sue(), jane()]}),
-                    json!([]),
-                )
-            },
-            Case {
-                already_applied: 1,
-                ..case(
-                    "same e-mail in another case counts as present",
-                    json!({"team": [sue()]}),
-                    json!({"team": [sue(), jane()]}),
-                    json!({"team": [sue(), {"firstName": "J.", "email": "Jane.Doe@Contoso.com"}]}),
-                    json!([]),
-                )
-            },
-            Case {
-                result: Some(json!({"team": [sue(), {"email": "bob@contoso.com"}, jane()]})),
-                ..case(
-                    "a seller's own addition does not stop ours",
-                    json!({"team": [sue()]}),
-                    json!({"team": [sue(), jane()]}),
-                    json!({"team": [sue(), {"email": "bob@contoso.com"}]}),
-                    json!([{"op": "add", "path": "/team/-", "value": jane()}]),
-                )
-            },
-            Case {
-                already_applied: 1,
-                ..case(
-                    "only the missing appends go",
-                    json!({"ids": ["a"]}),
-                    json!({"ids": ["a", "b", "c"]}),
-                    json!({"ids": ["a", "b"]}),
-                    json!([{"op": "add", "path": "/ids/-", "value": "c"}]),
-                )
-            },
-            case(
-                "a duplicate of a snapshot element is still appended",
-                json!({"ids": ["a"]}),
-                json!({"ids": ["a", "a"]}),
-                json!({"ids": ["a"]}),
-                json!([{"op": "add", "path": "/ids/-", "value": "a"}]),
-            ),
-            case(
-                "appends go even when the seller reordered the array",
-                json!({"ids": ["a", "b"]}),
-                json!({"ids": ["a", "b", "c"]}),
-                json!({"ids": ["b", "a"]}),
-                json!([{"op": "add", "path": "/ids/-", "value": "c"}]),
-            ),
-            case(
-                "live array missing: the desired array is added whole",
-                json!({"team": [sue()]}),
-                json!({"team": [sue(), jane()]}),
-                json!({}),
-                json!([{"op": "add", "path": "/team", "value": [sue(), jane()]}]),
-            ),
-            case(
-                "live array null: the desired array replaces it",
-                json!({"team": [sue()]}),
-                json!({"team": [sue(), jane()]}),
-                json!({"team": null}),
-                json!([{"op": "replace", "path": "/team", "value": [sue(), jane()]}]),
-            ),
-            Case {
-                conflicts: vec![(
-                    "/team",
-                    json!([sue()]),
-                    json!("nobody"),
-                    json!([sue(), jane()]),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "live holds no array where the CRM appends",
-                    json!({"team": [sue()]}),
-                    json!({"team": [sue(), jane()]}),
-                    json!({"team": "nobody"}),
-                    json!([{"op": "replace", "path": "/team", "value": [sue(), jane()]}]),
-                )
-            },
-        ]);
-    }
-
-    #[test]
-    fn ops_are_re_expressed_against_live() {
-        run(vec![
-            case(
-                "add of a member live already has becomes replace",
-                json!({"details": {}}),
-                json!({"details": {"closingDateTime": "2020-01-01T00:00:00Z"}}),
-                json!({"details": {"closingDateTime": null}}),
-                json!([{"op": "replace", "path": "/details/closingDateTime", "value": "2020-01-01T00:00:00Z"}]),
-            ),
-            Case {
-                conflicts: vec![(
-                    "/details/dealValue",
-                    json!(1),
-                    json!(null),
-                    json!(2),
-                    ConflictPolicy::CrmWins,
-                )],
-                result: Some(json!({"name": "x", "details": {"dealValue": 2}})),
-                ..case(
-                    "missing parent is added whole, with the CRM's changes only",
-                    json!({"name": "x", "details": {"dealValue": 1, "notes": "n", "currency": "USD"}}),
-                    json!({"name": "x", "details": {"dealValue": 2, "notes": "n", "currency": "USD"}}),
-                    json!({"name": "x"}),
-                    json!([{"op": "add", "path": "/details", "value": {"dealValue": 2}}]),
-                )
-            },
-            Case {
-                managed: managed(&[
-                    "/customerProfile/address/city",
-                    "/customerProfile/address/state",
-                ]),
-                result: Some(
-                    json!({"customerProfile": {"name": "seller", "address": {"city": "Bellevue", "state": "WA"}}}),
-                ),
-                ..case(
-                    "two edits below one missing parent make one op",
-                    json!({}),
-                    json!({"customerProfile": {"address": {"city": "Bellevue", "state": "WA"}}}),
-                    json!({"customerProfile": {"name": "seller"}}),
-                    json!([{"op": "add", "path": "/customerProfile/address", "value": {"city": "Bellevue", "state": "WA"}}]),
-                )
-            },
-            Case {
-                managed: managed(&["/customerProfile/address/city"]),
-                result: Some(
-                    json!({"customerProfile": {"name": "seller", "address": {"city": "Bellevue"}}}),
-                ),
-                ..case(
-                    "a parent the snapshot lacked but live has is not overwritten",
-                    json!({}),
-                    json!({"customerProfile": {"name": "crm", "address": {"city": "Bellevue"}}}),
-                    json!({"customerProfile": {"name": "seller"}}),
-                    json!([{"op": "add", "path": "/customerProfile/address", "value": {"city": "Bellevue"}}]),
-                )
-            },
-            Case {
-                conflicts: vec![(
-                    "/customerProfile/address",
-                    json!({"city": "Redmond"}),
-                    json!("see notes"),
-                    json!({"city": "Bellevue"}),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "a managed parent live turned into a scalar, crm wins",
-                    json!({"customerProfile": {"address": {"city": "Redmond"}}}),
-                    json!({"customerProfile": {"address": {"city": "Bellevue"}}}),
-                    json!({"customerProfile": {"address": "see notes"}}),
-                    json!([{"op": "replace", "path": "/customerProfile/address", "value": {"city": "Bellevue"}}]),
-                )
-            },
-            Case {
-                options: remote_wins(),
-                conflicts: vec![(
-                    "/customerProfile/address",
-                    json!({"city": "Redmond"}),
-                    json!("see notes"),
-                    json!({"city": "Bellevue"}),
-                    ConflictPolicy::RemoteWins,
-                )],
-                ..case(
-                    "a managed parent live turned into a scalar, remote wins",
-                    json!({"customerProfile": {"address": {"city": "Redmond"}}}),
-                    json!({"customerProfile": {"address": {"city": "Bellevue"}}}),
-                    json!({"customerProfile": {"address": "see notes"}}),
-                    json!([]),
-                )
-            },
-            Case {
-                managed: managed(&["/customerProfile/address/city"]),
-                already_applied: 1,
-                ..case(
-                    "a clear below an unmanaged scalar in live is already done",
-                    json!({"customerProfile": {"address": {"city": "Redmond"}}}),
-                    json!({"customerProfile": {"address": {}}}),
-                    json!({"customerProfile": "n/a"}),
-                    json!([]),
-                )
-            },
-            Case {
-                managed: managed(&["/customerProfile/address/city", "/name"]),
-                rejected: &[(
-                    "/customerProfile",
-                    "/customerProfile is a string in the referral, not an object, so the managed \
-                     member /customerProfile/address/city cannot be set below it",
-                )],
-                ..case(
-                    "an unmanaged parent live turned into a scalar is refused",
-                    json!({"name": "a", "customerProfile": {"address": {"city": "Redmond"}}}),
-                    json!({"name": "b", "customerProfile": {"address": {"city": "Bellevue"}}}),
-                    json!({"name": "a", "customerProfile": "n/a"}),
-                    json!([{"op": "replace", "path": "/name", "value": "b"}]),
-                )
-            },
-        ]);
-    }
-
-    fn referral(status: &str, substatus: &str, notes: &str) -> Value {
-        json!({"status": status, "substatus": substatus, "details": {"notes": notes}})
-    }
-
-    #[test]
-    fn status_is_checked_against_live() {
-        run(vec![
-            Case {
-                rejected: &[(
-                    "/status",
-                    "Closed referral cannot move to Active (a Closed referral is final)",
-                )],
-                conflicts: vec![
-                    (
-                        "/status",
-                        json!("New"),
-                        json!("Closed"),
-                        json!("Active"),
-                        ConflictPolicy::CrmWins,
-                    ),
-                    (
-                        "/substatus",
-                        json!("Pending"),
-                        json!("Declined"),
-                        json!("Accepted"),
-                        ConflictPolicy::CrmWins,
-                    ),
-                ],
-                ..case(
-                    "live Closed refuses Active, the rest goes",
-                    referral("New", "Pending", "n"),
-                    referral("Active", "Accepted", "m"),
-                    referral("Closed", "Declined", "n"),
-                    json!([{"op": "replace", "path": "/details/notes", "value": "m"}]),
-                )
-            },
-            Case {
-                already_applied: 2,
-                ..case(
-                    "status already moved",
-                    referral("Active", "Accepted", "n"),
-                    referral("Closed", "Won", "n"),
-                    referral("Closed", "Won", "n"),
-                    json!([]),
-                )
-            },
-            Case {
-                already_applied: 1,
-                conflicts: vec![(
-                    "/substatus",
-                    json!("Accepted"),
-                    json!("Lost"),
-                    json!("Won"),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "seller closed it as lost, the CRM as won: only substatus differs",
-                    referral("Active", "Accepted", "n"),
-                    referral("Closed", "Won", "n"),
-                    referral("Closed", "Lost", "n"),
-                    json!([{"op": "replace", "path": "/substatus", "value": "Won"}]),
-                )
-            },
-            Case {
-                conflicts: vec![(
-                    "/substatus",
-                    json!("Pending"),
-                    json!("Received"),
-                    json!("Accepted"),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "a status change carries its substatus even when remote wins",
-                    referral("New", "Pending", "n"),
-                    referral("Active", "Accepted", "n"),
-                    referral("New", "Received", "n"),
-                    json!([
-                        {"op": "replace", "path": "/status", "value": "Active"},
-                        {"op": "replace", "path": "/substatus", "value": "Accepted"},
-                    ]),
-                )
-            }
-            .with_options(remote_wins()),
-            Case {
-                rejected: &[(
-                    "/substatus",
-                    "substatus Received does not go with status Active (Active takes Accepted)",
-                )],
-                conflicts: vec![(
-                    "/substatus",
-                    json!("Pending"),
-                    json!("Accepted"),
-                    json!("Received"),
-                    ConflictPolicy::CrmWins,
-                )],
-                ..case(
-                    "substatus-only change checked against the live status",
-                    referral("New", "Pending", "n"),
-                    referral("New", "Received", "n"),
-                    referral("Active", "Accepted", "n"),
-                    json!([]),
-                )
-            },
-            case(
-                "status moves from live, with substatus, status first",
-                referral("New", "Pending", "n"),
-                referral("Closed", "Won", "n"),
-                referral("New", "Pending", "seller"),
-                json!([
-                    {"op": "replace", "path": "/status", "value": "Closed"},
-                    {"op": "replace", "path": "/substatus", "value": "Won"},
-                ]),
-            ),
-        ]);
-    }
-
-    impl Case {
-        fn with_options(mut self, options: MergeOptions) -> Self {
-            self.options = options;
-            self
-        }
-    }
-
-    #[test]
-    fn with_live_equal_to_snapshot_it_is_the_plan() {
-        let fixture: Value =
-            serde_json::from_str(include_str!("../tests/fixtures/patch-vectors.json")).unwrap();
-        let mut pairs: Vec<(Value, Value, ManagedPaths)> = fixture
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|vector| {
-                (
-                    vector["before"].clone(),
-                    vector["after"].clone(),
-                    ManagedPaths::all(),
-                )
-            })
-            .collect();
-        pairs.extend([
-            (
-                referral("Closed", "Won", "n"),
-                referral("Active", "Accepted", "m"),
-                ManagedPaths::all(),
-            ),
-            (
-                json!({"ids": ["a"], "x": {"y": 1}, "gone": 1}),
-                json!({"ids": ["a", "a"], "x": {"y": 2, "z": {"w": 1}}, "new": {"k": [1]}}),
-                ManagedPaths::all(),
-            ),
-            (
-                json!({"a": "flat", "b": 1}),
-                json!({"a": {"c": 1}, "b": 2}),
-                managed(&["/a/c", "/b"]),
-            ),
-        ]);
-        for options in [crm_wins(), remote_wins()] {
-            for on_cleared in [crate::diff::OnCleared::Null, crate::diff::OnCleared::Skip] {
-                let options = MergeOptions {
-                    diff: DiffOptions { on_cleared },
-                    ..options
-                };
-                for (snapshot, desired, managed) in &pairs {
-                    let plan = plan_patch(snapshot, desired, managed, &options.diff);
-                    let merged = three_way(snapshot, desired, snapshot, managed, &options);
-                    assert_eq!(merged.ops, plan.ops, "{desired}");
-                    assert_eq!(merged.rejected, plan.rejected, "{desired}");
-                    assert_eq!(merged.conflicts, vec![]);
-                    assert_eq!(merged.already_applied, 0);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn unmanaged_element_members_are_carried_from_live() {
-        let mut managed = managed(&["/customerProfile/team"]);
-        for member in ["firstName", "lastName", "email"] {
-            managed.insert_element_member(&["customerProfile", "team"], member);
-        }
-        let preference = json!({"locale": "en-us"});
-        let live = json!({"customerProfile": {"team": [
-            {"email": "Sue@x", "firstName": "Sue", "contactPreference": preference, "phoneNumber": "1"},
-            {"firstName": "NoMail", "phoneNumber": "2"},
-        ]}});
-        let mut document = json!({"customerProfile": {"team": [
-            {"firstName": "NoMail2"},
-            {"email": "sue@x", "firstName": "Susan"},
-        ]}});
-        carry_unmanaged_element_members(&mut document, &live, &managed);
-        assert_eq!(
-            document,
-            json!({"customerProfile": {"team": [
-                // Position 0 in live has an address, so nothing matches.
-                {"firstName": "NoMail2"},
-                // Matched by address in any letter case; mapped members
-                // keep the document's values.
-                {"email": "sue@x", "firstName": "Susan", "contactPreference": preference, "phoneNumber": "1"},
-            ]}})
-        );
-    }
-}
+mod tests;

@@ -98,16 +98,45 @@ pub fn escape_pointer_token(token: &str) -> String {
 /// touched. [`ManagedPaths::all`] owns every path, which is what the `diff`
 /// command and the patch vectors use.
 ///
-/// A managed array is owned whole (its elements are compacted, so an
-/// element has no stable path), but the mapping fills only some members of
-/// each element; [`ManagedPaths::element_members`] names them, so that a
-/// whole-array write can carry the other members (a seller's
-/// `contactPreference`) over from the live referral.
+/// A list of people (`customerProfile.team`) is *keyed*: its elements are
+/// told apart by a member ([`ListKey`], `email`), the CRM owns only the
+/// elements it maps and, in each, only the members the mapping fills
+/// ([`ManagedPaths::element_members`]). Any other managed array is owned
+/// whole, as a single value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ManagedPaths {
     node: ManagedNode,
     /// JSON Pointer of a managed array → the element members the mapping fills.
     element_members: BTreeMap<String, BTreeSet<String>>,
+    /// JSON Pointer of a keyed list → how its elements are told apart.
+    /// The CRM owns only the elements it maps, member by member; a keyed
+    /// list is never written whole.
+    keys: BTreeMap<String, ListKey>,
+}
+
+/// How the elements of a keyed list (`customerProfile.team`) are told
+/// apart: by the value of one member (`email`), so that an element is a
+/// person, not a position.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    pub member: String,
+    /// Compare keys ignoring letter case (e-mail addresses).
+    pub ignore_case: bool,
+}
+
+impl ListKey {
+    /// The identity of an element, or `None` when it has no usable key.
+    pub fn of(&self, element: &Value) -> Option<String> {
+        let text = element.get(&self.member)?.as_str()?.trim();
+        if text.is_empty() {
+            return None;
+        }
+        Some(if self.ignore_case {
+            text.to_lowercase()
+        } else {
+            text.to_owned()
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -125,6 +154,7 @@ impl ManagedPaths {
         ManagedPaths {
             node: ManagedNode::All,
             element_members: BTreeMap::new(),
+            keys: BTreeMap::new(),
         }
     }
 
@@ -133,6 +163,7 @@ impl ManagedPaths {
         ManagedPaths {
             node: ManagedNode::Members(BTreeMap::new()),
             element_members: BTreeMap::new(),
+            keys: BTreeMap::new(),
         }
     }
 
@@ -182,6 +213,26 @@ impl ManagedPaths {
     /// mapping fills.
     pub fn element_members(&self) -> &BTreeMap<String, BTreeSet<String>> {
         &self.element_members
+    }
+
+    /// Identify the elements of the managed list at `array` (object keys
+    /// from the root) by `key`.
+    pub fn insert_list_key<S: AsRef<str>>(&mut self, array: &[S], key: ListKey) {
+        let pointer: String = array
+            .iter()
+            .map(|s| format!("/{}", escape_pointer_token(s.as_ref())))
+            .collect();
+        self.keys.insert(pointer, key);
+    }
+
+    /// The key of the list at `pointer`, when it is a keyed list.
+    pub fn list_key(&self, pointer: &str) -> Option<&ListKey> {
+        self.keys.get(pointer)
+    }
+
+    /// Keyed lists (JSON Pointer) and their keys.
+    pub fn list_keys(&self) -> &BTreeMap<String, ListKey> {
+        &self.keys
     }
 
     pub fn root(&self) -> &ManagedNode {

@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::model::Op;
+use crate::ownership::Slot;
 
 /// The records [`Store::for_each_settled`] visits.
 const SETTLED: &str = "state IN ('synced', 'invalid') AND desired_hash IS NOT NULL";
@@ -28,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_settled_index",
         include_str!("../migrations/0003_settled_index.sql"),
+    ),
+    (
+        "0004_base_and_intent",
+        include_str!("../migrations/0004_base_and_intent.sql"),
     ),
 ];
 
@@ -47,7 +54,7 @@ pub enum StoreError {
     },
     #[error("store {}: schema version {found} is older than this build; run `referral-sync sync` once to migrate it", path.display())]
     TooOld { path: PathBuf, found: i64 },
-    #[error("store {}: record {external_id}: snapshot is not valid JSON: {message}", path.display())]
+    #[error("store {}: record {external_id}: snapshot, base or intent is not valid JSON: {message}", path.display())]
     CorruptSnapshot {
         path: PathBuf,
         external_id: String,
@@ -92,14 +99,19 @@ impl SyncState {
     }
 }
 
-/// What an acknowledged write leaves behind.
+/// What a settled record leaves behind: after an acknowledged write, or a
+/// plan that had nothing to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied<'a> {
     pub referral_id: &'a str,
-    /// `None` when the acknowledgement carried no eTag (a 204): the next
-    /// change is then planned against the live referral, never sent blind.
+    /// The eTag that goes with `base`. `None` when the acknowledgement
+    /// carried no eTag (a 204): the next change is then planned against the
+    /// live referral, never sent blind.
     pub etag: Option<&'a str>,
-    /// The desired document now applied.
+    /// The owned part of the referral as Partner Center acknowledged it
+    /// (see [`crate::ownership::project`]); `None` when not known.
+    pub base: Option<&'a Value>,
+    /// The CRM's desired document this sync settled.
     pub snapshot: &'a Value,
     pub desired_hash: &'a str,
     /// `Synced`, or `Invalid` when part of the change was refused locally
@@ -108,17 +120,65 @@ pub struct Applied<'a> {
     pub error: Option<&'a str>,
 }
 
+/// A write under way, stored before it is sent (in the transaction that
+/// marks the record pending) and cleared when its outcome is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteIntent {
+    pub kind: IntentKind,
+    /// The `If-Match` eTag sent (none for a create).
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub ops: Vec<Op>,
+    /// What the ops set, slot by slot.
+    #[serde(default)]
+    pub targets: Vec<(Slot, Value)>,
+    /// The owned part of the referral the ops were planned against.
+    #[serde(default)]
+    pub against: Value,
+    /// The CRM's desired document the write carries.
+    pub desired: Value,
+    pub desired_hash: String,
+    /// When the write was started (RFC 3339, UTC).
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntentKind {
+    Create,
+    Update,
+}
+
 /// Everything stored for one record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
     pub external_id: String,
     pub referral_id: Option<String>,
     pub etag: Option<String>,
+    /// The CRM's desired document at the last sync.
     pub snapshot: Option<Value>,
+    /// The owned part of the referral as Partner Center acknowledged it.
+    pub base: Option<Value>,
+    /// A write whose outcome is not known yet.
+    pub intent: Option<WriteIntent>,
     pub desired_hash: Option<String>,
     pub state: SyncState,
     pub last_error: Option<String>,
     pub attempts: i64,
+}
+
+/// A record's columns as SQLite holds them.
+struct RawRecord {
+    referral_id: Option<String>,
+    etag: Option<String>,
+    snapshot: Option<String>,
+    desired_hash: Option<String>,
+    state: String,
+    last_error: Option<String>,
+    attempts: i64,
+    base: Option<String>,
+    intent: Option<String>,
 }
 
 /// A finished or running cycle, for `status`.
@@ -177,6 +237,9 @@ impl Store {
             conn,
             path: path.to_owned(),
         };
+        // Before any pragma that writes (the journal mode rewrites the
+        // file): a store from a newer build is refused untouched.
+        store.refuse_newer()?;
         store.configure()?;
         store.migrate()?;
         Ok(store)
@@ -290,8 +353,7 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let err = sqlite_error(&self.path);
+    fn refuse_newer(&self) -> Result<i64, StoreError> {
         let version = self.user_version()?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -301,6 +363,12 @@ impl Store {
                 known,
             });
         }
+        Ok(version)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let version = self.refuse_newer()?;
         for (index, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction().map_err(&err)?;
             tx.execute_batch(sql).map_err(&err)?;
@@ -329,52 +397,101 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT referral_id, etag, snapshot, desired_hash, state, last_error, attempts
+                "SELECT referral_id, etag, snapshot, desired_hash, state, last_error, attempts,
+                        base, intent
                  FROM records WHERE external_id = ?1",
             )
             .map_err(sqlite_error(&self.path))?;
         let row = stmt
             .query_row([external_id], |row| {
-                Ok((
-                    row.get::<_, Option<String>>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, i64>(6)?,
-                ))
+                Ok(RawRecord {
+                    referral_id: row.get(0)?,
+                    etag: row.get(1)?,
+                    snapshot: row.get(2)?,
+                    desired_hash: row.get(3)?,
+                    state: row.get(4)?,
+                    last_error: row.get(5)?,
+                    attempts: row.get(6)?,
+                    base: row.get(7)?,
+                    intent: row.get(8)?,
+                })
             })
             .optional()
             .map_err(sqlite_error(&self.path))?;
-        let Some((referral_id, etag, snapshot, desired_hash, state, last_error, attempts)) = row
-        else {
+        let Some(raw) = row else {
             return Ok(None);
         };
-        let snapshot = snapshot
-            .map(|text| {
-                serde_json::from_str(&text).map_err(|e| StoreError::CorruptSnapshot {
-                    path: self.path.clone(),
-                    external_id: external_id.to_owned(),
-                    message: e.to_string(),
-                })
-            })
+        let corrupt = |e: serde_json::Error| StoreError::CorruptSnapshot {
+            path: self.path.clone(),
+            external_id: external_id.to_owned(),
+            message: e.to_string(),
+        };
+        let json = |text: Option<String>| {
+            text.map(|text| serde_json::from_str::<Value>(&text).map_err(corrupt))
+                .transpose()
+        };
+        let intent = raw
+            .intent
+            .map(|text| serde_json::from_str::<WriteIntent>(&text).map_err(corrupt))
             .transpose()?;
         Ok(Some(StoredRecord {
             external_id: external_id.to_owned(),
-            referral_id,
-            etag,
-            snapshot,
-            desired_hash,
-            state: SyncState::parse(&state),
-            last_error,
-            attempts,
+            referral_id: raw.referral_id,
+            etag: raw.etag,
+            snapshot: json(raw.snapshot)?,
+            base: json(raw.base)?,
+            intent,
+            desired_hash: raw.desired_hash,
+            state: SyncState::parse(&raw.state),
+            last_error: raw.last_error,
+            attempts: raw.attempts,
         }))
     }
 
-    /// Before a write whose outcome could be lost: the record becomes
-    /// `pending` (its snapshot untouched), so a crash leaves a trace that the
-    /// next cycle resolves by reading the live referral.
+    /// The record a referral is bound to, if any.
+    pub fn record_of_referral(&self, referral_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT external_id FROM records WHERE referral_id = ?1 LIMIT 1")
+            .and_then(|mut stmt| {
+                stmt.query_row([referral_id], |row| row.get::<_, String>(0))
+                    .optional()
+            })
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Before a write: the record becomes `pending` and the intent is
+    /// stored, in one statement, so that a crash leaves what the write was
+    /// for the next attempt to settle against the live referral.
+    pub fn begin_write(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        intent: &WriteIntent,
+    ) -> Result<(), StoreError> {
+        let now = now();
+        let intent = serde_json::to_string(intent).map_err(|e| StoreError::CorruptSnapshot {
+            path: self.path.clone(),
+            external_id: external_id.to_owned(),
+            message: e.to_string(),
+        })?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO records (external_id, referral_id, state, intent, first_seen_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?4)
+                 ON CONFLICT (external_id) DO UPDATE SET
+                    referral_id = COALESCE(excluded.referral_id, records.referral_id),
+                    state = 'pending',
+                    intent = excluded.intent,
+                    updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| stmt.execute(params![external_id, referral_id, intent, now]))
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Mark a record `pending` without an intent, as a store written before
+    /// intents were kept leaves a write whose outcome was lost: the next
+    /// attempt reads the live referral before planning.
     pub fn mark_pending(
         &self,
         external_id: &str,
@@ -395,7 +512,23 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
-    /// The service acknowledged: advance snapshot, eTag and hash together.
+    /// The service refused the write outright: it was not applied, so the
+    /// intent goes and the record is `failed` with `error`.
+    pub fn record_refused(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE records SET intent = NULL WHERE external_id = ?1")
+            .and_then(|mut stmt| stmt.execute([external_id]))
+            .map_err(sqlite_error(&self.path))?;
+        self.record_failed(external_id, referral_id, error)
+    }
+
+    /// The record is settled: base, eTag, snapshot and hash advance
+    /// together and the intent is cleared, in one statement.
     pub fn record_applied(
         &self,
         external_id: &str,
@@ -405,23 +538,28 @@ impl Store {
         let Applied {
             referral_id,
             etag,
+            base,
             snapshot,
             desired_hash,
             state,
             error,
         } = *applied;
         let snapshot = snapshot.to_string();
+        let base = base.map(Value::to_string);
         let tx = self
             .conn
             .unchecked_transaction()
             .map_err(sqlite_error(&self.path))?;
         tx.prepare_cached(
             "INSERT INTO records (external_id, referral_id, etag, snapshot, desired_hash, state,
-                                  last_error, attempts, first_seen_at, updated_at, last_synced_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?8)
+                                  last_error, attempts, first_seen_at, updated_at, last_synced_at,
+                                  base, intent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?8, ?9, NULL)
              ON CONFLICT (external_id) DO UPDATE SET
                 referral_id = excluded.referral_id,
                 etag = excluded.etag,
+                base = excluded.base,
+                intent = NULL,
                 snapshot = excluded.snapshot,
                 desired_hash = excluded.desired_hash,
                 state = excluded.state,
@@ -439,7 +577,8 @@ impl Store {
                 desired_hash,
                 state.as_str(),
                 error,
-                now
+                now,
+                base
             ])
         })
         .map_err(sqlite_error(&self.path))?;
@@ -447,7 +586,9 @@ impl Store {
     }
 
     /// An attempt failed: keep the snapshot, count the attempt, say why.
-    /// `referral_id` is remembered when it became known on the way.
+    /// `referral_id` is remembered when it became known on the way. A
+    /// record with a write intent outstanding stays `pending`: whether that
+    /// write was applied is still to be read from the live referral.
     pub fn record_failed(
         &self,
         external_id: &str,
@@ -507,7 +648,8 @@ impl Store {
                     referral_id = COALESCE(excluded.referral_id, records.referral_id),
                     desired_hash = CASE WHEN excluded.state = 'invalid'
                                         THEN excluded.desired_hash ELSE records.desired_hash END,
-                    state = excluded.state,
+                    state = CASE WHEN records.intent IS NOT NULL AND excluded.state = 'failed'
+                                 THEN 'pending' ELSE excluded.state END,
                     last_error = excluded.last_error,
                     attempts = records.attempts + ?6,
                     updated_at = excluded.updated_at",
@@ -771,6 +913,7 @@ mod tests {
             let applied = Applied {
                 referral_id: "ref",
                 etag: Some("\"e\""),
+                base: None,
                 snapshot: &doc,
                 desired_hash: hash,
                 state: SyncState::Synced,
@@ -838,6 +981,7 @@ mod tests {
                 &Applied {
                     referral_id: "ref-1",
                     etag: Some("\"e1\""),
+                    base: None,
                     snapshot: &doc,
                     desired_hash: "h1",
                     state: SyncState::Synced,

@@ -7,7 +7,7 @@ pub mod outcome;
 pub mod push;
 pub mod scan;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -97,6 +97,8 @@ pub enum CycleError {
     ExportChanged(String),
     #[error("the push phase stopped: {0}; records not reached stay as they were")]
     PushStopped(String),
+    #[error("{0}; the records in flight finished, no further record was taken up")]
+    StoreFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -298,6 +300,8 @@ impl Engine {
             dry_run: request.dry_run,
             counters: Arc::clone(counters),
             halted: OnceLock::new(),
+            store_failed: OnceLock::new(),
+            claims: Mutex::new(HashMap::new()),
         });
         if request.resync && self.client.is_some() {
             pusher.index.build(&pusher).await;
@@ -305,10 +309,27 @@ impl Engine {
         let concurrency = self.settings.api.concurrency;
         let mut interrupted = false;
 
+        let doubles: HashMap<String, Vec<String>> = scan
+            .retained
+            .as_ref()
+            .map(|retained| double_claims(retained.referral_claims()))
+            .unwrap_or_default();
         let work = |item: WorkItem| {
             let pusher = Arc::clone(&pusher);
+            let doubled = item
+                .mapped
+                .referral_id
+                .as_ref()
+                .and_then(|id| doubles.get(&id.to_lowercase()))
+                .map(|records| double_claim(&item.mapped, records));
             async move {
-                let outcome = pusher.sync_record(item).await;
+                let outcome = match doubled {
+                    Some(outcome) => {
+                        warn!(external_id = %item.mapped.external_id, error = %outcome.errors.join("; "), "record failed");
+                        outcome
+                    }
+                    None => pusher.sync_record(item).await,
+                };
                 counters.count(outcome.action);
                 report(&outcome);
             }
@@ -396,11 +417,48 @@ impl Engine {
                 client.stats().retries.saturating_sub(client_retries_before),
             );
         }
+        if let Some(reason) = pusher.store_failed() {
+            return Err(CycleError::StoreFailed(reason.to_owned()));
+        }
         if let Some(reason) = pusher.halted() {
             return Err(CycleError::PushStopped(reason.to_owned()));
         }
         Ok(interrupted)
     }
+}
+
+/// Referral ids that several records give in the export's referral id
+/// column (lower case) → those records: none of them is sent.
+fn double_claims<'a>(
+    claims: impl Iterator<Item = (&'a str, &'a str)>,
+) -> HashMap<String, Vec<String>> {
+    let mut claimants: HashMap<String, Vec<String>> = HashMap::new();
+    for (external_id, referral_id) in claims {
+        claimants
+            .entry(referral_id.to_lowercase())
+            .or_default()
+            .push(external_id.to_owned());
+    }
+    claimants.retain(|_, records| records.len() > 1);
+    claimants
+}
+
+/// The outcome of a record that shares its referral id with `records`.
+fn double_claim(mapped: &crate::mapping::MappedRecord, records: &[String]) -> RecordOutcome {
+    let others: Vec<&str> = records
+        .iter()
+        .map(String::as_str)
+        .filter(|other| *other != mapped.external_id)
+        .collect();
+    let referral_id = mapped.referral_id.clone().unwrap_or_default();
+    let mut outcome = RecordOutcome::new(Some(mapped.external_id.clone()), Action::Failed);
+    outcome.errors.push(format!(
+        "records {} and {} give the same referral {referral_id} in the export; neither is sent",
+        mapped.external_id,
+        others.join(", "),
+    ));
+    outcome.referral_id = Some(referral_id);
+    outcome
 }
 
 pub(crate) fn lock_store(

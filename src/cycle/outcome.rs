@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::merge::Conflict;
+use crate::merge::{Conflict, Drift};
 use crate::model::Op;
 
 /// The plan for a record, or what became of it.
@@ -56,6 +56,9 @@ pub struct RecordOutcome {
     pub errors: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<Conflict>,
+    /// What a resync found where Partner Center drifted from the CRM.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Drift>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -70,6 +73,7 @@ impl RecordOutcome {
             document: None,
             errors: Vec::new(),
             conflicts: Vec::new(),
+            drift: Vec::new(),
             note: None,
         }
     }

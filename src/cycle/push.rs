@@ -1,11 +1,18 @@
-//! The push phase for one record: resolve its referral, plan the patch,
-//! send it with `If-Match`, and recover from 412s and unknown outcomes by
-//! reading the live referral and merging three ways. The store advances
-//! only after the service acknowledged.
+//! The push phase for one record, as a sequence of steps:
+//!
+//! 1. **resolve** — which referral, and what the plan is made against: the
+//!    stored base and eTag, or the live referral (adoption, an unknown base,
+//!    a write intent left by a crash, a resync);
+//! 2. **plan** — [`merge::plan`], pure;
+//! 3. **write** — with `If-Match`, the intent stored first; after a 412 or an
+//!    unknown outcome the live referral is read and the plan made again;
+//! 4. **settle** — the base Partner Center acknowledged, its eTag and the
+//!    CRM's document advance together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
@@ -13,11 +20,12 @@ use tracing::{debug, info, warn};
 use crate::api::retry::RetrySchedule;
 use crate::api::{ApiClient, ApiError, Referral, RequestContext};
 use crate::config::{Settings, UpdateMethod};
-use crate::diff::{self, DiffOptions, OnCleared, Rejection};
+use crate::diff::{self, DiffOptions, OnCleared, same};
 use crate::mapping::{self, MappedRecord};
-use crate::merge::{self, ConflictPolicy, MergeOptions};
+use crate::merge::{self, ConflictPolicy, MergeOptions, Mode, Plan, PlanInput};
 use crate::model::{ManagedPaths, Op};
-use crate::store::{Applied, Store, StoreError, StoredRecord, SyncState};
+use crate::ownership::{self, Slots};
+use crate::store::{Applied, IntentKind, Store, StoreError, StoredRecord, SyncState, WriteIntent};
 
 use super::outcome::{Action, Counters, RecordOutcome};
 use super::scan::WorkReason;
@@ -49,9 +57,23 @@ pub struct ReferralIndex {
     entries: AsyncMutex<Option<IndexListing>>,
 }
 
-/// `externalReferenceId -> ids` (more than one id is ambiguous), or why the
-/// list could not be read.
-type IndexListing = Result<HashMap<String, Vec<String>>, String>;
+/// The referral list as one cycle read it.
+struct Listing {
+    /// `externalReferenceId -> ids` (more than one id is ambiguous).
+    ids: HashMap<String, Vec<String>>,
+    /// When the listing started: a referral created before then is in it,
+    /// as far as the list is consistent.
+    started_at: DateTime<Utc>,
+}
+
+type IndexListing = Result<Listing, String>;
+
+/// What the index says of one external id.
+enum Indexed {
+    Found(String),
+    /// No referral carries the id in a listing that started at this time.
+    Absent(DateTime<Utc>),
+}
 
 impl ReferralIndex {
     /// Build the index now (a resync rebuilds it whether or not a record
@@ -64,32 +86,29 @@ impl ReferralIndex {
     /// The referral carrying `external_id`. An id carried by several
     /// referrals fails its record; a list that cannot be read stops the
     /// push phase, since every record that needs it would fail the same way.
-    async fn lookup(&self, pusher: &Pusher, external_id: &str) -> Result<Option<String>, Stop> {
+    async fn lookup(&self, pusher: &Pusher, external_id: &str) -> Result<Indexed, Stop> {
         let mut entries = self.entries.lock().await;
         if entries.is_none() {
             *entries = Some(pusher.build_index().await);
         }
         match entries.as_ref() {
-            Some(Ok(map)) => match map.get(external_id).map(Vec::as_slice) {
-                None | Some([]) => Ok(None),
-                Some([one]) => Ok(Some(one.clone())),
-                Some(many) => Err(Stop::Failed {
-                    referral_id: None,
-                    message: format!(
+            Some(Ok(listing)) => match listing.ids.get(external_id).map(Vec::as_slice) {
+                None | Some([]) => Ok(Indexed::Absent(listing.started_at)),
+                Some([one]) => Ok(Indexed::Found(one.clone())),
+                Some(many) => Err(Stop::failed(
+                    None,
+                    format!(
                         "{} referrals carry externalReferenceId {external_id}: {}; set the referral id in the export (mapping.referral_id_column)",
                         many.len(),
                         many.join(", ")
                     ),
-                    status: None,
-                    code: None,
-                    unsettled: false,
-                }),
+                )),
             },
             Some(Err(e)) => Err(Stop::Halt {
                 message: e.clone(),
                 status: None,
             }),
-            None => Ok(None),
+            None => Ok(Indexed::Absent(Utc::now())),
         }
     }
 }
@@ -107,9 +126,15 @@ pub struct Pusher {
     /// conflict rounds.
     pub counters: Arc<Counters>,
     /// Set when a failure no record can get past (credentials refused, the
-    /// referral list unreadable) stops the push phase: records not taken up
-    /// yet stay as they were, rather than each failing the same way.
+    /// referral list unreadable, the store failing) stops the push phase:
+    /// records not taken up yet stay as they were, rather than each failing
+    /// the same way.
     pub halted: OnceLock<String>,
+    /// Set when the store failed: the cycle ends as "the store failed".
+    pub store_failed: OnceLock<String>,
+    /// Referral ids taken from the export's referral id column this cycle,
+    /// with the record that claimed each: one referral, one record.
+    pub claims: Mutex<HashMap<String, String>>,
 }
 
 /// Why a record stopped.
@@ -119,15 +144,15 @@ enum Stop {
         message: String,
         status: Option<u16>,
         code: Option<String>,
-        /// A write of this cycle may have been applied: the record stays
-        /// `pending` rather than `failed`.
-        unsettled: bool,
+        /// The service refused a write outright: it was not applied, and
+        /// its intent goes.
+        refused: bool,
     },
     Store(StoreError),
     /// A failure that every record would meet: the push phase stops. Nothing
     /// more is recorded for the record: its row stays as it is, `pending`
-    /// if a write was started (so the next cycle reads the live referral
-    /// before sending anything), else as the last acknowledged state.
+    /// with its intent if a write was started, else as the last settled
+    /// state.
     Halt {
         message: String,
         status: Option<u16>,
@@ -135,23 +160,13 @@ enum Stop {
 }
 
 impl Stop {
-    /// The same stop, after a write whose outcome is not known.
-    fn unsettled(self) -> Stop {
-        match self {
-            Stop::Failed {
-                referral_id,
-                message,
-                status,
-                code,
-                ..
-            } => Stop::Failed {
-                referral_id,
-                message,
-                status,
-                code,
-                unsettled: true,
-            },
-            other => other,
+    fn failed(referral_id: Option<&str>, message: String) -> Stop {
+        Stop::Failed {
+            referral_id: referral_id.map(str::to_owned),
+            message,
+            status: None,
+            code: None,
+            refused: false,
         }
     }
 }
@@ -162,15 +177,25 @@ impl From<StoreError> for Stop {
     }
 }
 
-/// The state a plan is made against.
-struct Base {
+/// What a plan is made against (step 1's result).
+struct Footing {
     referral_id: String,
+    /// The eTag `base` (or `live`) goes with: the `If-Match` of the write.
     etag: String,
-    /// What we last applied (or the live referral when adopting).
-    snapshot: Value,
-    /// The live referral when it was read this cycle.
+    /// What Partner Center acknowledged at the last sync, projected.
+    base: Value,
+    /// The CRM's document at the last sync; `None` when adopting.
+    before: Option<Value>,
+    /// The live referral, when it was read.
     live: Option<Value>,
-    adopting: bool,
+}
+
+/// Where resolving a record leads.
+enum Resolved {
+    Plan(Footing),
+    Create,
+    /// Nothing can be done this cycle; the outcome says why.
+    Done(RecordOutcome),
 }
 
 impl Pusher {
@@ -190,6 +215,11 @@ impl Pusher {
         self.halted.get().map(String::as_str)
     }
 
+    /// Why the store failed, if it did.
+    pub fn store_failed(&self) -> Option<&str> {
+        self.store_failed.get().map(String::as_str)
+    }
+
     fn ctx(&self, external_id: &str) -> RequestContext {
         RequestContext {
             correlation_id: self.correlation_id,
@@ -198,29 +228,39 @@ impl Pusher {
     }
 
     fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, Stop> {
-        self.store.lock().map_err(|_| Stop::Failed {
-            referral_id: None,
+        self.store.lock().map_err(|_| Stop::Halt {
             message: "internal error: the store lock was poisoned".into(),
             status: None,
-            code: None,
-            unsettled: false,
         })
     }
 
-    fn diff_options(&self, adopting: bool) -> DiffOptions {
-        DiffOptions {
-            // Adopting a referral someone else filled in: an empty CRM
-            // column is no reason to clear what is there.
-            on_cleared: if adopting {
-                OnCleared::Skip
+    /// The client, when this cycle writes.
+    fn writer(&self) -> Option<&ApiClient> {
+        self.client.as_ref().filter(|_| !self.dry_run)
+    }
+
+    fn merge_options(&self, item: &WorkItem, adopting: bool) -> MergeOptions {
+        MergeOptions {
+            diff: DiffOptions {
+                // Adopting a referral someone else filled in: an empty CRM
+                // column is no reason to clear what is there.
+                on_cleared: if adopting {
+                    OnCleared::Skip
+                } else {
+                    self.settings.sync.on_cleared
+                },
+            },
+            conflict: self.settings.sync.conflict,
+            mode: if item.reason == WorkReason::Resync {
+                Mode::Resync
             } else {
-                self.settings.sync.on_cleared
+                Mode::Sync
             },
         }
     }
 
     /// Page through the referral list once; the store keeps a copy.
-    async fn build_index(&self) -> Result<HashMap<String, Vec<String>>, String> {
+    async fn build_index(&self) -> Result<Listing, String> {
         let Some(client) = &self.client else {
             return Err("no credentials configured (offline)".into());
         };
@@ -228,7 +268,8 @@ impl Pusher {
             correlation_id: self.correlation_id,
             external_id: None,
         };
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        let started_at = Utc::now();
+        let mut ids: HashMap<String, Vec<String>> = HashMap::new();
         let count = client
             .list(&ctx, |page: Vec<Value>| {
                 for referral in page {
@@ -240,15 +281,20 @@ impl Pusher {
                     if let (Some(ext), Some(id)) = (ext, id)
                         && !ext.is_empty()
                     {
-                        map.entry(ext).or_default().push(id.to_owned());
+                        let entry = ids.entry(ext).or_default();
+                        // A referral listed twice (pages shifting under the
+                        // listing) is one referral.
+                        if !entry.iter().any(|known| known.eq_ignore_ascii_case(id)) {
+                            entry.push(id.to_owned());
+                        }
                     }
                 }
             })
             .await
             .map_err(|e| format!("listing referrals to resolve external ids failed: {e}"))?;
-        info!(correlation_id = %self.correlation_id, referrals = count, indexed = map.len(), "referral index built");
+        info!(correlation_id = %self.correlation_id, referrals = count, indexed = ids.len(), "referral index built");
         if !self.dry_run {
-            let entries: Vec<(String, String)> = map
+            let entries: Vec<(String, String)> = ids
                 .iter()
                 .filter(|(_, ids)| ids.len() == 1)
                 .map(|(ext, ids)| (ext.clone(), ids[0].clone()))
@@ -259,7 +305,7 @@ impl Pusher {
                 warn!(error = %e, "could not save the referral index");
             }
         }
-        Ok(map)
+        Ok(Listing { ids, started_at })
     }
 
     /// Plan and push one record; never panics, never returns early without
@@ -268,223 +314,300 @@ impl Pusher {
         let external_id = item.mapped.external_id.clone();
         match self.sync_record_inner(&item).await {
             Ok(outcome) => outcome,
-            Err(stop) => {
-                let mut outcome = RecordOutcome::new(Some(external_id.clone()), Action::Failed);
-                match stop {
-                    Stop::Failed {
-                        referral_id,
-                        message,
-                        status,
-                        code,
-                        unsettled,
-                    } => {
-                        warn!(
-                            correlation_id = %self.correlation_id,
-                            external_id = %external_id,
-                            referral_id = referral_id.as_deref().unwrap_or(""),
-                            status = status.map(u64::from),
-                            code = code.as_deref().unwrap_or(""),
-                            error = %message,
-                            "record failed"
-                        );
-                        let recorded = match self.store.lock() {
-                            Ok(_) if self.dry_run => Ok(()),
-                            Ok(store) if unsettled => store.record_unsettled(
-                                &external_id,
-                                referral_id.as_deref(),
-                                &message,
-                            ),
-                            Ok(store) => {
-                                store.record_failed(&external_id, referral_id.as_deref(), &message)
-                            }
-                            Err(_) => Ok(()),
+            Err(stop) => self.stopped(&external_id, stop),
+        }
+    }
+
+    /// Record and report why a record stopped.
+    fn stopped(&self, external_id: &str, stop: Stop) -> RecordOutcome {
+        let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Failed);
+        match stop {
+            Stop::Failed {
+                referral_id,
+                message,
+                status,
+                code,
+                refused,
+            } => {
+                warn!(
+                    correlation_id = %self.correlation_id,
+                    external_id = %external_id,
+                    referral_id = referral_id.as_deref().unwrap_or(""),
+                    status = status.map(u64::from),
+                    code = code.as_deref().unwrap_or(""),
+                    error = %message,
+                    "record failed"
+                );
+                if !self.dry_run {
+                    let recorded = self.store().map_err(|_| None).and_then(|store| {
+                        let rid = referral_id.as_deref();
+                        let result = if refused {
+                            store.record_refused(external_id, rid, &message)
+                        } else {
+                            store.record_failed(external_id, rid, &message)
                         };
-                        if let Err(e) = recorded {
-                            warn!(external_id = %external_id, error = %e, "could not record the failure");
-                        }
-                        outcome.referral_id = referral_id;
-                        outcome.errors.push(message);
-                    }
-                    Stop::Store(e) => {
-                        warn!(external_id = %external_id, error = %e, "record failed: store error");
-                        outcome.errors.push(e.to_string());
-                    }
-                    Stop::Halt { message, status } => {
-                        warn!(
-                            correlation_id = %self.correlation_id,
-                            external_id = %external_id,
-                            status = status.map(u64::from),
-                            error = %message,
-                            "record not synced: the push phase stops"
-                        );
-                        self.halt(&message);
-                        outcome.errors.push(message);
+                        result.map_err(Some)
+                    });
+                    if let Err(Some(e)) = recorded {
+                        self.fail_store(external_id, &e);
                     }
                 }
-                outcome
+                outcome.referral_id = referral_id;
+                outcome.errors.push(message);
+            }
+            Stop::Store(e) => {
+                self.fail_store(external_id, &e);
+                outcome.errors.push(e.to_string());
+            }
+            Stop::Halt { message, status } => {
+                warn!(
+                    correlation_id = %self.correlation_id,
+                    external_id = %external_id,
+                    status = status.map(u64::from),
+                    error = %message,
+                    "record not synced: the push phase stops"
+                );
+                self.halt(&message);
+                outcome.errors.push(message);
             }
         }
+        outcome
+    }
+
+    /// The store failed: no new record is taken up, records in flight
+    /// finish, and the cycle ends as "the store failed".
+    fn fail_store(&self, external_id: &str, error: &StoreError) {
+        let reason = format!("the store failed: {error}");
+        if self.store_failed.set(reason.clone()).is_ok() {
+            tracing::error!(
+                correlation_id = %self.correlation_id,
+                external_id,
+                error = %error,
+                "the store failed; no further record is taken up"
+            );
+        }
+        let _ = self.halted.set(reason);
     }
 
     async fn sync_record_inner(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
-        let ext = item.mapped.external_id.as_str();
-        let stored = self.store()?.record(ext)?;
-        let desired = &item.mapped.document;
-
-        // A known referral whose snapshot we trust: plan against it alone.
-        if let Some(rec) = &stored
-            && let (Some(id), Some(etag), Some(snapshot)) =
-                (&rec.referral_id, &rec.etag, &rec.snapshot)
-        {
-            let trusted = rec.state != SyncState::Pending && item.reason != WorkReason::Resync;
-            let planned =
-                diff::plan_patch(snapshot, desired, &self.managed, &self.diff_options(false));
-            // Rewriting a whole array of objects needs the live elements,
-            // whose members the mapping does not fill must be carried over.
-            let rewrites_elements = planned.ops.iter().any(|op| {
-                matches!(op, Op::Replace { .. })
-                    && self.managed.element_members().contains_key(op.path())
-            });
-            if trusted && !(rewrites_elements && self.client.is_some()) {
-                let base = Base {
-                    referral_id: id.clone(),
-                    etag: etag.clone(),
-                    snapshot: snapshot.clone(),
-                    live: None,
-                    adopting: false,
-                };
-                return self
-                    .push(item, base, planned.ops, planned.rejected, Vec::new())
-                    .await;
+        let stored = self.store()?.record(&item.mapped.external_id)?;
+        match self.resolve(item, stored.as_ref()).await? {
+            Resolved::Done(outcome) => Ok(outcome),
+            Resolved::Create => self.create(item).await,
+            Resolved::Plan(footing) => {
+                let adopting = footing.before.is_none();
+                let plan = self.plan(item, &footing, adopting);
+                self.write(item, footing, plan).await
             }
         }
-
-        let referral_id = self.resolve(item, stored.as_ref()).await?;
-        let Some(referral_id) = referral_id else {
-            return self.create(item).await;
-        };
-
-        // Adoption, an unknown outcome left by a crash, or a resync: read
-        // the live referral and merge three ways.
-        let Some(client) = &self.client else {
-            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
-            outcome.referral_id = Some(referral_id);
-            outcome.note = Some(
-                "the patch is computed against the live referral, which an offline dry run does not read"
-                    .into(),
-            );
-            return Ok(outcome);
-        };
-        let live = self.get_live(client, ext, &referral_id).await?;
-        let (snapshot, adopting) = match stored.as_ref().and_then(|r| r.snapshot.clone()) {
-            Some(snapshot) => (snapshot, false),
-            None => (live.document.clone(), true),
-        };
-        let merged = self.merge_with_live(&snapshot, desired, &live.document, adopting);
-        let base = Base {
-            referral_id,
-            etag: live.etag.clone(),
-            snapshot,
-            live: Some(live.document),
-            adopting,
-        };
-        self.push(item, base, merged.ops, merged.rejected, merged.conflicts)
-            .await
     }
 
-    /// Count one round of the referral changing under us (a 412, or a
-    /// PUT's read finding a new eTag); past the limit the record fails.
-    fn conflict_round(&self, rounds: &mut u32, base: &Base) -> Result<(), Stop> {
-        *rounds += 1;
-        Counters::add(&self.counters.conflicts, 1);
-        let limit = self.settings.sync.max_conflict_retries;
-        if *rounds > limit {
-            return Err(Stop::Failed {
-                referral_id: Some(base.referral_id.clone()),
-                message: format!(
-                    "412 Precondition Failed (or a new eTag read before a PUT) {rounds} times: the referral keeps changing (sync.max_conflict_retries = {limit})"
-                ),
-                status: Some(412),
-                code: Some("preconditionFailed".into()),
-                unsettled: false,
-            });
-        }
-        Ok(())
-    }
+    // -- step 1: resolve -----------------------------------------------------
 
-    /// Plan again against the live referral, which becomes the base the
-    /// next write is sent against.
-    fn replan(
-        &self,
-        external_id: &str,
-        desired: &Value,
-        base: &mut Base,
-        live: Referral,
-    ) -> merge::MergeOutcome {
-        let merged = self.merge_with_live(&base.snapshot, desired, &live.document, base.adopting);
-        log_conflicts(self.correlation_id, external_id, &merged.conflicts);
-        debug!(
-            external_id,
-            ops = merged.ops.len(),
-            already_applied = merged.already_applied,
-            "re-planned against the live referral"
-        );
-        base.etag = live.etag;
-        base.live = Some(live.document);
-        merged
-    }
-
-    /// Three-way merge against the live referral. Array elements of the
-    /// snapshot and the desired document first take over the members the
-    /// mapping does not fill from their live counterparts, so that those
-    /// members neither look like a conflict nor get dropped by a
-    /// whole-array write.
-    fn merge_with_live(
-        &self,
-        snapshot: &Value,
-        desired: &Value,
-        live: &Value,
-        adopting: bool,
-    ) -> merge::MergeOutcome {
-        let mut snapshot = snapshot.clone();
-        let mut desired = desired.clone();
-        merge::carry_unmanaged_element_members(&mut snapshot, live, &self.managed);
-        merge::carry_unmanaged_element_members(&mut desired, live, &self.managed);
-        merge::three_way(
-            &snapshot,
-            &desired,
-            live,
-            &self.managed,
-            &self.merge_options(adopting),
-        )
-    }
-
-    fn merge_options(&self, adopting: bool) -> MergeOptions {
-        MergeOptions {
-            diff: self.diff_options(adopting),
-            conflict: self.settings.sync.conflict,
-        }
-    }
-
-    /// Store, then the export's referral id column, then the index.
+    /// Which referral the record is, and what to plan against.
     async fn resolve(
         &self,
         item: &WorkItem,
         stored: Option<&StoredRecord>,
-    ) -> Result<Option<String>, Stop> {
-        if let Some(id) = stored.and_then(|r| r.referral_id.clone()) {
-            return Ok(Some(id));
+    ) -> Result<Resolved, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        if let Some(rec) = stored
+            && let Some(referral_id) = &rec.referral_id
+        {
+            return self.resolve_known(item, rec, referral_id).await;
         }
-        if let Some(id) = &item.mapped.referral_id {
-            return Ok(Some(id.clone()));
+        if let Some(intent) = stored.and_then(|r| r.intent.as_ref())
+            && intent.kind == IntentKind::Create
+        {
+            return self.resolve_lost_create(item, intent).await;
         }
-        if self.client.is_none() {
-            let indexed = self.store()?.index_lookup(&item.mapped.external_id)?;
-            return Ok(indexed);
+        if let Some(referral_id) = &item.mapped.referral_id {
+            return self.resolve_claimed(item, referral_id).await;
         }
-        // The index is listed once per cycle, so a create whose answer was
-        // lost in an earlier cycle (the record is `pending`) is found here.
-        self.index.lookup(self, &item.mapped.external_id).await
+        let Some(client) = &self.client else {
+            let indexed = self.store()?.index_lookup(ext)?;
+            return Ok(match indexed {
+                Some(referral_id) => Resolved::Done(offline_note(ext, Some(referral_id))),
+                None => Resolved::Create,
+            });
+        };
+        match self.index.lookup(self, ext).await? {
+            Indexed::Found(referral_id) => {
+                let live = self.get_live(client, ext, &referral_id).await?;
+                Ok(Resolved::Plan(adopt(live, &self.managed)))
+            }
+            Indexed::Absent(_) => Ok(Resolved::Create),
+        }
+    }
+
+    /// A referral the store binds the record to.
+    async fn resolve_known(
+        &self,
+        item: &WorkItem,
+        rec: &StoredRecord,
+        referral_id: &str,
+    ) -> Result<Resolved, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let trusted = rec.intent.is_none()
+            && rec.state != SyncState::Pending
+            && item.reason != WorkReason::Resync;
+        if trusted && let (Some(etag), Some(base)) = (&rec.etag, &rec.base) {
+            return Ok(Resolved::Plan(Footing {
+                referral_id: referral_id.to_owned(),
+                etag: etag.clone(),
+                base: base.clone(),
+                before: rec.snapshot.clone(),
+                live: None,
+            }));
+        }
+        // An unknown base (a 204, a store from an older release), an
+        // unsettled write, or a resync: read the live referral.
+        let Some(client) = &self.client else {
+            return Ok(Resolved::Done(offline_note(
+                ext,
+                Some(referral_id.to_owned()),
+            )));
+        };
+        let live = self.get_live(client, ext, referral_id).await?;
+        let mut footing = Footing {
+            referral_id: referral_id.to_owned(),
+            etag: live.etag.clone(),
+            base: rec
+                .base
+                .clone()
+                .unwrap_or_else(|| ownership::project(&live.document, &self.managed)),
+            before: rec.snapshot.clone(),
+            live: Some(live.document.clone()),
+        };
+        if let Some(intent) = &rec.intent {
+            self.recover(ext, intent, &mut footing, &live);
+        }
+        Ok(Resolved::Plan(footing))
+    }
+
+    /// A create whose answer was lost: adopt the referral once a listing
+    /// shows it; create again only when a listing made long enough after
+    /// the create shows none.
+    async fn resolve_lost_create(
+        &self,
+        item: &WorkItem,
+        intent: &WriteIntent,
+    ) -> Result<Resolved, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let Some(client) = &self.client else {
+            return Ok(Resolved::Done(offline_note(ext, None)));
+        };
+        match self.index.lookup(self, ext).await? {
+            Indexed::Found(referral_id) => {
+                let live = self.get_live(client, ext, &referral_id).await?;
+                info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, "the create whose answer was lost took effect; adopting its referral");
+                let mut footing = adopt(live, &self.managed);
+                footing.before = Some(intent.desired.clone());
+                Ok(Resolved::Plan(footing))
+            }
+            Indexed::Absent(listed_at) => {
+                let started = DateTime::parse_from_rfc3339(&intent.started_at)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or(listed_at);
+                let wait = chrono::Duration::seconds(
+                    i64::try_from(self.settings.sync.create_confirm_secs).unwrap_or(i64::MAX),
+                );
+                let confirmed_at = started.checked_add_signed(wait).unwrap_or(started);
+                if listed_at >= confirmed_at {
+                    info!(correlation_id = %self.correlation_id, external_id = ext, "no referral appeared for the create whose answer was lost; creating again");
+                    return Ok(Resolved::Create);
+                }
+                let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
+                outcome.errors.push(format!(
+                    "create outcome unknown since {}: held until a listing made after {} (sync.create_confirm_secs = {}) shows no referral with this externalReferenceId",
+                    intent.started_at,
+                    confirmed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    self.settings.sync.create_confirm_secs
+                ));
+                Ok(Resolved::Done(outcome))
+            }
+        }
+    }
+
+    /// A referral id from the export's referral id column: used only once
+    /// the live referral shows it is this record's (or nobody's).
+    async fn resolve_claimed(&self, item: &WorkItem, referral_id: &str) -> Result<Resolved, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        if let Some(other) = self.store()?.record_of_referral(referral_id)?
+            && other != ext
+        {
+            return Err(Stop::failed(
+                Some(referral_id),
+                format!(
+                    "the export gives referral {referral_id}, which record {other} is synced to; a record is bound to a referral only by its externalReferenceId (a copied CRM row?)"
+                ),
+            ));
+        }
+        {
+            let mut claims = self
+                .claims
+                .lock()
+                .map_err(|_| Stop::failed(None, "internal error: claims lock poisoned".into()))?;
+            match claims.get(referral_id) {
+                Some(other) if other != ext => {
+                    return Err(Stop::failed(
+                        Some(referral_id),
+                        format!(
+                            "records {other} and {ext} both give referral {referral_id} in the export; neither is sent"
+                        ),
+                    ));
+                }
+                _ => {
+                    claims.insert(referral_id.to_owned(), ext.to_owned());
+                }
+            }
+        }
+        let Some(client) = &self.client else {
+            return Ok(Resolved::Done(offline_note(
+                ext,
+                Some(referral_id.to_owned()),
+            )));
+        };
+        let live = self.get_live(client, ext, referral_id).await?;
+        let carried = live
+            .document
+            .get("externalReferenceId")
+            .and_then(Value::as_str)
+            .map(mapping::normalise_external_id)
+            .unwrap_or_default();
+        if !carried.is_empty() && carried != ext {
+            return Err(Stop::failed(
+                Some(referral_id),
+                format!(
+                    "the export gives referral {referral_id}, but that referral carries externalReferenceId {carried}, another record's; it is not touched"
+                ),
+            ));
+        }
+        Ok(Resolved::Plan(adopt(live, &self.managed)))
+    }
+
+    /// Settle a write intent left by a crash or an unknown outcome against
+    /// the live referral: a PATCH is all or nothing, so when the eTag moved
+    /// and any slot holds what the write set, the write was applied and
+    /// the base is what it made of the referral; else the base stays.
+    fn recover(&self, ext: &str, intent: &WriteIntent, footing: &mut Footing, live: &Referral) {
+        let applied = intent_applied(intent, live, &self.managed);
+        if applied {
+            let mut base = intent.against.clone();
+            footing.base = match diff::apply_ops(&mut base, &intent.ops) {
+                Ok(()) => ownership::project(&base, &self.managed),
+                Err(_) => ownership::project(&live.document, &self.managed),
+            };
+            footing.before = Some(intent.desired.clone());
+        }
+        info!(
+            correlation_id = %self.correlation_id,
+            external_id = ext,
+            referral_id = %footing.referral_id,
+            applied,
+            ops = intent.ops.len(),
+            "settled the write whose outcome was unknown against the live referral"
+        );
     }
 
     async fn get_live(
@@ -498,6 +621,28 @@ impl Pusher {
             .await
             .map_err(|e| api_stop(Some(referral_id), &e))
     }
+
+    // -- step 2: plan --------------------------------------------------------
+
+    fn plan(&self, item: &WorkItem, footing: &Footing, adopting: bool) -> Plan {
+        let plan = merge::plan(&PlanInput {
+            crm: &item.mapped.document,
+            before: footing.before.as_ref(),
+            base: &footing.base,
+            live: footing.live.as_ref(),
+            managed: &self.managed,
+            options: self.merge_options(item, adopting),
+        });
+        let ext = item.mapped.external_id.as_str();
+        log_conflicts(self.correlation_id, ext, &plan.conflicts);
+        log_drift(self.correlation_id, ext, &plan.drift);
+        for element in &plan.left_in_place {
+            info!(correlation_id = %self.correlation_id, external_id = ext, element = %element, "the CRM no longer has this list element; left in Partner Center (there is no remove)");
+        }
+        plan
+    }
+
+    // -- create --------------------------------------------------------------
 
     async fn create(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
         let ext = item.mapped.external_id.as_str();
@@ -532,41 +677,56 @@ impl Pusher {
         }
         let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Create);
         outcome.document = Some(body.clone());
-        let Some(client) = self.client.as_ref().filter(|_| !self.dry_run) else {
+        let Some(client) = self.writer() else {
             return Ok(outcome);
         };
-        self.store()?.mark_pending(ext, None)?;
+        let intent = WriteIntent {
+            kind: IntentKind::Create,
+            etag: None,
+            ops: Vec::new(),
+            targets: Vec::new(),
+            against: Value::Null,
+            desired: item.mapped.document.clone(),
+            desired_hash: item.hash.clone(),
+            started_at: now_rfc3339(),
+        };
+        self.store()?.begin_write(ext, None, &intent)?;
         match client.create(&self.ctx(ext), &body).await {
             Ok(referral) => {
+                // The answer is the base: the service may have set another
+                // status than the one sent.
+                let base = ownership::project(&referral.document, &self.managed);
                 self.store()?.record_applied(
                     ext,
                     &Applied {
                         referral_id: &referral.id,
                         etag: Some(&referral.etag),
+                        base: Some(&base),
                         snapshot: &item.mapped.document,
                         desired_hash: &item.hash,
                         state: SyncState::Synced,
                         error: None,
                     },
                 )?;
-                info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+                debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
             }
             Err(ApiError::OutcomeUnknown { reason, .. }) => {
-                // It may exist now. The record stays `pending`, so the next
-                // cycle lists the referrals afresh before creating again.
+                // It may exist now. The record stays `pending` with its
+                // intent: later cycles look for it before creating again.
                 Counters::add(&self.counters.retried, 1);
                 let message = format!(
-                    "create: outcome unknown ({reason}); the next cycle looks the referral up before creating again"
+                    "create: outcome unknown ({reason}); later listings look for the referral, and it is created again only if none shows up {} s after this attempt (sync.create_confirm_secs)",
+                    self.settings.sync.create_confirm_secs
                 );
                 warn!(correlation_id = %self.correlation_id, external_id = ext, error = %message, "record pending");
-                self.store()?.record_unsettled(ext, None, &message)?;
+                self.store()?.record_failed(ext, None, &message)?;
                 let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
                 outcome.errors.push(message);
                 Ok(outcome)
             }
-            Err(e) => Err(api_stop(None, &e)),
+            Err(e) => Err(refused(api_stop(None, &e))),
         }
     }
 
@@ -605,175 +765,297 @@ impl Pusher {
         body
     }
 
-    /// Send `ops` against `base`, merging again after a 412 or an unknown
-    /// outcome, until acknowledged or out of attempts.
-    async fn push(
+    // -- steps 3 and 4: write and settle ---------------------------------------
+
+    /// Count one round of the referral changing under us (a 412, or a
+    /// PUT's read finding a new eTag); past the limit the record fails.
+    fn conflict_round(&self, rounds: &mut u32, referral_id: &str) -> Result<(), Stop> {
+        *rounds += 1;
+        Counters::add(&self.counters.conflicts, 1);
+        let limit = self.settings.sync.max_conflict_retries;
+        if *rounds > limit {
+            return Err(Stop::Failed {
+                referral_id: Some(referral_id.to_owned()),
+                message: format!(
+                    "412 Precondition Failed (or a new eTag read before a PUT) {rounds} times: the referral keeps changing (sync.max_conflict_retries = {limit})"
+                ),
+                status: Some(412),
+                code: Some("preconditionFailed".into()),
+                refused: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Take in the live referral after a 412 or an unknown outcome, and
+    /// plan again against it.
+    fn replan(&self, item: &WorkItem, footing: &mut Footing, live: Referral) -> Plan {
+        footing.etag = live.etag;
+        footing.live = Some(live.document);
+        let adopting = footing.before.is_none();
+        let plan = self.plan(item, footing, adopting);
+        debug!(
+            external_id = %item.mapped.external_id,
+            ops = plan.ops.len(),
+            already_applied = plan.already_applied,
+            "re-planned against the live referral"
+        );
+        plan
+    }
+
+    /// The write intent for `plan` against `footing`.
+    fn intent(&self, item: &WorkItem, footing: &Footing, plan: &Plan) -> WriteIntent {
+        let against = footing.live.as_ref().unwrap_or(&footing.base);
+        WriteIntent {
+            kind: IntentKind::Update,
+            etag: Some(footing.etag.clone()),
+            ops: plan.ops.clone(),
+            targets: plan.targets.clone(),
+            against: ownership::project(against, &self.managed),
+            desired: item.mapped.document.clone(),
+            desired_hash: item.hash.clone(),
+            started_at: now_rfc3339(),
+        }
+    }
+
+    /// Send the plan, merging again after a 412 or an unknown outcome,
+    /// until acknowledged or out of attempts; then settle.
+    async fn write(
         &self,
         item: &WorkItem,
-        mut base: Base,
-        mut ops: Vec<Op>,
-        rejected: Vec<Rejection>,
-        mut conflicts: Vec<merge::Conflict>,
+        mut footing: Footing,
+        mut plan: Plan,
     ) -> Result<RecordOutcome, Stop> {
         let ext = item.mapped.external_id.as_str();
-        let desired = &item.mapped.document;
-        let mut rejected = rejected;
         let mut sent: Vec<Op> = Vec::new();
-        // Ops of a write whose answer was lost, until a read tells whether
-        // the referral took them.
-        let mut in_doubt: Vec<Op> = Vec::new();
+        let mut conflicts = std::mem::take(&mut plan.conflicts);
+        let mut drift = std::mem::take(&mut plan.drift);
         let mut conflict_rounds = 0u32;
         let mut unknown = RetrySchedule::new(&self.settings.api.retry);
         let method = self.settings.api.update_method;
-        log_conflicts(self.correlation_id, ext, &conflicts);
 
-        // The eTag the referral has once our changes are in it; `None` when
-        // a write was acknowledged without one (204).
-        let etag_after: Option<String> = loop {
-            if ops.is_empty() {
-                break Some(base.etag.clone());
+        // What Partner Center holds once the write is in: its eTag and the
+        // base, `None` when the answer carried neither (a 204).
+        let settled: Option<(String, Value)> = loop {
+            if plan.ops.is_empty() {
+                let holds = footing.live.as_ref().map_or_else(
+                    || footing.base.clone(),
+                    |live| ownership::project(live, &self.managed),
+                );
+                break Some((footing.etag.clone(), holds));
             }
-            let Some(client) = self.client.as_ref().filter(|_| !self.dry_run) else {
-                sent = ops.clone();
+            let Some(client) = self.writer() else {
+                sent = plan.ops.clone();
                 break None;
             };
-            self.store()?.mark_pending(ext, Some(&base.referral_id))?;
-            let ctx = self.ctx(ext);
+            let intent = self.intent(item, &footing, &plan);
+            self.store()?
+                .begin_write(ext, Some(&footing.referral_id), &intent)?;
             let result = match method {
                 UpdateMethod::Patch => {
                     client
-                        .patch(&ctx, &base.referral_id, &base.etag, &ops)
+                        .patch(
+                            &self.ctx(ext),
+                            &footing.referral_id,
+                            &footing.etag,
+                            &plan.ops,
+                        )
                         .await
                 }
                 UpdateMethod::Put => {
-                    let live = match base.live.take() {
+                    let live = match footing.live.clone() {
                         Some(live) => live,
                         None => {
-                            let live = self.get_live(client, ext, &base.referral_id).await?;
-                            if live.etag != base.etag {
-                                // Changed in Partner Center since the snapshot
-                                // the ops were planned against: a PUT under
-                                // this fresh eTag would overwrite the change
-                                // unseen. Merge first, as after a 412.
-                                self.conflict_round(&mut conflict_rounds, &base)?;
-                                let merged = self.replan(ext, desired, &mut base, live);
-                                keep_latest_conflicts(&mut conflicts, merged.conflicts);
-                                rejected = merged.rejected;
-                                ops = merged.ops;
+                            let live = self.get_live(client, ext, &footing.referral_id).await?;
+                            if live.etag != footing.etag {
+                                // Changed in Partner Center since the base
+                                // the ops were planned against: merge first,
+                                // as after a 412.
+                                self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
+                                plan = self.replan(item, &mut footing, live);
+                                keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
+                                keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
                                 continue;
                             }
                             live.document
                         }
                     };
-                    let body = put_body(&live, &ops).map_err(|message| Stop::Failed {
-                        referral_id: Some(base.referral_id.clone()),
-                        message,
-                        status: None,
-                        code: None,
-                        unsettled: false,
-                    })?;
-                    client.put(&ctx, &base.referral_id, &base.etag, &body).await
+                    let body = put_body(&live, &plan.ops)
+                        .map_err(|message| Stop::failed(Some(&footing.referral_id), message))?;
+                    client
+                        .put(&self.ctx(ext), &footing.referral_id, &footing.etag, &body)
+                        .await
                 }
             };
             match result {
                 Ok(acknowledged) => {
-                    sent.extend(ops.iter().cloned());
-                    // A 204 (the service ignored `Prefer`) carries no eTag.
-                    // Reading one now could pick up someone else's later
-                    // edit as if it were ours; store none, so the next
-                    // change is merged against the live referral.
-                    break acknowledged.map(|referral| referral.etag);
+                    sent.extend(plan.ops.iter().cloned());
+                    // A 204 (the service ignored `Prefer`) carries neither
+                    // eTag nor representation: the base is unknown, and the
+                    // next plan reads the live referral first.
+                    break acknowledged.map(|referral| {
+                        let base = ownership::project(&referral.document, &self.managed);
+                        (referral.etag, base)
+                    });
                 }
                 Err(ApiError::PreconditionFailed { .. }) => {
-                    self.conflict_round(&mut conflict_rounds, &base)?;
-                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
+                    self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
+                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
                 }
                 Err(ApiError::OutcomeUnknown { reason, .. }) => {
                     Counters::add(&self.counters.retried, 1);
                     let Some(delay) = unknown.next_delay() else {
-                        return Err(Stop::Failed {
-                            referral_id: Some(base.referral_id.clone()),
-                            message: format!(
-                                "write outcome unknown and retries exhausted: {reason}; the next cycle reads the referral before sending again"
+                        return Err(Stop::failed(
+                            Some(&footing.referral_id),
+                            format!(
+                                "write outcome unknown and retries exhausted: {reason}; the next cycle reads the referral and settles the write before sending again"
                             ),
-                            status: None,
-                            code: None,
-                            unsettled: true,
-                        });
+                        ));
                     };
-                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
-                    in_doubt = ops.clone();
+                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
                     tokio::time::sleep(delay).await;
+                    let live = self.get_live(client, ext, &footing.referral_id).await?;
+                    if intent_applied(&intent, &live, &self.managed) {
+                        sent.extend(plan.ops.iter().cloned());
+                    }
+                    self.recover(ext, &intent, &mut footing, &live);
+                    plan = self.replan(item, &mut footing, live);
+                    keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
+                    keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
+                    continue;
                 }
-                Err(e) => return Err(api_stop(Some(&base.referral_id), &e)),
+                Err(e) => return Err(refused(api_stop(Some(&footing.referral_id), &e))),
             }
-            // Read the live referral and merge three ways against it.
-            let live = match self.get_live(client, ext, &base.referral_id).await {
-                Ok(live) => live,
-                Err(stop) if !in_doubt.is_empty() => return Err(stop.unsettled()),
-                Err(stop) => return Err(stop),
-            };
-            let merged = self.replan(ext, desired, &mut base, live);
-            // A PATCH is all or nothing: when the referral already holds
-            // changes of the write whose answer was lost, that write took
-            // effect and is reported as sent.
-            if merged.already_applied > 0 {
-                sent.append(&mut in_doubt);
-            }
-            in_doubt.clear();
-            keep_latest_conflicts(&mut conflicts, merged.conflicts);
-            rejected = merged.rejected;
-            ops = merged.ops;
+            // After a 412: read the live referral and plan against it.
+            let live = self.get_live(client, ext, &footing.referral_id).await?;
+            plan = self.replan(item, &mut footing, live);
+            keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
+            keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
         };
 
         let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
-        outcome.referral_id = Some(base.referral_id.clone());
+        outcome.referral_id = Some(footing.referral_id.clone());
         outcome.patch = sent;
         outcome.conflicts = conflicts;
-        outcome.errors = rejected
+        outcome.drift = drift;
+        outcome.errors = plan
+            .rejected
             .iter()
             .map(|r| format!("{} not sent: {}", r.path, r.reason))
             .collect();
-        let state = if rejected.is_empty() {
+        if !plan.left_in_place.is_empty() {
+            outcome.note = Some(format!(
+                "no longer in the CRM, left in Partner Center: {}",
+                plan.left_in_place.join(", ")
+            ));
+        }
+        let state = if plan.rejected.is_empty() {
             SyncState::Synced
         } else {
             outcome.action = Action::Invalid;
             SyncState::Invalid
         };
-        if outcome.patch.is_empty() && rejected.is_empty() {
+        if outcome.patch.is_empty() && plan.rejected.is_empty() {
             outcome.action = Action::Unchanged;
         }
-        if self.dry_run || self.client.is_none() {
+        if self.writer().is_none() {
             return Ok(outcome);
         }
-        // What the referral now holds of ours: the desired document, except
-        // where a change was refused.
-        let snapshot = snapshot_after(desired, &base.snapshot, &rejected);
         let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
+        let (etag, base) = match &settled {
+            Some((etag, base)) => (Some(etag.as_str()), Some(base)),
+            None => (None, None),
+        };
         self.store()?.record_applied(
             ext,
             &Applied {
-                referral_id: &base.referral_id,
-                etag: etag_after.as_deref(),
-                snapshot: &snapshot,
+                referral_id: &footing.referral_id,
+                etag,
+                base,
+                snapshot: &item.mapped.document,
                 desired_hash: &item.hash,
                 state,
                 error: error.as_deref(),
             },
         )?;
         if state == SyncState::Invalid {
-            warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %base.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
+            warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
         }
         Ok(outcome)
+    }
+}
+
+/// Adopting a referral found by id: its owned part is the base, and every
+/// value the CRM has is its word.
+fn adopt(live: Referral, managed: &ManagedPaths) -> Footing {
+    Footing {
+        base: ownership::project(&live.document, managed),
+        referral_id: live.id,
+        etag: live.etag,
+        before: None,
+        live: Some(live.document),
+    }
+}
+
+/// Whether the live referral took the write `intent` describes: the eTag
+/// moved and a slot the write set holds the value it set.
+fn intent_applied(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths) -> bool {
+    if intent.etag.as_deref() == Some(live.etag.as_str()) {
+        return false;
+    }
+    let slots = Slots::of(&live.document, managed);
+    intent
+        .targets
+        .iter()
+        .any(|(slot, value)| same(slots.get(slot), Some(value)))
+}
+
+fn offline_note(external_id: &str, referral_id: Option<String>) -> RecordOutcome {
+    let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Update);
+    outcome.referral_id = referral_id;
+    outcome.note = Some(
+        "the patch is computed against the live referral, which an offline dry run does not read"
+            .into(),
+    );
+    outcome
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A failure of the write itself: the service said no, so the write was not
+/// applied.
+fn refused(stop: Stop) -> Stop {
+    match stop {
+        Stop::Failed {
+            referral_id,
+            message,
+            status,
+            code,
+            ..
+        } => Stop::Failed {
+            referral_id,
+            message,
+            status,
+            code,
+            refused: status.is_some(),
+        },
+        other => other,
     }
 }
 
 /// Add the conflicts of a merge round to those of earlier rounds, one per
 /// path: a path decided again in a later round (the seller edited it once
 /// more) is reported as that round decided it, since that is what was sent.
-fn keep_latest_conflicts(conflicts: &mut Vec<merge::Conflict>, latest: Vec<merge::Conflict>) {
+fn keep_latest(conflicts: &mut Vec<merge::Conflict>, latest: Vec<merge::Conflict>) {
     conflicts.retain(|earlier| latest.iter().all(|c| c.path != earlier.path));
     conflicts.extend(latest);
+}
+
+fn keep_latest_drift(drift: &mut Vec<merge::Drift>, latest: Vec<merge::Drift>) {
+    drift.retain(|earlier| latest.iter().all(|d| d.path != earlier.path));
+    drift.extend(latest);
 }
 
 fn log_conflicts(correlation_id: uuid::Uuid, external_id: &str, conflicts: &[merge::Conflict]) {
@@ -792,48 +1074,31 @@ fn log_conflicts(correlation_id: uuid::Uuid, external_id: &str, conflicts: &[mer
     }
 }
 
-/// The desired document with refused members put back as they were.
-fn snapshot_after(desired: &Value, base: &Value, rejected: &[Rejection]) -> Value {
-    let mut snapshot = desired.clone();
-    for r in rejected {
-        // A status refusal covers its substatus too.
-        let paths: &[&str] = if r.path == "/status" {
-            &["/status", "/substatus"]
-        } else {
-            &[r.path.as_str()]
+fn log_drift(correlation_id: uuid::Uuid, external_id: &str, drift: &[merge::Drift]) {
+    for d in drift {
+        let show = |v: &Option<Value>| {
+            v.as_ref()
+                .map_or_else(|| "(none)".to_owned(), Value::to_string)
         };
-        for path in paths {
-            restore(&mut snapshot, base, path);
-        }
-    }
-    snapshot
-}
-
-/// Make the member at `pointer` in `document` what it is in `base`
-/// (absent if `base` lacks it), creating parent objects as needed.
-fn restore(document: &mut Value, base: &Value, pointer: &str) {
-    let tokens: Vec<String> = pointer
-        .split('/')
-        .skip(1)
-        .map(|t| t.replace("~1", "/").replace("~0", "~"))
-        .collect();
-    let Some((last, parents)) = tokens.split_last() else {
-        return;
-    };
-    let mut node = document;
-    for token in parents {
-        let Value::Object(map) = node else { return };
-        node = map
-            .entry(token.clone())
-            .or_insert_with(|| Value::Object(serde_json::Map::new()));
-    }
-    let Value::Object(map) = node else { return };
-    match base.pointer(pointer) {
-        Some(value) => {
-            map.insert(last.clone(), value.clone());
-        }
-        None => {
-            map.remove(last);
+        let partner_center = show(&d.partner_center);
+        let crm = show(&d.crm);
+        match d.action {
+            merge::DriftAction::Repaired => info!(
+                correlation_id = %correlation_id,
+                external_id,
+                path = %d.path,
+                partner_center = %partner_center,
+                crm = %crm,
+                "drift repaired"
+            ),
+            merge::DriftAction::Kept => info!(
+                correlation_id = %correlation_id,
+                external_id,
+                path = %d.path,
+                partner_center = %partner_center,
+                crm = %crm,
+                "drift kept"
+            ),
         }
     }
 }
@@ -871,7 +1136,6 @@ fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
     let (status, code) = match error {
         ApiError::Rejected { status, code, .. } => (Some(*status), code.clone()),
         ApiError::PreconditionFailed { .. } => (Some(412), Some("preconditionFailed".into())),
-        ApiError::Unauthorized { .. } => (Some(401), None),
         _ => (None, None),
     };
     Stop::Failed {
@@ -879,7 +1143,7 @@ fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
         message: error.to_string(),
         status,
         code,
-        unsettled: false,
+        refused: false,
     }
 }
 
@@ -887,13 +1151,6 @@ fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn rejection(path: &str) -> Rejection {
-        Rejection {
-            path: path.to_owned(),
-            reason: "refused".to_owned(),
-        }
-    }
 
     #[test]
     fn a_path_decided_in_several_rounds_is_reported_once_as_last_decided() {
@@ -908,8 +1165,8 @@ mod tests {
             conflict("/name", "seller-1"),
             conflict("/details/notes", "n"),
         ];
-        keep_latest_conflicts(&mut conflicts, vec![conflict("/name", "seller-2")]);
-        keep_latest_conflicts(&mut conflicts, vec![]);
+        keep_latest(&mut conflicts, vec![conflict("/name", "seller-2")]);
+        keep_latest(&mut conflicts, vec![]);
         assert_eq!(
             conflicts,
             [
@@ -919,33 +1176,54 @@ mod tests {
         );
     }
 
+    fn managed() -> ManagedPaths {
+        let mut managed = ManagedPaths::empty();
+        managed.insert(&["details", "dealValue"]);
+        managed.insert(&["name"]);
+        managed
+    }
+
+    fn intent(etag: &str, deal: i64) -> WriteIntent {
+        WriteIntent {
+            kind: IntentKind::Update,
+            etag: Some(etag.into()),
+            ops: vec![Op::Replace {
+                path: "/details/dealValue".into(),
+                value: json!(deal),
+            }],
+            targets: vec![(
+                ownership::Slot::leaf(&["details", "dealValue"]),
+                json!(deal),
+            )],
+            against: json!({"details": {"dealValue": 1000}}),
+            desired: json!({"details": {"dealValue": deal}}),
+            desired_hash: "h".into(),
+            started_at: now_rfc3339(),
+        }
+    }
+
+    fn referral(etag: &str, deal: i64) -> Referral {
+        Referral {
+            id: "r".into(),
+            etag: etag.into(),
+            document: json!({"id": "r", "name": "n", "details": {"dealValue": deal}}),
+        }
+    }
+
     #[test]
-    fn a_refused_change_stays_out_of_the_snapshot_at_any_depth() {
-        let base = json!({
-            "status": "Closed", "substatus": "Won",
-            "customerProfile": {"address": {"city": "Redmond"}},
-        });
-        let desired = json!({
-            "status": "Active", "substatus": "Accepted",
-            "customerProfile": {"address": {"city": "Bellevue", "state": "WA"}, "name": "C"},
-            "details": {"notes": "new"},
-        });
-        let snapshot = snapshot_after(
-            &desired,
-            &base,
-            &[
-                rejection("/status"),
-                rejection("/customerProfile/address/city"),
-                rejection("/details/notes"),
-            ],
-        );
-        assert_eq!(
-            snapshot,
-            json!({
-                "status": "Closed", "substatus": "Won",
-                "customerProfile": {"address": {"city": "Redmond", "state": "WA"}, "name": "C"},
-                "details": {},
-            })
-        );
+    fn an_intent_is_applied_only_when_the_etag_moved_and_a_slot_holds_its_value() {
+        let managed = managed();
+        let cases = [
+            ("same eTag", referral("\"1\"", 2000), false),
+            ("moved, value there", referral("\"2\"", 2000), true),
+            ("moved, value not there", referral("\"2\"", 1500), false),
+        ];
+        for (name, live, expected) in cases {
+            assert_eq!(
+                intent_applied(&intent("\"1\"", 2000), &live, &managed),
+                expected,
+                "{name}"
+            );
+        }
     }
 }

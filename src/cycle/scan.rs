@@ -312,6 +312,14 @@ impl Retained {
         });
     }
 
+    /// `(external id, referral id)` of every record that gives a referral
+    /// id in the export.
+    pub fn referral_claims(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.records.iter().filter_map(|record| {
+            Some((record.external_id.as_str(), record.referral_id.as_deref()?))
+        })
+    }
+
     fn retain_ids(&mut self, keep: impl Fn(&str) -> bool) {
         self.records.retain(|record| keep(&record.external_id));
     }
@@ -717,6 +725,7 @@ mod tests {
                 &Applied {
                     referral_id: "r",
                     etag: Some("e"),
+                    base: None,
                     snapshot: &json!({}),
                     desired_hash: hash,
                     state: SyncState::Synced,

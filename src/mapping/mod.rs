@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::export::{Record, RecordLocation};
-use crate::model::{Document, Entity, ManagedPaths};
+use crate::model::{Document, Entity, ListKey, ManagedPaths};
 
 use self::column::ColumnRef;
 use self::convert::{Context, FieldType};
@@ -51,6 +51,31 @@ pub struct MappingSpec {
     /// Dynamics status reason → referral status/substatus.
     #[serde(default)]
     pub status: Vec<StatusRule>,
+    /// Referral list path (`customerProfile.team`) → how its elements are
+    /// told apart. Every list whose elements the fields fill must have one.
+    #[serde(default)]
+    pub lists: BTreeMap<String, ListSpec>,
+}
+
+/// How the elements of one referral list are told apart.
+///
+/// ```toml
+/// [lists."customerProfile.team"]
+/// key = "email"
+/// ignore_case = true
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSpec {
+    /// The element member that identifies an element (`email`).
+    pub key: String,
+    /// Compare keys ignoring letter case (default `true`).
+    #[serde(default = "default_true")]
+    pub ignore_case: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Where one referral field comes from.
@@ -189,6 +214,7 @@ impl MappingSpec {
             self.headers.insert(header, column);
         }
         self.fields.extend(overrides.fields);
+        self.lists.extend(overrides.lists);
         for rule in overrides.status {
             match self
                 .status
@@ -312,6 +338,54 @@ struct Field {
     required: bool,
 }
 
+/// Give every list whose elements the fields fill its key from `lists`:
+/// a list of people is matched by who they are, never by position.
+fn key_lists(
+    lists: &BTreeMap<String, ListSpec>,
+    managed: &mut ManagedPaths,
+) -> Result<(), MappingConfigError> {
+    let mut keyed = Vec::new();
+    for (pointer, members) in managed.element_members() {
+        let tokens: Vec<String> = pointer
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let dotted = tokens.join(".");
+        let Some(spec) = lists.get(&dotted) else {
+            return Err(MappingConfigError {
+                key: format!("lists.{dotted:?}"),
+                message: format!(
+                    "the fields fill members of the elements of `{dotted}` ({}), but the list has no key; \
+                     add `[mapping.lists.\"{dotted}\"] key = \"<member>\"` (for people: `email`) so that its \
+                     elements are matched by who they are, not by position",
+                    members.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        if !members.contains(&spec.key) {
+            return Err(MappingConfigError {
+                key: format!("lists.{dotted:?}.key"),
+                message: format!(
+                    "`{}` identifies the elements of `{dotted}`, but no field fills `{dotted}[n].{}`",
+                    spec.key, spec.key
+                ),
+            });
+        }
+        keyed.push((
+            tokens,
+            ListKey {
+                member: spec.key.clone(),
+                ignore_case: spec.ignore_case,
+            },
+        ));
+    }
+    for (tokens, key) in keyed {
+        managed.insert_list_key(&tokens, key);
+    }
+    Ok(())
+}
+
 /// The referral members a mapping field may not write.
 fn reserved_member(member: &str, has_status_table: bool) -> Option<&'static str> {
     match member {
@@ -390,6 +464,8 @@ impl Mapper {
             }
             fields.push(field);
         }
+
+        key_lists(&spec.lists, &mut managed)?;
 
         Ok(Mapper {
             id_column: entity.id_column(),
