@@ -377,6 +377,15 @@ fn settle_status(
     let pair_of = |doc: &Value| read_status(doc).ok().flatten();
     let crm_pair = pair_of(input.crm);
 
+    if sends_status && !input.managed.contains(&["substatus"]) {
+        targets.remove(&status_slot);
+        out.rejected.push(Rejection {
+            path: "/status".into(),
+            reason: "status is managed but substatus is not; a status change must carry its substatus"
+                .into(),
+        });
+        return;
+    }
     if sends_status || sends_substatus {
         if sends_status {
             // The status carries the CRM's substatus, whatever else was
