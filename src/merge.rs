@@ -381,8 +381,9 @@ fn settle_status(
         targets.remove(&status_slot);
         out.rejected.push(Rejection {
             path: "/status".into(),
-            reason: "status is managed but substatus is not; a status change must carry its substatus"
-                .into(),
+            reason:
+                "status is managed but substatus is not; a status change must carry its substatus"
+                    .into(),
         });
         return;
     }

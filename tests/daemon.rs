@@ -43,7 +43,7 @@ fn example_workspace(emulator: &Emulator, cron: &str, extra: &str) -> Workspace 
         "opportunity",
         "export.json",
         &format!(
-            "[sync]\ncreate_missing = true\n\n[schedule]\ncron = \"{cron}\"\n\n[log]\nformat = \"json\"\n\n{extra}"
+            "[sync]\ncreate_missing = true\ncreate_confirm_secs = 0\n\n[schedule]\ncron = \"{cron}\"\n\n[log]\nformat = \"json\"\n\n{extra}"
         ),
     );
     std::fs::copy(repo_path("examples/opportunities.odata.json"), &ws.export).unwrap();

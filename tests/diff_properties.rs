@@ -16,8 +16,8 @@ use referral_sync::diff::{DiffOptions, OnCleared, PlannedPatch, apply_ops, plan_
 use referral_sync::merge::{
     Before, Cell, ConflictPolicy, MergeOptions, Mode, Plan, PlanInput, Verdict, decide,
 };
-use referral_sync::ownership::{Slots, project};
 use referral_sync::model::{ManagedNode, ManagedPaths, Op};
+use referral_sync::ownership::{Slots, project};
 use referral_sync::status::{ReferralStatus, ReferralSubstatus};
 use serde_json::{Value, json};
 
@@ -723,14 +723,9 @@ fn unmanaged(document: &Value, node: &ManagedNode) -> Option<Value> {
 fn merge_failures(scenario: &Scenario, live: &Value, merged: &Plan, result: &Value) -> Vec<String> {
     let managed = &scenario.managed;
     let base = project(&scenario.snapshot, managed);
-    let [before, base, crm, live_slots, after] = [
-        &scenario.snapshot,
-        &base,
-        &scenario.desired,
-        live,
-        result,
-    ]
-    .map(|doc| Slots::of(doc, managed));
+    let [before, base, crm, live_slots, after] =
+        [&scenario.snapshot, &base, &scenario.desired, live, result]
+            .map(|doc| Slots::of(doc, managed));
     let rejected: Vec<Path> = merged
         .rejected
         .iter()

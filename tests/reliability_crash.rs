@@ -100,7 +100,7 @@ impl Trial {
             "lead",
             "export.jsonl",
             &format!(
-                "[sync]\ncreate_missing = true\n\n[schedule]\ncron = \"0 0 0 1 1 *\"\n\n[daemon]\nshutdown_grace_secs = 5\n{SECOND_MEMBER_MAPPING}"
+                "[sync]\ncreate_missing = true\ncreate_confirm_secs = 0\n\n[schedule]\ncron = \"0 0 0 1 1 *\"\n\n[daemon]\nshutdown_grace_secs = 5\n{SECOND_MEMBER_MAPPING}"
             ),
         );
         Trial {

@@ -37,7 +37,9 @@ impl Scene {
             &emulator,
             "lead",
             "export.jsonl",
-            &format!("[sync]\ncreate_missing = true\n{sync_keys}\n{SECOND_MEMBER_MAPPING}"),
+            &format!(
+                "[sync]\ncreate_missing = true\ncreate_confirm_secs = 0\n{sync_keys}\n{SECOND_MEMBER_MAPPING}"
+            ),
         );
         let records: Vec<Value> = (1..=n)
             .map(|i| lead(i, &format!("Lead {i}"), 1000 * i64::from(i)))
@@ -392,7 +394,7 @@ fn a_referral_list_that_cannot_be_read_stops_the_cycle_once_not_per_record() {
         &emulator,
         "lead",
         "export.jsonl",
-        "[sync]\ncreate_missing = true\n",
+        "[sync]\ncreate_missing = true\ncreate_confirm_secs = 0\n",
     );
     ws.set_in_table("api", "concurrency = 2");
     let records: Vec<Value> = (1..=40)

@@ -422,9 +422,9 @@ fn a_new_team_member_is_one_append() {
     assert_eq!(live["customerProfile"]["size"], "1to50employees");
 }
 
-/// The mapping owns `customerProfile.team` as one
-/// leaf; members of its elements the CRM does not map (a seller's
-/// `contactPreference`) must survive adoption and later whole-array writes.
+/// `customerProfile.team` is keyed by e-mail: members of its elements the
+/// CRM does not map (a seller's `contactPreference`) survive adoption, and a
+/// later edit of the contact is one member-level replace.
 #[test]
 fn adopting_a_customer_team_keeps_members_the_crm_does_not_map() {
     let mut sue = sue();
@@ -439,8 +439,8 @@ fn adopting_a_customer_team_keeps_members_the_crm_does_not_map() {
         json!([sue])
     );
 
-    // The CRM then edits Sue: the array is rewritten against the live one,
-    // and the member the CRM does not map rides along.
+    // The CRM then edits Sue: one replace of her last name, at her
+    // position in Partner Center; nothing else of hers is written.
     ws.write_export(&lead_csv(false).replace(",Sue,Smith,", ",Sue,Smith-Jones,"));
     ws.run(&["sync"]).assert_code(0);
     let patches = emulator.requests_with_method("PATCH");
@@ -449,7 +449,7 @@ fn adopting_a_customer_team_keeps_members_the_crm_does_not_map() {
     edited["lastName"] = json!("Smith-Jones");
     assert_eq!(
         patches[0]["body"],
-        json!([{"op": "replace", "path": "/customerProfile/team", "value": [edited.clone()]}])
+        json!([{"op": "replace", "path": "/customerProfile/team/0/lastName", "value": "Smith-Jones"}])
     );
     assert_eq!(
         emulator.referral("ref-L1")["customerProfile"]["team"],
