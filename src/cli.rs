@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::api::auth::{SecretFile, check_secret_file};
@@ -324,6 +324,21 @@ pub fn write_outcome(
                         .map(ToString::to_string)
                         .unwrap_or_else(|| "nothing".into()),
                     c.resolution
+                )?;
+            }
+            for d in &outcome.drift {
+                let show = |v: &Option<Value>| {
+                    v.as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_else(|| "nothing".into())
+                };
+                writeln!(
+                    out,
+                    "    drift {} {}: Partner Center has {}, the CRM has {}",
+                    d.action.as_str(),
+                    d.path,
+                    show(&d.partner_center),
+                    show(&d.crm),
                 )?;
             }
             for error in &outcome.errors {
