@@ -163,6 +163,26 @@ fn print_error(e: &dyn std::fmt::Display) {
 // sync
 
 fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
+    manual_cycle(settings, args, CycleRequest::new(Trigger::Manual))
+}
+
+/// `resync --dry-run`: the resync's plan — what it would repair or keep
+/// where Partner Center drifted — read from the service, nothing written.
+pub fn resync_plan(settings: Settings, only: Option<Vec<String>>, output: Output) -> u8 {
+    let args = SyncArgs {
+        dry_run: true,
+        offline: false,
+        allow_missing: true,
+        output,
+    };
+    let mut request = CycleRequest::new(Trigger::Resync);
+    request.only = only.map(|ids| ids.into_iter().collect());
+    manual_cycle(settings, &args, request)
+}
+
+/// A cycle run by hand: `request` as given, made a dry run and allowed
+/// missing records as `args` say.
+fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) -> u8 {
     let settings = Arc::new(settings);
     let mapper = match settings.mapper() {
         Ok(m) => Arc::new(m),
@@ -223,9 +243,9 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
             }
         };
         let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
-        let mut request = CycleRequest::new(Trigger::Manual);
         request.dry_run = args.dry_run;
-        request.allow_missing = args.allow_missing;
+        request.allow_missing |= args.allow_missing;
+        let trigger = request.trigger;
         let output = args.output;
         let stdout = Mutex::new(std::io::stdout());
         let report = move |outcome: &RecordOutcome| {
@@ -239,7 +259,7 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
             print_error(&format!("cannot install the signal handlers: {e}"));
             return exit::RUNTIME;
         }
-        let progress = crate::progress::Progress::for_manual_run(Trigger::Manual);
+        let progress = crate::progress::Progress::for_manual_run(trigger);
         let report = progress.wrap(report);
         let result = engine.run_cycle(request, &report, stop_rx).await;
         progress.finish();

@@ -32,6 +32,13 @@ pub struct ResyncArgs {
     /// externalReferenceId); every record when left out.
     #[arg(long, value_name = "EXTERNAL_ID", num_args = 1..)]
     pub only: Vec<String>,
+    /// Print what the resync would do — every drift it would repair or
+    /// keep — reading the service but writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: `text` for people, `json` for one object per record.
+    #[arg(long, value_enum, default_value_t = Output::Text, requires = "dry_run")]
+    pub output: Output,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +70,10 @@ pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
         Ok(only) => only,
         Err(e) => return print_error(exit::CONFIG, &e),
     };
+    if args.dry_run {
+        // Writes nothing, so it neither needs the lock nor the daemon.
+        return crate::cli::resync_plan(settings, only, args.output);
+    }
     match StoreLock::acquire(&settings.store_path) {
         Ok(lock) => resync_here(settings, lock, only),
         Err(LockError::Held { pid, .. }) => resync_through_daemon(&settings, &pid, only),
@@ -275,6 +286,8 @@ mod tests {
     fn args(only: &[&str]) -> ResyncArgs {
         ResyncArgs {
             only: only.iter().map(|s| s.to_string()).collect(),
+            dry_run: false,
+            output: Output::Text,
         }
     }
 
