@@ -154,7 +154,7 @@ fn a_contact_edit_is_one_member_replace_and_seller_contacts_survive() {
 
     let mut record = lead(1, "Lead 1", 1000);
     record["lastname"] = json!("Lee-Smith");
-    sync_ok_with(&emulator, &ws, &[record.clone()], |bodies| {
+    sync_ok_with(&emulator, &ws, std::slice::from_ref(&record), |bodies| {
         assert_eq!(
             bodies,
             [
@@ -174,7 +174,7 @@ fn a_contact_edit_is_one_member_replace_and_seller_contacts_survive() {
         json!([{"op": "add", "path": "/customerProfile/team/-", "value": added}]),
     );
     let record = with_second_member(record, "Bo");
-    sync_ok_with(&emulator, &ws, &[record.clone()], |bodies| {
+    sync_ok_with(&emulator, &ws, std::slice::from_ref(&record), |bodies| {
         assert_eq!(
             bodies,
             [json!([{"op": "add", "path": "/customerProfile/team/-",
@@ -406,7 +406,7 @@ fn a_cloned_record_with_a_copied_referral_id_takes_nothing_over() {
     let emulator = Emulator::start(&json!([seeded_with_guid(1)]), &[]);
     let ws = workspace(&emulator, REFERRAL_ID_COLUMN);
     let original = claiming(lead(1, "Lead 1", 1000), R1);
-    sync_ok(&emulator, &ws, &[original.clone()]);
+    sync_ok(&emulator, &ws, std::slice::from_ref(&original));
     let before = emulator.referral(R1);
 
     let clone = claiming(lead(2, "Lead 1 (copy)", 7000), R1);
