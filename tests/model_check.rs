@@ -100,6 +100,43 @@ impl Failure {
     }
 }
 
+/// Every kind of violation (invariant and path, emails left out) with
+/// the histories that showed it.
+fn by_kind(failures: &[Failure]) -> String {
+    let mut kinds: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for f in failures {
+        let Ok(report) = &f.outcome else {
+            kinds.entry("harness error".into()).or_default().push(f.history.seed);
+            continue;
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &report.violations {
+            let path = match v.path.find("[email=") {
+                Some(start) => match v.path[start..].find(']') {
+                    Some(end) => format!("{}[email=…]{}", &v.path[..start], &v.path[start + end + 1..]),
+                    None => v.path.clone(),
+                },
+                None => v.path.clone(),
+            };
+            let path = if v.invariant == model::QUIET || v.invariant == model::NO_INVALID_REQUEST {
+                path.split(' ').next().unwrap_or("").to_owned()
+            } else {
+                path
+            };
+            let kind = format!("[{}] {path}", v.invariant);
+            if seen.insert(kind.clone()) {
+                kinds.entry(kind).or_default().push(f.history.seed);
+            }
+        }
+    }
+    let mut text = String::new();
+    for (kind, seeds) in kinds {
+        let first: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
+        text.push_str(&format!("  {kind}: {} ({})\n", seeds.len(), first.join(", ")));
+    }
+    text
+}
+
 /// Run `count` histories from `first` with `runner`; panic with every
 /// failing seed if any fails.
 fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
@@ -146,11 +183,23 @@ fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
     }
     let mut failures = failures;
     failures.sort_by_key(|f| f.history.seed);
+    // Every failure in full, for reading after a long run.
+    let all: String = failures.iter().map(|f| f.details() + "\n").collect();
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("model-check-{runner:?}-{first}-{count}.txt"));
+    let written = std::fs::write(&file, all).is_ok();
     let mut message = String::new();
+    if written {
+        message.push_str(&format!("every failing history in full: {}\n\n", file.display()));
+    }
     for f in failures.iter().take(PRINTED) {
         message.push_str(&f.details());
         message.push('\n');
     }
+    message.push_str(&format!(
+        "violations by kind (histories, first seeds):\n{}",
+        by_kind(&failures)
+    ));
     message.push_str(&format!("{} of {count} histories failed:\n", failures.len()));
     for f in &failures {
         message.push_str(&format!("  {}\n", f.summary()));

@@ -491,11 +491,23 @@ impl RecordModel {
             }
         };
         let mut refused_status = false;
+        // A CRM status Partner Center's cannot move to, where the rules
+        // allow either the CRM's or the seller's: the sync may have tried
+        // (and reported the record invalid) or not.
+        let mut refusal_possible = false;
         for (key, state) in &self.paths {
             let Some((acceptable, why)) = state.acceptable() else {
                 continue;
             };
             let here = value_of(live, key);
+            if *key == Key::Status
+                && let (Some(Some(crm)), Some(held)) = (&state.crm, &here)
+                && crm != held
+                && acceptable.contains(&Some(crm.clone()))
+                && !may_move(held[0].as_str().unwrap_or(""), crm[0].as_str().unwrap_or(""))
+            {
+                refusal_possible = true;
+            }
             if acceptable.contains(&here) {
                 continue;
             }
@@ -592,7 +604,8 @@ impl RecordModel {
             }
         }
         let wanted_state = if refused_status { "invalid" } else { "synced" };
-        if store_state != Some(wanted_state) {
+        let either = refusal_possible && matches!(store_state, Some("synced" | "invalid"));
+        if store_state != Some(wanted_state) && !either {
             violation(
                 SETTLED,
                 "store row".into(),
