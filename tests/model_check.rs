@@ -140,6 +140,12 @@ fn by_kind(failures: &[Failure]) -> String {
 /// Run `count` histories from `first` with `runner`; panic with every
 /// failing seed if any fails.
 fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
+    let histories = (first..first + count).map(|seed| history::generate(seed, MAX_RECORDS, MAX_STEPS));
+    check(histories, &format!("{count} histories from seed {first}"), runner, parallel);
+}
+
+/// Run `histories` with `runner`; panic naming every failing one.
+fn check(histories: impl Iterator<Item = History> + Send + 'static, what: &str, runner: Runner, parallel: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -147,10 +153,9 @@ fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
         .expect("tokio runtime");
     let started = Instant::now();
     let failures: Vec<Failure> = runtime.block_on(async {
-        futures_util::stream::iter(first..first + count)
-            .map(|seed| {
+        futures_util::stream::iter(histories)
+            .map(|history| {
                 tokio::spawn(async move {
-                    let history = history::generate(seed, MAX_RECORDS, MAX_STEPS);
                     let outcome = match Sim::start(history.clone(), runner).await {
                         Ok(sim) => sim.run().await,
                         Err(e) => Err(e),
@@ -174,7 +179,7 @@ fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
     });
     let elapsed = started.elapsed();
     eprintln!(
-        "model check ({runner:?}): {count} histories from seed {first} in {:.1} s, {} failed",
+        "model check ({runner:?}): {what} in {:.1} s, {} failed",
         elapsed.as_secs_f64(),
         failures.len()
     );
@@ -186,7 +191,7 @@ fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
     // Every failure in full, for reading after a long run.
     let all: String = failures.iter().map(|f| f.details() + "\n").collect();
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("model-check-{runner:?}-{first}-{count}.txt"));
+        .join(format!("model-check-{runner:?}-{}.txt", what.replace(' ', "-")));
     let written = std::fs::write(&file, all).is_ok();
     let mut message = String::new();
     if written {
@@ -200,7 +205,7 @@ fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
         "violations by kind (histories, first seeds):\n{}",
         by_kind(&failures)
     ));
-    message.push_str(&format!("{} of {count} histories failed:\n", failures.len()));
+    message.push_str(&format!("{} of {what} failed:\n", failures.len()));
     for f in &failures {
         message.push_str(&format!("  {}\n", f.summary()));
     }
@@ -233,3 +238,4 @@ fn a_history_replays_from_its_seed() {
     assert_eq!(a.to_string(), b.to_string());
     assert_ne!(a, history::generate(424243, MAX_RECORDS, MAX_STEPS));
 }
+

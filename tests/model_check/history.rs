@@ -148,9 +148,21 @@ pub struct Start {
     pub existing: Option<Value>,
 }
 
+/// What a history leans towards: most are mixed; some dwell on status
+/// moves, crashes around writes, or the team, where the interleavings
+/// that matter need several steps of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Mixed,
+    Status,
+    Crashes,
+    Team,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
     pub seed: u64,
+    pub profile: Profile,
     pub shape: ExportShape,
     pub concurrency: usize,
     pub starts: Vec<Start>,
@@ -161,8 +173,8 @@ impl fmt::Display for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "history seed {} ({:?} export, api.concurrency {}):",
-            self.seed, self.shape, self.concurrency
+            "history seed {} ({:?}, {:?} export, api.concurrency {}):",
+            self.seed, self.profile, self.shape, self.concurrency
         )?;
         for (i, start) in self.starts.iter().enumerate() {
             writeln!(f, "  record {i}: {} {}", start.lead.id, start.lead.to_json())?;
@@ -188,6 +200,13 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
         rng: Rng::new(seed),
         next_email: 0,
         next_member: 0,
+        profile: Profile::Mixed,
+    };
+    g.profile = match g.rng.below(20) {
+        0..=9 => Profile::Mixed,
+        10..=13 => Profile::Status,
+        14..=16 => Profile::Crashes,
+        _ => Profile::Team,
     };
     let shape = if g.rng.chance(50) {
         ExportShape::JsonLines
@@ -218,31 +237,39 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
     }
     while steps.len() < count {
         let record = g.rng.below(records as u64) as usize;
-        let step = match g.rng.below(100) {
-            0..=29 => {
+        // Upper bounds (exclusive) of CRM edits, seller edits, plain
+        // cycles and cycles with a fault; the rest are kills.
+        let [crm, seller, cycle, faulty] = match g.profile {
+            Profile::Crashes => [30, 40, 52, 68],
+            _ => [30, 50, 72, 90],
+        };
+        let roll = g.rng.below(100);
+        let step = match roll {
+            r if r < crm => {
                 let edit = g.crm_edit(&leads[record]);
                 leads[record].apply(&edit);
                 Step::Crm { record, edit }
             }
-            30..=49 => Step::Seller {
+            r if r < seller => Step::Seller {
                 record,
                 edit: g.seller_edit(&mut members_added[record]),
             },
-            50..=71 => Step::Cycle { fault: None },
-            72..=89 => {
+            r if r < cycle => Step::Cycle { fault: None },
+            r if r < faulty => {
                 let fault = g.fault(record, &mut members_added[record]);
                 Step::Cycle { fault: Some(fault) }
             }
             _ => Step::Kill(Kill {
                 polls: 1 + g.rng.below_u32(60),
                 after_ms: g.rng.below(60),
-                hold_answers: g.rng.chance(50),
+                hold_answers: g.rng.chance(if g.profile == Profile::Crashes { 80 } else { 50 }),
             }),
         };
         steps.push(step);
     }
     History {
         seed,
+        profile: g.profile,
         shape,
         concurrency,
         starts,
@@ -254,6 +281,7 @@ struct Generator {
     rng: Rng,
     next_email: u32,
     next_member: u32,
+    profile: Profile,
 }
 
 impl Generator {
@@ -385,7 +413,14 @@ impl Generator {
 
     fn crm_edit(&mut self, lead: &Lead) -> CrmEdit {
         let k = self.k();
-        match self.rng.below(12) {
+        let leaning = self.rng.chance(60);
+        let kind = match self.profile {
+            Profile::Status if leaning => 10,
+            Profile::Crashes if leaning => 0,
+            Profile::Team if leaning => 8,
+            _ => self.rng.below(12),
+        };
+        match kind {
             0 | 1 => CrmEdit::Amount(*self.rng.pick(&AMOUNTS)),
             2 => CrmEdit::Subject(k),
             3 => CrmEdit::Notes(self.maybe(70)),
@@ -408,7 +443,13 @@ impl Generator {
 
     fn seller_edit(&mut self, members_added: &mut u32) -> SellerEdit {
         let k = self.k();
-        match self.rng.below(10) {
+        let leaning = self.rng.chance(50);
+        let kind = match self.profile {
+            Profile::Status if leaning => 8 + self.rng.below(2),
+            Profile::Team if leaning => [3, 6, 7][self.rng.below(3) as usize],
+            _ => self.rng.below(10),
+        };
+        match kind {
             0..=2 => SellerEdit::Owned(*self.rng.pick(&OwnedMember::ALL), k),
             3 => SellerEdit::Contact(*self.rng.pick(&ContactMember::ALL), k),
             4 | 5 => SellerEdit::Unowned(*self.rng.pick(&UnownedMember::ALL), k),
