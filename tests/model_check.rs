@@ -32,6 +32,8 @@ mod rng;
 mod seller;
 #[path = "model_check/sim.rs"]
 mod sim;
+#[path = "model_check/situations.rs"]
+mod situations;
 
 use std::time::Instant;
 
@@ -64,15 +66,22 @@ struct Failure {
 }
 
 impl Failure {
+    fn label(&self) -> String {
+        match self.history.name {
+            Some(name) => format!("\"{name}\""),
+            None => format!("seed {}", self.history.seed),
+        }
+    }
+
     fn summary(&self) -> String {
         match &self.outcome {
             Ok(report) => format!(
-                "seed {}: {} violation(s), first: {}",
-                self.history.seed,
+                "{}: {} violation(s), first: {}",
+                self.label(),
                 report.violations.len(),
                 report.violations[0]
             ),
-            Err(e) => format!("seed {}: the harness failed: {e}", self.history.seed),
+            Err(e) => format!("{}: the harness failed: {e}", self.label()),
         }
     }
 
@@ -91,11 +100,13 @@ impl Failure {
             }
             Err(e) => text.push_str(&format!("harness error: {e}\n")),
         }
-        text.push_str(&format!(
-            "replay: REFERRAL_SYNC_MODEL_SEED={} REFERRAL_SYNC_MODEL_HISTORIES=1 cargo test --test model_check {}\n",
-            self.history.seed,
-            "model_histories"
-        ));
+        match self.history.name {
+            Some(_) => text.push_str("replay: cargo test --test model_check issue_10_situations\n"),
+            None => text.push_str(&format!(
+                "replay: REFERRAL_SYNC_MODEL_SEED={} REFERRAL_SYNC_MODEL_HISTORIES=1 cargo test --test model_check model_histories\n",
+                self.history.seed
+            )),
+        }
         text
     }
 }
@@ -106,14 +117,21 @@ fn by_kind(failures: &[Failure]) -> String {
     let mut kinds: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for f in failures {
         let Ok(report) = &f.outcome else {
-            kinds.entry("harness error".into()).or_default().push(f.history.seed);
+            kinds
+                .entry("harness error".into())
+                .or_default()
+                .push(f.history.seed);
             continue;
         };
         let mut seen = std::collections::BTreeSet::new();
         for v in &report.violations {
             let path = match v.path.find("[email=") {
                 Some(start) => match v.path[start..].find(']') {
-                    Some(end) => format!("{}[email=…]{}", &v.path[..start], &v.path[start + end + 1..]),
+                    Some(end) => format!(
+                        "{}[email=…]{}",
+                        &v.path[..start],
+                        &v.path[start + end + 1..]
+                    ),
                     None => v.path.clone(),
                 },
                 None => v.path.clone(),
@@ -132,7 +150,11 @@ fn by_kind(failures: &[Failure]) -> String {
     let mut text = String::new();
     for (kind, seeds) in kinds {
         let first: Vec<String> = seeds.iter().take(8).map(u64::to_string).collect();
-        text.push_str(&format!("  {kind}: {} ({})\n", seeds.len(), first.join(", ")));
+        text.push_str(&format!(
+            "  {kind}: {} ({})\n",
+            seeds.len(),
+            first.join(", ")
+        ));
     }
     text
 }
@@ -140,12 +162,23 @@ fn by_kind(failures: &[Failure]) -> String {
 /// Run `count` histories from `first` with `runner`; panic with every
 /// failing seed if any fails.
 fn check_histories(first: u64, count: u64, runner: Runner, parallel: usize) {
-    let histories = (first..first + count).map(|seed| history::generate(seed, MAX_RECORDS, MAX_STEPS));
-    check(histories, &format!("{count} histories from seed {first}"), runner, parallel);
+    let histories =
+        (first..first + count).map(|seed| history::generate(seed, MAX_RECORDS, MAX_STEPS));
+    check(
+        histories,
+        &format!("{count} histories from seed {first}"),
+        runner,
+        parallel,
+    );
 }
 
 /// Run `histories` with `runner`; panic naming every failing one.
-fn check(histories: impl Iterator<Item = History> + Send + 'static, what: &str, runner: Runner, parallel: usize) {
+fn check(
+    histories: impl Iterator<Item = History> + Send + 'static,
+    what: &str,
+    runner: Runner,
+    parallel: usize,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -190,12 +223,17 @@ fn check(histories: impl Iterator<Item = History> + Send + 'static, what: &str, 
     failures.sort_by_key(|f| f.history.seed);
     // Every failure in full, for reading after a long run.
     let all: String = failures.iter().map(|f| f.details() + "\n").collect();
-    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("model-check-{runner:?}-{}.txt", what.replace(' ', "-")));
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "model-check-{runner:?}-{}.txt",
+        what.replace(' ', "-")
+    ));
     let written = std::fs::write(&file, all).is_ok();
     let mut message = String::new();
     if written {
-        message.push_str(&format!("every failing history in full: {}\n\n", file.display()));
+        message.push_str(&format!(
+            "every failing history in full: {}\n\n",
+            file.display()
+        ));
     }
     for f in failures.iter().take(PRINTED) {
         message.push_str(&f.details());
@@ -239,3 +277,14 @@ fn a_history_replays_from_its_seed() {
     assert_ne!(a, history::generate(424243, MAX_RECORDS, MAX_STEPS));
 }
 
+/// Issue 10's situations 1–4, written by hand as histories and checked by
+/// the same invariants: each one fails while its bug is there.
+#[test]
+fn issue_10_situations() {
+    check(
+        situations::all().into_iter(),
+        "the issue 10 situations",
+        Runner::InProcess,
+        4,
+    );
+}

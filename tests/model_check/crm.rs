@@ -142,7 +142,10 @@ impl Lead {
         if let Some(k) = self.notes {
             record.insert("description".into(), json!(format!("CRM notes {k}")));
         }
-        record.insert("companyname".into(), json!(format!("Customer {}", self.company)));
+        record.insert(
+            "companyname".into(),
+            json!(format!("Customer {}", self.company)),
+        );
         if let Some(k) = self.closing {
             record.insert(
                 "estimatedclosedate".into(),
@@ -230,11 +233,9 @@ impl fmt::Display for CrmEdit {
         match self {
             CrmEdit::Amount(v) => write!(f, "estimatedamount = {v}"),
             CrmEdit::Subject(k) => write!(f, "subject = Deal {k}"),
-            CrmEdit::Notes(k) => write!(
-                f,
-                "description = {}",
-                opt(k, &|k| format!("CRM notes {k}"))
-            ),
+            CrmEdit::Notes(k) => {
+                write!(f, "description = {}", opt(k, &|k| format!("CRM notes {k}")))
+            }
             CrmEdit::Company(k) => write!(f, "companyname = Customer {k}"),
             CrmEdit::Closing(k) => write!(
                 f,

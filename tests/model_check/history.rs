@@ -107,6 +107,9 @@ pub struct Kill {
     /// The service holds back its answer to every applied write for 25 ms,
     /// so that a kill often falls after a write took effect.
     pub hold_answers: bool,
+    /// With `hold_answers`: killed as soon as the service has applied a
+    /// write of this cycle, before its answer arrives.
+    pub at_write: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,10 +132,11 @@ impl fmt::Display for Step {
                 "cycle killed after {} polls or {} ms{}",
                 kill.polls,
                 kill.after_ms,
-                if kill.hold_answers {
-                    ", answers to writes held 25 ms"
-                } else {
-                    ""
+                match (kill.hold_answers, kill.at_write) {
+                    (true, true) =>
+                        ", answers to writes held 25 ms, killed at the first applied write",
+                    (true, false) => ", answers to writes held 25 ms",
+                    _ => "",
                 }
             ),
         }
@@ -161,6 +165,8 @@ pub enum Profile {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
+    /// A hand-written history's name; generated ones have none.
+    pub name: Option<&'static str>,
     pub seed: u64,
     pub profile: Profile,
     pub shape: ExportShape,
@@ -171,13 +177,22 @@ pub struct History {
 
 impl fmt::Display for History {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name {
+            Some(name) => write!(f, "history \"{name}\"")?,
+            None => write!(f, "history seed {}", self.seed)?,
+        }
         writeln!(
             f,
-            "history seed {} ({:?}, {:?} export, api.concurrency {}):",
-            self.seed, self.profile, self.shape, self.concurrency
+            " ({:?}, {:?} export, api.concurrency {}):",
+            self.profile, self.shape, self.concurrency
         )?;
         for (i, start) in self.starts.iter().enumerate() {
-            writeln!(f, "  record {i}: {} {}", start.lead.id, start.lead.to_json())?;
+            writeln!(
+                f,
+                "  record {i}: {} {}",
+                start.lead.id,
+                start.lead.to_json()
+            )?;
             if let Some(existing) = &start.existing {
                 writeln!(f, "    already in Partner Center: {existing}")?;
             }
@@ -185,7 +200,10 @@ impl fmt::Display for History {
         for (i, step) in self.steps.iter().enumerate() {
             writeln!(f, "  step {:>2}: {step}", i + 1)?;
         }
-        write!(f, "  then: a quiet cycle, the invariants, a second quiet cycle")
+        write!(
+            f,
+            "  then: a quiet cycle, the invariants, a second quiet cycle"
+        )
     }
 }
 
@@ -217,10 +235,7 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
     let records = 1 + g.rng.below(max_records as u64) as usize;
     let starts: Vec<Start> = (0..records).map(|i| g.start(i)).collect();
     let mut leads: Vec<Lead> = starts.iter().map(|s| s.lead.clone()).collect();
-    let mut members_added = vec![
-        0u32;
-        records
-    ];
+    let mut members_added = vec![0u32; records];
     for (i, start) in starts.iter().enumerate() {
         members_added[i] = start
             .existing
@@ -259,15 +274,24 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
                 let fault = g.fault(record, &mut members_added[record]);
                 Step::Cycle { fault: Some(fault) }
             }
-            _ => Step::Kill(Kill {
-                polls: 1 + g.rng.below_u32(60),
-                after_ms: g.rng.below(60),
-                hold_answers: g.rng.chance(if g.profile == Profile::Crashes { 80 } else { 50 }),
-            }),
+            _ => {
+                let hold_answers = g.rng.chance(if g.profile == Profile::Crashes {
+                    80
+                } else {
+                    50
+                });
+                Step::Kill(Kill {
+                    polls: 1 + g.rng.below_u32(60),
+                    after_ms: g.rng.below(60),
+                    hold_answers,
+                    at_write: hold_answers && g.rng.chance(50),
+                })
+            }
         };
         steps.push(step);
     }
     History {
+        name: None,
         seed,
         profile: g.profile,
         shape,

@@ -46,10 +46,7 @@ pub fn owned_pointers() -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Pointer(String),
-    Contact {
-        email: String,
-        member: &'static str,
-    },
+    Contact { email: String, member: &'static str },
     Status,
 }
 
@@ -312,7 +309,11 @@ impl RecordModel {
         if let Some(status) = value_of(referral, &Key::Status) {
             self.seller_set(0, Key::Status, status);
         }
-        for pointer in ["/customerProfile/address/region", "/customerProfile/size", "/details/requirements"] {
+        for pointer in [
+            "/customerProfile/address/region",
+            "/customerProfile/size",
+            "/details/requirements",
+        ] {
             if let Some(v) = non_null(referral.pointer(pointer)) {
                 self.unowned.insert(pointer.into(), v);
             }
@@ -323,7 +324,10 @@ impl RecordModel {
             .cloned()
             .unwrap_or_default();
         for member in team {
-            let email = member["email"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let email = member["email"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if Some(email.as_str()) == crm_email {
                 for m in ContactMember::ALL {
                     if let Some(v) = non_null(member.get(m.name())) {
@@ -428,7 +432,10 @@ impl RecordModel {
     }
 
     pub fn seller_added_member(&mut self, member: Value) {
-        let email = member["email"].as_str().unwrap_or_default().to_ascii_lowercase();
+        let email = member["email"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         self.seller_members.push((email, member));
     }
 
@@ -476,7 +483,7 @@ impl RecordModel {
                     "/".into(),
                     "one referral".into(),
                     "none".into(),
-                    );
+                );
                 return;
             }
             many => {
@@ -504,7 +511,10 @@ impl RecordModel {
                 && let (Some(Some(crm)), Some(held)) = (&state.crm, &here)
                 && crm != held
                 && acceptable.contains(&Some(crm.clone()))
-                && !may_move(held[0].as_str().unwrap_or(""), crm[0].as_str().unwrap_or(""))
+                && !may_move(
+                    held[0].as_str().unwrap_or(""),
+                    crm[0].as_str().unwrap_or(""),
+                )
             {
                 refusal_possible = true;
             }
@@ -514,7 +524,10 @@ impl RecordModel {
             if *key == Key::Status
                 && let [Some(wanted)] = acceptable.as_slice()
                 && let Some(held) = &here
-                && !may_move(held[0].as_str().unwrap_or(""), wanted[0].as_str().unwrap_or(""))
+                && !may_move(
+                    held[0].as_str().unwrap_or(""),
+                    wanted[0].as_str().unwrap_or(""),
+                )
                 && self.statuses_seen.contains(&held.to_string())
             {
                 // The table forbids the CRM's move from what Partner Center
@@ -531,21 +544,31 @@ impl RecordModel {
                 continue;
             }
             let expected = acceptable.iter().map(show).collect::<Vec<_>>().join(" or ");
-            violation(OWNED, key.to_string(), format!("{expected} ({why})"), show(&here));
+            violation(
+                OWNED,
+                key.to_string(),
+                format!("{expected} ({why})"),
+                show(&here),
+            );
         }
         // The status reason moves with the status: checked when the status
         // is the CRM's.
         if !refused_status
             && let Some(state) = self.paths.get(&Key::Pointer("/statusReason".into()))
             && let Some((acceptable, why)) = state.acceptable()
-            && self.paths[&Key::Status]
-                .acceptable()
-                .is_some_and(|(a, _)| a.len() == 1 && a[0] == self.paths[&Key::Status].crm.clone().flatten())
+            && self.paths[&Key::Status].acceptable().is_some_and(|(a, _)| {
+                a.len() == 1 && a[0] == self.paths[&Key::Status].crm.clone().flatten()
+            })
         {
             let here = value_of(live, &Key::Pointer("/statusReason".into()));
             if !acceptable.contains(&here) {
                 let expected = acceptable.iter().map(show).collect::<Vec<_>>().join(" or ");
-                violation(OWNED, "/statusReason".into(), format!("{expected} ({why})"), show(&here));
+                violation(
+                    OWNED,
+                    "/statusReason".into(),
+                    format!("{expected} ({why})"),
+                    show(&here),
+                );
             }
         }
         if let Some(email) = &self.contact_email
@@ -555,7 +578,10 @@ impl RecordModel {
                 OWNED,
                 format!("/customerProfile/team[email={email}]"),
                 "the CRM's contact in the team".into(),
-                format!("no member with that email; team {}", show(&non_null(live.pointer("/customerProfile/team")))),
+                format!(
+                    "no member with that email; team {}",
+                    show(&non_null(live.pointer("/customerProfile/team")))
+                ),
             );
         }
         for email in &self.crm_emails_seen_live {
@@ -564,7 +590,10 @@ impl RecordModel {
                     SURVIVES,
                     format!("/customerProfile/team[email={email}]"),
                     "a contact the CRM no longer has left in place (there is no remove)".into(),
-                    format!("gone; team {}", show(&non_null(live.pointer("/customerProfile/team")))),
+                    format!(
+                        "gone; team {}",
+                        show(&non_null(live.pointer("/customerProfile/team")))
+                    ),
                 );
             }
         }
@@ -586,7 +615,10 @@ impl RecordModel {
                     SURVIVES,
                     path,
                     format!("{member} (added in Partner Center)"),
-                    format!("no member with that email; team {}", show(&non_null(live.pointer("/customerProfile/team")))),
+                    format!(
+                        "no member with that email; team {}",
+                        show(&non_null(live.pointer("/customerProfile/team")))
+                    ),
                 ),
                 Some(index) => {
                     let here = &live["customerProfile"]["team"][index];

@@ -154,7 +154,10 @@ pub enum SellerEdit {
     Unowned(UnownedMember, u32),
     AddMember(u32),
     /// The last name of a member a seller added (the `pick`-th of them).
-    EditMember { pick: u32, k: u32 },
+    EditMember {
+        pick: u32,
+        k: u32,
+    },
     Status(SellerStatus),
 }
 
@@ -174,10 +177,9 @@ impl fmt::Display for SellerEdit {
                 write!(f, "{} = {}", member.pointer(), member.seller_value(*k))
             }
             SellerEdit::AddMember(k) => write!(f, "adds team member {}", seller_member(*k)),
-            SellerEdit::EditMember { pick, k } => write!(
-                f,
-                "renames seller-added team member #{pick} to Partner{k}b"
-            ),
+            SellerEdit::EditMember { pick, k } => {
+                write!(f, "renames seller-added team member #{pick} to Partner{k}b")
+            }
             SellerEdit::Status(SellerStatus::Accept) => write!(f, "accepts (Active/Accepted)"),
             SellerEdit::Status(SellerStatus::Close(substatus)) => {
                 write!(f, "closes (Closed/{substatus})")

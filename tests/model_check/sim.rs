@@ -23,10 +23,10 @@ use tokio::sync::{oneshot, watch};
 
 use crate::crm::{Lead, write_export};
 use crate::history::{Fault, History, Kill, Step};
-use crate::model::{
-    INTEGRITY, Key, NO_INVALID_REQUEST, QUIET, RecordModel, Violation,
+use crate::model::{INTEGRITY, Key, NO_INVALID_REQUEST, QUIET, RecordModel, Violation};
+use crate::seller::{
+    SellerEdit, SellerStatus, append_member, may_move, seller_member, set_member, team_index,
 };
-use crate::seller::{SellerEdit, SellerStatus, append_member, may_move, seller_member, set_member, team_index};
 
 pub const TOKEN: &str = "model-check-token-81c3e0";
 
@@ -53,6 +53,8 @@ struct Cut<F> {
     inner: Pin<Box<F>>,
     polls_left: u32,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Completes when the kill is due for another reason (a write applied).
+    signal: Pin<Box<dyn Future<Output = ()> + Send>>,
     polls: u32,
 }
 
@@ -61,7 +63,8 @@ impl<F: Future> Future for Cut<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let deadline_passed = self.deadline.as_mut().poll(cx).is_ready();
-        if self.polls_left == 0 || deadline_passed {
+        let signalled = self.signal.as_mut().poll(cx).is_ready();
+        if self.polls_left == 0 || deadline_passed || signalled {
             return Poll::Ready(Err(self.polls));
         }
         self.polls_left -= 1;
@@ -104,7 +107,10 @@ pub struct Sim {
 fn temp_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new().prefix("model-check").tempdir_in(shm) {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("model-check")
+            .tempdir_in(shm)
+        {
             return Ok(dir);
         }
     }
@@ -130,7 +136,8 @@ impl Sim {
             .iter()
             .filter_map(|s| s.existing.clone())
             .collect();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         let latency = match runner {
@@ -293,7 +300,11 @@ max_missing_ratio = 1.0
             self.log.push(format!("quiet cycle: {note}"));
         }
         let mut violations = self.check().await?;
-        let before = self.journal().await?.last().map_or(0, |e| e["seq"].as_u64().unwrap_or(0));
+        let before = self
+            .journal()
+            .await?
+            .last()
+            .map_or(0, |e| e["seq"].as_u64().unwrap_or(0));
         self.time += 1;
         if let Some(note) = self.cycle(None, None).await? {
             self.log.push(format!("second quiet cycle: {note}"));
@@ -348,7 +359,10 @@ max_missing_ratio = 1.0
         })
         .map_err(|e| format!("reading the export back: {e}"))?;
         if !errors.is_empty() {
-            return Err(format!("the generated export does not map: {}", errors.join("; ")));
+            return Err(format!(
+                "the generated export does not map: {}",
+                errors.join("; ")
+            ));
         }
         for model in &mut self.models {
             let document = desired
@@ -362,8 +376,15 @@ max_missing_ratio = 1.0
     // -----------------------------------------------------------------
     // Partner Center
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -377,12 +398,16 @@ max_missing_ratio = 1.0
     }
 
     pub async fn referrals(&self) -> Result<Vec<Value>, String> {
-        let (_, body) = self.admin(reqwest::Method::GET, "/_admin/referrals", None).await?;
+        let (_, body) = self
+            .admin(reqwest::Method::GET, "/_admin/referrals", None)
+            .await?;
         Ok(body["value"].as_array().cloned().unwrap_or_default())
     }
 
     async fn journal(&self) -> Result<Vec<Value>, String> {
-        let (_, body) = self.admin(reqwest::Method::GET, "/_admin/requests", None).await?;
+        let (_, body) = self
+            .admin(reqwest::Method::GET, "/_admin/requests", None)
+            .await?;
         Ok(body["value"].as_array().cloned().unwrap_or_default())
     }
 
@@ -397,7 +422,8 @@ max_missing_ratio = 1.0
     }
 
     async fn clear_faults(&self) -> Result<(), String> {
-        self.admin(reqwest::Method::DELETE, "/_admin/faults", None).await?;
+        self.admin(reqwest::Method::DELETE, "/_admin/faults", None)
+            .await?;
         Ok(())
     }
 
@@ -416,7 +442,11 @@ max_missing_ratio = 1.0
     }
 
     /// A seller's edit of record `record`'s referral, made now.
-    async fn seller_edit(&mut self, record: usize, edit: &SellerEdit) -> Result<Option<String>, String> {
+    async fn seller_edit(
+        &mut self,
+        record: usize,
+        edit: &SellerEdit,
+    ) -> Result<Option<String>, String> {
         let referrals = self.observe(&[]).await?;
         let ext = self.models[record].external_id.clone();
         let Some(live) = referrals
@@ -445,14 +475,20 @@ max_missing_ratio = 1.0
             }
             SellerEdit::Contact(member, k) => {
                 let Some(email) = model.contact_email.clone() else {
-                    return Ok(Some("the CRM has no contact: the seller edit is skipped".into()));
+                    return Ok(Some(
+                        "the CRM has no contact: the seller edit is skipped".into(),
+                    ));
                 };
                 let Some(index) = team_index(&live, &email) else {
-                    return Ok(Some(format!("no team member {email} yet: the seller edit is skipped")));
+                    return Ok(Some(format!(
+                        "no team member {email} yet: the seller edit is skipped"
+                    )));
                 };
                 let value = member.seller_value(*k);
                 (
-                    vec![json!({"op": "add", "path": format!("/customerProfile/team/{index}/{}", member.name()), "value": value})],
+                    vec![
+                        json!({"op": "add", "path": format!("/customerProfile/team/{index}/{}", member.name()), "value": value}),
+                    ],
                     vec![Learn::Owned(
                         Key::Contact {
                             email,
@@ -471,18 +507,27 @@ max_missing_ratio = 1.0
             }
             SellerEdit::AddMember(k) => {
                 let member = seller_member(*k);
-                (vec![append_member(&live, member.clone())], vec![Learn::Added(member)])
+                (
+                    vec![append_member(&live, member.clone())],
+                    vec![Learn::Added(member)],
+                )
             }
             SellerEdit::EditMember { pick, k } => {
                 let Some(email) = model.seller_member_email(*pick) else {
-                    return Ok(Some("no seller-added member: the seller edit is skipped".into()));
+                    return Ok(Some(
+                        "no seller-added member: the seller edit is skipped".into(),
+                    ));
                 };
                 let Some(index) = team_index(&live, &email) else {
-                    return Ok(Some(format!("seller-added member {email} is gone: the seller edit is skipped")));
+                    return Ok(Some(format!(
+                        "seller-added member {email} is gone: the seller edit is skipped"
+                    )));
                 };
                 let value = json!(format!("Partner{k}b"));
                 (
-                    vec![json!({"op": "add", "path": format!("/customerProfile/team/{index}/lastName"), "value": value})],
+                    vec![
+                        json!({"op": "add", "path": format!("/customerProfile/team/{index}/lastName"), "value": value}),
+                    ],
                     vec![Learn::Renamed(email, value)],
                 )
             }
@@ -497,7 +542,9 @@ max_missing_ratio = 1.0
                     SellerStatus::Close(_) => may_move(from, to),
                 };
                 if !allowed {
-                    return Ok(Some(format!("the referral is {from}: the seller's move to {to} is skipped")));
+                    return Ok(Some(format!(
+                        "the referral is {from}: the seller's move to {to} is skipped"
+                    )));
                 }
                 (
                     vec![
@@ -516,7 +563,10 @@ max_missing_ratio = 1.0
             )
             .await?;
         if status != 200 {
-            return Err(format!("the seller edit {} was refused: {status} {body}", Value::Array(ops)));
+            return Err(format!(
+                "the seller edit {} was refused: {status} {body}",
+                Value::Array(ops)
+            ));
         }
         let at = self.time;
         let model = &mut self.models[record];
@@ -550,7 +600,11 @@ max_missing_ratio = 1.0
 
     /// Run one cycle with `fault` armed, cut off by `kill` if given.
     /// Returns a note on what happened, for the failure report.
-    async fn cycle(&mut self, fault: Option<&Fault>, kill: Option<Kill>) -> Result<Option<String>, String> {
+    async fn cycle(
+        &mut self,
+        fault: Option<&Fault>,
+        kill: Option<Kill>,
+    ) -> Result<Option<String>, String> {
         // The race holds the PATCH of the referral the seller edits.
         let mut race_referral = None;
         if let Some(Fault::Race { record, .. }) = fault {
@@ -563,7 +617,8 @@ max_missing_ratio = 1.0
                 .and_then(|r| r["id"].as_str().map(str::to_owned));
         }
         if let Some(fault) = fault {
-            self.set_faults(fault.rules(race_referral.as_deref())).await?;
+            self.set_faults(fault.rules(race_referral.as_deref()))
+                .await?;
         }
         if kill.is_some_and(|k| k.hold_answers) {
             self.set_faults(json!([
@@ -598,6 +653,11 @@ max_missing_ratio = 1.0
             Some(process) => process,
             None => self.open_process()?,
         };
+        let journal_seq = self
+            .journal()
+            .await?
+            .last()
+            .map_or(0, |e| e["seq"].as_u64().unwrap_or(0));
         let outcomes: Arc<Mutex<Vec<RecordOutcome>>> = Arc::default();
         let collected = Arc::clone(&outcomes);
         let report = move |outcome: &RecordOutcome| {
@@ -610,16 +670,29 @@ max_missing_ratio = 1.0
             .engine
             .run_cycle(CycleRequest::new(Trigger::Manual), &report, stop_rx);
         let (polls, after_ms) = kill.map_or((u32::MAX, 3_600_000), |k| (k.polls, k.after_ms));
+        let signal: Pin<Box<dyn Future<Output = ()> + Send>> = match kill {
+            Some(k) if k.at_write => Box::pin(wait_for_applied_write(
+                self.http.clone(),
+                self.base.clone(),
+                journal_seq,
+            )),
+            _ => Box::pin(std::future::pending()),
+        };
         let mut cut = Cut {
             inner: Box::pin(cycle),
             polls_left: polls,
             deadline: Box::pin(tokio::time::sleep(Duration::from_millis(after_ms))),
+            signal,
             polls: 0,
         };
         let mut race_note = None;
         let result = match fault {
             Some(Fault::Race { record, edit }) => {
-                let watcher = wait_for_held_patch(self.http.clone(), self.base.clone(), race_referral.clone());
+                let watcher = wait_for_held_patch(
+                    self.http.clone(),
+                    self.base.clone(),
+                    race_referral.clone(),
+                );
                 tokio::pin!(watcher);
                 let raced = tokio::select! {
                     result = &mut cut => Err(result),
@@ -627,7 +700,8 @@ max_missing_ratio = 1.0
                 };
                 match raced {
                     Err(result) => {
-                        race_note = Some("no PATCH in the cycle: the seller edit came after it".to_owned());
+                        race_note =
+                            Some("no PATCH in the cycle: the seller edit came after it".to_owned());
                         race_note = self.seller_edit(*record, edit).await?.or(race_note);
                         result
                     }
@@ -662,7 +736,10 @@ max_missing_ratio = 1.0
                     .collect()
             }
             Err(polls) => {
-                notes.push(format!("killed after {polls} polls, {} records decided", outcomes.len()));
+                notes.push(format!(
+                    "killed after {polls} polls, {} records decided",
+                    outcomes.len()
+                ));
                 self.crash(process).await?;
                 Vec::new()
             }
@@ -717,7 +794,9 @@ max_missing_ratio = 1.0
                 command.env_remove(key);
             }
         }
-        let child = command.spawn().map_err(|e| format!("starting referral-sync: {e}"))?;
+        let child = command
+            .spawn()
+            .map_err(|e| format!("starting referral-sync: {e}"))?;
         let mut race_note = None;
         let output = if let Some(kill) = kill {
             let mut child = child;
@@ -728,9 +807,13 @@ max_missing_ratio = 1.0
                 let _ = child.wait().await;
                 return Ok((Some(format!("SIGKILL after {delay:?}")), Vec::new()));
             }
-            return Ok((Some(format!("finished within {delay:?}, before the kill")), Vec::new()));
+            return Ok((
+                Some(format!("finished within {delay:?}, before the kill")),
+                Vec::new(),
+            ));
         } else if let Some(Fault::Race { record, edit }) = fault {
-            let watcher = wait_for_held_patch(self.http.clone(), self.base.clone(), race_referral.clone());
+            let watcher =
+                wait_for_held_patch(self.http.clone(), self.base.clone(), race_referral.clone());
             let output = child.wait_with_output();
             tokio::pin!(output);
             tokio::pin!(watcher);
@@ -768,7 +851,10 @@ max_missing_ratio = 1.0
         }
         if !output.status.success() {
             let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-            note.push_str(&format!("; {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+            note.push_str(&format!(
+                "; {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
         }
         Ok((Some(note), acknowledged))
     }
@@ -838,6 +924,30 @@ fn integrity_check(path: &Path) -> String {
     result.unwrap_or_else(|e| format!("cannot check: {e}"))
 }
 
+/// Until the journal shows a write after `since` that the service
+/// applied (its answer held back), polling every millisecond.
+async fn wait_for_applied_write(http: reqwest::Client, base: String, since: u64) {
+    loop {
+        let body = match http
+            .get(format!("{base}/_admin/requests?since={since}"))
+            .send()
+            .await
+        {
+            Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let applied = body["value"].as_array().is_some_and(|entries| {
+            entries.iter().any(|e| {
+                matches!(e["method"].as_str(), Some("POST" | "PATCH")) && e["outcome"] == "applied"
+            })
+        });
+        if applied {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Until the journal shows a PATCH of `referral` the service is holding
 /// (the race fault's delay), polling every 2 ms; never without a referral.
 async fn wait_for_held_patch(
@@ -858,13 +968,11 @@ async fn wait_for_held_patch(
             .await
             .map_err(|e| format!("journal: {e}"))?;
         let held = body["value"].as_array().is_some_and(|entries| {
-            entries
-                .iter()
-                .any(|e| {
-                    e["method"] == "PATCH"
-                        && e["outcome"] == "in_progress"
-                        && e["path"].as_str().is_some_and(|p| p.ends_with(&referral))
-                })
+            entries.iter().any(|e| {
+                e["method"] == "PATCH"
+                    && e["outcome"] == "in_progress"
+                    && e["path"].as_str().is_some_and(|p| p.ends_with(&referral))
+            })
         });
         if held {
             return Ok(());
