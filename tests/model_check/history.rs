@@ -232,7 +232,11 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
         ExportShape::OdataPage
     };
     let concurrency = 1 + g.rng.below(3) as usize;
-    let records = 1 + g.rng.below(max_records as u64) as usize;
+    // A status history dwells on one record: its moves meet more often.
+    let records = match g.profile {
+        Profile::Status => 1,
+        _ => 1 + g.rng.below(max_records as u64) as usize,
+    };
     let starts: Vec<Start> = (0..records).map(|i| g.start(i)).collect();
     let mut leads: Vec<Lead> = starts.iter().map(|s| s.lead.clone()).collect();
     let mut members_added = vec![0u32; records];
@@ -439,7 +443,8 @@ impl Generator {
         let k = self.k();
         let leaning = self.rng.chance(60);
         let kind = match self.profile {
-            Profile::Status if leaning => 10,
+            // Status moves, and deal values that go out with them.
+            Profile::Status if leaning => [0, 10, 10][self.rng.below(3) as usize],
             Profile::Crashes if leaning => 0,
             Profile::Team if leaning => 8,
             _ => self.rng.below(12),
@@ -469,7 +474,7 @@ impl Generator {
         let k = self.k();
         let leaning = self.rng.chance(50);
         let kind = match self.profile {
-            Profile::Status if leaning => 8 + self.rng.below(2),
+            Profile::Status if leaning => [8, 9, 9][self.rng.below(3) as usize],
             Profile::Team if leaning => [3, 6, 7][self.rng.below(3) as usize],
             _ => self.rng.below(10),
         };
