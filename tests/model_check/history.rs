@@ -14,7 +14,7 @@ use crate::seller::{
 
 /// How long the race fault holds the PATCH; the seller's edit is made
 /// meanwhile.
-pub const RACE_HOLD_MS: u64 = 60;
+pub const RACE_HOLD_MS: u64 = 150;
 
 /// A fault armed for the next cycle.
 #[derive(Debug, Clone, PartialEq)]
@@ -496,7 +496,7 @@ impl Generator {
             }
             8 => SellerEdit::Status(SellerStatus::Accept),
             _ => SellerEdit::Status(SellerStatus::Close(
-                *self.rng.pick(&["Won", "Lost", "Declined"]),
+                ["Won", "Lost", "Declined"][self.rng.below(3) as usize],
             )),
         }
     }

@@ -427,6 +427,18 @@ impl RecordModel {
         });
     }
 
+    /// The seller's last edit of `key` may have come before or after the
+    /// sync's write of it (a race whose order could not be pinned down):
+    /// either value may stand.
+    pub fn seller_order_unknown(&mut self, key: &Key) {
+        if let Some(state) = self.paths.get_mut(key)
+            && let Some(mark) = &mut state.seller
+            && mark.after_landing.is_none()
+        {
+            mark.after_landing = Some(Landing::Unacknowledged);
+        }
+    }
+
     pub fn seller_unowned(&mut self, pointer: &str, value: Value) {
         self.unowned.insert(pointer.into(), value);
     }

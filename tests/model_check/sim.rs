@@ -100,19 +100,20 @@ pub struct Sim {
     time: u64,
     process: Option<Process>,
     log: Vec<String>,
+    /// The owned paths the last seller edit set.
+    last_seller_keys: Vec<Key>,
 }
 
 /// A temporary directory on a memory file system when there is one: the
 /// store's fsyncs are then cheap.
 fn temp_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new()
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
             .prefix("model-check")
             .tempdir_in(shm)
-        {
-            return Ok(dir);
-        }
+    {
+        return Ok(dir);
     }
     tempfile::Builder::new().prefix("model-check").tempdir()
 }
@@ -271,6 +272,7 @@ max_missing_ratio = 1.0
             time: 1,
             process: None,
             log: Vec::new(),
+            last_seller_keys: Vec::new(),
         };
         sim.write_crm()?;
         Ok(sim)
@@ -447,6 +449,7 @@ max_missing_ratio = 1.0
         record: usize,
         edit: &SellerEdit,
     ) -> Result<Option<String>, String> {
+        self.last_seller_keys.clear();
         let referrals = self.observe(&[]).await?;
         let ext = self.models[record].external_id.clone();
         let Some(live) = referrals
@@ -570,9 +573,13 @@ max_missing_ratio = 1.0
         }
         let at = self.time;
         let model = &mut self.models[record];
+        self.last_seller_keys.clear();
         for learned in learn {
             match learned {
-                Learn::Owned(key, value) => model.seller_set(at, key, value),
+                Learn::Owned(key, value) => {
+                    self.last_seller_keys.push(key.clone());
+                    model.seller_set(at, key, value)
+                }
                 Learn::Unowned(pointer, value) => model.seller_unowned(&pointer, value),
                 Learn::Added(member) => model.seller_added_member(member),
                 Learn::Renamed(email, value) => model.seller_renamed_member(&email, value),
@@ -708,6 +715,8 @@ max_missing_ratio = 1.0
                     Ok(held) => {
                         held?;
                         race_note = self.seller_edit(*record, edit).await?;
+                        self.pin_race_order(*record, race_referral.as_deref(), &mut race_note)
+                            .await?;
                         (&mut cut).await
                     }
                 }
@@ -755,6 +764,35 @@ max_missing_ratio = 1.0
             }
         }
         Ok((Some(notes.join("; ")), acknowledged))
+    }
+
+    /// After a race edit: if the held PATCH is no longer held, it may have
+    /// been applied before the edit, and the model accepts either order.
+    async fn pin_race_order(
+        &mut self,
+        record: usize,
+        referral: Option<&str>,
+        note: &mut Option<String>,
+    ) -> Result<(), String> {
+        let Some(referral) = referral else {
+            return Ok(());
+        };
+        let still_held = self.journal().await?.iter().any(|e| {
+            e["method"] == "PATCH"
+                && e["outcome"] == "in_progress"
+                && e["path"].as_str().is_some_and(|p| p.ends_with(referral))
+        });
+        if !still_held {
+            for key in self.last_seller_keys.clone() {
+                self.models[record].seller_order_unknown(&key);
+            }
+            let text = "the held PATCH was let go before the seller edit was in: order unknown";
+            *note = Some(match note.take() {
+                Some(n) => format!("{n}; {text}"),
+                None => text.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The process is gone: wait for work it left on the blocking pool to
@@ -825,6 +863,7 @@ max_missing_ratio = 1.0
                 held = &mut watcher => {
                     held?;
                     race_note = self.seller_edit(*record, edit).await?;
+                    self.pin_race_order(*record, race_referral.as_deref(), &mut race_note).await?;
                     output.await
                 }
             }
