@@ -148,8 +148,10 @@ struct PathState {
     crm_had_value: bool,
     crm_had_landed_value: bool,
     seller: Option<SellerMark>,
-    /// The value Partner Center held when a cycle last settled the record.
+    /// The value Partner Center held when a cycle last settled the record,
+    /// and when that was.
     acknowledged: Option<Option<Value>>,
+    acknowledged_at: u64,
 }
 
 impl PathState {
@@ -162,6 +164,7 @@ impl PathState {
             crm_had_landed_value: false,
             seller: None,
             acknowledged: None,
+            acknowledged_at: 0,
         }
     }
 
@@ -193,6 +196,18 @@ impl PathState {
                 }
                 None => {}
             }
+        }
+        // The CRM changed it after the seller, but only back to what the
+        // last settled sync left: between the two syncs only the seller's
+        // change shows.
+        if let Some(s) = &self.seller
+            && s.at > self.acknowledged_at
+            && self.acknowledged.as_ref() == Some(&crm)
+        {
+            return Some((
+                vec![Some(s.value.clone()), crm],
+                "the CRM went back to the value of the last sync after a seller changed it: either may stand",
+            ));
         }
         if crm.is_none() {
             let partner_center = self.seller.as_ref().map(|s| s.value.clone());
@@ -384,7 +399,7 @@ impl RecordModel {
     /// What Partner Center holds now (`None`: no referral yet).
     /// `acknowledged`: a cycle just settled the record, so the sync has
     /// what it holds as its base.
-    pub fn observe(&mut self, live: Option<&Value>, acknowledged: bool) {
+    pub fn observe(&mut self, at: u64, live: Option<&Value>, acknowledged: bool) {
         let Some(live) = live else { return };
         if let Some(status) = value_of(live, &Key::Status) {
             self.statuses_seen.insert(status.to_string());
@@ -410,6 +425,7 @@ impl RecordModel {
             }
             if acknowledged {
                 state.acknowledged = Some(here);
+                state.acknowledged_at = at;
             }
         }
     }

@@ -438,7 +438,7 @@ max_missing_ratio = 1.0
                 .iter()
                 .find(|r| r["externalReferenceId"].as_str() == Some(model.external_id.as_str()));
             let settled = acknowledged.contains(&model.external_id);
-            model.observe(live, settled);
+            model.observe(self.time, live, settled);
         }
         Ok(referrals)
     }
@@ -639,6 +639,9 @@ max_missing_ratio = 1.0
             Runner::Binary => self.cycle_binary(fault, kill, race_referral).await?,
         };
         self.clear_faults().await?;
+        if kill.is_some() {
+            self.settle().await?;
+        }
         // A 204 leaves the sync without Partner Center's answer: what it
         // holds is not acknowledged.
         let acknowledged = if matches!(fault, Some(Fault::NoRepresentation)) {
@@ -764,6 +767,29 @@ max_missing_ratio = 1.0
             }
         }
         Ok((Some(notes.join("; ")), acknowledged))
+    }
+
+    /// After a kill: let the service finish the requests it had already
+    /// received (as it would after the client died), so that what the
+    /// model sees next is what the killed cycle left.
+    async fn settle(&self) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let busy = self
+                .journal()
+                .await?
+                .iter()
+                .any(|e| e["outcome"] == "in_progress");
+            if !busy {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(
+                    "the service is still handling the killed cycle's requests after 5 s".into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// After a race edit: if the held PATCH is no longer held, it may have
