@@ -171,6 +171,17 @@ impl PathState {
     /// The values the rules allow once a quiet cycle has run, and why;
     /// `None` when the CRM has no say.
     fn acceptable(&self) -> Option<(Vec<Option<Value>>, &'static str)> {
+        let (mut values, why) = self.rule()?;
+        let mut unique = Vec::with_capacity(values.len());
+        for v in values.drain(..) {
+            if !unique.contains(&v) {
+                unique.push(v);
+            }
+        }
+        Some((unique, why))
+    }
+
+    fn rule(&self) -> Option<(Vec<Option<Value>>, &'static str)> {
         let crm = self.crm.clone()?;
         if let Some(s) = &self.seller
             && s.at > self.crm_changed_at
@@ -486,7 +497,7 @@ impl RecordModel {
 
     /// Check Partner Center's referrals for this record (all of those
     /// carrying its external id) after a quiet cycle, and the record's
-    /// state in the store. Returns whether a refused status was expected.
+    /// state in the store; every broken invariant goes to `violations`.
     pub fn check(
         &self,
         referrals: &[&Value],
@@ -680,5 +691,113 @@ impl RecordModel {
                 store_state.unwrap_or("no row").to_owned(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A path the CRM set to `crm` at time 2 (the record appeared at 1).
+    fn path(crm: Option<Value>) -> PathState {
+        let mut state = PathState::unmapped();
+        state.crm = Some(crm.clone());
+        state.crm_changed_at = 2;
+        state.crm_had_value = crm.is_some();
+        state
+    }
+
+    fn seller(at: u64, value: Value, after_landing: Option<Landing>) -> Option<SellerMark> {
+        Some(SellerMark {
+            at,
+            value,
+            after_landing,
+        })
+    }
+
+    #[test]
+    fn the_rule_per_owned_path() {
+        let c = json!("crm");
+        let s = json!("seller");
+        let cases: Vec<(&str, PathState, Vec<Option<Value>>)> = vec![
+            (
+                "the CRM alone",
+                path(Some(c.clone())),
+                vec![Some(c.clone())],
+            ),
+            (
+                "a seller after the CRM's value was acknowledged",
+                PathState {
+                    seller: seller(3, s.clone(), Some(Landing::Acknowledged)),
+                    ..path(Some(c.clone()))
+                },
+                vec![Some(s.clone())],
+            ),
+            (
+                "a seller after an unacknowledged landing",
+                PathState {
+                    seller: seller(3, s.clone(), Some(Landing::Unacknowledged)),
+                    ..path(Some(c.clone()))
+                },
+                vec![Some(s.clone()), Some(c.clone())],
+            ),
+            (
+                "both between two syncs",
+                PathState {
+                    seller: seller(3, s.clone(), None),
+                    ..path(Some(c.clone()))
+                },
+                vec![Some(c.clone())],
+            ),
+            (
+                "a seller before the CRM's change",
+                PathState {
+                    seller: seller(1, s.clone(), Some(Landing::Acknowledged)),
+                    ..path(Some(c.clone()))
+                },
+                vec![Some(c.clone())],
+            ),
+            (
+                "the CRM never had a value",
+                PathState {
+                    seller: seller(0, s.clone(), None),
+                    ..path(None)
+                },
+                vec![Some(s.clone())],
+            ),
+            (
+                "the CRM had a value that landed, then cleared it",
+                PathState {
+                    crm_had_value: true,
+                    crm_had_landed_value: true,
+                    ..path(None)
+                },
+                vec![None],
+            ),
+            (
+                "the CRM had a value that never landed, then cleared it",
+                PathState {
+                    crm_had_value: true,
+                    seller: seller(0, s.clone(), None),
+                    ..path(None)
+                },
+                vec![None, Some(s.clone())],
+            ),
+            (
+                "the CRM back to the last sync's value after a seller's edit",
+                PathState {
+                    seller: seller(1, s.clone(), None),
+                    acknowledged: Some(Some(c.clone())),
+                    acknowledged_at: 0,
+                    ..path(Some(c.clone()))
+                },
+                vec![Some(s.clone()), Some(c.clone())],
+            ),
+        ];
+        for (name, state, expected) in cases {
+            let (acceptable, _) = state.acceptable().expect(name);
+            assert_eq!(acceptable, expected, "{name}");
+        }
+        assert!(PathState::unmapped().acceptable().is_none());
     }
 }

@@ -86,7 +86,8 @@ struct Process {
 pub struct Sim {
     history: History,
     runner: Runner,
-    dir: tempfile::TempDir,
+    /// Holds the export, the store and the configuration; removed on drop.
+    _dir: tempfile::TempDir,
     base: String,
     http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -258,7 +259,7 @@ max_missing_ratio = 1.0
         let mut sim = Sim {
             history,
             runner,
-            dir,
+            _dir: dir,
             base,
             http: reqwest::Client::new(),
             shutdown: Some(shutdown),
@@ -971,7 +972,6 @@ max_missing_ratio = 1.0
                 found: integrity,
             });
         }
-        let _ = &self.dir;
         Ok(violations)
     }
 }
