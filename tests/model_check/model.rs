@@ -675,7 +675,14 @@ impl RecordModel {
             }
         }
         let wanted_state = if refused_status { "invalid" } else { "synced" };
-        let either = refusal_possible && matches!(store_state, Some("synced" | "invalid"));
+        // A contact the CRM no longer has is left in place and reported: the
+        // report may be the record's state.
+        let contact_left = self
+            .crm_emails_seen_live
+            .iter()
+            .any(|e| Some(e) != self.contact_email.as_ref());
+        let either =
+            (refusal_possible || contact_left) && matches!(store_state, Some("synced" | "invalid"));
         if store_state != Some(wanted_state) && !either {
             violation(
                 SETTLED,
