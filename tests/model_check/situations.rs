@@ -1,0 +1,146 @@
+//! Issue 10's situations 1–4 as histories: the interleavings that were
+//! reproduced by hand, replayed through the model checker, so that each is
+//! a named case next to the random ones.
+
+use serde_json::json;
+
+use crate::crm::{AddressField, Contact, CrmEdit, ExportShape, Lead};
+use crate::history::{History, Kill, Profile, Start, Step, lead_id};
+use crate::seller::{SellerEdit, SellerStatus};
+
+fn lead() -> Lead {
+    Lead {
+        id: lead_id(0),
+        subject: 1,
+        amount: 1000,
+        notes: Some(1),
+        company: 1,
+        closing: None,
+        address: [None; 6],
+        contact: Some(Contact {
+            email: "contact1@customer.example".into(),
+            first: 0,
+            last: Some(1),
+            phone: None,
+        }),
+        status: 1,
+    }
+}
+
+fn history(name: &'static str, number: u64, start: Start, steps: Vec<Step>) -> History {
+    History {
+        name: Some(name),
+        seed: number,
+        profile: Profile::Mixed,
+        shape: ExportShape::JsonLines,
+        concurrency: 1,
+        starts: vec![start],
+        steps,
+    }
+}
+
+fn cycle() -> Step {
+    Step::Cycle { fault: None }
+}
+
+fn crm(edit: CrmEdit) -> Step {
+    Step::Crm { record: 0, edit }
+}
+
+fn seller(edit: SellerEdit) -> Step {
+    Step::Seller { record: 0, edit }
+}
+
+pub fn all() -> Vec<History> {
+    let adopted = |lead: &Lead| {
+        json!({
+            "externalReferenceId": lead.id,
+            "name": "Seller name 0",
+            "type": "Independent",
+            "qualification": "None",
+            "consent": {"consentToContact": false, "consentToToShareInfoWithOthers": false},
+            "status": "New", "substatus": "Received",
+            "customerProfile": {
+                "name": "Seller Co 0",
+                "address": {"addressLine1": "1 Seller Road", "postalCode": "S199", "country": "GB", "region": "Region 1"},
+                "team": [{"firstName": "Sam", "lastName": "Partner1", "email": "seller1@partner.example"}],
+            },
+            "details": {"dealValue": 7000, "currency": "USD"},
+        })
+    };
+    let mut no_contact = lead();
+    no_contact.contact = None;
+    vec![
+        // 1. Adoption, then the CRM fills a member whose parent the
+        // snapshot lacks: a whole-member add would replace the address.
+        history(
+            "1: adoption, then a whole-member add",
+            1,
+            Start {
+                existing: Some(adopted(&no_contact)),
+                lead: no_contact.clone(),
+            },
+            vec![
+                cycle(),
+                crm(CrmEdit::Address(AddressField::City, Some(1))),
+                cycle(),
+            ],
+        ),
+        // 2. The CRM's contact is a person, not element 0: adoption and a
+        // CRM edit of the contact must keep the seller's contacts.
+        history(
+            "2: lists owned by position",
+            2,
+            Start {
+                existing: Some(adopted(&lead())),
+                lead: lead(),
+            },
+            vec![
+                cycle(),
+                seller(SellerEdit::AddMember(7)),
+                crm(CrmEdit::ContactLast(Some(2))),
+                cycle(),
+            ],
+        ),
+        // 3. The PATCH to 2000 is applied, the process killed before the
+        // answer is stored; the CRM goes back to 1000.
+        history(
+            "3: a revert lost after an applied but unacknowledged write",
+            3,
+            Start {
+                lead: no_contact.clone(),
+                existing: None,
+            },
+            vec![
+                cycle(),
+                crm(CrmEdit::Amount(2000)),
+                Step::Kill(Kill {
+                    polls: u32::MAX,
+                    after_ms: 5_000,
+                    hold_answers: true,
+                    at_write: true,
+                }),
+                crm(CrmEdit::Amount(1000)),
+                cycle(),
+            ],
+        ),
+        // 4. A seller closes the referral while the CRM moves it on; the
+        // refused move must not be sent again with the next change.
+        history(
+            "4: a refused status resent forever",
+            4,
+            Start {
+                lead: no_contact,
+                existing: None,
+            },
+            vec![
+                cycle(),
+                seller(SellerEdit::Status(SellerStatus::Close("Won"))),
+                crm(CrmEdit::Status(2)),
+                cycle(),
+                crm(CrmEdit::Amount(3000)),
+                cycle(),
+            ],
+        ),
+    ]
+}
