@@ -15,6 +15,11 @@
 ALTER TABLE records ADD COLUMN base TEXT;
 ALTER TABLE records ADD COLUMN intent TEXT;
 
+-- JSON array of the owned paths whose CRM value Partner Center cannot take
+-- (`/status`: a move the transition table forbids from where the referral
+-- is): reported on every plan until the two agree.
+ALTER TABLE records ADD COLUMN refused TEXT;
+
 -- Which record a referral is bound to: a referral id from the export is
 -- used only when no other record holds it.
 CREATE INDEX records_by_referral ON records (referral_id) WHERE referral_id IS NOT NULL;

@@ -210,6 +210,9 @@ pub struct PlanInput<'a> {
     pub live: Option<&'a Value>,
     pub managed: &'a ManagedPaths,
     pub options: MergeOptions,
+    /// The CRM's status was refused at the last sync: it is reported again
+    /// while Partner Center still cannot take it.
+    pub status_refused: bool,
 }
 
 /// The plan for one record against one referral.
@@ -422,9 +425,10 @@ fn settle_status(
         }
     }
 
-    // Not sent this time: a CRM status Partner Center cannot move to is
-    // reported until the two agree.
-    if let Some(crm_pair) = crm_pair
+    // A CRM status refused at an earlier sync is reported until the two
+    // agree. A seller's move the CRM did not contradict is no refusal.
+    if input.status_refused
+        && let Some(crm_pair) = crm_pair
         && from != Some(crm_pair)
         && !targets.contains_key(&status_slot)
         && !targets.contains_key(&substatus_slot)

@@ -113,6 +113,8 @@ pub struct Applied<'a> {
     pub base: Option<&'a Value>,
     /// The CRM's desired document this sync settled.
     pub snapshot: &'a Value,
+    /// Owned paths whose CRM value Partner Center cannot take (`/status`).
+    pub refused: &'a [String],
     pub desired_hash: &'a str,
     /// `Synced`, or `Invalid` when part of the change was refused locally
     /// (then `error` says why).
@@ -162,6 +164,9 @@ pub struct StoredRecord {
     pub base: Option<Value>,
     /// A write whose outcome is not known yet.
     pub intent: Option<WriteIntent>,
+    /// Owned paths whose CRM value Partner Center could not take at the
+    /// last sync.
+    pub refused: Vec<String>,
     pub desired_hash: Option<String>,
     pub state: SyncState,
     pub last_error: Option<String>,
@@ -179,6 +184,7 @@ struct RawRecord {
     attempts: i64,
     base: Option<String>,
     intent: Option<String>,
+    refused: Option<String>,
 }
 
 /// A finished or running cycle, for `status`.
@@ -404,7 +410,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT referral_id, etag, snapshot, desired_hash, state, last_error, attempts,
-                        base, intent
+                        base, intent, refused
                  FROM records WHERE external_id = ?1",
             )
             .map_err(sqlite_error(&self.path))?;
@@ -420,6 +426,7 @@ impl Store {
                     attempts: row.get(6)?,
                     base: row.get(7)?,
                     intent: row.get(8)?,
+                    refused: row.get(9)?,
                 })
             })
             .optional()
@@ -440,6 +447,11 @@ impl Store {
             .intent
             .map(|text| serde_json::from_str::<WriteIntent>(&text).map_err(corrupt))
             .transpose()?;
+        let refused = raw
+            .refused
+            .map(|text| serde_json::from_str::<Vec<String>>(&text).map_err(corrupt))
+            .transpose()?
+            .unwrap_or_default();
         Ok(Some(StoredRecord {
             external_id: external_id.to_owned(),
             referral_id: raw.referral_id,
@@ -447,6 +459,7 @@ impl Store {
             snapshot: json(raw.snapshot)?,
             base: json(raw.base)?,
             intent,
+            refused,
             desired_hash: raw.desired_hash,
             state: SyncState::parse(&raw.state),
             last_error: raw.last_error,
@@ -546,12 +559,15 @@ impl Store {
             etag,
             base,
             snapshot,
+            refused,
             desired_hash,
             state,
             error,
         } = *applied;
         let snapshot = snapshot.to_string();
         let base = base.map(Value::to_string);
+        let refused = (!refused.is_empty())
+            .then(|| serde_json::to_string(refused).unwrap_or_else(|_| "[]".into()));
         let tx = self
             .conn
             .unchecked_transaction()
@@ -559,13 +575,14 @@ impl Store {
         tx.prepare_cached(
             "INSERT INTO records (external_id, referral_id, etag, snapshot, desired_hash, state,
                                   last_error, attempts, first_seen_at, updated_at, last_synced_at,
-                                  base, intent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?8, ?9, NULL)
+                                  base, intent, refused)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?8, ?9, NULL, ?10)
              ON CONFLICT (external_id) DO UPDATE SET
                 referral_id = excluded.referral_id,
                 etag = excluded.etag,
                 base = excluded.base,
                 intent = NULL,
+                refused = excluded.refused,
                 snapshot = excluded.snapshot,
                 desired_hash = excluded.desired_hash,
                 state = excluded.state,
@@ -584,7 +601,8 @@ impl Store {
                 state.as_str(),
                 error,
                 now,
-                base
+                base,
+                refused
             ])
         })
         .map_err(sqlite_error(&self.path))?;
@@ -970,6 +988,7 @@ mod tests {
                 referral_id: "ref",
                 etag: Some("\"e\""),
                 base: None,
+                refused: &[],
                 snapshot: &doc,
                 desired_hash: hash,
                 state: SyncState::Synced,
@@ -1038,6 +1057,7 @@ mod tests {
                     referral_id: "ref-1",
                     etag: Some("\"e1\""),
                     base: None,
+                    refused: &[],
                     snapshot: &doc,
                     desired_hash: "h1",
                     state: SyncState::Synced,

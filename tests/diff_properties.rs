@@ -693,6 +693,7 @@ fn merge(scenario: &Scenario, live: &Value) -> Plan {
         live: Some(live),
         managed: &scenario.managed,
         options: scenario.options,
+        status_refused: false,
     })
 }
 

@@ -188,6 +188,8 @@ struct Footing {
     before: Option<Value>,
     /// The live referral, when it was read.
     live: Option<Value>,
+    /// The CRM's status was refused at the last sync.
+    status_refused: bool,
 }
 
 /// Where resolving a record leads.
@@ -458,6 +460,7 @@ impl Pusher {
                 base: base.clone(),
                 before: rec.snapshot.clone(),
                 live: None,
+                status_refused: refused_status(rec),
             }));
         }
         // An unknown base (a 204, a store from an older release), an
@@ -478,6 +481,7 @@ impl Pusher {
                 .unwrap_or_else(|| ownership::project(&live.document, &self.managed)),
             before: rec.snapshot.clone(),
             live: Some(live.document.clone()),
+            status_refused: refused_status(rec),
         };
         if let Some(intent) = &rec.intent {
             self.recover(ext, intent, &mut footing, &live);
@@ -587,9 +591,9 @@ impl Pusher {
     }
 
     /// Settle a write intent left by a crash or an unknown outcome against
-    /// the live referral: a PATCH is all or nothing, so when the eTag moved
-    /// and any slot holds what the write set, the write was applied and
-    /// the base is what it made of the referral; else the base stays.
+    /// the live referral ([`intent_applied`]): when the write was applied,
+    /// the base is what it made of the referral and the CRM document it
+    /// carried is the last sync's; else both stay.
     fn recover(&self, ext: &str, intent: &WriteIntent, footing: &mut Footing, live: &Referral) {
         let applied = intent_applied(intent, live, &self.managed);
         if applied {
@@ -632,6 +636,7 @@ impl Pusher {
             live: footing.live.as_ref(),
             managed: &self.managed,
             options: self.merge_options(item, adopting),
+            status_refused: footing.status_refused,
         });
         let ext = item.mapped.external_id.as_str();
         log_conflicts(self.correlation_id, ext, &plan.conflicts);
@@ -703,6 +708,7 @@ impl Pusher {
                         etag: Some(&referral.etag),
                         base: Some(&base),
                         snapshot: &item.mapped.document,
+                        refused: &[],
                         desired_hash: &item.hash,
                         state: SyncState::Synced,
                         error: None,
@@ -834,19 +840,20 @@ impl Pusher {
         let mut unknown = RetrySchedule::new(&self.settings.api.retry);
         let method = self.settings.api.update_method;
 
-        // What Partner Center holds once the write is in: its eTag and the
-        // base, `None` when the answer carried neither (a 204).
-        let settled: Option<(String, Value)> = loop {
+        // What Partner Center holds once the write is in: the base, and
+        // the eTag that goes with it (`None` after a 204, which carries
+        // neither eTag nor representation).
+        let settled: (Option<String>, Option<Value>) = loop {
             if plan.ops.is_empty() {
                 let holds = footing.live.as_ref().map_or_else(
                     || footing.base.clone(),
                     |live| ownership::project(live, &self.managed),
                 );
-                break Some((footing.etag.clone(), holds));
+                break (Some(footing.etag.clone()), Some(holds));
             }
             let Some(client) = self.writer() else {
                 sent = plan.ops.clone();
-                break None;
+                break (None, None);
             };
             let intent = self.intent(item, &footing, &plan);
             self.store()?
@@ -888,15 +895,23 @@ impl Pusher {
                 }
             };
             match result {
-                Ok(acknowledged) => {
+                Ok(Some(referral)) => {
                     sent.extend(plan.ops.iter().cloned());
-                    // A 204 (the service ignored `Prefer`) carries neither
-                    // eTag nor representation: the base is unknown, and the
-                    // next plan reads the live referral first.
-                    break acknowledged.map(|referral| {
-                        let base = ownership::project(&referral.document, &self.managed);
-                        (referral.etag, base)
-                    });
+                    let base = ownership::project(&referral.document, &self.managed);
+                    break (Some(referral.etag), Some(base));
+                }
+                Ok(None) => {
+                    // A 204 (the service ignored `Prefer`): the ops were
+                    // taken, but neither the representation nor the eTag
+                    // came back. The base is what the ops made of what they
+                    // were planned against; with no eTag the next plan reads
+                    // the live referral before it sends anything.
+                    sent.extend(plan.ops.iter().cloned());
+                    let mut presumed = intent.against.clone();
+                    let base = diff::apply_ops(&mut presumed, &plan.ops)
+                        .ok()
+                        .map(|()| ownership::project(&presumed, &self.managed));
+                    break (None, base);
                 }
                 Err(ApiError::PreconditionFailed { .. }) => {
                     self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
@@ -962,10 +977,14 @@ impl Pusher {
             return Ok(outcome);
         }
         let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
-        let (etag, base) = match &settled {
-            Some((etag, base)) => (Some(etag.as_str()), Some(base)),
-            None => (None, None),
-        };
+        let (etag, base) = (settled.0.as_deref(), settled.1.as_ref());
+        let refused: Vec<String> = plan
+            .rejected
+            .iter()
+            .filter(|r| r.path == "/status")
+            .map(|r| r.path.clone())
+            .take(1)
+            .collect();
         self.store()?.record_applied(
             ext,
             &Applied {
@@ -973,6 +992,7 @@ impl Pusher {
                 etag,
                 base,
                 snapshot: &item.mapped.document,
+                refused: &refused,
                 desired_hash: &item.hash,
                 state,
                 error: error.as_deref(),
@@ -994,20 +1014,29 @@ fn adopt(live: Referral, managed: &ManagedPaths) -> Footing {
         etag: live.etag,
         before: None,
         live: Some(live.document),
+        status_refused: false,
     }
 }
 
+fn refused_status(rec: &StoredRecord) -> bool {
+    rec.refused.iter().any(|path| path == "/status")
+}
+
 /// Whether the live referral took the write `intent` describes: the eTag
-/// moved and a slot the write set holds the value it set.
+/// moved and every slot the write set holds the value it set. A PATCH is
+/// all or nothing; when only some slots hold their value, a seller changed
+/// the referral too and the write is taken as not applied — planning it
+/// again re-sends at most values already there, while taking it as applied
+/// could lose a CRM change a seller's edit happened to look like.
 fn intent_applied(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths) -> bool {
-    if intent.etag.as_deref() == Some(live.etag.as_str()) {
+    if intent.etag.as_deref() == Some(live.etag.as_str()) || intent.targets.is_empty() {
         return false;
     }
     let slots = Slots::of(&live.document, managed);
     intent
         .targets
         .iter()
-        .any(|(slot, value)| same(slots.get(slot), Some(value)))
+        .all(|(slot, value)| same(slots.get(slot), Some(value)))
 }
 
 fn offline_note(external_id: &str, referral_id: Option<String>) -> RecordOutcome {
@@ -1218,6 +1247,13 @@ mod tests {
             ("moved, value there", referral("\"2\"", 2000), true),
             ("moved, value not there", referral("\"2\"", 1500), false),
         ];
+        let mut two = intent("\"1\"", 2000);
+        two.targets
+            .push((ownership::Slot::leaf(&["name"]), json!("renamed")));
+        assert!(
+            !intent_applied(&two, &referral("\"2\"", 2000), &managed),
+            "one of two slots holding its value is a seller's edit, not the write"
+        );
         for (name, live, expected) in cases {
             assert_eq!(
                 intent_applied(&intent("\"1\"", 2000), &live, &managed),

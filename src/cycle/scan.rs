@@ -726,6 +726,7 @@ mod tests {
                     referral_id: "r",
                     etag: Some("e"),
                     base: None,
+                    refused: &[],
                     snapshot: &json!({}),
                     desired_hash: hash,
                     state: SyncState::Synced,

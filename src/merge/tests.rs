@@ -264,6 +264,7 @@ fn plan_against(
         live,
         managed: &managed,
         options,
+        status_refused: false,
     })
 }
 
@@ -310,6 +311,7 @@ fn a_whole_member_is_added_only_where_the_base_shows_it_absent() {
         live: None,
         managed: &managed,
         options: options(),
+        status_refused: false,
     });
     assert_eq!(
         plan.ops,
@@ -324,6 +326,7 @@ fn a_whole_member_is_added_only_where_the_base_shows_it_absent() {
         live: None,
         managed: &managed,
         options: options(),
+        status_refused: false,
     });
     assert_eq!(
         plan.ops,
@@ -441,12 +444,32 @@ fn a_refused_status_is_never_resent_and_the_other_changes_go() {
     // word is Active; the CRM changes the deal value.
     let crm = referral("Active", "Accepted", 200);
     let before = referral("Active", "Accepted", 100);
-    let next = plan_against(&crm, Some(&before), &live, None, options());
+    let managed = managed();
+    let base = crate::ownership::project(&live, &managed);
+    let next = |status_refused| {
+        plan(&PlanInput {
+            crm: &crm,
+            before: Some(&before),
+            base: &base,
+            live: None,
+            managed: &managed,
+            options: options(),
+            status_refused,
+        })
+    };
+    let refused = next(true);
     assert_eq!(
-        next.ops,
+        refused.ops,
         ops(json!([{"op": "replace", "path": "/details/dealValue", "value": 200}]))
     );
-    assert_eq!(next.rejected.len(), 1, "still reported until the two agree");
+    assert_eq!(
+        refused.rejected.len(),
+        1,
+        "still reported until the two agree"
+    );
+    // The same standing without a refusal is a seller's close the CRM did
+    // not contradict: nothing to report.
+    assert_eq!(next(false).rejected, []);
 }
 
 #[test]
