@@ -714,7 +714,7 @@ impl Pusher {
                         error: None,
                     },
                 )?;
-                debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+                info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
             }
