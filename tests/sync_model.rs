@@ -685,3 +685,82 @@ fn a_store_from_before_the_base_was_kept_is_migrated_and_read_live_once() {
     assert_eq!(row.etag.as_deref(), live["eTag"].as_str());
     assert_eq!(ws.integrity_check(), "ok");
 }
+
+// ---------------------------------------------------------------------------
+// The store failing in the push phase.
+
+#[test]
+fn a_full_store_stops_the_push_phase_once_as_the_store_failed() {
+    use referral_sync::cycle::{CycleError, CycleRequest, Engine, Trigger};
+    use std::sync::{Arc, Mutex};
+
+    let emulator = Emulator::start(&json!([]), &[]);
+    let ws = workspace(&emulator, "");
+    let records: Vec<Value> = (1..=40)
+        .map(|n| lead(n, &format!("Lead {n}"), 1000))
+        .collect();
+    sync_ok(&emulator, &ws, &records);
+    // Every record changes, with notes big enough that the intents cannot
+    // fit in a store that may not grow: SQLite answers "database or disk
+    // is full", as on a full disk.
+    let changed: Vec<Value> = (1..=40)
+        .map(|n| {
+            let mut record = lead(n, &format!("Lead {n}"), 2000);
+            record["description"] = json!("n".repeat(200_000));
+            record
+        })
+        .collect();
+    ws.write_export(&jsonl(&changed));
+    let rows_before = ws.all_stored();
+
+    let settings = Arc::new(referral_sync::config::Settings::load(&ws.config).unwrap());
+    let mapper = Arc::new(settings.mapper().unwrap());
+    let store = referral_sync::store::Store::open(&ws.store).unwrap();
+    let pages: i64 = store
+        .connection()
+        .pragma_query_value(None, "page_count", |row| row.get(0))
+        .unwrap();
+    store
+        .connection()
+        .pragma_update(None, "max_page_count", pages + 60)
+        .unwrap();
+    let runtime = referral_sync::service::async_runtime().unwrap();
+    let result = runtime.block_on(async {
+        let client = referral_sync::service::build_client(&settings).unwrap();
+        let engine = Engine::new(
+            Arc::clone(&settings),
+            mapper,
+            Arc::new(Mutex::new(store)),
+            Some(client),
+        );
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        engine
+            .run_cycle(CycleRequest::new(Trigger::Manual), &|_| {}, stop)
+            .await
+    });
+    match result {
+        Err(CycleError::StoreFailed(message)) => {
+            assert!(message.starts_with("the store failed"), "{message}");
+            assert!(message.contains("full"), "{message}");
+        }
+        other => panic!("expected the store to fail the cycle, got {other:?}"),
+    }
+    // Records not reached were not sent; every record the service took is
+    // either settled or pending with its intent, none lost.
+    let applied = patch_bodies(&emulator).len();
+    assert!(
+        applied < 40,
+        "{applied} PATCHes: the push phase did not stop"
+    );
+    let rows_after = ws.all_stored();
+    for (id, before) in &rows_before {
+        let after = &rows_after[id];
+        let live = emulator.referral_for(id);
+        if live["details"]["dealValue"] == json!(1000) {
+            assert_eq!(
+                after.snapshot, before.snapshot,
+                "{id} advanced without a write"
+            );
+        }
+    }
+}
