@@ -78,6 +78,8 @@ pub enum Command {
     Resync(crate::daemon::ResyncArgs),
     /// Print the patch between two referral documents (every path managed).
     Diff { before: PathBuf, after: PathBuf },
+    /// What happened to one record and why, newest first.
+    History(crate::commands::history::HistoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +133,9 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run => with_settings(&cli.config, crate::daemon::run),
         Command::Resync(args) => with_settings(&cli.config, |settings| {
             crate::daemon::resync_command(settings, &args)
+        }),
+        Command::History(args) => with_settings(&cli.config, |settings| {
+            crate::commands::history::history_command(settings, &args)
         }),
     }
 }

@@ -84,6 +84,7 @@ struct RawExport {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: Option<PathBuf>,
+    history_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,6 +307,8 @@ pub struct Settings {
     pub source: PathBuf,
     pub export: ExportSettings,
     pub store_path: PathBuf,
+    /// How long a record's history is kept (`store.history_days`).
+    pub history_days: u32,
     pub api: ApiSettings,
     /// `None` when no credentials are configured: a dry run still works.
     pub auth: Option<AuthSettings>,
@@ -376,6 +379,13 @@ impl Settings {
             return Err(invalid("export.path", "must not be empty"));
         }
 
+        let history_days = raw.store.history_days.unwrap_or(90);
+        if history_days == 0 {
+            return Err(invalid(
+                "store.history_days",
+                "must be at least 1 (a record's history is what explains it)",
+            ));
+        }
         let store_path = match raw.store.path {
             Some(p) if p.as_os_str().is_empty() => {
                 return Err(invalid("store.path", "must not be empty"));
@@ -460,6 +470,7 @@ impl Settings {
                 entity: raw.export.entity,
             },
             store_path,
+            history_days,
             api,
             auth,
             sync: SyncSettings {

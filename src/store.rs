@@ -36,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_base_and_intent",
         include_str!("../migrations/0004_base_and_intent.sql"),
     ),
+    (
+        "0006_record_events",
+        include_str!("../migrations/0006_record_events.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,15 @@ pub struct StoredRecord {
     pub state: SyncState,
     pub last_error: Option<String>,
     pub attempts: i64,
+}
+
+/// One event of a record's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordEvent {
+    pub at: String,
+    pub cycle_id: Option<String>,
+    pub kind: String,
+    pub detail: Value,
 }
 
 /// A record's columns as SQLite holds them.
@@ -691,6 +704,97 @@ impl Store {
             })
             .map(|_| ())
             .map_err(sqlite_error(&self.path))
+    }
+
+    // -- history -------------------------------------------------------------
+
+    /// Add one event to a record's history.
+    pub fn record_event(
+        &self,
+        external_id: &str,
+        cycle_id: Option<&str>,
+        kind: &str,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO record_events (external_id, cycle_id, at, kind, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    external_id,
+                    cycle_id,
+                    now(),
+                    kind,
+                    detail.to_string()
+                ])
+            })
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// A record's history, newest first, at most `limit` events.
+    pub fn record_events(
+        &self,
+        external_id: &str,
+        limit: usize,
+    ) -> Result<Vec<RecordEvent>, StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT at, cycle_id, kind, detail FROM record_events
+                 WHERE external_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(&err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![external_id, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(&err)?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (at, cycle_id, kind, detail) = row.map_err(&err)?;
+            let detail = serde_json::from_str(&detail).unwrap_or(Value::String(detail));
+            events.push(RecordEvent {
+                at,
+                cycle_id,
+                kind,
+                detail,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Delete events older than `days`, `batch` rows per statement so that
+    /// a long-neglected history never holds the store for long; returns how
+    /// many went.
+    pub fn prune_events(&self, days: u32, batch: usize) -> Result<u64, StoreError> {
+        let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let mut deleted = 0u64;
+        loop {
+            let n = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM record_events WHERE id IN
+                        (SELECT id FROM record_events WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                )
+                .and_then(|mut stmt| stmt.execute(params![cutoff, batch]))
+                .map_err(sqlite_error(&self.path))?;
+            deleted += n as u64;
+            if (n as i64) < batch {
+                return Ok(deleted);
+            }
+        }
     }
 
     /// How many records the store knows.

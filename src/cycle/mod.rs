@@ -27,6 +27,9 @@ pub use outcome::{Action, CycleSummary, RecordOutcome};
 use push::{Pusher, ReferralIndex, WorkItem};
 use scan::{Scan, ScanError, ScanOptions, WorkFor};
 
+/// Rows of old history deleted per statement.
+const HISTORY_PRUNE_BATCH: usize = 5_000;
+
 /// What started a cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -174,6 +177,19 @@ impl Engine {
             Ok(_) => ("partial", None),
             Err(e) => ("failed", Some(e.to_string())),
         };
+        if row.is_some() {
+            // History older than `store.history_days`, in bounded batches.
+            match lock_store(&self.store).and_then(|s| {
+                s.prune_events(self.settings.history_days, HISTORY_PRUNE_BATCH)
+                    .map_err(CycleError::from)
+            }) {
+                Ok(0) => {}
+                Ok(pruned) => info!(cycle_id = %cycle_id, pruned, "record history pruned"),
+                Err(e) => {
+                    warn!(cycle_id = %cycle_id, error = %e, "could not prune the record history")
+                }
+            }
+        }
         if let Some(row) = row {
             let summary_json = serde_json::to_value(summary).unwrap_or_default();
             if let Err(e) = lock_store(&self.store).and_then(|s| {

@@ -241,6 +241,17 @@ impl Pusher {
         self.client.as_ref().filter(|_| !self.dry_run)
     }
 
+    /// Add an event to the record's history; a plan writes none.
+    fn event(&self, external_id: &str, kind: &str, detail: Value) -> Result<(), Stop> {
+        if self.writer().is_none() {
+            return Ok(());
+        }
+        let cycle_id = self.correlation_id.to_string();
+        self.store()?
+            .record_event(external_id, Some(&cycle_id), kind, &detail)?;
+        Ok(())
+    }
+
     fn merge_options(&self, item: &WorkItem, adopting: bool) -> MergeOptions {
         MergeOptions {
             diff: DiffOptions {
@@ -341,6 +352,14 @@ impl Pusher {
                     "record failed"
                 );
                 if !self.dry_run {
+                    let _ = self.event(
+                        external_id,
+                        "failed",
+                        serde_json::json!({
+                            "referralId": referral_id, "status": status, "code": code,
+                            "error": message, "writeRefused": refused,
+                        }),
+                    );
                     let recorded = self.store().map_err(|_| None).and_then(|store| {
                         let rid = referral_id.as_deref();
                         let result = if refused {
@@ -436,6 +455,7 @@ impl Pusher {
         match self.index.lookup(self, ext).await? {
             Indexed::Found(referral_id) => {
                 let live = self.get_live(client, ext, &referral_id).await?;
+                self.event(ext, "adopted", serde_json::json!({"referralId": referral_id, "eTag": live.etag, "how": "the referral list shows its externalReferenceId"}))?;
                 Ok(Resolved::Plan(adopt(live, &self.managed)))
             }
             Indexed::Absent(_) => Ok(Resolved::Create),
@@ -484,7 +504,8 @@ impl Pusher {
             status_refused: refused_status(rec),
         };
         if let Some(intent) = &rec.intent {
-            self.recover(ext, intent, &mut footing, &live);
+            let applied = self.recover(ext, intent, &mut footing, &live);
+            self.event(ext, "intent settled", intent_event(intent, applied, &live))?;
         }
         Ok(Resolved::Plan(footing))
     }
@@ -505,6 +526,7 @@ impl Pusher {
             Indexed::Found(referral_id) => {
                 let live = self.get_live(client, ext, &referral_id).await?;
                 info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, "the create whose answer was lost took effect; adopting its referral");
+                self.event(ext, "adopted", serde_json::json!({"referralId": referral_id, "eTag": live.etag, "how": "the create whose answer was lost took effect"}))?;
                 let mut footing = adopt(live, &self.managed);
                 footing.before = Some(intent.desired.clone());
                 Ok(Resolved::Plan(footing))
@@ -519,6 +541,7 @@ impl Pusher {
                 let confirmed_at = started.checked_add_signed(wait).unwrap_or(started);
                 if listed_at >= confirmed_at {
                     info!(correlation_id = %self.correlation_id, external_id = ext, "no referral appeared for the create whose answer was lost; creating again");
+                    self.event(ext, "create confirmed lost", serde_json::json!({"createdAt": intent.started_at, "listedAt": listed_at.to_rfc3339()}))?;
                     return Ok(Resolved::Create);
                 }
                 let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
@@ -528,6 +551,11 @@ impl Pusher {
                     confirmed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     self.settings.sync.create_confirm_secs
                 ));
+                self.event(
+                    ext,
+                    "held",
+                    serde_json::json!({"reason": outcome.errors[0]}),
+                )?;
                 Ok(Resolved::Done(outcome))
             }
         }
@@ -587,6 +615,7 @@ impl Pusher {
                 ),
             ));
         }
+        self.event(ext, "adopted", serde_json::json!({"referralId": referral_id, "eTag": live.etag, "how": "the export's referral id column, verified against the live referral"}))?;
         Ok(Resolved::Plan(adopt(live, &self.managed)))
     }
 
@@ -594,7 +623,13 @@ impl Pusher {
     /// the live referral ([`intent_applied`]): when the write was applied,
     /// the base is what it made of the referral and the CRM document it
     /// carried is the last sync's; else both stay.
-    fn recover(&self, ext: &str, intent: &WriteIntent, footing: &mut Footing, live: &Referral) {
+    fn recover(
+        &self,
+        ext: &str,
+        intent: &WriteIntent,
+        footing: &mut Footing,
+        live: &Referral,
+    ) -> bool {
         let applied = intent_applied(intent, live, &self.managed);
         if applied {
             let mut base = intent.against.clone();
@@ -612,6 +647,7 @@ impl Pusher {
             ops = intent.ops.len(),
             "settled the write whose outcome was unknown against the live referral"
         );
+        applied
     }
 
     async fn get_live(
@@ -696,7 +732,13 @@ impl Pusher {
             started_at: now_rfc3339(),
         };
         self.store()?.begin_write(ext, None, &intent)?;
-        match client.create(&self.ctx(ext), &body).await {
+        let result = client.create(&self.ctx(ext), &body).await;
+        self.event(
+            ext,
+            "sent",
+            sent_event("POST", None, None, &[], &result.as_ref().map(Some)),
+        )?;
+        match result {
             Ok(referral) => {
                 // The answer is the base: the service may have set another
                 // status than the one sent.
@@ -715,6 +757,7 @@ impl Pusher {
                     },
                 )?;
                 info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+                self.event(ext, "settled", serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true}))?;
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
             }
@@ -839,6 +882,11 @@ impl Pusher {
         let mut conflict_rounds = 0u32;
         let mut unknown = RetrySchedule::new(&self.settings.api.retry);
         let method = self.settings.api.update_method;
+        self.event(
+            ext,
+            "planned",
+            plan_event(&footing, &plan, &conflicts, &drift),
+        )?;
 
         // What Partner Center holds once the write is in: the base, and
         // the eTag that goes with it (`None` after a 204, which carries
@@ -880,6 +928,11 @@ impl Pusher {
                                 // as after a 412.
                                 self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
                                 plan = self.replan(item, &mut footing, live);
+                                self.event(
+                                    ext,
+                                    "replanned",
+                                    plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
+                                )?;
                                 keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
                                 keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
                                 continue;
@@ -894,6 +947,17 @@ impl Pusher {
                         .await
                 }
             };
+            self.event(
+                ext,
+                "sent",
+                sent_event(
+                    method_name(method),
+                    Some(&footing.referral_id),
+                    Some(&footing.etag),
+                    &plan.ops,
+                    &result.as_ref().map(Option::as_ref),
+                ),
+            )?;
             match result {
                 Ok(Some(referral)) => {
                     sent.extend(plan.ops.iter().cloned());
@@ -933,8 +997,14 @@ impl Pusher {
                     if intent_applied(&intent, &live, &self.managed) {
                         sent.extend(plan.ops.iter().cloned());
                     }
-                    self.recover(ext, &intent, &mut footing, &live);
+                    let applied = self.recover(ext, &intent, &mut footing, &live);
+                    self.event(ext, "intent settled", intent_event(&intent, applied, &live))?;
                     plan = self.replan(item, &mut footing, live);
+                    self.event(
+                        ext,
+                        "replanned",
+                        plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
+                    )?;
                     keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
                     keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
                     continue;
@@ -944,6 +1014,11 @@ impl Pusher {
             // After a 412: read the live referral and plan against it.
             let live = self.get_live(client, ext, &footing.referral_id).await?;
             plan = self.replan(item, &mut footing, live);
+            self.event(
+                ext,
+                "replanned",
+                plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
+            )?;
             keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
             keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
         };
@@ -998,6 +1073,14 @@ impl Pusher {
                 error: error.as_deref(),
             },
         )?;
+        self.event(
+            ext,
+            "settled",
+            serde_json::json!({
+                "referralId": footing.referral_id, "eTag": etag, "state": state.as_str(),
+                "error": error, "baseKnown": base.is_some(),
+            }),
+        )?;
         if state == SyncState::Invalid {
             warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
         }
@@ -1037,6 +1120,74 @@ fn intent_applied(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths)
         .targets
         .iter()
         .all(|(slot, value)| same(slots.get(slot), Some(value)))
+}
+
+/// The history's account of a plan: what it was made against and decided.
+fn plan_event(
+    footing: &Footing,
+    plan: &Plan,
+    conflicts: &[merge::Conflict],
+    drift: &[merge::Drift],
+) -> Value {
+    serde_json::json!({
+        "referralId": footing.referral_id,
+        "against": if footing.live.is_some() { "live" } else { "base" },
+        "eTag": footing.etag,
+        "adopting": footing.before.is_none(),
+        "ops": plan.ops,
+        "conflicts": conflicts,
+        "drift": drift,
+        "refused": plan.rejected,
+        "leftInPlace": plan.left_in_place,
+    })
+}
+
+/// The history's account of one request and its answer.
+fn sent_event(
+    method: &str,
+    referral_id: Option<&str>,
+    if_match: Option<&str>,
+    ops: &[Op],
+    result: &Result<Option<&Referral>, &ApiError>,
+) -> Value {
+    let answer = match result {
+        Ok(Some(referral)) => {
+            serde_json::json!({"ok": true, "eTag": referral.etag, "referralId": referral.id})
+        }
+        Ok(None) => serde_json::json!({"ok": true, "status": 204}),
+        Err(ApiError::PreconditionFailed { .. }) => serde_json::json!({"ok": false, "status": 412}),
+        Err(ApiError::OutcomeUnknown { reason, .. }) => {
+            serde_json::json!({"ok": false, "outcomeUnknown": reason})
+        }
+        Err(ApiError::Rejected { status, code, .. }) => {
+            serde_json::json!({"ok": false, "status": status, "code": code, "error": result.as_ref().err().map(ToString::to_string)})
+        }
+        Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+    };
+    serde_json::json!({
+        "method": method,
+        "referralId": referral_id,
+        "ifMatch": if_match,
+        "ops": ops,
+        "answer": answer,
+    })
+}
+
+fn intent_event(intent: &WriteIntent, applied: bool, live: &Referral) -> Value {
+    serde_json::json!({
+        "applied": applied,
+        "ops": intent.ops,
+        "startedAt": intent.started_at,
+        "ifMatch": intent.etag,
+        "liveETag": live.etag,
+    })
+}
+
+fn method_name(method: UpdateMethod) -> &'static str {
+    match method {
+        UpdateMethod::Patch => "PATCH",
+        UpdateMethod::Put => "PUT",
+    }
 }
 
 fn offline_note(external_id: &str, referral_id: Option<String>) -> RecordOutcome {

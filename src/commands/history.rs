@@ -1,0 +1,170 @@
+//! `referral-sync history EXTERNAL_ID [--json] [--limit N]`: what happened
+//! to one record and why, newest first — each plan with what it was made
+//! against, each request and its answer, conflicts and drift with both
+//! values, refusals, errors and the eTag the record settled on.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use crate::cli::exit;
+use crate::config::Settings;
+use crate::mapping::normalise_external_id;
+use crate::store::{RecordEvent, Store};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// The record's CRM id (the referral's externalReferenceId).
+    pub external_id: String,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many events, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+pub fn history_command(settings: Settings, args: &HistoryArgs) -> u8 {
+    let store = match Store::open_read_only(&settings.store_path) {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            eprintln!(
+                "error: no store at {} yet: no record has a history",
+                settings.store_path.display()
+            );
+            return exit::RUNTIME;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    let external_id = normalise_external_id(&args.external_id);
+    let events = match store.record_events(&external_id, args.limit) {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUNTIME;
+        }
+    };
+    if events.is_empty() {
+        eprintln!(
+            "error: no history for record {} (not synced yet, unknown, or older than store.history_days)",
+            escape_for_terminal(&external_id)
+        );
+        return exit::RECORDS;
+    }
+    let mut out = std::io::stdout().lock();
+    for event in &events {
+        let written = if args.json {
+            let line = serde_json::json!({
+                "at": event.at, "cycleId": event.cycle_id, "kind": event.kind, "detail": event.detail,
+            });
+            writeln!(out, "{line}")
+        } else {
+            write_event(&mut out, event)
+        };
+        if written.is_err() {
+            // A closed pipe (`| head`) ends the listing quietly.
+            return exit::OK;
+        }
+    }
+    exit::OK
+}
+
+/// One event as a person reads it: time, kind, then what matters of it.
+fn write_event(out: &mut dyn Write, event: &RecordEvent) -> std::io::Result<()> {
+    let d = &event.detail;
+    let text = |key: &str| d.get(key).map(show).unwrap_or_default();
+    let cycle = event.cycle_id.as_deref().unwrap_or("-");
+    writeln!(out, "{}  {:<22} cycle {cycle}", event.at, event.kind)?;
+    match event.kind.as_str() {
+        "planned" | "replanned" => {
+            writeln!(
+                out,
+                "    against {} (eTag {}) of referral {}{}",
+                text("against"),
+                text("eTag"),
+                text("referralId"),
+                if d["adopting"] == Value::Bool(true) {
+                    ", adopting"
+                } else {
+                    ""
+                }
+            )?;
+            for op in d["ops"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    {} {} {}",
+                    show(&op["op"]),
+                    show(&op["path"]),
+                    op["value"]
+                )?;
+            }
+            for c in d["conflicts"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    conflict {}: base {}, Partner Center {}, CRM {} → {}",
+                    show(&c["path"]),
+                    c["snapshot"],
+                    c["live"],
+                    c["desired"],
+                    show(&c["resolution"])
+                )?;
+            }
+            for drift in d["drift"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    drift {} {}: Partner Center {}, CRM {}",
+                    show(&drift["action"]),
+                    show(&drift["path"]),
+                    drift["partnerCenter"],
+                    drift["crm"]
+                )?;
+            }
+            for r in d["refused"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "    refused {}: {}",
+                    show(&r["path"]),
+                    show(&r["reason"])
+                )?;
+            }
+            for element in d["leftInPlace"].as_array().into_iter().flatten() {
+                writeln!(out, "    left in Partner Center: {}", show(element))?;
+            }
+        }
+        "sent" => {
+            let ops = d["ops"].as_array().map_or(0, Vec::len);
+            writeln!(
+                out,
+                "    {} {} (If-Match {}, {ops} ops) → {}",
+                text("method"),
+                text("referralId"),
+                text("ifMatch"),
+                d["answer"]
+            )?;
+        }
+        _ => writeln!(out, "    {d}")?,
+    }
+    Ok(())
+}
+
+/// A JSON value for a person: plain strings without quotes, any string
+/// with a control character JSON-escaped (so no value can start a line of
+/// its own or steer the terminal); `null` as `-`.
+fn show(value: &Value) -> String {
+    match value {
+        Value::String(s) => escape_for_terminal(s),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn escape_for_terminal(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        Value::String(text.to_owned()).to_string()
+    } else {
+        text.to_owned()
+    }
+}
