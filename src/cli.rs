@@ -80,6 +80,8 @@ pub enum Command {
     Diff { before: PathBuf, after: PathBuf },
     /// What happened to one record and why, newest first.
     History(crate::commands::history::HistoryArgs),
+    /// Let held records (refused by the service for good) be tried again.
+    Retry(crate::commands::retry::RetryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +138,9 @@ pub fn run(cli: Cli) -> u8 {
         }),
         Command::History(args) => with_settings(&cli.config, |settings| {
             crate::commands::history::history_command(settings, &args)
+        }),
+        Command::Retry(args) => with_settings(&cli.config, |settings| {
+            crate::commands::retry::retry_command(settings, &args)
         }),
     }
 }
@@ -447,11 +452,12 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
         outln!("resyncs    {open_resyncs} requested, not finished");
     }
     outln!(
-        "records    synced {}, pending {}, failed {}, invalid {}",
+        "records    synced {}, pending {}, failed {}, invalid {}, held {}",
         counts.synced,
         counts.pending,
         counts.failed,
-        counts.invalid
+        counts.invalid,
+        counts.held
     );
     outln!("\nrecent cycles:");
     if cycles.is_empty() {

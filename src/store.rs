@@ -79,6 +79,10 @@ pub enum SyncState {
     /// The record cannot be sent as it is (e.g. an invalid status
     /// transition); its other changes were applied.
     Invalid,
+    /// The service refused the record for good; it waits for its document
+    /// to change, a resync or `referral-sync retry`. (Stored as `invalid`
+    /// with `held` set.)
+    Held,
 }
 
 impl SyncState {
@@ -88,6 +92,7 @@ impl SyncState {
             SyncState::Pending => "pending",
             SyncState::Failed => "failed",
             SyncState::Invalid => "invalid",
+            SyncState::Held => "held",
         }
     }
 
@@ -198,6 +203,7 @@ struct RawRecord {
     base: Option<String>,
     intent: Option<String>,
     refused: Option<String>,
+    held: bool,
 }
 
 /// A finished or running cycle, for `status`.
@@ -222,6 +228,9 @@ pub struct ProblemRow {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub updated_at: String,
+    /// For a held record: the service's status, code and message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -230,6 +239,9 @@ pub struct StateCounts {
     pub pending: u64,
     pub failed: u64,
     pub invalid: u64,
+    /// Refused by the service for good and waiting (not counted in
+    /// `invalid`).
+    pub held: u64,
 }
 
 pub struct Store {
@@ -423,7 +435,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT referral_id, etag, snapshot, desired_hash, state, last_error, attempts,
-                        base, intent, refused
+                        base, intent, refused, held IS NOT NULL
                  FROM records WHERE external_id = ?1",
             )
             .map_err(sqlite_error(&self.path))?;
@@ -440,6 +452,7 @@ impl Store {
                     base: row.get(7)?,
                     intent: row.get(8)?,
                     refused: row.get(9)?,
+                    held: row.get(10)?,
                 })
             })
             .optional()
@@ -474,7 +487,11 @@ impl Store {
             intent,
             refused,
             desired_hash: raw.desired_hash,
-            state: SyncState::parse(&raw.state),
+            state: if raw.held {
+                SyncState::Held
+            } else {
+                SyncState::parse(&raw.state)
+            },
             last_error: raw.last_error,
             attempts: raw.attempts,
         }))
@@ -519,6 +536,77 @@ impl Store {
             .and_then(|mut stmt| stmt.execute(params![external_id, referral_id, intent, now]))
             .map(|_| ())
             .map_err(sqlite_error(&self.path))
+    }
+
+    /// The service refused the record for good: its intent goes, and it is
+    /// held (`invalid` with the refused document's hash, so that an
+    /// unchanged record is not taken up again) with the service's answer.
+    pub fn record_held(
+        &self,
+        external_id: &str,
+        referral_id: Option<&str>,
+        desired_hash: &str,
+        held: &Value,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("UPDATE records SET intent = NULL, held = ?2 WHERE external_id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![external_id, held.to_string()]))
+            .map_err(sqlite_error(&self.path))?;
+        self.record_problem(
+            external_id,
+            referral_id,
+            SyncState::Invalid,
+            Some(desired_hash),
+            error,
+        )?;
+        // A record that had no row yet gets its `held` now.
+        self.conn
+            .prepare_cached("UPDATE records SET held = ?2 WHERE external_id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![external_id, held.to_string()]))
+            .map(|_| ())
+            .map_err(sqlite_error(&self.path))
+    }
+
+    /// Let held records be tried again next cycle: `None` releases every
+    /// held record. A record whose referral is gone (404) also forgets it,
+    /// so the next cycle looks it up again and, with `sync.create_missing`,
+    /// creates it. Returns the external ids released.
+    pub fn release_held(&self, external_ids: Option<&[String]>) -> Result<Vec<String>, StoreError> {
+        let err = sqlite_error(&self.path);
+        let tx = self.conn.unchecked_transaction().map_err(&err)?;
+        let held: Vec<(String, Option<String>)> = {
+            let mut stmt = tx
+                .prepare("SELECT external_id, held FROM records WHERE held IS NOT NULL ORDER BY external_id")
+                .map_err(&err)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(&err)?;
+            rows.collect::<Result<_, _>>().map_err(&err)?
+        };
+        let mut released = Vec::new();
+        for (external_id, detail) in held {
+            if external_ids.is_some_and(|ids| !ids.contains(&external_id)) {
+                continue;
+            }
+            let gone = detail
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .is_some_and(|d| d["referralGone"] == Value::Bool(true));
+            let sql = if gone {
+                "UPDATE records SET held = NULL, desired_hash = NULL, state = 'failed',
+                        referral_id = NULL, etag = NULL, base = NULL,
+                        last_error = 'retry asked: the referral is looked up again', updated_at = ?2
+                 WHERE external_id = ?1"
+            } else {
+                "UPDATE records SET held = NULL, desired_hash = NULL, state = 'failed',
+                        last_error = 'retry asked', updated_at = ?2
+                 WHERE external_id = ?1"
+            };
+            tx.execute(sql, params![external_id, now()]).map_err(&err)?;
+            released.push(external_id);
+        }
+        tx.commit().map_err(&err)?;
+        Ok(released)
     }
 
     /// Mark a record `pending` without an intent, as a store written before
@@ -595,6 +683,7 @@ impl Store {
                 etag = excluded.etag,
                 base = excluded.base,
                 intent = NULL,
+                held = NULL,
                 refused = excluded.refused,
                 snapshot = excluded.snapshot,
                 desired_hash = excluded.desired_hash,
@@ -960,7 +1049,10 @@ impl Store {
         let err = sqlite_error(&self.path);
         let mut stmt = self
             .conn
-            .prepare("SELECT state, COUNT(*) FROM records GROUP BY state")
+            .prepare(
+                "SELECT CASE WHEN held IS NOT NULL THEN 'held' ELSE state END, COUNT(*)
+                 FROM records GROUP BY 1",
+            )
             .map_err(&err)?;
         let mut counts = StateCounts::default();
         let rows = stmt
@@ -971,7 +1063,12 @@ impl Store {
         for row in rows {
             let (state, n) = row.map_err(&err)?;
             let n = n.max(0) as u64;
+            if state == "held" {
+                counts.held = n;
+                continue;
+            }
             match SyncState::parse(&state) {
+                SyncState::Held => counts.held = n,
                 SyncState::Synced => counts.synced = n,
                 SyncState::Pending => counts.pending = n,
                 SyncState::Failed => counts.failed = n,
@@ -987,20 +1084,28 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT external_id, referral_id, state, attempts, last_error, updated_at
+                "SELECT external_id, referral_id, state, attempts, last_error, updated_at, held
                  FROM records WHERE state != 'synced'
                  ORDER BY updated_at DESC, external_id LIMIT ?1",
             )
             .map_err(&err)?;
         let rows = stmt
             .query_map([limit as i64], |row| {
+                let held: Option<String> = row.get(6)?;
+                let held =
+                    held.map(|text| serde_json::from_str(&text).unwrap_or(Value::String(text)));
                 Ok(ProblemRow {
                     external_id: row.get(0)?,
                     referral_id: row.get(1)?,
-                    state: SyncState::parse(&row.get::<_, String>(2)?),
+                    state: if held.is_some() {
+                        SyncState::Held
+                    } else {
+                        SyncState::parse(&row.get::<_, String>(2)?)
+                    },
                     attempts: row.get(3)?,
                     last_error: row.get(4)?,
                     updated_at: row.get(5)?,
+                    held,
                 })
             })
             .map_err(&err)?;

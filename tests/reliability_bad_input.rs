@@ -512,7 +512,9 @@ fn a_ten_megabyte_field_is_reported_in_a_few_lines_and_the_others_sync() {
         .iter()
         .find(|p| p["external_id"] == json!(lead_id(2)))
         .unwrap_or_else(|| panic!("{status:#}"));
-    assert_eq!(failed["state"], "failed");
+    // Refused for good (413): held until the record changes or a retry.
+    assert_eq!(failed["state"], "held");
+    assert_eq!(failed["held"]["status"], 413);
     assert!(
         failed["last_error"].as_str().unwrap().contains("HTTP 413"),
         "{failed}"

@@ -779,7 +779,7 @@ fn a_reset_after_an_applied_append_does_not_duplicate_the_team_member() {
 // 6. A permanent refusal fails one record only.
 
 #[test]
-fn a_permanent_400_fails_only_its_record_which_is_retried_next_cycle() {
+fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
     let (emulator, ws) = adopted(3, |_| {});
     let before = ws.stored("opp-2").unwrap();
     emulator.add_faults(json!({
@@ -802,6 +802,14 @@ fn a_permanent_400_fails_only_its_record_which_is_retried_next_cycle() {
     let run = ws.run(&["sync", "--output", "json"]);
     run.assert_code(1);
     assert_eq!(outcome_for(&run, "opp-2")["action"], "failed");
+    assert!(
+        outcome_for(&run, "opp-2")["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("held: not retried until the record changes"),
+        "{}",
+        run.stdout()
+    );
     for i in [1, 3] {
         assert_eq!(outcome_for(&run, &external_id(i))["action"], "update");
         assert_eq!(
@@ -815,26 +823,45 @@ fn a_permanent_400_fails_only_its_record_which_is_retried_next_cycle() {
     assert_eq!(emulator.referral("ref-2")["details"]["dealValue"], 2000);
 
     let row = ws.stored("opp-2").unwrap();
-    assert_eq!(row.state, "failed");
     assert_eq!(row.snapshot, before.snapshot);
     assert_eq!(row.etag, before.etag);
-    let expected_error = "PATCH /v1.0/engagements/referrals/ref-2: HTTP 400 rejected: InvalidDealValue: dealValue exceeds the partner's limit (target: details.dealValue)";
-    assert_eq!(row.last_error.as_deref(), Some(expected_error));
+    let refusal = "PATCH /v1.0/engagements/referrals/ref-2: HTTP 400 rejected: InvalidDealValue: dealValue exceeds the partner's limit (target: details.dealValue)";
+    let held_error = format!(
+        "held: {refusal}; tried again when the record changes, on a resync or on `referral-sync retry opp-2`"
+    );
+    assert_eq!(row.last_error.as_deref(), Some(held_error.as_str()));
 
     let status = ws.status();
-    assert_eq!(status["counts"]["failed"], 1);
+    assert_eq!(status["counts"]["held"], 1);
     assert_eq!(status["counts"]["synced"], 2);
     let problems = status["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{status}");
     assert_eq!(problems[0]["external_id"], "opp-2");
     assert_eq!(problems[0]["referral_id"], "ref-2");
-    assert_eq!(problems[0]["state"], "failed");
-    assert_eq!(problems[0]["attempts"], 1);
-    assert_eq!(problems[0]["last_error"], expected_error);
+    assert_eq!(problems[0]["state"], "held");
+    assert_eq!(problems[0]["held"]["status"], 400);
+    assert_eq!(problems[0]["held"]["code"], "InvalidDealValue");
+    assert_eq!(problems[0]["last_error"], json!(held_error));
 
-    // Fault gone: the same minimal patch under the same eTag, once.
+    // Unchanged, it is not sent again.
     emulator.clear_faults();
     emulator.clear_requests();
+    ws.run(&["sync"]).assert_code(0);
+    assert_eq!(writes(&emulator), Vec::<Value>::new());
+
+    // `retry` asks: the same minimal patch under the same eTag, once.
+    let retry = ws.run(&["retry", "opp-2", "opp-9"]);
+    retry.assert_code(1);
+    assert!(
+        retry.stdout().contains("released opp-2"),
+        "{}",
+        retry.stdout()
+    );
+    assert!(
+        retry.stderr().contains("record opp-9 is not held"),
+        "{}",
+        retry.stderr()
+    );
     ws.run(&["sync"]).assert_code(0);
     let writes = writes(&emulator);
     assert_eq!(writes.len(), 1, "{writes:?}");

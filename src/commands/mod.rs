@@ -2,3 +2,4 @@
 //! validated settings and returns its exit code.
 
 pub mod history;
+pub mod retry;

@@ -327,12 +327,12 @@ impl Pusher {
         let external_id = item.mapped.external_id.clone();
         match self.sync_record_inner(&item).await {
             Ok(outcome) => outcome,
-            Err(stop) => self.stopped(&external_id, stop),
+            Err(stop) => self.stopped(&external_id, &item.hash, stop),
         }
     }
 
     /// Record and report why a record stopped.
-    fn stopped(&self, external_id: &str, stop: Stop) -> RecordOutcome {
+    fn stopped(&self, external_id: &str, hash: &str, stop: Stop) -> RecordOutcome {
         let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Failed);
         match stop {
             Stop::Failed {
@@ -360,15 +360,33 @@ impl Pusher {
                             "error": message, "writeRefused": refused,
                         }),
                     );
+                    let hold = refused && status.is_some_and(refused_for_good);
                     let recorded = self.store().map_err(|_| None).and_then(|store| {
                         let rid = referral_id.as_deref();
-                        let result = if refused {
+                        let result = if hold {
+                            let gone = status == Some(404);
+                            let held = serde_json::json!({
+                                "status": status, "code": code, "message": message,
+                                "referralGone": gone,
+                            });
+                            let why = if gone {
+                                format!("held: the referral is gone ({message}); `referral-sync retry {external_id}` looks it up again{}", if self.settings.sync.create_missing { " and creates it" } else { "" })
+                            } else {
+                                format!("held: {message}; tried again when the record changes, on a resync or on `referral-sync retry {external_id}`")
+                            };
+                            store.record_held(external_id, rid, hash, &held, &why)
+                        } else if refused {
                             store.record_refused(external_id, rid, &message)
                         } else {
                             store.record_failed(external_id, rid, &message)
                         };
                         result.map_err(Some)
                     });
+                    if hold {
+                        outcome.note = Some(format!(
+                            "held: not retried until the record changes, a resync, or `referral-sync retry {external_id}`"
+                        ));
+                    }
                     if let Err(Some(e)) = recorded {
                         self.fail_store(external_id, &e);
                     }
@@ -659,7 +677,14 @@ impl Pusher {
         client
             .get(&self.ctx(external_id), referral_id)
             .await
-            .map_err(|e| api_stop(Some(referral_id), &e))
+            .map_err(|e| match api_stop(Some(referral_id), &e) {
+                // The referral was deleted: the record is held, not retried
+                // every cycle.
+                stop @ Stop::Failed {
+                    status: Some(404), ..
+                } => refused(stop),
+                stop => stop,
+            })
     }
 
     // -- step 2: plan --------------------------------------------------------
@@ -1099,6 +1124,12 @@ fn adopt(live: Referral, managed: &ManagedPaths) -> Footing {
         live: Some(live.document),
         status_refused: false,
     }
+}
+
+/// An answer that says the record itself is at fault: sending it again
+/// unchanged would be refused again.
+fn refused_for_good(status: u16) -> bool {
+    matches!(status, 400 | 403 | 404 | 409 | 413 | 422)
 }
 
 fn refused_status(rec: &StoredRecord) -> bool {
