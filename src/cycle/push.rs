@@ -247,6 +247,8 @@ impl Pusher {
             return Ok(());
         }
         let cycle_id = self.correlation_id.to_string();
+        let mut detail = detail;
+        bound_strings(&mut detail);
         self.store()?
             .record_event(external_id, Some(&cycle_id), kind, &detail)?;
         Ok(())
@@ -1151,6 +1153,25 @@ fn intent_applied(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths)
         .targets
         .iter()
         .all(|(slot, value)| same(slots.get(slot), Some(value)))
+}
+
+/// Longest string an event keeps whole; a longer one (a 10 MB note) is cut,
+/// with its size, so that the history stays small whatever the records hold.
+const EVENT_STRING_LIMIT: usize = 1_000;
+
+fn bound_strings(value: &mut Value) {
+    match value {
+        Value::String(text) if text.len() > EVENT_STRING_LIMIT => {
+            let mut end = EVENT_STRING_LIMIT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            *text = format!("{}… ({} bytes)", &text[..end], text.len());
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_strings),
+        Value::Object(members) => members.values_mut().for_each(bound_strings),
+        _ => {}
+    }
 }
 
 /// The history's account of a plan: what it was made against and decided.
