@@ -97,6 +97,9 @@ struct RawApi {
     update_method: UpdateMethod,
     allow_insecure: bool,
     retry: RetryPolicy,
+    max_response_bytes: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
 }
 
 impl Default for RawApi {
@@ -110,6 +113,9 @@ impl Default for RawApi {
             update_method: UpdateMethod::Patch,
             allow_insecure: false,
             retry: RetryPolicy::default(),
+            max_response_bytes: crate::api::DEFAULT_MAX_RESPONSE_BYTES,
+            max_list_pages: crate::api::DEFAULT_MAX_LIST_PAGES,
+            max_empty_list_pages: crate::api::DEFAULT_MAX_EMPTY_LIST_PAGES,
         }
     }
 }
@@ -258,6 +264,10 @@ pub struct ApiSettings {
     pub update_method: UpdateMethod,
     pub retry: RetryPolicy,
     pub allow_insecure: bool,
+    /// The largest answer body read from the service.
+    pub max_response_bytes: u64,
+    pub max_list_pages: u64,
+    pub max_empty_list_pages: u64,
 }
 
 /// How bearer tokens are obtained. Paths only: secrets are read when used.
@@ -580,6 +590,15 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
             "must be a positive number (leave it out for no limit)",
         ));
     }
+    for (key, value) in [
+        ("api.max_response_bytes", raw.max_response_bytes),
+        ("api.max_list_pages", raw.max_list_pages),
+        ("api.max_empty_list_pages", raw.max_empty_list_pages),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
@@ -596,6 +615,9 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         update_method: raw.update_method,
         retry: raw.retry,
         allow_insecure: raw.allow_insecure,
+        max_response_bytes: raw.max_response_bytes,
+        max_list_pages: raw.max_list_pages,
+        max_empty_list_pages: raw.max_empty_list_pages,
     })
 }
 
@@ -831,6 +853,29 @@ mod tests {
         for (text, env, expected) in cases {
             let err = load(text, env).unwrap_err().to_string();
             assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn answer_and_listing_bounds_default_and_refuse_zero() {
+        let s = load(MINIMAL, &[]).unwrap();
+        assert_eq!(s.api.max_response_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.api.max_list_pages, 10_000);
+        assert_eq!(s.api.max_empty_list_pages, 10);
+        for key in [
+            "MAX_RESPONSE_BYTES",
+            "MAX_LIST_PAGES",
+            "MAX_EMPTY_LIST_PAGES",
+        ] {
+            let variable = format!("REFERRAL_SYNC__API__{key}");
+            let error = load(MINIMAL, &[(&variable, "0")]).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "configuration key `api.{}`: must be at least 1",
+                    key.to_ascii_lowercase()
+                )
+            );
         }
     }
 

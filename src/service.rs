@@ -56,6 +56,9 @@ pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
         connect_timeout: settings.api.connect_timeout,
         retry: settings.api.retry.clone(),
         allow_insecure: settings.api.allow_insecure,
+        max_response_bytes: settings.api.max_response_bytes,
+        max_list_pages: settings.api.max_list_pages,
+        max_empty_list_pages: settings.api.max_empty_list_pages,
     };
     let http = ApiClient::http_client(&options)?;
     let tokens = Arc::new(TokenProvider::new(auth, http.clone()));

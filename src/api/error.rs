@@ -14,6 +14,11 @@ use super::auth::AuthError;
 /// Raw bodies quoted in errors are cut to this many characters.
 pub const MAX_QUOTED_BODY_CHARS: usize = 500;
 
+/// Text from the service (an error's message, code or target) is cut to
+/// this many characters where the error is built, so that no log line,
+/// output, `last_error` or `status` carries more.
+pub const MAX_SERVICE_TEXT_CHARS: usize = 1000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 412: the `If-Match` eTag is stale; someone else changed the referral.
@@ -74,6 +79,43 @@ pub enum ApiError {
         path: String,
         reason: String,
     },
+    /// The answer was larger than `api.max_response_bytes`: reading
+    /// stopped there.
+    #[error(
+        "{method} {path}: the answer (HTTP {status}) is larger than api.max_response_bytes = {limit} bytes; reading stopped there"
+    )]
+    ResponseTooLarge {
+        method: Method,
+        path: String,
+        status: u16,
+        limit: u64,
+    },
+    /// Paging was given up: too many pages, a link that repeats, or pages
+    /// that bring nothing yet point further.
+    #[error("GET {path}: listing given up after {pages} page(s): {reason}")]
+    ListingAbandoned {
+        path: String,
+        pages: u64,
+        reason: String,
+    },
+    /// The process is shutting down: the listing was stopped between or
+    /// during pages.
+    #[error("GET {path}: listing interrupted by shutdown after {pages} page(s)")]
+    Interrupted { path: String, pages: u64 },
+    /// The service asked to be left alone longer than
+    /// `api.retry.max_retry_after_secs`; no request is sent before the
+    /// time it named.
+    #[error(
+        "{method} {path}: the service asked to wait {retry_after_secs} s (Retry-After), more than api.retry.max_retry_after_secs = {max_secs}; no request is sent before {not_before}"
+    )]
+    RetryAfterTooLong {
+        method: Method,
+        path: String,
+        retry_after_secs: u64,
+        max_secs: u64,
+        /// RFC 3339, UTC.
+        not_before: String,
+    },
     /// The client could not be built from its options.
     #[error("invalid API client options: {0}")]
     InvalidOptions(String),
@@ -95,6 +137,17 @@ impl ApiError {
     /// 404: the referral is gone (or never existed).
     pub fn is_not_found(&self) -> bool {
         matches!(self, ApiError::Rejected { status: 404, .. })
+    }
+
+    /// A failure that every request of the cycle would meet alike, so the
+    /// push phase should stop once rather than fail record after record:
+    /// the service asked to be left alone for longer than we wait, or the
+    /// process is shutting down.
+    pub fn stops_every_request(&self) -> bool {
+        matches!(
+            self,
+            ApiError::RetryAfterTooLong { .. } | ApiError::Interrupted { .. }
+        )
     }
 }
 
@@ -125,7 +178,7 @@ impl ServiceError {
         if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) {
             let text = |value: Option<&Value>| match value {
                 Some(Value::String(text)) if !text.trim().is_empty() => {
-                    Some(text.trim().to_owned())
+                    Some(service_text(text.trim()))
                 }
                 _ => None,
             };
@@ -141,7 +194,7 @@ impl ServiceError {
                 }
                 Some(Value::String(code)) => {
                     return ServiceError {
-                        code: Some(code.clone()),
+                        code: Some(service_text(code)),
                         message: text(fields.get("error_description"))
                             .or_else(|| text(fields.get("message")))
                             .unwrap_or_else(|| "(no message)".to_owned()),
@@ -166,8 +219,8 @@ impl ServiceError {
     }
 }
 
-/// A raw body for a message: lossy UTF-8, trimmed, cut to
-/// [`MAX_QUOTED_BODY_CHARS`].
+/// A raw body for a message: lossy UTF-8, trimmed, control characters
+/// escaped, cut to [`MAX_QUOTED_BODY_CHARS`].
 pub(crate) fn quote_body(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -175,9 +228,45 @@ pub(crate) fn quote_body(body: &[u8]) -> String {
         return "(empty body)".to_owned();
     }
     match text.char_indices().nth(MAX_QUOTED_BODY_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", escape_controls(&text[..cut])),
+        None => escape_controls(text),
     }
+}
+
+/// Text the service chose, made safe for one log or output line: control
+/// characters escaped (a newline cannot forge a line), cut to
+/// [`MAX_SERVICE_TEXT_CHARS`] with the full size noted.
+pub fn service_text(text: &str) -> String {
+    cut_text(text, MAX_SERVICE_TEXT_CHARS)
+}
+
+/// [`service_text`] with another limit.
+pub fn cut_text(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!(
+            "{}… ({} characters in all)",
+            escape_controls(&text[..cut]),
+            text.chars().count()
+        ),
+        None => escape_controls(text),
+    }
+}
+
+/// Control characters as Rust escapes (`\n`, `\u{1b}`); everything else
+/// as it is.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -223,6 +312,15 @@ mod tests {
             ("<html>Bad Gateway</html>\n".to_owned(), error(None, "<html>Bad Gateway</html>", None)),
             ("   ".to_owned(), error(None, "(empty body)", None)),
             (long.clone(), error(None, &format!("{}…", "é".repeat(500)), None)),
+            (
+                format!(r#"{{"error":{{"code":"Big","message":"{}"}}}}"#, "m".repeat(8_000_000)),
+                error(Some("Big"), &format!("{}… (8000000 characters in all)", "m".repeat(1000)), None),
+            ),
+            (
+                r#"{"message":"line one\nFORGED line\u001b[31m","code":"c\u0007d"}"#.to_owned(),
+                error(Some("c\\u{7}d"), "line one\\nFORGED line\\u{1b}[31m", None),
+            ),
+            ("<b>\u{7}bell</b>".to_owned(), error(None, "<b>\\u{7}bell</b>", None)),
         ];
         for (body, expected) in cases {
             assert_eq!(ServiceError::parse(body.as_bytes()), expected, "{body}");

@@ -24,8 +24,8 @@ mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,10 +34,11 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use auth::{AuthError, AuthOptions, TokenProvider};
-pub use error::ApiError;
+pub use error::{ApiError, cut_text, escape_controls, service_text};
 pub use gate::{GateOptions, RequestGate};
 pub use retry::{RetryPolicy, RetrySchedule};
 
@@ -65,7 +66,23 @@ pub struct ClientOptions {
     /// Allow plain http to a host that is not this machine (never in
     /// production: the bearer token would cross the network in clear).
     pub allow_insecure: bool,
+    /// The largest answer body read; reading stops there and the request
+    /// fails (`api.max_response_bytes`).
+    pub max_response_bytes: u64,
+    /// Pages of one listing at most (`api.max_list_pages`).
+    pub max_list_pages: u64,
+    /// Pages in a row that bring no referral yet point further before a
+    /// listing is given up (`api.max_empty_list_pages`).
+    pub max_empty_list_pages: u64,
 }
+
+/// 16 MiB: a page of 100 referrals is well under 1 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// A million referrals at 100 per page.
+pub const DEFAULT_MAX_LIST_PAGES: u64 = 10_000;
+pub const DEFAULT_MAX_EMPTY_LIST_PAGES: u64 = 10;
+/// A `@odata.nextLink` longer than this is not a link to a page.
+const MAX_NEXT_LINK_CHARS: usize = 16 * 1024;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -75,6 +92,9 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             allow_insecure: false,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_list_pages: DEFAULT_MAX_LIST_PAGES,
+            max_empty_list_pages: DEFAULT_MAX_EMPTY_LIST_PAGES,
         }
     }
 }
@@ -138,9 +158,14 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
+    max_response_bytes: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
     gate: Arc<RequestGate>,
     tokens: Arc<TokenProvider>,
     counters: Counters,
+    /// Turns `true` when the process shuts down: a listing stops.
+    shutdown: OnceLock<watch::Receiver<bool>>,
 }
 
 #[derive(Default)]
@@ -197,6 +222,28 @@ struct Answer {
     body: Vec<u8>,
 }
 
+/// Why one attempt brought no usable answer.
+enum AttemptError {
+    Http(reqwest::Error),
+    /// The body is larger than `max_response_bytes`: reading stopped.
+    TooLarge {
+        status: StatusCode,
+    },
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Http(error) => f.write_str(&error_chain(error)),
+            AttemptError::TooLarge { status } => write!(
+                f,
+                "HTTP {} answer larger than api.max_response_bytes; reading stopped",
+                status.as_u16()
+            ),
+        }
+    }
+}
+
 /// Why an attempt is worth repeating.
 enum Retry {
     /// The service asked us to slow down: pause every worker.
@@ -231,16 +278,58 @@ impl ApiClient {
             .map_err(|error| ApiError::InvalidOptions(error.to_string()))?;
         let base = parse_base_url(&options.base_url, options.allow_insecure)
             .map_err(ApiError::InvalidOptions)?;
+        for (name, value) in [
+            ("max_response_bytes", options.max_response_bytes),
+            ("max_list_pages", options.max_list_pages),
+            ("max_empty_list_pages", options.max_empty_list_pages),
+        ] {
+            if value == 0 {
+                return Err(ApiError::InvalidOptions(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
         Ok(ApiClient {
             inner: Arc::new(Inner {
                 http,
                 base,
                 retry: options.retry,
+                max_response_bytes: options.max_response_bytes,
+                max_list_pages: options.max_list_pages,
+                max_empty_list_pages: options.max_empty_list_pages,
                 gate,
                 tokens,
                 counters: Counters::default(),
+                shutdown: OnceLock::new(),
             }),
         })
+    }
+
+    /// Stop any listing, between pages or during one, once `shutdown`
+    /// turns `true` (SIGTERM): a long listing must not hold the shutdown
+    /// for its whole grace period. Writes are never cut off. Set once; a
+    /// second call is ignored.
+    pub fn interrupt_listings_on(&self, shutdown: watch::Receiver<bool>) {
+        let _ = self.inner.shutdown.set(shutdown);
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.inner
+            .shutdown
+            .get()
+            .is_some_and(|shutdown| *shutdown.borrow())
+    }
+
+    /// Resolves when the process shuts down; never without a shutdown
+    /// signal.
+    async fn shutdown_signal(&self) {
+        if let Some(shutdown) = self.inner.shutdown.get() {
+            let mut shutdown = shutdown.clone();
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 
     /// The HTTP client this API client wants: the options' timeouts, no
@@ -291,32 +380,88 @@ impl ApiClient {
     /// Page through every referral, handing each page's items to
     /// `on_page`, following `@odata.nextLink` (absolute, or relative to the
     /// page it came from) until it is absent. Returns the number of items.
+    ///
+    /// A listing that does not end is given up with one error: after
+    /// `max_list_pages` pages, at a link that repeats, or after
+    /// `max_empty_list_pages` pages in a row that bring nothing yet point
+    /// further. A shutdown (see [`ApiClient::interrupt_listings_on`]) stops
+    /// it between pages or during one.
     pub async fn list(
         &self,
         ctx: &RequestContext,
         mut on_page: impl FnMut(Vec<Value>),
     ) -> Result<u64, ApiError> {
+        let inner = &*self.inner;
         let mut url = self.referrals_url();
-        let mut fetched = HashSet::new();
+        let path = url.path().to_owned();
+        let abandon = |pages: u64, reason: String| ApiError::ListingAbandoned {
+            path: path.clone(),
+            pages,
+            reason,
+        };
+        // Hashes, not URLs: ten thousand long links stay small.
+        let mut fetched: HashSet<blake3::Hash> = HashSet::new();
         let mut items = 0u64;
+        let mut pages = 0u64;
+        let mut empty_in_a_row = 0u64;
         loop {
-            fetched.insert(url.as_str().to_owned());
+            if self.shutting_down() {
+                return Err(ApiError::Interrupted { path, pages });
+            }
+            fetched.insert(blake3::hash(url.as_str().as_bytes()));
             let call = Call::read(url);
-            let answer = self.send(ctx, &call).await?;
+            let answer = tokio::select! {
+                biased;
+                () = self.shutdown_signal() => {
+                    return Err(ApiError::Interrupted { path, pages });
+                }
+                answer = self.send(ctx, &call) => answer?,
+            };
+            pages += 1;
             let (page, next_link) = list_page(&answer.body)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
+            let empty = page.is_empty();
             items += page.len() as u64;
             on_page(page);
             let Some(link) = next_link else {
                 return Ok(items);
             };
+            let shown = cut_text(&link, 200);
+            if link.chars().count() > MAX_NEXT_LINK_CHARS {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
+                    ),
+                ));
+            }
+            empty_in_a_row = if empty { empty_in_a_row + 1 } else { 0 };
+            if empty_in_a_row >= inner.max_empty_list_pages {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {})",
+                        inner.max_empty_list_pages
+                    ),
+                ));
+            }
+            if pages >= inner.max_list_pages {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "api.max_list_pages = {} reached and the last page still points further",
+                        inner.max_list_pages
+                    ),
+                ));
+            }
             let next = self
                 .next_page_url(&call.url, &link)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
-            if fetched.contains(next.as_str()) {
-                let reason =
-                    format!("@odata.nextLink `{link}` leads back to a page already fetched");
-                return Err(invalid_response(&call, &answer, reason));
+            if fetched.contains(&blake3::hash(next.as_str().as_bytes())) {
+                return Err(abandon(
+                    pages,
+                    format!("@odata.nextLink `{shown}` leads back to a page already fetched"),
+                ));
             }
             url = next;
         }
@@ -415,14 +560,15 @@ impl ApiClient {
 
     fn referral_url(&self, method: &Method, id: &str) -> Result<Url, ApiError> {
         let mut url = self.referrals_url();
-        if id.trim().is_empty() {
+        // The URL library drops a `.` or `..` segment: a request meant for
+        // one referral would go to the collection or above it.
+        if let Err(reason) = check_referral_id(id) {
             return Err(ApiError::InvalidRequest {
                 method: method.clone(),
                 path: url.path().to_owned(),
-                reason: "the referral id is empty".to_owned(),
+                reason,
             });
         }
-        // Pushed as one segment: any `/` or `?` in an id is escaped.
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.push(id);
         }
@@ -430,12 +576,13 @@ impl ApiClient {
     }
 
     fn next_page_url(&self, current: &Url, link: &str) -> Result<Url, String> {
+        let shown = cut_text(link, 200);
         let next = current
             .join(link)
-            .map_err(|error| format!("@odata.nextLink `{link}` is not a URL: {error}"))?;
+            .map_err(|error| format!("@odata.nextLink `{shown}` is not a URL: {error}"))?;
         if next.origin() != self.inner.base.origin() {
             return Err(format!(
-                "@odata.nextLink `{link}` leaves {}; the bearer token is not sent elsewhere",
+                "@odata.nextLink `{shown}` leaves {}; the bearer token is not sent elsewhere",
                 self.inner.base.origin().ascii_serialization()
             ));
         }
@@ -541,7 +688,28 @@ impl ApiClient {
                         }
                     }
                 }
-                Err(error) => {
+                Err(AttemptError::TooLarge { status }) => {
+                    let limit = inner.max_response_bytes;
+                    // A write answered with success (or a server error) may
+                    // have been applied: the caller finds out with a GET.
+                    if !call.is_read() && (status.is_success() || status.is_server_error()) {
+                        return Err(ApiError::OutcomeUnknown {
+                            method: call.method.clone(),
+                            path: call.path(),
+                            reason: format!(
+                                "HTTP {} but the answer is larger than api.max_response_bytes = {limit} bytes; reading stopped there",
+                                status.as_u16()
+                            ),
+                        });
+                    }
+                    return Err(ApiError::ResponseTooLarge {
+                        method: call.method.clone(),
+                        path: call.path(),
+                        status: status.as_u16(),
+                        limit,
+                    });
+                }
+                Err(AttemptError::Http(error)) => {
                     let reason = error_chain(&error);
                     if error.is_builder() {
                         return Err(ApiError::InvalidRequest {
@@ -625,7 +793,7 @@ impl ApiClient {
         call: &Call,
         bearer: &SecretString,
         attempt: u32,
-    ) -> Result<Answer, reqwest::Error> {
+    ) -> Result<Answer, AttemptError> {
         let inner = &*self.inner;
         let request_id = Uuid::new_v4();
         let mut request = inner
@@ -649,11 +817,26 @@ impl ApiClient {
 
         let started = std::time::Instant::now();
         inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let limit = inner.max_response_bytes;
         let outcome = async {
-            let response = request.send().await?;
+            let mut response = request.send().await.map_err(AttemptError::Http)?;
             let status = response.status();
+            if response
+                .content_length()
+                .is_some_and(|length| length > limit)
+            {
+                return Err(AttemptError::TooLarge { status });
+            }
             let headers = response.headers().clone();
-            let body = response.bytes().await?.to_vec();
+            // Chunk by chunk, so that no more than the limit is ever held;
+            // dropping the response closes the connection.
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(AttemptError::TooLarge { status });
+                }
+                body.extend_from_slice(&chunk);
+            }
             Ok(Answer {
                 status,
                 headers,
@@ -685,10 +868,9 @@ impl ApiClient {
                 request_id = %request_id,
                 external_id = ctx.external_id.as_deref(),
                 attempt,
-                "{} {} failed in {elapsed_ms} ms: {}",
+                "{} {} failed in {elapsed_ms} ms: {error}",
                 call.method,
                 call.url.path(),
-                error_chain(error)
             ),
         }
         outcome
@@ -765,6 +947,7 @@ fn referral_from(answer: &Answer) -> Result<Referral, String> {
         Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
         _ => return Err("the referral has no id".to_owned()),
     };
+    check_referral_id(&id)?;
     let etag = match fields.get("eTag") {
         Some(Value::String(etag)) if !etag.trim().is_empty() => etag.clone(),
         _ => answer
@@ -800,6 +983,35 @@ fn written_referral(call: &Call, id: &str, answer: &Answer) -> Option<Referral> 
         call.url.path()
     );
     None
+}
+
+/// Referral ids longer than this are refused (GUIDs have 36 characters).
+const MAX_REFERRAL_ID_CHARS: usize = 128;
+
+/// Whether `id`, from the service or the store, can name one referral in a
+/// URL path: a GUID, or a token of letters, digits and `-._~` other than
+/// `.` and `..`. The error names the value, escaped and cut.
+pub fn check_referral_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the referral id is empty".to_owned());
+    }
+    if Uuid::try_parse(id).is_ok() {
+        return Ok(());
+    }
+    let path_safe = !id.is_empty()
+        && id.len() <= MAX_REFERRAL_ID_CHARS
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    if path_safe {
+        return Ok(());
+    }
+    Err(format!(
+        "referral id `{}` cannot be used: a GUID, or up to {MAX_REFERRAL_ID_CHARS} letters, digits and `-._~` other than `.` and `..`, is expected",
+        cut_text(id, 100)
+    ))
 }
 
 /// The items and the next link of one list page.

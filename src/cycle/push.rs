@@ -852,7 +852,13 @@ fn put_body(live: &Value, ops: &[Op]) -> Result<Value, String> {
 
 fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
     // Credentials the service or the token endpoint refuses fail every
-    // record alike.
+    // record alike; so do a shutdown and a Retry-After beyond our limit.
+    if error.stops_every_request() {
+        return Stop::Halt {
+            message: error.to_string(),
+            status: None,
+        };
+    }
     match error {
         ApiError::Unauthorized { .. } => {
             return Stop::Halt {

@@ -83,6 +83,10 @@ pub fn run(settings: Settings) -> u8 {
             Ok(client) => client,
             Err(e) => return fail(exit::CONFIG, &e),
         };
+        // A listing (the referral index) stops at shutdown instead of
+        // holding it for the grace period; writes in flight finish.
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        client.interrupt_listings_on(shutdown_receiver);
         // Before READY=1: from here on SIGTERM, SIGINT and SIGHUP are ours.
         let signals = match Signals::install() {
             Ok(signals) => signals,
@@ -111,6 +115,7 @@ pub fn run(settings: Settings) -> u8 {
             schedule,
             ticks,
             signals,
+            shutdown,
             notifier: Notifier::from_env(),
             running: None,
             last_announced_request: 0,
@@ -199,6 +204,8 @@ struct Daemon {
     schedule: Schedule,
     ticks: mpsc::UnboundedReceiver<Tick>,
     signals: Signals,
+    /// Turned `true` at shutdown: the client stops any listing.
+    shutdown: watch::Sender<bool>,
     notifier: Notifier,
     running: Option<RunningCycle>,
     /// Resync requests up to this id were logged as requested.
@@ -548,6 +555,7 @@ impl Daemon {
             warn!(error = %e, "cannot stop the scheduler cleanly");
         }
         let mut cut_off = false;
+        let _ = self.shutdown.send(true);
         if let Some(mut running) = self.running.take() {
             // No new record starts; those in flight may finish.
             let _ = running.stop.send(true);

@@ -109,6 +109,7 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
                 &format!("cannot install signal handlers: {e}"),
             );
         }
+        client.interrupt_listings_on(stop_receiver.clone());
         let engine = Engine::new(Arc::clone(&settings), mapper, store, Some(client));
         let mut request = CycleRequest::new(Trigger::Resync);
         request.resync = true;
