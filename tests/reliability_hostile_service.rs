@@ -471,3 +471,93 @@ fn sigterm_interrupts_a_listing_that_would_outlast_the_grace_period() {
     assert!(service.writes().is_empty(), "{:?}", service.writes());
     assert_eq!(record_rows(&ws.store), 0);
 }
+
+/// The export holds `n` opportunities.
+fn export_of(ws: &Workspace, n: u32) -> Vec<String> {
+    let ids: Vec<String> = (1..=n)
+        .map(|k| format!("3f2504e0-4f89-41d3-9a0c-0305e82c{k:04}"))
+        .collect();
+    let records: Vec<Value> = ids
+        .iter()
+        .map(|id| opportunity(id, &format!("Customer {id}"), 1000.0, 0, 1))
+        .collect();
+    ws.write_export(&odata_page(&records));
+    ids
+}
+
+/// What a create answers: the body with an id and an eTag.
+fn created(seen: &Seen, call: usize) -> Response {
+    let mut referral: Value = serde_json::from_slice(&seen.body).unwrap();
+    referral["id"] = json!(format!("7c9a7e3b-0000-4a3e-9b1a-{call:012}"));
+    referral["eTag"] = json!("\"1\"");
+    json_response(201, &[], &referral)
+}
+
+#[test]
+fn a_retry_after_beyond_max_retry_after_stops_the_push_phase_once() {
+    let service = Hostile::start(|_, seen| match seen.method.as_str() {
+        "GET" => page(&[], None),
+        _ => json_response(
+            429,
+            &[("retry-after", "7200".to_owned())],
+            &json!({"error": {"code": "TooManyRequests", "message": "slow down"}}),
+        ),
+    });
+    let ws = workspace(&service.api_url(), "concurrency = 1");
+    let ids = export_of(&ws, 5);
+
+    let run = ws.run(&["sync"]);
+
+    run.assert_code(6);
+    let stderr = run.stderr();
+    let expected = "POST /v1.0/engagements/referrals: the service asked to wait 7200 s (Retry-After), more than api.retry.max_retry_after_secs = 3600; no request is sent before ";
+    assert!(stderr.contains(expected), "{stderr}");
+    assert_eq!(
+        stderr.matches("ERROR push phase stopped").count(),
+        1,
+        "{stderr}"
+    );
+    // One POST, not retried; the others not tried; nothing failed.
+    assert_eq!(service.writes(), ["POST /v1.0/engagements/referrals"]);
+    assert!(!stderr.contains("record failed"), "{stderr}");
+    for id in &ids {
+        if let Some(row) = ws.stored(id) {
+            assert_eq!(row.state, "pending", "{id}");
+            assert_eq!(row.referral_id, None);
+        }
+    }
+    assert!(
+        cycle_error(&ws.store)
+            .unwrap_or_default()
+            .contains(expected),
+        "{:?}",
+        cycle_error(&ws.store)
+    );
+}
+
+#[test]
+fn a_retry_after_longer_than_max_elapsed_is_waited_out_as_sent() {
+    let service = Hostile::start(|call, seen| match seen.method.as_str() {
+        "GET" => page(&[], None),
+        _ if call == 2 => json_response(429, &[("retry-after", "2".to_owned())], &json!({})),
+        _ => created(seen, call),
+    });
+    let ws = workspace(&service.api_url(), "");
+    ws.edit_config(|text| text.replace("max_elapsed = \"20s\"", "max_elapsed = \"300ms\""));
+
+    let run = ws.run(&["sync"]);
+
+    run.assert_code(0);
+    let seen = service.seen();
+    assert_eq!(
+        service.requests(),
+        [
+            "GET /v1.0/engagements/referrals",
+            "POST /v1.0/engagements/referrals",
+            "POST /v1.0/engagements/referrals",
+        ]
+    );
+    assert_eq!(seen[1].body, seen[2].body);
+    assert!(run.elapsed >= Duration::from_secs(2), "{:?}", run.elapsed);
+    assert_eq!(ws.stored(CONTOSO).unwrap().state, "synced");
+}

@@ -166,6 +166,18 @@ struct Inner {
     counters: Counters,
     /// Turns `true` when the process shuts down: a listing stops.
     shutdown: OnceLock<watch::Receiver<bool>>,
+    /// The service asked to be left alone past `max_retry_after`: no
+    /// request is sent before then.
+    held_back: std::sync::Mutex<Option<HeldBack>>,
+}
+
+/// A `Retry-After` longer than the client waits, remembered.
+#[derive(Debug, Clone)]
+struct HeldBack {
+    until: tokio::time::Instant,
+    retry_after_secs: u64,
+    /// `until` as a wall-clock time, for messages.
+    not_before: String,
 }
 
 #[derive(Default)]
@@ -301,6 +313,7 @@ impl ApiClient {
                 tokens,
                 counters: Counters::default(),
                 shutdown: OnceLock::new(),
+                held_back: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -589,10 +602,80 @@ impl ApiClient {
         Ok(next)
     }
 
+    /// The service asked (`Retry-After`) to be left alone for `asked`,
+    /// longer than `max_retry_after`: remember it, and fail `call`.
+    fn hold_back(&self, ctx: &RequestContext, call: &Call, asked: Duration) -> ApiError {
+        let retry_after_secs = asked.as_secs() + u64::from(asked.subsec_nanos() > 0);
+        let now = tokio::time::Instant::now();
+        let until = now
+            .checked_add(asked)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let not_before = chrono::Duration::from_std(asked)
+            .ok()
+            .and_then(|asked| Utc::now().checked_add_signed(asked))
+            .map_or_else(
+                || "the far future".to_owned(),
+                |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        let held = HeldBack {
+            until,
+            retry_after_secs,
+            not_before,
+        };
+        tracing::warn!(
+            method = %call.method,
+            path = call.url.path(),
+            correlation_id = %ctx.correlation_id,
+            retry_after_secs,
+            max_retry_after_secs = self.inner.retry.max_retry_after.as_secs(),
+            not_before = %held.not_before,
+            "the service asked to wait {retry_after_secs} s; no request is sent before {}",
+            held.not_before
+        );
+        let error = self.held_back_error(call, &held);
+        let mut slot = self
+            .inner
+            .held_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot
+            .as_ref()
+            .is_none_or(|current| current.until < held.until)
+        {
+            *slot = Some(held);
+        }
+        error
+    }
+
+    /// The error for `call` while the service's long `Retry-After` holds.
+    fn held_back_error(&self, call: &Call, held: &HeldBack) -> ApiError {
+        ApiError::RetryAfterTooLong {
+            method: call.method.clone(),
+            path: call.path(),
+            retry_after_secs: held.retry_after_secs,
+            max_secs: self.inner.retry.max_retry_after.as_secs(),
+            not_before: held.not_before.clone(),
+        }
+    }
+
+    /// The long `Retry-After` still in force, if any.
+    fn still_held_back(&self) -> Option<HeldBack> {
+        let slot = self
+            .inner
+            .held_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.clone()
+            .filter(|held| held.until > tokio::time::Instant::now())
+    }
+
     /// Send `call` until it succeeds or must not be repeated: through the
     /// gate, with a bearer token, retrying per the policy.
     async fn send(&self, ctx: &RequestContext, call: &Call) -> Result<Answer, ApiError> {
         let inner = &*self.inner;
+        if let Some(held) = self.still_held_back() {
+            return Err(self.held_back_error(call, &held));
+        }
         let mut schedule = RetrySchedule::new(&inner.retry);
         let mut token_refreshed = false;
         let mut attempt = 0u32;
@@ -650,7 +733,11 @@ impl ApiClient {
                             && !call.is_read() =>
                         {
                             if let Some(wait) = retry_after {
-                                inner.gate.pause_for(wait.min(inner.retry.max_elapsed));
+                                if wait > inner.retry.max_retry_after {
+                                    self.hold_back(ctx, call, wait);
+                                } else {
+                                    inner.gate.pause_for(wait);
+                                }
                             }
                             return Err(ApiError::OutcomeUnknown {
                                 method: call.method.clone(),
@@ -731,15 +818,20 @@ impl ApiClient {
                 }
             };
 
-            // A silly Retry-After is capped by the time the policy would
-            // wait at all.
+            // Retry-After is honoured as sent, up to max_retry_after; past
+            // that the service is left alone until the time it named.
             let asked = match retry {
                 Retry::Throttled { retry_after } => {
                     inner.counters.throttles.fetch_add(1, Ordering::Relaxed);
-                    retry_after.map(|asked| asked.min(inner.retry.max_elapsed))
+                    retry_after
                 }
                 Retry::Transient => None,
             };
+            if let Some(asked) = asked
+                && asked > inner.retry.max_retry_after
+            {
+                return Err(self.hold_back(ctx, call, asked));
+            }
             let Some(delay) = schedule.next_delay() else {
                 // Giving up here does not release the other workers: the
                 // service's pause holds for them too.

@@ -136,6 +136,7 @@ fn test_options(base_url: String) -> ClientOptions {
             multiplier: 2.0,
             max_elapsed: Duration::from_secs(10),
             max_attempts: 4,
+            max_retry_after: Duration::from_secs(3600),
         },
         allow_insecure: false,
         ..ClientOptions::default()
@@ -606,14 +607,14 @@ async fn giving_up_on_a_throttled_request_still_pauses_the_others() {
         error.to_string(),
         "GET /v1.0/engagements/referrals/r-1: service unavailable after 1 attempt(s): HTTP 429 Too Many Requests: (empty body)"
     );
-    // An hour asked, capped by the policy's max_elapsed (10 s).
+    // An hour asked, honoured as sent (not cut to max_elapsed, 10 s).
     let until = client.gate().pause_in_effect().unwrap();
     assert!(
-        until >= before + Duration::from_secs(10),
+        until >= before + Duration::from_secs(3600),
         "{:?}",
         until - before
     );
-    assert!(until <= tokio::time::Instant::now() + Duration::from_secs(10));
+    assert!(until <= tokio::time::Instant::now() + Duration::from_secs(3600));
     assert_eq!(client.stats().throttles, 1);
     assert_eq!(client.stats().retries, 0);
 }
@@ -1431,4 +1432,63 @@ async fn a_shutdown_interrupts_a_listing_between_and_during_pages() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_max_elapsed_is_waited_out_as_sent() {
+    let service = Service::start(|call, _| match call {
+        1 => respond(429, &[("retry-after", "1")], ""),
+        _ => ok_referral("r-1", ETAG),
+    })
+    .await;
+    let mut options = test_options(service.base_url());
+    options.retry.max_elapsed = Duration::from_millis(100);
+    let (client, _dir) = client_with(options);
+    client.get(&ctx(), "r-1").await.unwrap();
+    let seen = service.seen();
+    assert_eq!(seen.len(), 2);
+    let waited = seen[1].at - seen[0].at;
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_max_retry_after_fails_and_holds_every_request_back() {
+    let service = Service::start(|_, _| respond(429, &[("retry-after", "7200")], "")).await;
+    let (client, _dir) = client_for(&service);
+    let started = chrono::Utc::now();
+    let error = client
+        .patch(&ctx(), "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ApiError::RetryAfterTooLong { .. }),
+        "{error:?}"
+    );
+    assert!(error.stops_every_request());
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "PATCH /v1.0/engagements/referrals/r-1: the service asked to wait 7200 s (Retry-After), more than api.retry.max_retry_after_secs = 3600; no request is sent before "
+        ),
+        "{text}"
+    );
+    let not_before = text.rsplit(' ').next().unwrap();
+    let not_before = chrono::DateTime::parse_from_rfc3339(not_before).unwrap();
+    let ahead = (not_before.with_timezone(&chrono::Utc) - started).num_seconds();
+    assert!((7199..=7202).contains(&ahead), "{ahead}");
+    // Nothing more goes to the service until then, reads included.
+    let again = client.get(&ctx(), "r-2").await.unwrap_err();
+    assert!(
+        matches!(again, ApiError::RetryAfterTooLong { .. }),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .to_string()
+            .starts_with("GET /v1.0/engagements/referrals/r-2: the service asked to wait 7200 s"),
+        "{again}"
+    );
+    assert_eq!(service.seen().len(), 1);
+    assert_eq!(client.stats().retries, 0);
+    assert_eq!(client.gate().pause_in_effect(), None);
 }
