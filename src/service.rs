@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::api::auth::{AuthOptions, DEFAULT_RESOURCE, TokenProvider};
+use crate::api::auth::{
+    AuthOptions, DEFAULT_RESOURCE, SecretFile, TokenProvider, check_secret_file,
+};
 use crate::api::gate::{GateOptions, RequestGate};
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{AuthSettings, Settings};
@@ -31,6 +33,31 @@ pub fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+/// Read every configured secret file as the client will (nothing of it is
+/// kept), so that start-up stops on a file a cycle could not use, naming
+/// the key and the file: `Err("auth.token_file: the token file … ")`.
+pub fn check_secret_files(settings: &Settings) -> Result<(), String> {
+    let files: Vec<(SecretFile, &std::path::Path)> = match &settings.auth {
+        None => Vec::new(),
+        Some(AuthSettings::TokenFile(path)) => vec![(SecretFile::Token, path.as_path())],
+        Some(AuthSettings::RefreshToken {
+            client_secret_file,
+            refresh_token_file,
+            ..
+        }) => {
+            let mut files = vec![(SecretFile::RefreshToken, refresh_token_file.as_path())];
+            if let Some(path) = client_secret_file {
+                files.push((SecretFile::ClientSecret, path.as_path()));
+            }
+            files
+        }
+    };
+    for (kind, path) in files {
+        check_secret_file(kind, path).map_err(|e| format!("{}: {e}", kind.key()))?;
+    }
+    Ok(())
 }
 
 /// The client for `settings`, with one request gate shared by every worker.

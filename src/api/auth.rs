@@ -67,6 +67,42 @@ pub enum SecretFile {
     ClientSecret,
 }
 
+impl SecretFile {
+    /// The configuration key naming this file.
+    pub fn key(self) -> &'static str {
+        match self {
+            SecretFile::Token => "auth.token_file",
+            SecretFile::RefreshToken => "auth.refresh_token_file",
+            SecretFile::ClientSecret => "auth.client_secret_file",
+        }
+    }
+
+    /// Tokens travel in a header or a form as they are: one line of
+    /// printable ASCII. A client secret is form-encoded, so anything goes.
+    fn must_be_one_line(self) -> bool {
+        matches!(self, SecretFile::Token | SecretFile::RefreshToken)
+    }
+}
+
+/// Where `secret` (already trimmed) stops being one line of printable
+/// ASCII, by position only: the secret itself never reaches a message.
+fn one_line_problem(secret: &str) -> Option<String> {
+    let lines = secret.lines().count();
+    if lines > 1 {
+        return Some(format!("it has {lines} lines"));
+    }
+    let (offset, byte) = secret
+        .bytes()
+        .enumerate()
+        .find(|(_, byte)| !byte.is_ascii_graphic())?;
+    let what = match byte {
+        b' ' => "a space".to_owned(),
+        byte if byte.is_ascii_control() => format!("control byte 0x{byte:02x}"),
+        byte => format!("non-ASCII byte 0x{byte:02x}"),
+    };
+    Some(format!("{what} at byte {}", offset + 1))
+}
+
 impl fmt::Display for SecretFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -87,6 +123,18 @@ pub enum AuthError {
     },
     #[error("the {kind} {} is empty", path.display())]
     Empty { kind: SecretFile, path: PathBuf },
+    /// A token that cannot be sent in a header (or a form) as it is: more
+    /// than one line, a control byte, a space, a non-ASCII byte. The
+    /// message says where, never what.
+    #[error(
+        "the {kind} {} is not one line of printable ASCII: {problem} (one line is expected; a trailing newline is allowed)",
+        path.display()
+    )]
+    NotOneLine {
+        kind: SecretFile,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("token endpoint {url} is unreachable: {reason}")]
     Transport { url: String, reason: String },
     #[error(
@@ -386,6 +434,15 @@ async fn read_secret(kind: SecretFile, path: &Path) -> Result<SecretString, Auth
             path: path.to_owned(),
         });
     }
+    if kind.must_be_one_line()
+        && let Some(problem) = one_line_problem(secret.expose_secret())
+    {
+        return Err(AuthError::NotOneLine {
+            kind,
+            path: path.to_owned(),
+            problem,
+        });
+    }
     if let Ok(metadata) = tokio::fs::metadata(path).await {
         warn_if_exposed(kind, path, &metadata);
     }
@@ -403,12 +460,25 @@ pub fn check_secret_file(kind: SecretFile, path: &Path) -> Result<Option<u32>, A
         error,
     };
     let mut content = std::fs::read_to_string(path).map_err(read_error)?;
-    let empty = content.trim().is_empty();
+    let trimmed = content.trim();
+    let empty = trimmed.is_empty();
+    let problem = if kind.must_be_one_line() {
+        one_line_problem(trimmed)
+    } else {
+        None
+    };
     content.zeroize();
     if empty {
         return Err(AuthError::Empty {
             kind,
             path: path.to_owned(),
+        });
+    }
+    if let Some(problem) = problem {
+        return Err(AuthError::NotOneLine {
+            kind,
+            path: path.to_owned(),
+            problem,
         });
     }
     let metadata = std::fs::metadata(path).map_err(read_error)?;
@@ -597,16 +667,9 @@ fn oauth_error(body: &[u8]) -> (Option<String>, Option<String>) {
         fields
             .get(name)
             .and_then(Value::as_str)
-            .map(|text| truncate(text.trim(), MAX_DESCRIPTION_CHARS))
+            .map(|text| crate::api::cut_text(text.trim(), MAX_DESCRIPTION_CHARS))
     };
     (text("error"), text("error_description"))
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 /// How long a token of `lifetime` is used: until [`REFRESH_MARGIN`] before
@@ -1146,7 +1209,10 @@ mod tests {
         let body = serde_json::json!({"error": "invalid_client", "error_description": long, "secret": "s"});
         let (error, description) = oauth_error(body.to_string().as_bytes());
         assert_eq!(error.as_deref(), Some("invalid_client"));
-        assert_eq!(description, Some(format!("{}…", "x".repeat(500))));
+        assert_eq!(
+            description,
+            Some(format!("{}… (600 characters in all)", "x".repeat(500)))
+        );
         assert_eq!(oauth_error(b"<html>"), (None, None));
     }
 
@@ -1194,6 +1260,39 @@ mod tests {
             check_secret_file(SecretFile::Token, &private).unwrap(),
             None
         );
+        let cases = [
+            ("SEK\nRET\n", "it has 2 lines"),
+            ("SEKRET\r\nSECOND\r\n", "it has 2 lines"),
+            ("SEK\u{1b}RET\n", "control byte 0x1b at byte 4"),
+            ("SEK\0RET", "control byte 0x00 at byte 4"),
+            ("SEK RET\n", "a space at byte 4"),
+            ("SEKéRET\n", "non-ASCII byte 0xc3 at byte 4"),
+        ];
+        for (content, problem) in cases {
+            let path = dir.path().join("bad");
+            std::fs::write(&path, content).unwrap();
+            for kind in [SecretFile::Token, SecretFile::RefreshToken] {
+                let message = check_secret_file(kind, &path).unwrap_err().to_string();
+                assert_eq!(
+                    message,
+                    format!(
+                        "the {kind} {} is not one line of printable ASCII: {problem} (one line is expected; a trailing newline is allowed)",
+                        path.display()
+                    ),
+                    "{content:?}"
+                );
+                assert!(!message.contains("SEK"), "{message}");
+            }
+            // A client secret is form-encoded: any text goes.
+            assert!(check_secret_file(SecretFile::ClientSecret, &path).is_ok());
+        }
+        for fine in ["token\n", "  token\r\n", "token", "a.b-c_d~e*f/g+h=\n"] {
+            std::fs::write(&private, fine).unwrap();
+            assert!(
+                check_secret_file(SecretFile::Token, &private).is_ok(),
+                "{fine:?}"
+            );
+        }
         assert_eq!(
             check_secret_file(SecretFile::ClientSecret, &shared).unwrap(),
             Some(0o640)

@@ -54,6 +54,10 @@ pub fn run(settings: Settings) -> u8 {
         Ok(mapper) => Arc::new(mapper),
         Err(e) => return fail(exit::CONFIG, &e),
     };
+    // A secret the client cannot use would fail every cycle.
+    if let Err(problem) = service::check_secret_files(&settings) {
+        return fail(exit::CONFIG, &problem);
+    }
     let lock = match StoreLock::acquire(&settings.store_path) {
         Ok(lock) => lock,
         Err(e @ LockError::Held { .. }) => return fail(exit::LOCKED, &e),
