@@ -872,3 +872,98 @@ fn the_systemd_unit_verifies() {
         "{stdout}"
     );
 }
+
+/// `referral-sync resync` signals the pid in the daemon's pid file. A
+/// SIGHUP sent the moment that file appears must find the handlers in
+/// place: it asks for a resync and never kills the daemon.
+#[test]
+fn sighup_the_moment_the_pid_file_appears_asks_for_a_resync() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    let mut pid_path = ws.store.clone().into_os_string();
+    pid_path.push(".daemon.pid");
+    let pid_path = std::path::PathBuf::from(pid_path);
+    for round in 0..5 {
+        let mut daemon = Daemon::start(&ws, &[]);
+        let deadline = Instant::now() + WAIT;
+        while !pid_path.exists() {
+            assert!(Instant::now() < deadline, "no pid file");
+            std::hint::spin_loop();
+        }
+        daemon.signal(libc::SIGHUP);
+        let requested = daemon.wait_for_line("resync requested");
+        assert_eq!(requested["source"], json!("SIGHUP"), "round {round}");
+        daemon.wait_for_line("resync finished");
+        let status = daemon.terminate();
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            daemon.raw_log()
+        );
+    }
+}
+
+#[test]
+fn resync_only_matches_ids_spelled_as_the_scan_spells_them() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    ws.run(&["sync"]).assert_code(0);
+    let contoso = referral_id(&ws, CONTOSO);
+    let braced_upper = format!("{{{}}}", CONTOSO.to_ascii_uppercase());
+
+    // Without a daemon: the command runs the resync itself.
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", &braced_upper]);
+    run.assert_code(0);
+    assert!(
+        run.stdout().contains(", not selected 4 in "),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(referrals_read(&emulator), vec![contoso.clone()]);
+
+    // Through the daemon.
+    let mut daemon = Daemon::start(&ws, &[]);
+    daemon.wait_for_line("cycle finished");
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", &braced_upper]);
+    run.assert_code(0);
+    assert_eq!(referrals_read(&emulator), vec![contoso]);
+    assert!(daemon.terminate().success());
+    let requests = resync_requests(&ws.store);
+    assert_eq!(
+        requests[0].only_ids.as_deref(),
+        Some(format!("[\"{CONTOSO}\"]").as_str())
+    );
+}
+
+#[test]
+fn resync_only_names_the_ids_that_match_no_record_and_exits_1() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    ws.run(&["sync"]).assert_code(0);
+    let unknown = "3f2504e0-4f89-41d3-9a0c-0305e82c3399";
+    let expected = format!(
+        "error: --only: no record in the export has the external id `{unknown}`, `no-such-record`"
+    );
+
+    // Without a daemon.
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", CONTOSO, unknown, "no-such-record"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains(&expected), "{}", run.stderr());
+    // The id that matched was resynced all the same.
+    assert_eq!(referrals_read(&emulator), vec![referral_id(&ws, CONTOSO)]);
+    assert!(emulator.requests_with_method("PATCH").is_empty());
+    assert!(emulator.requests_with_method("POST").is_empty());
+
+    // Through the daemon.
+    let mut daemon = Daemon::start(&ws, &[]);
+    daemon.wait_for_line("cycle finished");
+    let run = ws.run(&["resync", "--only", unknown, "no-such-record"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains(&expected), "{}", run.stderr());
+    assert!(daemon.terminate().success());
+    let requests = resync_requests(&ws.store);
+    assert_eq!(requests.last().unwrap().outcome.as_deref(), Some("partial"));
+}

@@ -69,10 +69,6 @@ pub fn run(settings: Settings) -> u8 {
         Ok(stores) => stores,
         Err(e) => return fail(exit::RUNTIME, &e),
     };
-    let pid_file = match DaemonPidFile::create(&settings.store_path) {
-        Ok(file) => file,
-        Err(e) => return fail(exit::RUNTIME, &e),
-    };
     let runtime = match crate::service::async_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -81,6 +77,25 @@ pub fn run(settings: Settings) -> u8 {
                 &format!("cannot start the async runtime: {e}"),
             );
         }
+    };
+    // Before the pid file, which tells `referral-sync resync` whom to send
+    // SIGHUP: from here on SIGTERM, SIGINT and SIGHUP are ours, so that a
+    // resync asked for the moment the file appears does not kill us.
+    let signals = {
+        let _context = runtime.enter();
+        match Signals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                return fail(
+                    exit::RUNTIME,
+                    &format!("cannot install signal handlers: {e}"),
+                );
+            }
+        }
+    };
+    let pid_file = match DaemonPidFile::create(&settings.store_path) {
+        Ok(file) => file,
+        Err(e) => return fail(exit::RUNTIME, &e),
     };
     let code = runtime.block_on(async {
         let client = match service::build_client(&settings) {
@@ -91,16 +106,6 @@ pub fn run(settings: Settings) -> u8 {
         // holding it for the grace period; writes in flight finish.
         let (shutdown, shutdown_receiver) = watch::channel(false);
         client.interrupt_listings_on(shutdown_receiver);
-        // Before READY=1: from here on SIGTERM, SIGINT and SIGHUP are ours.
-        let signals = match Signals::install() {
-            Ok(signals) => signals,
-            Err(e) => {
-                return fail(
-                    exit::RUNTIME,
-                    &format!("cannot install signal handlers: {e}"),
-                );
-            }
-        };
         let (tick_sender, ticks) = mpsc::unbounded_channel();
         let schedule = match Schedule::start(&settings.schedule, tick_sender).await {
             Ok(schedule) => schedule,
@@ -191,6 +196,10 @@ type CycleJoin = Result<Result<CycleSummary, CycleError>, JoinError>;
 
 struct RunningCycle {
     trigger: Trigger,
+    /// The ids a `resync --only` asked for, and every id the cycle took up:
+    /// those asked for and never taken up match no record.
+    only: Option<Vec<String>>,
+    reported: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The resync requests this cycle answers.
     request_ids: Vec<i64>,
     /// The last cycle row before this cycle began (`None` if unknown): the
@@ -294,13 +303,28 @@ impl Daemon {
         };
         let (stop, stop_receiver) = watch::channel(false);
         let engine = Arc::clone(&self.engine);
+        let only: Option<Vec<String>> = request.only.as_ref().map(|ids| {
+            let mut ids: Vec<String> = ids.iter().cloned().collect();
+            ids.sort();
+            ids
+        });
+        let reported = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let seen = only.as_ref().map(|_| Arc::clone(&reported));
         let handle = tokio::spawn(async move {
             let progress = Progress::logged(trigger, progress::LOG_INTERVAL);
-            let report = progress.wrap(|_| {});
+            let report = progress.wrap(|outcome| {
+                if let (Some(seen), Some(id)) = (&seen, &outcome.external_id)
+                    && let Ok(mut seen) = seen.lock()
+                {
+                    seen.insert(id.clone());
+                }
+            });
             engine.run_cycle(request, &report, stop_receiver).await
         });
         self.running = Some(RunningCycle {
             trigger,
+            only,
+            reported,
             request_ids,
             rows_before,
             stop,
@@ -435,16 +459,37 @@ impl Daemon {
                         }
                         .to_owned()
                     });
-                let exit_code = match outcome.as_str() {
+                let mut exit_code = match outcome.as_str() {
                     "ok" => exit::OK,
                     "partial" => exit::RECORDS,
                     _ => exit::RUNTIME,
+                };
+                let reported = running
+                    .reported
+                    .lock()
+                    .map(|reported| reported.clone())
+                    .unwrap_or_default();
+                let unmatched = match &running.only {
+                    Some(only) if !stopped => resync::unmatched_ids(only, &reported),
+                    _ => Vec::new(),
+                };
+                let mut outcome = outcome;
+                let error = if unmatched.is_empty() {
+                    None
+                } else {
+                    let message = resync::unmatched_message(&unmatched);
+                    warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
+                    exit_code = exit_code.max(exit::RECORDS);
+                    if outcome == "ok" {
+                        outcome = "partial".to_owned();
+                    }
+                    Some(message)
                 };
                 ResyncResult {
                     outcome,
                     summary,
                     exit_code,
-                    error: None,
+                    error,
                 }
             }
             Ok(Err(e)) => ResyncResult {
