@@ -167,6 +167,35 @@ pub struct RawCreate {
     pub consent_to_share_referral_with_microsoft_sellers: Option<bool>,
     /// `[{ type = "SolutionProfile", id = "..." }]`; required for `Shared`.
     pub target: Vec<BTreeMap<String, String>>,
+    pub partner_role: Option<String>,
+    /// Required for services co-sell referrals; the taxonomy changes by
+    /// fiscal year.
+    pub solution_area: Option<String>,
+    pub solution_play: Option<String>,
+    /// `customerProfile.ids`: `[{ profile_type = "Duns", id = "..." }]`.
+    pub customer_ids: Vec<crate::create_defaults::RawProfileId>,
+    /// `details.requirements`.
+    pub requirements: crate::create_defaults::RawRequirements,
+}
+
+impl RawCreate {
+    /// The keys [`crate::create_defaults`] validates and applies.
+    pub fn defaults(&self) -> crate::create_defaults::RawCreateDefaults<'_> {
+        crate::create_defaults::RawCreateDefaults {
+            referral_type: &self.referral_type,
+            qualification: &self.qualification,
+            consent_to_share_info_with_others: self.consent_to_share_info_with_others,
+            consent_to_contact: self.consent_to_contact,
+            consent_to_share_referral_with_microsoft_sellers: self
+                .consent_to_share_referral_with_microsoft_sellers,
+            target: &self.target,
+            partner_role: self.partner_role.as_deref(),
+            solution_area: self.solution_area.as_deref(),
+            solution_play: self.solution_play.as_deref(),
+            customer_ids: &self.customer_ids,
+            requirements: &self.requirements,
+        }
+    }
 }
 
 impl Default for RawCreate {
@@ -178,6 +207,11 @@ impl Default for RawCreate {
             consent_to_contact: false,
             consent_to_share_referral_with_microsoft_sellers: None,
             target: Vec::new(),
+            partner_role: None,
+            solution_area: None,
+            solution_play: None,
+            customer_ids: Vec::new(),
+            requirements: crate::create_defaults::RawRequirements::default(),
         }
     }
 }
@@ -316,6 +350,8 @@ pub struct Settings {
     pub auth: Option<AuthSettings>,
     pub sync: SyncSettings,
     pub create: RawCreate,
+    /// `create`, validated, for [`crate::create_defaults::apply`].
+    pub create_defaults: crate::create_defaults::CreateDefaults,
     pub schedule: ScheduleSettings,
     pub shutdown_grace: Duration,
     pub log: LogSettings,
@@ -432,6 +468,11 @@ impl Settings {
                 "a Shared referral needs at least one target",
             ));
         }
+        let create_defaults = crate::create_defaults::CreateDefaults::new(&create.defaults())
+            .map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
 
         let schedule = ScheduleSettings {
             cron: raw.schedule.cron,
@@ -476,6 +517,7 @@ impl Settings {
                 max_missing_ratio: sync.max_missing_ratio,
             },
             create,
+            create_defaults,
             schedule,
             shutdown_grace: Duration::from_secs_f64(raw.daemon.shutdown_grace_secs),
             log: LogSettings {
@@ -877,6 +919,40 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn create_defaults_are_read_and_validated() {
+        let text = format!(
+            "{MINIMAL}[create]\nsolution_area = \"Azure\"\nsolution_play = \"Migrate and Modernize\"\npartner_role = \"Seller\"\n\
+             customer_ids = [{{ profile_type = \"Duns\", id = \"123456789\" }}]\n\
+             [create.requirements]\nsolutions = [{{ id = \"s-1\", name = \"Azure Migrate\", type = \"MicrosoftSolution\" }}]\n"
+        );
+        let settings = load(&text, &[]).unwrap();
+        let mut body = serde_json::json!({"name": "x", "solutionPlay": "from a column"});
+        crate::create_defaults::apply(&settings.create_defaults, &mut body);
+        assert_eq!(body["solutionArea"], "Azure");
+        assert_eq!(body["solutionPlay"], "from a column");
+        assert_eq!(body["partnerRole"], "Seller");
+        assert_eq!(
+            body["customerProfile"]["ids"],
+            serde_json::json!([{"profileType": "Duns", "id": "123456789"}])
+        );
+        assert_eq!(
+            body["details"]["requirements"]["solutions"][0]["type"],
+            "MicrosoftSolution"
+        );
+        let bad = format!(
+            "{MINIMAL}[create]\ncustomer_ids = [{{ profile_type = \"Vat\", id = \"1\" }}]\n"
+        );
+        let error = load(&bad, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("configuration key `create.customer_ids[0].profile_type`"),
+            "{error}"
+        );
+        let typo = format!("{MINIMAL}[create]\nsolution_areas = \"Azure\"\n");
+        let error = load(&typo, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown field `solution_areas`"), "{error}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum ApiError {
         method: Method,
         path: String,
         message: String,
+        /// The service's `request-id` of the answer, for support cases.
+        service_request_id: Option<Box<str>>,
     },
     /// 400, 403, 404, 409 and other 4xx: permanent for this payload.
     #[error("{method} {path}: HTTP {status} rejected: {}", describe(code.as_deref(), message, target.as_deref()))]
@@ -35,8 +37,9 @@ pub enum ApiError {
         path: String,
         status: u16,
         code: Option<String>,
-        message: String,
-        target: Option<String>,
+        message: Box<str>,
+        target: Option<Box<str>>,
+        service_request_id: Option<Box<str>>,
     },
     /// 401 again after one token refresh and one retry.
     #[error("{method} {path}: HTTP 401 unauthorized even with a fresh token: {message}")]
@@ -44,6 +47,7 @@ pub enum ApiError {
         method: Method,
         path: String,
         message: String,
+        service_request_id: Option<Box<str>>,
     },
     /// A write that may or may not have been applied: the caller recovers
     /// with a GET and a three-way merge (or a list, for a create).
@@ -52,6 +56,8 @@ pub enum ApiError {
         method: Method,
         path: String,
         reason: String,
+        /// `None` when no answer came (a timeout, a reset).
+        service_request_id: Option<Box<str>>,
     },
     /// Retries used up, for a read or for a write known not to have been
     /// applied.
@@ -61,6 +67,8 @@ pub enum ApiError {
         path: String,
         attempts: u32,
         reason: String,
+        /// Of the last answer, if the last attempt brought one.
+        service_request_id: Option<Box<str>>,
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -71,6 +79,7 @@ pub enum ApiError {
         path: String,
         status: u16,
         reason: String,
+        service_request_id: Option<Box<str>>,
     },
     /// Refused before sending: the request would break a rule of the API.
     #[error("{method} {path}: not sent: {reason}")]
@@ -89,6 +98,7 @@ pub enum ApiError {
         path: String,
         status: u16,
         limit: u64,
+        service_request_id: Option<Box<str>>,
     },
     /// Paging was given up: too many pages, a link that repeats, or pages
     /// that bring nothing yet point further.
@@ -130,6 +140,35 @@ impl ApiError {
             ApiError::Rejected { status, .. } | ApiError::InvalidResponse { status, .. } => {
                 Some(*status)
             }
+            _ => None,
+        }
+    }
+
+    /// The service's `request-id` of the answer this error came from, when
+    /// there was one and it carried the header: record it with the error.
+    pub fn service_request_id(&self) -> Option<&str> {
+        match self {
+            ApiError::PreconditionFailed {
+                service_request_id, ..
+            }
+            | ApiError::Rejected {
+                service_request_id, ..
+            }
+            | ApiError::Unauthorized {
+                service_request_id, ..
+            }
+            | ApiError::OutcomeUnknown {
+                service_request_id, ..
+            }
+            | ApiError::Unavailable {
+                service_request_id, ..
+            }
+            | ApiError::InvalidResponse {
+                service_request_id, ..
+            }
+            | ApiError::ResponseTooLarge {
+                service_request_id, ..
+            } => service_request_id.as_deref(),
             _ => None,
         }
     }
@@ -336,12 +375,14 @@ mod tests {
             code: Some("InvalidInput".into()),
             message: "dealValue must be positive".into(),
             target: Some("details.dealValue".into()),
+            service_request_id: Some("4b6a0f6e-request".into()),
         };
         assert_eq!(
             rejected.to_string(),
             "PATCH /v1.0/engagements/referrals/r-1: HTTP 400 rejected: InvalidInput: dealValue must be positive (target: details.dealValue)"
         );
         assert_eq!(rejected.status(), Some(400));
+        assert_eq!(rejected.service_request_id(), Some("4b6a0f6e-request"));
         assert!(!rejected.is_not_found());
     }
 }

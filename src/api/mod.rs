@@ -50,6 +50,11 @@ use error::ServiceError;
 pub const MS_CORRELATION_ID: &str = "MS-CorrelationId";
 /// Header carrying the id of one request, for support cases.
 pub const MS_REQUEST_ID: &str = "MS-RequestId";
+/// Header carrying a new GUID per call, as the Referrals API's header
+/// documentation asks.
+pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+/// Response header carrying the service's id of the request.
+pub const SERVICE_REQUEST_ID: &str = "request-id";
 
 /// How to reach the service and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -232,6 +237,17 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
+    /// The service's `request-id`, escaped and cut.
+    service_request_id: Option<Box<str>>,
+}
+
+/// The service's `request-id` of an answer: text the service chose, so
+/// escaped and cut like any.
+fn service_request_id(headers: &HeaderMap) -> Option<Box<str>> {
+    let value = headers.get(SERVICE_REQUEST_ID)?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let text = text.trim();
+    (!text.is_empty()).then(|| cut_text(text, 100).into_boxed_str())
 }
 
 /// Why one attempt brought no usable answer.
@@ -240,6 +256,7 @@ enum AttemptError {
     /// The body is larger than `max_response_bytes`: reading stopped.
     TooLarge {
         status: StatusCode,
+        service_request_id: Option<Box<str>>,
     },
 }
 
@@ -247,7 +264,7 @@ impl fmt::Display for AttemptError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttemptError::Http(error) => f.write_str(&error_chain(error)),
-            AttemptError::TooLarge { status } => write!(
+            AttemptError::TooLarge { status, .. } => write!(
                 f,
                 "HTTP {} answer larger than api.max_response_bytes; reading stopped",
                 status.as_u16()
@@ -498,6 +515,7 @@ impl ApiClient {
             method: call.method.clone(),
             path: call.path(),
             reason: format!("HTTP {} but {reason}", answer.status.as_u16()),
+            service_request_id: answer.service_request_id.clone(),
         })
     }
 
@@ -679,6 +697,8 @@ impl ApiClient {
         let mut schedule = RetrySchedule::new(&inner.retry);
         let mut token_refreshed = false;
         let mut attempt = 0u32;
+        // The service's id of the last answer, for an error after retries.
+        let mut last_service_request_id: Option<Box<str>> = None;
         loop {
             attempt += 1;
             let (outcome, bearer) = {
@@ -690,6 +710,8 @@ impl ApiClient {
                 Ok(answer) if answer.status.is_success() => return Ok(answer),
                 Ok(answer) => {
                     let status = answer.status;
+                    let service_request_id = answer.service_request_id.clone();
+                    last_service_request_id.clone_from(&service_request_id);
                     let retry_after = retry_after(&answer.headers, Utc::now());
                     let service = ServiceError::parse(&answer.body);
                     let reason = format!("HTTP {status}: {}", service.message);
@@ -714,6 +736,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 message: service.message,
+                                service_request_id,
                             });
                         }
                         412 => {
@@ -721,6 +744,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 message: service.message,
+                                service_request_id,
                             });
                         }
                         429 => (Retry::Throttled { retry_after }, reason),
@@ -743,6 +767,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 reason,
+                                service_request_id,
                             });
                         }
                         503 if retry_after.is_some() => (Retry::Throttled { retry_after }, reason),
@@ -754,6 +779,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 reason,
+                                service_request_id,
                             });
                         }
                         400..=499 => {
@@ -762,8 +788,9 @@ impl ApiClient {
                                 path: call.path(),
                                 status: status.as_u16(),
                                 code: service.code,
-                                message: service.message,
-                                target: service.target,
+                                message: service.message.into_boxed_str(),
+                                target: service.target.map(String::into_boxed_str),
+                                service_request_id,
                             });
                         }
                         _ => {
@@ -775,7 +802,10 @@ impl ApiClient {
                         }
                     }
                 }
-                Err(AttemptError::TooLarge { status }) => {
+                Err(AttemptError::TooLarge {
+                    status,
+                    service_request_id,
+                }) => {
                     let limit = inner.max_response_bytes;
                     // A write answered with success (or a server error) may
                     // have been applied: the caller finds out with a GET.
@@ -787,6 +817,7 @@ impl ApiClient {
                                 "HTTP {} but the answer is larger than api.max_response_bytes = {limit} bytes; reading stopped there",
                                 status.as_u16()
                             ),
+                            service_request_id,
                         });
                     }
                     return Err(ApiError::ResponseTooLarge {
@@ -794,6 +825,7 @@ impl ApiClient {
                         path: call.path(),
                         status: status.as_u16(),
                         limit,
+                        service_request_id,
                     });
                 }
                 Err(AttemptError::Http(error)) => {
@@ -812,6 +844,7 @@ impl ApiClient {
                             method: call.method.clone(),
                             path: call.path(),
                             reason,
+                            service_request_id: None,
                         });
                     }
                     (Retry::Transient, reason)
@@ -843,6 +876,7 @@ impl ApiClient {
                     path: call.path(),
                     attempts: attempt,
                     reason,
+                    service_request_id: last_service_request_id,
                 });
             };
             inner.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -888,12 +922,14 @@ impl ApiClient {
     ) -> Result<Answer, AttemptError> {
         let inner = &*self.inner;
         let request_id = Uuid::new_v4();
+        let client_request_id = Uuid::new_v4();
         let mut request = inner
             .http
             .request(call.method.clone(), call.url.clone())
             .bearer_auth(bearer.expose_secret())
             .header(MS_CORRELATION_ID, ctx.correlation_id.to_string())
             .header(MS_REQUEST_ID, request_id.to_string())
+            .header(CLIENT_REQUEST_ID, client_request_id.to_string())
             .header(ACCEPT, "application/json");
         if let Some(etag) = &call.if_match {
             request = request.header(IF_MATCH, etag.clone());
@@ -913,19 +949,26 @@ impl ApiClient {
         let outcome = async {
             let mut response = request.send().await.map_err(AttemptError::Http)?;
             let status = response.status();
+            let headers = response.headers().clone();
+            let service_request_id = service_request_id(&headers);
             if response
                 .content_length()
                 .is_some_and(|length| length > limit)
             {
-                return Err(AttemptError::TooLarge { status });
+                return Err(AttemptError::TooLarge {
+                    status,
+                    service_request_id,
+                });
             }
-            let headers = response.headers().clone();
             // Chunk by chunk, so that no more than the limit is ever held;
             // dropping the response closes the connection.
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
                 if body.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(AttemptError::TooLarge { status });
+                    return Err(AttemptError::TooLarge {
+                        status,
+                        service_request_id,
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -933,18 +976,21 @@ impl ApiClient {
                 status,
                 headers,
                 body,
+                service_request_id,
             })
         }
         .await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
-            Ok(answer) => tracing::debug!(
+            Ok(answer) if answer.status.is_success() => tracing::debug!(
                 method = %call.method,
                 path = call.url.path(),
                 status = answer.status.as_u16(),
                 elapsed_ms,
                 correlation_id = %ctx.correlation_id,
                 request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = answer.service_request_id.as_deref(),
                 external_id = ctx.external_id.as_deref(),
                 attempt,
                 "{} {} -> {} in {elapsed_ms} ms",
@@ -952,12 +998,51 @@ impl ApiClient {
                 call.url.path(),
                 answer.status.as_u16()
             ),
+            // Every error answer, with the ids a support case needs.
+            Ok(answer) => tracing::warn!(
+                method = %call.method,
+                path = call.url.path(),
+                status = answer.status.as_u16(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = answer.service_request_id.as_deref(),
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} -> HTTP {} (request-id {}, MS-RequestId {request_id})",
+                call.method,
+                call.url.path(),
+                answer.status.as_u16(),
+                answer.service_request_id.as_deref().unwrap_or("none")
+            ),
+            Err(AttemptError::TooLarge {
+                status,
+                service_request_id,
+            }) => tracing::warn!(
+                method = %call.method,
+                path = call.url.path(),
+                status = status.as_u16(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = service_request_id.as_deref(),
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} -> HTTP {} larger than api.max_response_bytes (request-id {}, MS-RequestId {request_id})",
+                call.method,
+                call.url.path(),
+                status.as_u16(),
+                service_request_id.as_deref().unwrap_or("none")
+            ),
             Err(error) => tracing::debug!(
                 method = %call.method,
                 path = call.url.path(),
                 elapsed_ms,
                 correlation_id = %ctx.correlation_id,
                 request_id = %request_id,
+                client_request_id = %client_request_id,
                 external_id = ctx.external_id.as_deref(),
                 attempt,
                 "{} {} failed in {elapsed_ms} ms: {error}",
@@ -1169,5 +1254,6 @@ fn invalid_response(call: &Call, answer: &Answer, reason: impl Into<String>) -> 
         path: call.path(),
         status: answer.status.as_u16(),
         reason: reason.into(),
+        service_request_id: answer.service_request_id.clone(),
     }
 }

@@ -510,12 +510,13 @@ async fn rejections_carry_status_code_and_message_from_either_error_shape() {
                 code: got_code,
                 message: got_message,
                 target: got_target,
+                service_request_id: None,
             } => {
                 assert_eq!(method, Method::GET);
                 assert_eq!(path, "/v1.0/engagements/referrals/r-1");
                 assert_eq!(*got_status, status);
                 assert_eq!(got_code.as_deref(), code);
-                assert_eq!(got_message, &message);
+                assert_eq!(&**got_message, message.as_str());
                 assert_eq!(got_target.as_deref(), target);
             }
             other => panic!("HTTP {status}: {other:?}"),
@@ -1491,4 +1492,80 @@ async fn a_retry_after_beyond_max_retry_after_fails_and_holds_every_request_back
     assert_eq!(service.seen().len(), 1);
     assert_eq!(client.stats().retries, 0);
     assert_eq!(client.gate().pause_in_effect(), None);
+}
+
+#[tokio::test]
+async fn every_request_carries_a_new_client_request_id_besides_the_ms_ids() {
+    let service = Service::start(|_, _| ok_referral("r-1", ETAG)).await;
+    let (client, _dir) = client_for(&service);
+    let ctx = ctx();
+    client.get(&ctx, "r-1").await.unwrap();
+    client
+        .patch(&ctx, "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap();
+    client.list(&ctx, |_| {}).await.unwrap_err();
+    let seen = service.seen();
+    let mut ids = HashSet::new();
+    for request in &seen {
+        let client_request_id = request.header("client-request-id").unwrap();
+        let request_id = request.header("ms-requestid").unwrap();
+        assert!(
+            Uuid::try_parse(client_request_id).is_ok(),
+            "{client_request_id}"
+        );
+        assert_ne!(client_request_id, request_id);
+        assert!(
+            ids.insert(client_request_id.to_owned()),
+            "repeated {client_request_id}"
+        );
+        assert_eq!(
+            request.header("ms-correlationid"),
+            Some(ctx.correlation_id.to_string().as_str())
+        );
+    }
+    assert_eq!(ids.len(), 3);
+}
+
+#[tokio::test]
+async fn the_services_request_id_is_logged_and_carried_by_every_error() {
+    let service = Service::start(|call, _| match call {
+        1 => respond(
+            400,
+            &[("request-id", "svc-400")],
+            r#"{"error":{"code":"Bad","message":"no"}}"#,
+        ),
+        2 => respond(412, &[("request-id", "svc-412")], ""),
+        3 => respond(500, &[("request-id", "svc-500")], ""),
+        _ => respond(401, &[("request-id", "svc-401")], ""),
+    })
+    .await;
+    let mut options = test_options(service.base_url());
+    options.retry.max_attempts = 1;
+    let (client, _dir) = client_with(options);
+    let logs = LogCapture::start();
+    let ops = [replace("/name", json!("x"))];
+    let rejected = client.get(&ctx(), "r-1").await.unwrap_err();
+    let stale = client.patch(&ctx(), "r-1", ETAG, &ops).await.unwrap_err();
+    let unknown = client.patch(&ctx(), "r-1", ETAG, &ops).await.unwrap_err();
+    let unauthorized = client.get(&ctx(), "r-1").await.unwrap_err();
+    let cases = [
+        (&rejected, "svc-400"),
+        (&stale, "svc-412"),
+        (&unknown, "svc-500"),
+        (&unauthorized, "svc-401"),
+    ];
+    let logs = logs.text();
+    for (error, id) in cases {
+        assert_eq!(error.service_request_id(), Some(id), "{error:?}");
+        assert!(
+            logs.lines().any(|line| line.contains("WARN")
+                && line.contains(&format!("(request-id {id}, MS-RequestId "))),
+            "{id}: {logs}"
+        );
+    }
+    assert!(
+        matches!(unknown, ApiError::OutcomeUnknown { .. }),
+        "{unknown:?}"
+    );
 }
