@@ -78,6 +78,8 @@ pub enum Command {
     Resync(crate::daemon::ResyncArgs),
     /// Print the patch between two referral documents (every path managed).
     Diff { before: PathBuf, after: PathBuf },
+    /// Sign in once (device code) and write auth.refresh_token_file.
+    Login,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +134,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Resync(args) => with_settings(&cli.config, |settings| {
             crate::daemon::resync_command(settings, &args)
         }),
+        Command::Login => with_settings(&cli.config, crate::commands::login::login_command),
     }
 }
 

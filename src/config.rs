@@ -129,7 +129,14 @@ struct RawAuth {
     client_secret_file: Option<PathBuf>,
     refresh_token_file: Option<PathBuf>,
     token_url: Option<String>,
+    authority: Option<String>,
+    device_code_url: Option<String>,
+    resource: Option<String>,
 }
+
+/// The Entra ID authority of the public cloud; sovereign clouds have their
+/// own (`https://login.microsoftonline.us`, `https://login.partner.microsoftonline.cn`).
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -309,11 +316,25 @@ pub struct ApiSettings {
 pub enum AuthSettings {
     TokenFile(PathBuf),
     RefreshToken {
+        /// v1 (`…/oauth2/token`, sends `resource`) or v2
+        /// (`…/oauth2/v2.0/token`, sends `scope`).
         token_url: String,
         client_id: String,
         client_secret_file: Option<PathBuf>,
         refresh_token_file: PathBuf,
+        /// The API the tokens are for (`auth.resource`).
+        resource: String,
+        /// Where `referral-sync login` signs in; `None` when neither
+        /// `auth.tenant` nor both endpoints are configured.
+        login: Option<LoginEndpoints>,
     },
+}
+
+/// The Entra ID v2 endpoints of the device-code sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginEndpoints {
+    pub device_code_url: String,
+    pub token_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -681,15 +702,38 @@ fn validate_auth(
                 .ok_or_else(|| {
                     invalid("auth.client_id", "required with auth.refresh_token_file")
                 })?;
-            let token_url = match (raw.token_url, raw.tenant) {
+            let authority = raw
+                .authority
+                .as_deref()
+                .unwrap_or(DEFAULT_AUTHORITY)
+                .trim()
+                .trim_end_matches('/')
+                .to_owned();
+            if raw.authority.is_some() {
+                secure_url("auth.authority", &authority, allow_insecure)?;
+            }
+            let tenant = raw
+                .tenant
+                .as_deref()
+                .map(str::trim)
+                .filter(|tenant| !tenant.is_empty());
+            if let Some(tenant) = tenant
+                && !tenant
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Err(invalid(
+                    "auth.tenant",
+                    format!("{tenant:?} is not a tenant id or domain name"),
+                ));
+            }
+            let v2 = |endpoint: &str| {
+                tenant.map(|tenant| format!("{authority}/{tenant}/oauth2/v2.0/{endpoint}"))
+            };
+            let token_url = match (raw.token_url, v2("token")) {
                 (Some(url), _) => url,
-                (None, Some(tenant)) if !tenant.trim().is_empty() => {
-                    format!(
-                        "https://login.microsoftonline.com/{}/oauth2/token",
-                        tenant.trim()
-                    )
-                }
-                _ => {
+                (None, Some(url)) => url,
+                (None, None) => {
                     return Err(invalid(
                         "auth.tenant",
                         "required with auth.refresh_token_file (or set auth.token_url)",
@@ -698,11 +742,37 @@ fn validate_auth(
             };
             // The refresh token and the client secret travel there.
             secure_url("auth.token_url", &token_url, allow_insecure)?;
+            let login_token_url = if crate::api::auth::is_v2_endpoint(&token_url) {
+                Some(token_url.clone())
+            } else {
+                v2("token")
+            };
+            let device_code_url = raw.device_code_url.or_else(|| v2("devicecode"));
+            if let Some(url) = &device_code_url {
+                secure_url("auth.device_code_url", url, allow_insecure)?;
+            }
+            let login = match (device_code_url, login_token_url) {
+                (Some(device_code_url), Some(token_url)) => Some(LoginEndpoints {
+                    device_code_url,
+                    token_url,
+                }),
+                _ => None,
+            };
+            let resource = raw
+                .resource
+                .as_deref()
+                .unwrap_or(PARTNER_CENTER_RESOURCE)
+                .trim()
+                .trim_end_matches('/')
+                .to_owned();
+            secure_url("auth.resource", &resource, true)?;
             Ok(Some(AuthSettings::RefreshToken {
                 token_url,
                 client_id,
                 client_secret_file: raw.client_secret_file.as_deref().map(credential),
                 refresh_token_file: credential(refresh_token_file),
+                resource,
+                login,
             }))
         }
         (None, None) => {
@@ -984,11 +1054,66 @@ mod tests {
         )
         .unwrap();
         match s.auth {
-            Some(AuthSettings::RefreshToken { token_url, .. }) => assert_eq!(
+            Some(AuthSettings::RefreshToken {
                 token_url,
-                "https://login.microsoftonline.com/contoso/oauth2/token"
-            ),
+                resource,
+                login,
+                ..
+            }) => {
+                assert_eq!(
+                    token_url,
+                    "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+                );
+                assert_eq!(resource, PARTNER_CENTER_RESOURCE);
+                assert_eq!(
+                    login,
+                    Some(LoginEndpoints {
+                        device_code_url:
+                            "https://login.microsoftonline.com/contoso/oauth2/v2.0/devicecode"
+                                .into(),
+                        token_url: "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+                            .into(),
+                    })
+                );
+            }
             other => panic!("{other:?}"),
         }
+        // A sovereign cloud's authority, and a v1 token endpoint kept for
+        // the refresh flow while login signs in at v2.
+        let s = load(
+            "[export]\npath = \"x\"\nentity = \"lead\"\n[auth]\ntenant = \"contoso\"\nclient_id = \"c\"\nrefresh_token_file = \"rt\"\nauthority = \"https://login.microsoftonline.us/\"\ntoken_url = \"https://login.microsoftonline.us/contoso/oauth2/token\"\n",
+            &[],
+        )
+        .unwrap();
+        match s.auth {
+            Some(AuthSettings::RefreshToken {
+                token_url, login, ..
+            }) => {
+                assert_eq!(
+                    token_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/token"
+                );
+                let login = login.unwrap();
+                assert_eq!(
+                    login.token_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/v2.0/token"
+                );
+                assert_eq!(
+                    login.device_code_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/v2.0/devicecode"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let error = load(
+            "[export]\npath = \"x\"\nentity = \"lead\"\n[auth]\ntenant = \"contoso/../x\"\nclient_id = \"c\"\nrefresh_token_file = \"rt\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("configuration key `auth.tenant`"),
+            "{error}"
+        );
     }
 }

@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::api::auth::{
-    AuthOptions, DEFAULT_RESOURCE, SecretFile, TokenProvider, check_secret_file,
-};
+use crate::api::auth::{AuthOptions, SecretFile, TokenProvider, check_secret_file};
 use crate::api::gate::{GateOptions, RequestGate};
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{AuthSettings, Settings};
@@ -69,12 +67,14 @@ pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
             client_id,
             client_secret_file,
             refresh_token_file,
+            resource,
+            ..
         } => AuthOptions::RefreshToken {
             token_url: token_url.clone(),
             client_id: client_id.clone(),
             client_secret_file: client_secret_file.clone(),
             refresh_token_file: refresh_token_file.clone(),
-            resource: DEFAULT_RESOURCE.to_owned(),
+            resource: resource.clone(),
         },
     };
     let options = ClientOptions {

@@ -21,6 +21,19 @@ use tokio::time::Instant;
 /// The resource (audience) of Partner Center tokens.
 pub const DEFAULT_RESOURCE: &str = "https://api.partner.microsoft.com";
 
+/// Whether `token_url` is an Entra ID v2 endpoint (`…/oauth2/v2.0/token`),
+/// which takes a `scope`; a v1 endpoint (`…/oauth2/token`) takes a
+/// `resource`.
+pub fn is_v2_endpoint(token_url: &str) -> bool {
+    token_url.contains("/oauth2/v2.0/")
+}
+
+/// The v2 scope for `resource`: its default permissions, and a refresh
+/// token (`offline_access`).
+pub fn v2_scope(resource: &str) -> String {
+    format!("{}/.default offline_access", resource.trim_end_matches('/'))
+}
+
 /// An access token is replaced this long before it expires, so that a
 /// request never leaves with a token about to die in flight.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -38,8 +51,9 @@ pub enum AuthOptions {
     /// A pre-issued access token in a file, re-read whenever the file
     /// changes (an external process renews it).
     TokenFile { path: PathBuf },
-    /// The OAuth2 refresh-token grant against an Entra ID v1 token
-    /// endpoint; a rotated refresh token is written back to its file.
+    /// The OAuth2 refresh-token grant against an Entra ID token endpoint,
+    /// v1 (`resource`) or v2 (`scope`, see [`is_v2_endpoint`]); a rotated
+    /// refresh token is written back to its file.
     RefreshToken {
         /// Full URL, see [`AuthOptions::default_token_url`].
         token_url: String,
@@ -305,11 +319,17 @@ impl TokenProvider {
             Some(path) => Some(read_secret(SecretFile::ClientSecret, path).await?),
             None => None,
         };
+        let scope = v2_scope(resource);
+        let audience = if is_v2_endpoint(token_url) {
+            ("scope", scope.as_str())
+        } else {
+            ("resource", resource.as_str())
+        };
         let mut form = vec![
             ("grant_type", "refresh_token"),
             ("client_id", client_id.as_str()),
             ("refresh_token", refresh_token.expose_secret()),
-            ("resource", resource.as_str()),
+            audience,
         ];
         if let Some(secret) = &client_secret {
             form.push(("client_secret", secret.expose_secret()));
@@ -449,6 +469,20 @@ async fn read_secret(kind: SecretFile, path: &Path) -> Result<SecretString, Auth
     Ok(secret)
 }
 
+/// Read a secret file now, as [`TokenProvider`] does (trimmed, not empty,
+/// one line for a token), for a command that needs it once.
+pub fn read_secret_file(kind: SecretFile, path: &Path) -> Result<SecretString, AuthError> {
+    check_secret_file(kind, path)?;
+    let mut content = std::fs::read_to_string(path).map_err(|error| AuthError::Read {
+        kind,
+        path: path.to_owned(),
+        error,
+    })?;
+    let secret = SecretString::from(content.trim());
+    content.zeroize();
+    Ok(secret)
+}
+
 /// Read a secret file as [`TokenProvider`] will, without keeping the
 /// secret, so that `check` and a start-up check find what a cycle would
 /// only find request by request. `Ok(Some(mode))` when group or others can
@@ -532,10 +566,10 @@ async fn store_refresh_token(path: &Path, secret: &SecretString) {
 }
 
 /// Replace `path` with `secret` so that a crash leaves either the old or
-/// the new file, never a torn one: a private temporary file in the same
-/// directory, fsync, rename, fsync of the directory. A symlink is followed
-/// so that the file it points to is the one replaced.
-fn write_secret_atomically(path: &Path, secret: &str) -> io::Result<()> {
+/// the new file, never a torn one: a private temporary file (mode 0600) in
+/// the same directory, fsync, rename, fsync of the directory. A symlink is
+/// followed so that the file it points to is the one replaced.
+pub fn write_secret_atomically(path: &Path, secret: &str) -> io::Result<()> {
     let target = match std::fs::canonicalize(path) {
         Ok(target) => target,
         Err(error) if error.kind() == io::ErrorKind::NotFound => path.to_owned(),
@@ -751,8 +785,12 @@ mod tests {
                     )
                 }
             };
-            let address =
-                serve(axum::Router::new().route("/tenant/oauth2/token", post(handler))).await;
+            let address = serve(
+                axum::Router::new()
+                    .route("/tenant/oauth2/token", post(handler.clone()))
+                    .route("/tenant/oauth2/v2.0/token", post(handler)),
+            )
+            .await;
             TokenEndpoint {
                 url: format!("http://{address}/tenant/oauth2/token"),
                 forms,
@@ -845,6 +883,33 @@ mod tests {
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
         assert_eq!(form, expected);
+    }
+
+    #[tokio::test]
+    async fn a_v2_endpoint_gets_a_scope_instead_of_a_resource() {
+        let endpoint = TokenEndpoint::start(Duration::ZERO, granting("3599", false)).await;
+        let mut fixture = refresh_flow(&endpoint, false);
+        if let AuthOptions::RefreshToken { token_url, .. } = &mut fixture.provider.options {
+            *token_url = token_url.replace("/oauth2/token", "/oauth2/v2.0/token");
+        }
+        assert_eq!(bearer(&fixture.provider).await, "at-1");
+        let form = endpoint.form(1);
+        assert_eq!(
+            form.get("scope").map(String::as_str),
+            Some("https://api.partner.microsoft.com/.default offline_access")
+        );
+        assert!(!form.contains_key("resource"), "{form:?}");
+        assert_eq!(form["grant_type"], "refresh_token");
+        assert_eq!(
+            v2_scope("https://api.partner.microsoft.com/"),
+            "https://api.partner.microsoft.com/.default offline_access"
+        );
+        assert!(is_v2_endpoint(
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token"
+        ));
+        assert!(!is_v2_endpoint(
+            "https://login.microsoftonline.com/t/oauth2/token"
+        ));
     }
 
     #[tokio::test]

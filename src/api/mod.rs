@@ -13,6 +13,7 @@
 //! - only `retry.rs` knows the `backoff` crate.
 
 pub mod auth;
+pub mod device_login;
 mod error;
 pub mod gate;
 pub mod retry;

@@ -26,7 +26,12 @@ use super::{EmulatorState, lock};
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Form fields never kept in the journal.
-const SECRET_FORM_FIELDS: &[&str] = &["client_secret", "password", "client_assertion"];
+const SECRET_FORM_FIELDS: &[&str] = &[
+    "client_secret",
+    "password",
+    "client_assertion",
+    "device_code",
+];
 
 /// Every answer outside `/_admin` carries a `request-id` of its own, as
 /// Partner Center's do; the journal keeps it beside the client's ids.

@@ -1,0 +1,4 @@
+//! Commands with a file of their own (mini-redis's `cmd/`): each takes the
+//! validated settings and returns its exit code.
+
+pub mod login;
