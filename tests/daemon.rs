@@ -967,3 +967,78 @@ fn resync_only_names_the_ids_that_match_no_record_and_exits_1() {
     let requests = resync_requests(&ws.store);
     assert_eq!(requests.last().unwrap().outcome.as_deref(), Some("partial"));
 }
+
+/// The template unit: one instance per configuration, each with its own
+/// configuration file, state directory and credential, verified as an
+/// instance (`referral-sync@acme.service`) like the single unit.
+#[test]
+fn the_template_unit_verifies_as_an_instance() {
+    let unit = std::fs::read_to_string(repo_path("systemd/referral-sync@.service")).unwrap();
+    // What makes instances independent.
+    for line in [
+        "ExecStart=/usr/local/bin/referral-sync --config /etc/referral-sync/%i.toml run",
+        "StateDirectory=referral-sync-%i",
+        "LoadCredential=%i-partner-center-token:/etc/referral-sync/%i-partner-center-token",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?}");
+    }
+    // Everything else as hardened as the single unit.
+    let single = std::fs::read_to_string(repo_path("systemd/referral-sync.service")).unwrap();
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .filter(|l| {
+                !["Description=", "ExecStart=", "StateDirectory=", "LoadCredential="]
+                    .iter()
+                    .any(|key| l.starts_with(key))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(settings(&unit), settings(&single));
+
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!("note: systemd-analyze is not installed; the unit was not verified");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("referral-sync@.service");
+    std::fs::write(
+        &template,
+        unit.replace("/usr/local/bin/referral-sync", referral_sync_bin()),
+    )
+    .unwrap();
+    let instance = dir.path().join("referral-sync@acme.service");
+    std::os::unix::fs::symlink("referral-sync@.service", &instance).unwrap();
+
+    let verify = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&instance)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "systemd-analyze verify: {stderr}");
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("referral-sync@"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+
+    let security = std::process::Command::new(analyze)
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&instance)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "systemd-analyze security: {stdout}{}",
+        String::from_utf8_lossy(&security.stderr)
+    );
+    assert!(
+        stdout.contains("Overall exposure level for referral-sync@acme.service"),
+        "{stdout}"
+    );
+}
