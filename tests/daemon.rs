@@ -989,9 +989,14 @@ fn the_template_unit_verifies_as_an_instance() {
         text.lines()
             .filter(|l| !l.starts_with('#') && l.contains('='))
             .filter(|l| {
-                !["Description=", "ExecStart=", "StateDirectory=", "LoadCredential="]
-                    .iter()
-                    .any(|key| l.starts_with(key))
+                ![
+                    "Description=",
+                    "ExecStart=",
+                    "StateDirectory=",
+                    "LoadCredential=",
+                ]
+                .iter()
+                .any(|key| l.starts_with(key))
             })
             .map(str::to_owned)
             .collect()
