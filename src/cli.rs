@@ -225,6 +225,12 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                 }
             }
         };
+        // Ctrl-C or SIGTERM: no new record starts, those in flight finish,
+        // and a listing stops.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(client) = &client {
+            client.interrupt_listings_on(stop_rx.clone());
+        }
         let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
         let mut request = CycleRequest::new(Trigger::Manual);
         request.dry_run = args.dry_run;
@@ -236,8 +242,6 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                 let _ = write_outcome(&mut *out, outcome, output);
             }
         };
-        // Ctrl-C or SIGTERM: no new record starts, those in flight finish.
-        let (stop_tx, stop_rx) = watch::channel(false);
         if let Err(e) = crate::daemon::signals::stop_on_signal(stop_tx) {
             print_error(&format!("cannot install the signal handlers: {e}"));
             return exit::RUNTIME;

@@ -565,3 +565,41 @@ fn a_retry_after_longer_than_max_elapsed_is_waited_out_as_sent() {
     assert!(run.elapsed >= Duration::from_secs(2), "{:?}", run.elapsed);
     assert_eq!(ws.stored(CONTOSO).unwrap().state, "synced");
 }
+
+#[test]
+fn sigterm_to_sync_interrupts_a_listing_at_once() {
+    let service = Hostile::start(|call, _| {
+        std::thread::sleep(Duration::from_millis(500));
+        let referral = json!({"id": format!("7c9a7e3b-0000-4a3e-9b1a-{call:012}"), "externalReferenceId": format!("other-{call}")});
+        page(
+            &[referral],
+            Some(format!("/v1.0/engagements/referrals?$skiptoken=p{call}")),
+        )
+    });
+    let ws = workspace(&service.api_url(), "");
+    let mut sync = ws.spawn(&["sync"], "sync");
+    wait_until(Duration::from_secs(30), "two pages listed", || {
+        service.requests().len() >= 2
+    });
+
+    let pid = libc::pid_t::try_from(sync.child.id()).unwrap();
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let sent = std::time::Instant::now();
+    let code = wait_for_exit(&mut sync.child, Duration::from_secs(20));
+
+    assert_eq!(code, Some(6), "{}", sync.stderr());
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    let stderr = sync.stderr();
+    assert!(
+        stderr.contains("listing interrupted by shutdown after"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stopped at once"), "{stderr}");
+    assert!(service.writes().is_empty(), "{:?}", service.writes());
+    assert_eq!(record_rows(&ws.store), 0);
+}
