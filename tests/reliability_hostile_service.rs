@@ -603,3 +603,43 @@ fn sigterm_to_sync_interrupts_a_listing_at_once() {
     assert!(service.writes().is_empty(), "{:?}", service.writes());
     assert_eq!(record_rows(&ws.store), 0);
 }
+
+#[test]
+fn after_a_long_retry_after_the_daemons_next_cycles_send_nothing() {
+    let service = Hostile::start(|_, seen| match seen.method.as_str() {
+        "GET" => page(&[], None),
+        _ => json_response(429, &[("retry-after", "7200".to_owned())], &json!({})),
+    });
+    let ws = workspace(&service.api_url(), "");
+    ws.edit_config(|text| format!("{text}\n[schedule]\ncron = \"*/2 * * * * *\"\n"));
+    let mut daemon = ws.spawn(&["run"], "daemon");
+    wait_until(Duration::from_secs(30), "three cycles", || {
+        daemon.stderr().matches("cycle failed").count() >= 3
+    });
+    let pid = libc::pid_t::try_from(daemon.child.id()).unwrap();
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(
+        wait_for_exit(&mut daemon.child, Duration::from_secs(20)),
+        Some(0)
+    );
+
+    // The startup cycle listed and tried one create; the later ones sent
+    // nothing at all, each stopping once with the service's value.
+    assert_eq!(
+        service.requests(),
+        [
+            "GET /v1.0/engagements/referrals",
+            "POST /v1.0/engagements/referrals"
+        ]
+    );
+    let stderr = daemon.stderr();
+    let stops = stderr
+        .lines()
+        .filter(|line| {
+            line.contains("ERROR push phase stopped")
+                && line.contains("the service asked to wait 7200 s (Retry-After)")
+        })
+        .count();
+    assert!(stops >= 3, "{stderr}");
+}
