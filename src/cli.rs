@@ -82,6 +82,8 @@ pub enum Command {
     History(crate::commands::history::HistoryArgs),
     /// Let held records (refused by the service for good) be tried again.
     Retry(crate::commands::retry::RetryArgs),
+    /// Sign in once (device code) and write auth.refresh_token_file.
+    Login,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +144,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Retry(args) => with_settings(&cli.config, |settings| {
             crate::commands::retry::retry_command(settings, &args)
         }),
+        Command::Login => with_settings(&cli.config, crate::commands::login::login_command),
     }
 }
 
@@ -252,6 +255,12 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
                 }
             }
         };
+        // Ctrl-C or SIGTERM: no new record starts, those in flight finish,
+        // and a listing stops.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(client) = &client {
+            client.interrupt_listings_on(stop_rx.clone());
+        }
         let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
         request.dry_run = args.dry_run;
         request.allow_missing |= args.allow_missing;
@@ -263,8 +272,6 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
                 let _ = write_outcome(&mut *out, outcome, output);
             }
         };
-        // Ctrl-C or SIGTERM: no new record starts, those in flight finish.
-        let (stop_tx, stop_rx) = watch::channel(false);
         if let Err(e) = crate::daemon::signals::stop_on_signal(stop_tx) {
             print_error(&format!("cannot install the signal handlers: {e}"));
             return exit::RUNTIME;

@@ -98,6 +98,9 @@ struct RawApi {
     update_method: UpdateMethod,
     allow_insecure: bool,
     retry: RetryPolicy,
+    max_response_bytes: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
 }
 
 impl Default for RawApi {
@@ -111,6 +114,9 @@ impl Default for RawApi {
             update_method: UpdateMethod::Patch,
             allow_insecure: false,
             retry: RetryPolicy::default(),
+            max_response_bytes: crate::api::DEFAULT_MAX_RESPONSE_BYTES,
+            max_list_pages: crate::api::DEFAULT_MAX_LIST_PAGES,
+            max_empty_list_pages: crate::api::DEFAULT_MAX_EMPTY_LIST_PAGES,
         }
     }
 }
@@ -124,7 +130,14 @@ struct RawAuth {
     client_secret_file: Option<PathBuf>,
     refresh_token_file: Option<PathBuf>,
     token_url: Option<String>,
+    authority: Option<String>,
+    device_code_url: Option<String>,
+    resource: Option<String>,
 }
+
+/// The Entra ID authority of the public cloud; sovereign clouds have their
+/// own (`https://login.microsoftonline.us`, `https://login.partner.microsoftonline.cn`).
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -164,6 +177,35 @@ pub struct RawCreate {
     pub consent_to_share_referral_with_microsoft_sellers: Option<bool>,
     /// `[{ type = "SolutionProfile", id = "..." }]`; required for `Shared`.
     pub target: Vec<BTreeMap<String, String>>,
+    pub partner_role: Option<String>,
+    /// Required for services co-sell referrals; the taxonomy changes by
+    /// fiscal year.
+    pub solution_area: Option<String>,
+    pub solution_play: Option<String>,
+    /// `customerProfile.ids`: `[{ profile_type = "Duns", id = "..." }]`.
+    pub customer_ids: Vec<crate::create_defaults::RawProfileId>,
+    /// `details.requirements`.
+    pub requirements: crate::create_defaults::RawRequirements,
+}
+
+impl RawCreate {
+    /// The keys [`crate::create_defaults`] validates and applies.
+    pub fn defaults(&self) -> crate::create_defaults::RawCreateDefaults<'_> {
+        crate::create_defaults::RawCreateDefaults {
+            referral_type: &self.referral_type,
+            qualification: &self.qualification,
+            consent_to_share_info_with_others: self.consent_to_share_info_with_others,
+            consent_to_contact: self.consent_to_contact,
+            consent_to_share_referral_with_microsoft_sellers: self
+                .consent_to_share_referral_with_microsoft_sellers,
+            target: &self.target,
+            partner_role: self.partner_role.as_deref(),
+            solution_area: self.solution_area.as_deref(),
+            solution_play: self.solution_play.as_deref(),
+            customer_ids: &self.customer_ids,
+            requirements: &self.requirements,
+        }
+    }
 }
 
 impl Default for RawCreate {
@@ -175,6 +217,11 @@ impl Default for RawCreate {
             consent_to_contact: false,
             consent_to_share_referral_with_microsoft_sellers: None,
             target: Vec::new(),
+            partner_role: None,
+            solution_area: None,
+            solution_play: None,
+            customer_ids: Vec::new(),
+            requirements: crate::create_defaults::RawRequirements::default(),
         }
     }
 }
@@ -261,6 +308,10 @@ pub struct ApiSettings {
     pub update_method: UpdateMethod,
     pub retry: RetryPolicy,
     pub allow_insecure: bool,
+    /// The largest answer body read from the service.
+    pub max_response_bytes: u64,
+    pub max_list_pages: u64,
+    pub max_empty_list_pages: u64,
 }
 
 /// How bearer tokens are obtained. Paths only: secrets are read when used.
@@ -268,11 +319,25 @@ pub struct ApiSettings {
 pub enum AuthSettings {
     TokenFile(PathBuf),
     RefreshToken {
+        /// v1 (`…/oauth2/token`, sends `resource`) or v2
+        /// (`…/oauth2/v2.0/token`, sends `scope`).
         token_url: String,
         client_id: String,
         client_secret_file: Option<PathBuf>,
         refresh_token_file: PathBuf,
+        /// The API the tokens are for (`auth.resource`).
+        resource: String,
+        /// Where `referral-sync login` signs in; `None` when neither
+        /// `auth.tenant` nor both endpoints are configured.
+        login: Option<LoginEndpoints>,
     },
+}
+
+/// The Entra ID v2 endpoints of the device-code sign-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginEndpoints {
+    pub device_code_url: String,
+    pub token_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +379,8 @@ pub struct Settings {
     pub auth: Option<AuthSettings>,
     pub sync: SyncSettings,
     pub create: RawCreate,
+    /// `create`, validated, for [`crate::create_defaults::apply`].
+    pub create_defaults: crate::create_defaults::CreateDefaults,
     pub schedule: ScheduleSettings,
     pub shutdown_grace: Duration,
     pub log: LogSettings,
@@ -437,6 +504,11 @@ impl Settings {
                 "a Shared referral needs at least one target",
             ));
         }
+        let create_defaults = crate::create_defaults::CreateDefaults::new(&create.defaults())
+            .map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
 
         let schedule = ScheduleSettings {
             cron: raw.schedule.cron,
@@ -483,6 +555,7 @@ impl Settings {
                 create_confirm_secs: sync.create_confirm_secs,
             },
             create,
+            create_defaults,
             schedule,
             shutdown_grace: Duration::from_secs_f64(raw.daemon.shutdown_grace_secs),
             log: LogSettings {
@@ -597,6 +670,15 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
             "must be a positive number (leave it out for no limit)",
         ));
     }
+    for (key, value) in [
+        ("api.max_response_bytes", raw.max_response_bytes),
+        ("api.max_list_pages", raw.max_list_pages),
+        ("api.max_empty_list_pages", raw.max_empty_list_pages),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
         if v.is_finite() && v > 0.0 {
             Ok(Duration::from_secs_f64(v))
@@ -613,6 +695,9 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         update_method: raw.update_method,
         retry: raw.retry,
         allow_insecure: raw.allow_insecure,
+        max_response_bytes: raw.max_response_bytes,
+        max_list_pages: raw.max_list_pages,
+        max_empty_list_pages: raw.max_empty_list_pages,
     })
 }
 
@@ -634,15 +719,38 @@ fn validate_auth(
                 .ok_or_else(|| {
                     invalid("auth.client_id", "required with auth.refresh_token_file")
                 })?;
-            let token_url = match (raw.token_url, raw.tenant) {
+            let authority = raw
+                .authority
+                .as_deref()
+                .unwrap_or(DEFAULT_AUTHORITY)
+                .trim()
+                .trim_end_matches('/')
+                .to_owned();
+            if raw.authority.is_some() {
+                secure_url("auth.authority", &authority, allow_insecure)?;
+            }
+            let tenant = raw
+                .tenant
+                .as_deref()
+                .map(str::trim)
+                .filter(|tenant| !tenant.is_empty());
+            if let Some(tenant) = tenant
+                && !tenant
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Err(invalid(
+                    "auth.tenant",
+                    format!("{tenant:?} is not a tenant id or domain name"),
+                ));
+            }
+            let v2 = |endpoint: &str| {
+                tenant.map(|tenant| format!("{authority}/{tenant}/oauth2/v2.0/{endpoint}"))
+            };
+            let token_url = match (raw.token_url, v2("token")) {
                 (Some(url), _) => url,
-                (None, Some(tenant)) if !tenant.trim().is_empty() => {
-                    format!(
-                        "https://login.microsoftonline.com/{}/oauth2/token",
-                        tenant.trim()
-                    )
-                }
-                _ => {
+                (None, Some(url)) => url,
+                (None, None) => {
                     return Err(invalid(
                         "auth.tenant",
                         "required with auth.refresh_token_file (or set auth.token_url)",
@@ -651,11 +759,37 @@ fn validate_auth(
             };
             // The refresh token and the client secret travel there.
             secure_url("auth.token_url", &token_url, allow_insecure)?;
+            let login_token_url = if crate::api::auth::is_v2_endpoint(&token_url) {
+                Some(token_url.clone())
+            } else {
+                v2("token")
+            };
+            let device_code_url = raw.device_code_url.or_else(|| v2("devicecode"));
+            if let Some(url) = &device_code_url {
+                secure_url("auth.device_code_url", url, allow_insecure)?;
+            }
+            let login = match (device_code_url, login_token_url) {
+                (Some(device_code_url), Some(token_url)) => Some(LoginEndpoints {
+                    device_code_url,
+                    token_url,
+                }),
+                _ => None,
+            };
+            let resource = raw
+                .resource
+                .as_deref()
+                .unwrap_or(PARTNER_CENTER_RESOURCE)
+                .trim()
+                .trim_end_matches('/')
+                .to_owned();
+            secure_url("auth.resource", &resource, true)?;
             Ok(Some(AuthSettings::RefreshToken {
                 token_url,
                 client_id,
                 client_secret_file: raw.client_secret_file.as_deref().map(credential),
                 refresh_token_file: credential(refresh_token_file),
+                resource,
+                login,
             }))
         }
         (None, None) => {
@@ -852,6 +986,63 @@ mod tests {
     }
 
     #[test]
+    fn answer_and_listing_bounds_default_and_refuse_zero() {
+        let s = load(MINIMAL, &[]).unwrap();
+        assert_eq!(s.api.max_response_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.api.max_list_pages, 10_000);
+        assert_eq!(s.api.max_empty_list_pages, 10);
+        for key in [
+            "MAX_RESPONSE_BYTES",
+            "MAX_LIST_PAGES",
+            "MAX_EMPTY_LIST_PAGES",
+        ] {
+            let variable = format!("REFERRAL_SYNC__API__{key}");
+            let error = load(MINIMAL, &[(&variable, "0")]).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!(
+                    "configuration key `api.{}`: must be at least 1",
+                    key.to_ascii_lowercase()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn create_defaults_are_read_and_validated() {
+        let text = format!(
+            "{MINIMAL}[create]\nsolution_area = \"Azure\"\nsolution_play = \"Migrate and Modernize\"\npartner_role = \"Seller\"\n\
+             customer_ids = [{{ profile_type = \"Duns\", id = \"123456789\" }}]\n\
+             [create.requirements]\nsolutions = [{{ id = \"s-1\", name = \"Azure Migrate\", type = \"MicrosoftSolution\" }}]\n"
+        );
+        let settings = load(&text, &[]).unwrap();
+        let mut body = serde_json::json!({"name": "x", "solutionPlay": "from a column"});
+        crate::create_defaults::apply(&settings.create_defaults, &mut body);
+        assert_eq!(body["solutionArea"], "Azure");
+        assert_eq!(body["solutionPlay"], "from a column");
+        assert_eq!(body["partnerRole"], "Seller");
+        assert_eq!(
+            body["customerProfile"]["ids"],
+            serde_json::json!([{"profileType": "Duns", "id": "123456789"}])
+        );
+        assert_eq!(
+            body["details"]["requirements"]["solutions"][0]["type"],
+            "MicrosoftSolution"
+        );
+        let bad = format!(
+            "{MINIMAL}[create]\ncustomer_ids = [{{ profile_type = \"Vat\", id = \"1\" }}]\n"
+        );
+        let error = load(&bad, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("configuration key `create.customer_ids[0].profile_type`"),
+            "{error}"
+        );
+        let typo = format!("{MINIMAL}[create]\nsolution_areas = \"Azure\"\n");
+        let error = load(&typo, &[]).unwrap_err().to_string();
+        assert!(error.contains("unknown field `solution_areas`"), "{error}");
+    }
+
+    #[test]
     fn insecure_base_url_needs_the_opt_in() {
         let s = load(
             MINIMAL,
@@ -880,11 +1071,66 @@ mod tests {
         )
         .unwrap();
         match s.auth {
-            Some(AuthSettings::RefreshToken { token_url, .. }) => assert_eq!(
+            Some(AuthSettings::RefreshToken {
                 token_url,
-                "https://login.microsoftonline.com/contoso/oauth2/token"
-            ),
+                resource,
+                login,
+                ..
+            }) => {
+                assert_eq!(
+                    token_url,
+                    "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+                );
+                assert_eq!(resource, PARTNER_CENTER_RESOURCE);
+                assert_eq!(
+                    login,
+                    Some(LoginEndpoints {
+                        device_code_url:
+                            "https://login.microsoftonline.com/contoso/oauth2/v2.0/devicecode"
+                                .into(),
+                        token_url: "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+                            .into(),
+                    })
+                );
+            }
             other => panic!("{other:?}"),
         }
+        // A sovereign cloud's authority, and a v1 token endpoint kept for
+        // the refresh flow while login signs in at v2.
+        let s = load(
+            "[export]\npath = \"x\"\nentity = \"lead\"\n[auth]\ntenant = \"contoso\"\nclient_id = \"c\"\nrefresh_token_file = \"rt\"\nauthority = \"https://login.microsoftonline.us/\"\ntoken_url = \"https://login.microsoftonline.us/contoso/oauth2/token\"\n",
+            &[],
+        )
+        .unwrap();
+        match s.auth {
+            Some(AuthSettings::RefreshToken {
+                token_url, login, ..
+            }) => {
+                assert_eq!(
+                    token_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/token"
+                );
+                let login = login.unwrap();
+                assert_eq!(
+                    login.token_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/v2.0/token"
+                );
+                assert_eq!(
+                    login.device_code_url,
+                    "https://login.microsoftonline.us/contoso/oauth2/v2.0/devicecode"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let error = load(
+            "[export]\npath = \"x\"\nentity = \"lead\"\n[auth]\ntenant = \"contoso/../x\"\nclient_id = \"c\"\nrefresh_token_file = \"rt\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("configuration key `auth.tenant`"),
+            "{error}"
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod create_defaults;
 pub mod cycle;
 pub mod daemon;
 pub mod diff;

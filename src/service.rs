@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::api::auth::{AuthOptions, DEFAULT_RESOURCE, TokenProvider};
+use crate::api::auth::{AuthOptions, SecretFile, TokenProvider, check_secret_file};
 use crate::api::gate::{GateOptions, RequestGate};
 use crate::api::{ApiClient, ClientOptions};
 use crate::config::{AuthSettings, Settings};
@@ -33,6 +33,31 @@ pub fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Read every configured secret file as the client will (nothing of it is
+/// kept), so that start-up stops on a file a cycle could not use, naming
+/// the key and the file: `Err("auth.token_file: the token file … ")`.
+pub fn check_secret_files(settings: &Settings) -> Result<(), String> {
+    let files: Vec<(SecretFile, &std::path::Path)> = match &settings.auth {
+        None => Vec::new(),
+        Some(AuthSettings::TokenFile(path)) => vec![(SecretFile::Token, path.as_path())],
+        Some(AuthSettings::RefreshToken {
+            client_secret_file,
+            refresh_token_file,
+            ..
+        }) => {
+            let mut files = vec![(SecretFile::RefreshToken, refresh_token_file.as_path())];
+            if let Some(path) = client_secret_file {
+                files.push((SecretFile::ClientSecret, path.as_path()));
+            }
+            files
+        }
+    };
+    for (kind, path) in files {
+        check_secret_file(kind, path).map_err(|e| format!("{}: {e}", kind.key()))?;
+    }
+    Ok(())
+}
+
 /// The client for `settings`, with one request gate shared by every worker.
 pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
     let auth = match settings.auth.as_ref().ok_or(ServiceError::NoCredentials)? {
@@ -42,12 +67,14 @@ pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
             client_id,
             client_secret_file,
             refresh_token_file,
+            resource,
+            ..
         } => AuthOptions::RefreshToken {
             token_url: token_url.clone(),
             client_id: client_id.clone(),
             client_secret_file: client_secret_file.clone(),
             refresh_token_file: refresh_token_file.clone(),
-            resource: DEFAULT_RESOURCE.to_owned(),
+            resource: resource.clone(),
         },
     };
     let options = ClientOptions {
@@ -56,6 +83,9 @@ pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
         connect_timeout: settings.api.connect_timeout,
         retry: settings.api.retry.clone(),
         allow_insecure: settings.api.allow_insecure,
+        max_response_bytes: settings.api.max_response_bytes,
+        max_list_pages: settings.api.max_list_pages,
+        max_empty_list_pages: settings.api.max_empty_list_pages,
     };
     let http = ApiClient::http_client(&options)?;
     let tokens = Arc::new(TokenProvider::new(auth, http.clone()));

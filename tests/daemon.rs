@@ -872,3 +872,178 @@ fn the_systemd_unit_verifies() {
         "{stdout}"
     );
 }
+
+/// `referral-sync resync` signals the pid in the daemon's pid file. A
+/// SIGHUP sent the moment that file appears must find the handlers in
+/// place: it asks for a resync and never kills the daemon.
+#[test]
+fn sighup_the_moment_the_pid_file_appears_asks_for_a_resync() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    let mut pid_path = ws.store.clone().into_os_string();
+    pid_path.push(".daemon.pid");
+    let pid_path = std::path::PathBuf::from(pid_path);
+    for round in 0..5 {
+        let mut daemon = Daemon::start(&ws, &[]);
+        let deadline = Instant::now() + WAIT;
+        while !pid_path.exists() {
+            assert!(Instant::now() < deadline, "no pid file");
+            std::hint::spin_loop();
+        }
+        daemon.signal(libc::SIGHUP);
+        let requested = daemon.wait_for_line("resync requested");
+        assert_eq!(requested["source"], json!("SIGHUP"), "round {round}");
+        daemon.wait_for_line("resync finished");
+        let status = daemon.terminate();
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{}",
+            daemon.raw_log()
+        );
+    }
+}
+
+#[test]
+fn resync_only_matches_ids_spelled_as_the_scan_spells_them() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    ws.run(&["sync"]).assert_code(0);
+    let contoso = referral_id(&ws, CONTOSO);
+    let braced_upper = format!("{{{}}}", CONTOSO.to_ascii_uppercase());
+
+    // Without a daemon: the command runs the resync itself.
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", &braced_upper]);
+    run.assert_code(0);
+    assert!(
+        run.stdout().contains(", not selected 4 in "),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(referrals_read(&emulator), vec![contoso.clone()]);
+
+    // Through the daemon.
+    let mut daemon = Daemon::start(&ws, &[]);
+    daemon.wait_for_line("cycle finished");
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", &braced_upper]);
+    run.assert_code(0);
+    assert_eq!(referrals_read(&emulator), vec![contoso]);
+    assert!(daemon.terminate().success());
+    let requests = resync_requests(&ws.store);
+    assert_eq!(
+        requests[0].only_ids.as_deref(),
+        Some(format!("[\"{CONTOSO}\"]").as_str())
+    );
+}
+
+#[test]
+fn resync_only_names_the_ids_that_match_no_record_and_exits_1() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = example_workspace(&emulator, YEARLY, "");
+    ws.run(&["sync"]).assert_code(0);
+    let unknown = "3f2504e0-4f89-41d3-9a0c-0305e82c3399";
+    let expected = format!(
+        "error: --only: no record in the export has the external id `{unknown}`, `no-such-record`"
+    );
+
+    // Without a daemon.
+    emulator.clear_requests();
+    let run = ws.run(&["resync", "--only", CONTOSO, unknown, "no-such-record"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains(&expected), "{}", run.stderr());
+    // The id that matched was resynced all the same.
+    assert_eq!(referrals_read(&emulator), vec![referral_id(&ws, CONTOSO)]);
+    assert!(emulator.requests_with_method("PATCH").is_empty());
+    assert!(emulator.requests_with_method("POST").is_empty());
+
+    // Through the daemon.
+    let mut daemon = Daemon::start(&ws, &[]);
+    daemon.wait_for_line("cycle finished");
+    let run = ws.run(&["resync", "--only", unknown, "no-such-record"]);
+    run.assert_code(1);
+    assert!(run.stderr().contains(&expected), "{}", run.stderr());
+    assert!(daemon.terminate().success());
+    let requests = resync_requests(&ws.store);
+    assert_eq!(requests.last().unwrap().outcome.as_deref(), Some("partial"));
+}
+
+/// The template unit: one instance per configuration, each with its own
+/// configuration file, state directory and credential, verified as an
+/// instance (`referral-sync@acme.service`) like the single unit.
+#[test]
+fn the_template_unit_verifies_as_an_instance() {
+    let unit = std::fs::read_to_string(repo_path("systemd/referral-sync@.service")).unwrap();
+    // What makes instances independent.
+    for line in [
+        "ExecStart=/usr/local/bin/referral-sync --config /etc/referral-sync/%i.toml run",
+        "StateDirectory=referral-sync-%i",
+        "LoadCredential=%i-partner-center-token:/etc/referral-sync/%i-partner-center-token",
+        "DynamicUser=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line:?}");
+    }
+    // Everything else as hardened as the single unit.
+    let single = std::fs::read_to_string(repo_path("systemd/referral-sync.service")).unwrap();
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .filter(|l| {
+                ![
+                    "Description=",
+                    "ExecStart=",
+                    "StateDirectory=",
+                    "LoadCredential=",
+                ]
+                .iter()
+                .any(|key| l.starts_with(key))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(settings(&unit), settings(&single));
+
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        eprintln!("note: systemd-analyze is not installed; the unit was not verified");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("referral-sync@.service");
+    std::fs::write(
+        &template,
+        unit.replace("/usr/local/bin/referral-sync", referral_sync_bin()),
+    )
+    .unwrap();
+    let instance = dir.path().join("referral-sync@acme.service");
+    std::os::unix::fs::symlink("referral-sync@.service", &instance).unwrap();
+
+    let verify = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&instance)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "systemd-analyze verify: {stderr}");
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("referral-sync@"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+
+    let security = std::process::Command::new(analyze)
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&instance)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "systemd-analyze security: {stdout}{}",
+        String::from_utf8_lossy(&security.stderr)
+    );
+    assert!(
+        stdout.contains("Overall exposure level for referral-sync@acme.service"),
+        "{stdout}"
+    );
+}

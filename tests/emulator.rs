@@ -1138,3 +1138,98 @@ fn a_bad_seed_is_reported_with_its_file_before_listening() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_create_keeps_the_newer_members_and_refuses_them_in_the_wrong_shape() {
+    let emulator = Emulator::start(&[]);
+    let mut body = new_referral();
+    body["partnerRole"] = json!("Seller");
+    body["solutionArea"] = json!("Business Applications");
+    body["solutionPlay"] = json!("Finance and Supply Chain");
+    body["consent"]["consentToShareReferralWithMicrosoftSellers"] = json!(true);
+    body["customerProfile"]["ids"] = json!([{"profileType": "Duns", "id": "123456789"}]);
+    body["details"]["requirements"] = json!({
+        "industries": [{"id": "ind-1"}],
+        "solutions": [{"id": "sol-1", "name": "Dynamics 365 Finance", "type": "MicrosoftSolution"}],
+    });
+    let created = emulator
+        .client
+        .post(emulator.api("/engagements/referrals"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let referral: Value = created.json().await.unwrap();
+    let stored = emulator.stored(referral["id"].as_str().unwrap()).await;
+    for pointer in [
+        "/partnerRole",
+        "/solutionArea",
+        "/solutionPlay",
+        "/consent/consentToShareReferralWithMicrosoftSellers",
+        "/customerProfile/ids",
+        "/details/requirements",
+    ] {
+        assert_eq!(stored.pointer(pointer), body.pointer(pointer), "{pointer}");
+    }
+
+    for (pointer, value) in [
+        ("/solutionArea", json!(7)),
+        ("/details/requirements/solutions", json!({"id": "x"})),
+    ] {
+        let mut wrong = new_referral();
+        let (parent, member) = pointer.rsplit_once('/').unwrap();
+        if parent.is_empty() {
+            wrong[member] = value;
+        } else {
+            wrong["details"]["requirements"] = json!({});
+            wrong.pointer_mut(parent).unwrap()[member] = value;
+        }
+        let refused = emulator
+            .client
+            .post(emulator.api("/engagements/referrals"))
+            .bearer_auth(TOKEN)
+            .json(&wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{pointer}");
+    }
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_the_journal_keeps_the_clients_ids() {
+    let emulator = Emulator::start(&[]);
+    let answer = emulator
+        .client
+        .get(emulator.referral_url(CONTOSO))
+        .bearer_auth(TOKEN)
+        .header("client-request-id", "c0ffee00-0000-4000-8000-000000000001")
+        .header("MS-RequestId", "c0ffee00-0000-4000-8000-000000000002")
+        .send()
+        .await
+        .unwrap();
+    let request_id = answer.headers()["request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::try_parse(&request_id).is_ok(), "{request_id}");
+    let refused = emulator
+        .client
+        .get(emulator.referral_url(CONTOSO))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let refused_id = refused.headers()["request-id"].to_str().unwrap().to_owned();
+    assert_ne!(refused_id, request_id);
+    let journal = emulator.journal().await;
+    assert_eq!(
+        journal[0]["client_request_id"],
+        "c0ffee00-0000-4000-8000-000000000001"
+    );
+    assert_eq!(
+        journal[0]["request_id"],
+        "c0ffee00-0000-4000-8000-000000000002"
+    );
+    assert_eq!(journal[0]["service_request_id"], json!(request_id));
+    assert_eq!(journal[1]["service_request_id"], json!(refused_id));
+}

@@ -373,3 +373,94 @@ fn a_closed_stdout_pipe_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(output.status.code(), Some(101));
 }
+
+/// A token file that is not one header-safe line: `check` names the key,
+/// the file and where the line breaks (never the token); `sync` and `run`
+/// stop before any request with exit 2, saying the same.
+#[test]
+fn a_token_file_of_two_lines_or_with_a_control_byte_is_refused_by_key_and_file() {
+    let setup = Setup::new();
+    let cases = [
+        (
+            format!("{TOKEN}\nsecond-line\n"),
+            "it has 2 lines".to_owned(),
+        ),
+        (
+            format!("{TOKEN}\u{1b}[0m\n"),
+            format!("control byte 0x1b at byte {}", TOKEN.len() + 1),
+        ),
+        (format!("Bearer {TOKEN}\n"), "a space at byte 7".to_owned()),
+    ];
+    for (content, problem) in cases {
+        std::fs::write(&setup.token, &content).unwrap();
+        set_mode(&setup.token, 0o600);
+        let expected = format!(
+            "auth.token_file: the token file {} is not one line of printable ASCII: {problem} (one line is expected; a trailing newline is allowed)",
+            setup.token.display()
+        );
+
+        let check = setup.run(&["check"], &[]);
+        check.assert_code(1);
+        assert!(
+            check.stdout().contains(&format!("problem: {expected}")),
+            "{}",
+            check.stdout()
+        );
+        for command in [&["sync"][..], &["run"][..]] {
+            let run = setup.run(command, &[]);
+            run.assert_code(2);
+            assert!(
+                run.stderr().contains(&expected),
+                "{command:?}: {}",
+                run.stderr()
+            );
+            assert!(!run.stderr().contains("builder error"), "{}", run.stderr());
+        }
+        for run_output in [check.stdout(), check.stderr()] {
+            assert!(!run_output.contains(TOKEN), "{run_output}");
+        }
+        assert!(setup.emulator.requests().is_empty());
+    }
+    // A trailing newline (or CRLF) is fine.
+    std::fs::write(&setup.token, format!("{TOKEN}\r\n")).unwrap();
+    setup.run(&["check"], &[]).assert_code(0);
+}
+
+#[test]
+fn a_refresh_token_file_of_two_lines_is_refused_by_key_and_file() {
+    let setup = Setup::new();
+    let refresh = setup.dir.path().join("refresh-token");
+    std::fs::write(&refresh, "rt-first\nrt-second\n").unwrap();
+    set_mode(&refresh, 0o600);
+    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("token_file = \"{}\"", setup.token.display()),
+        &format!(
+            "tenant = \"contoso\"\nclient_id = \"c\"\ntoken_url = \"{}/contoso/oauth2/token\"\nrefresh_token_file = \"{}\"",
+            setup.emulator.base,
+            refresh.display()
+        ),
+    );
+    std::fs::write(&setup.config, text).unwrap();
+    let expected = format!(
+        "auth.refresh_token_file: the refresh token file {} is not one line of printable ASCII: it has 2 lines",
+        refresh.display()
+    );
+    let check = setup.run(&["check"], &[]);
+    check.assert_code(1);
+    assert!(
+        check.stdout().contains(&format!("problem: {expected}")),
+        "{}",
+        check.stdout()
+    );
+    for command in [&["sync"][..], &["run"][..]] {
+        let run = setup.run(command, &[]);
+        run.assert_code(2);
+        assert!(
+            run.stderr().contains(&expected),
+            "{command:?}: {}",
+            run.stderr()
+        );
+        assert!(!run.stderr().contains("rt-first"), "{}", run.stderr());
+    }
+    assert!(setup.emulator.requests().is_empty());
+}

@@ -21,6 +21,19 @@ use tokio::time::Instant;
 /// The resource (audience) of Partner Center tokens.
 pub const DEFAULT_RESOURCE: &str = "https://api.partner.microsoft.com";
 
+/// Whether `token_url` is an Entra ID v2 endpoint (`…/oauth2/v2.0/token`),
+/// which takes a `scope`; a v1 endpoint (`…/oauth2/token`) takes a
+/// `resource`.
+pub fn is_v2_endpoint(token_url: &str) -> bool {
+    token_url.contains("/oauth2/v2.0/")
+}
+
+/// The v2 scope for `resource`: its default permissions, and a refresh
+/// token (`offline_access`).
+pub fn v2_scope(resource: &str) -> String {
+    format!("{}/.default offline_access", resource.trim_end_matches('/'))
+}
+
 /// An access token is replaced this long before it expires, so that a
 /// request never leaves with a token about to die in flight.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -38,8 +51,9 @@ pub enum AuthOptions {
     /// A pre-issued access token in a file, re-read whenever the file
     /// changes (an external process renews it).
     TokenFile { path: PathBuf },
-    /// The OAuth2 refresh-token grant against an Entra ID v1 token
-    /// endpoint; a rotated refresh token is written back to its file.
+    /// The OAuth2 refresh-token grant against an Entra ID token endpoint,
+    /// v1 (`resource`) or v2 (`scope`, see [`is_v2_endpoint`]); a rotated
+    /// refresh token is written back to its file.
     RefreshToken {
         /// Full URL, see [`AuthOptions::default_token_url`].
         token_url: String,
@@ -67,6 +81,42 @@ pub enum SecretFile {
     ClientSecret,
 }
 
+impl SecretFile {
+    /// The configuration key naming this file.
+    pub fn key(self) -> &'static str {
+        match self {
+            SecretFile::Token => "auth.token_file",
+            SecretFile::RefreshToken => "auth.refresh_token_file",
+            SecretFile::ClientSecret => "auth.client_secret_file",
+        }
+    }
+
+    /// Tokens travel in a header or a form as they are: one line of
+    /// printable ASCII. A client secret is form-encoded, so anything goes.
+    fn must_be_one_line(self) -> bool {
+        matches!(self, SecretFile::Token | SecretFile::RefreshToken)
+    }
+}
+
+/// Where `secret` (already trimmed) stops being one line of printable
+/// ASCII, by position only: the secret itself never reaches a message.
+fn one_line_problem(secret: &str) -> Option<String> {
+    let lines = secret.lines().count();
+    if lines > 1 {
+        return Some(format!("it has {lines} lines"));
+    }
+    let (offset, byte) = secret
+        .bytes()
+        .enumerate()
+        .find(|(_, byte)| !byte.is_ascii_graphic())?;
+    let what = match byte {
+        b' ' => "a space".to_owned(),
+        byte if byte.is_ascii_control() => format!("control byte 0x{byte:02x}"),
+        byte => format!("non-ASCII byte 0x{byte:02x}"),
+    };
+    Some(format!("{what} at byte {}", offset + 1))
+}
+
 impl fmt::Display for SecretFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -87,6 +137,18 @@ pub enum AuthError {
     },
     #[error("the {kind} {} is empty", path.display())]
     Empty { kind: SecretFile, path: PathBuf },
+    /// A token that cannot be sent in a header (or a form) as it is: more
+    /// than one line, a control byte, a space, a non-ASCII byte. The
+    /// message says where, never what.
+    #[error(
+        "the {kind} {} is not one line of printable ASCII: {problem} (one line is expected; a trailing newline is allowed)",
+        path.display()
+    )]
+    NotOneLine {
+        kind: SecretFile,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("token endpoint {url} is unreachable: {reason}")]
     Transport { url: String, reason: String },
     #[error(
@@ -257,11 +319,17 @@ impl TokenProvider {
             Some(path) => Some(read_secret(SecretFile::ClientSecret, path).await?),
             None => None,
         };
+        let scope = v2_scope(resource);
+        let audience = if is_v2_endpoint(token_url) {
+            ("scope", scope.as_str())
+        } else {
+            ("resource", resource.as_str())
+        };
         let mut form = vec![
             ("grant_type", "refresh_token"),
             ("client_id", client_id.as_str()),
             ("refresh_token", refresh_token.expose_secret()),
-            ("resource", resource.as_str()),
+            audience,
         ];
         if let Some(secret) = &client_secret {
             form.push(("client_secret", secret.expose_secret()));
@@ -386,9 +454,32 @@ async fn read_secret(kind: SecretFile, path: &Path) -> Result<SecretString, Auth
             path: path.to_owned(),
         });
     }
+    if kind.must_be_one_line()
+        && let Some(problem) = one_line_problem(secret.expose_secret())
+    {
+        return Err(AuthError::NotOneLine {
+            kind,
+            path: path.to_owned(),
+            problem,
+        });
+    }
     if let Ok(metadata) = tokio::fs::metadata(path).await {
         warn_if_exposed(kind, path, &metadata);
     }
+    Ok(secret)
+}
+
+/// Read a secret file now, as [`TokenProvider`] does (trimmed, not empty,
+/// one line for a token), for a command that needs it once.
+pub fn read_secret_file(kind: SecretFile, path: &Path) -> Result<SecretString, AuthError> {
+    check_secret_file(kind, path)?;
+    let mut content = std::fs::read_to_string(path).map_err(|error| AuthError::Read {
+        kind,
+        path: path.to_owned(),
+        error,
+    })?;
+    let secret = SecretString::from(content.trim());
+    content.zeroize();
     Ok(secret)
 }
 
@@ -403,12 +494,25 @@ pub fn check_secret_file(kind: SecretFile, path: &Path) -> Result<Option<u32>, A
         error,
     };
     let mut content = std::fs::read_to_string(path).map_err(read_error)?;
-    let empty = content.trim().is_empty();
+    let trimmed = content.trim();
+    let empty = trimmed.is_empty();
+    let problem = if kind.must_be_one_line() {
+        one_line_problem(trimmed)
+    } else {
+        None
+    };
     content.zeroize();
     if empty {
         return Err(AuthError::Empty {
             kind,
             path: path.to_owned(),
+        });
+    }
+    if let Some(problem) = problem {
+        return Err(AuthError::NotOneLine {
+            kind,
+            path: path.to_owned(),
+            problem,
         });
     }
     let metadata = std::fs::metadata(path).map_err(read_error)?;
@@ -462,10 +566,10 @@ async fn store_refresh_token(path: &Path, secret: &SecretString) {
 }
 
 /// Replace `path` with `secret` so that a crash leaves either the old or
-/// the new file, never a torn one: a private temporary file in the same
-/// directory, fsync, rename, fsync of the directory. A symlink is followed
-/// so that the file it points to is the one replaced.
-fn write_secret_atomically(path: &Path, secret: &str) -> io::Result<()> {
+/// the new file, never a torn one: a private temporary file (mode 0600) in
+/// the same directory, fsync, rename, fsync of the directory. A symlink is
+/// followed so that the file it points to is the one replaced.
+pub fn write_secret_atomically(path: &Path, secret: &str) -> io::Result<()> {
     let target = match std::fs::canonicalize(path) {
         Ok(target) => target,
         Err(error) if error.kind() == io::ErrorKind::NotFound => path.to_owned(),
@@ -597,16 +701,9 @@ fn oauth_error(body: &[u8]) -> (Option<String>, Option<String>) {
         fields
             .get(name)
             .and_then(Value::as_str)
-            .map(|text| truncate(text.trim(), MAX_DESCRIPTION_CHARS))
+            .map(|text| crate::api::cut_text(text.trim(), MAX_DESCRIPTION_CHARS))
     };
     (text("error"), text("error_description"))
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 /// How long a token of `lifetime` is used: until [`REFRESH_MARGIN`] before
@@ -688,8 +785,12 @@ mod tests {
                     )
                 }
             };
-            let address =
-                serve(axum::Router::new().route("/tenant/oauth2/token", post(handler))).await;
+            let address = serve(
+                axum::Router::new()
+                    .route("/tenant/oauth2/token", post(handler.clone()))
+                    .route("/tenant/oauth2/v2.0/token", post(handler)),
+            )
+            .await;
             TokenEndpoint {
                 url: format!("http://{address}/tenant/oauth2/token"),
                 forms,
@@ -782,6 +883,33 @@ mod tests {
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
         assert_eq!(form, expected);
+    }
+
+    #[tokio::test]
+    async fn a_v2_endpoint_gets_a_scope_instead_of_a_resource() {
+        let endpoint = TokenEndpoint::start(Duration::ZERO, granting("3599", false)).await;
+        let mut fixture = refresh_flow(&endpoint, false);
+        if let AuthOptions::RefreshToken { token_url, .. } = &mut fixture.provider.options {
+            *token_url = token_url.replace("/oauth2/token", "/oauth2/v2.0/token");
+        }
+        assert_eq!(bearer(&fixture.provider).await, "at-1");
+        let form = endpoint.form(1);
+        assert_eq!(
+            form.get("scope").map(String::as_str),
+            Some("https://api.partner.microsoft.com/.default offline_access")
+        );
+        assert!(!form.contains_key("resource"), "{form:?}");
+        assert_eq!(form["grant_type"], "refresh_token");
+        assert_eq!(
+            v2_scope("https://api.partner.microsoft.com/"),
+            "https://api.partner.microsoft.com/.default offline_access"
+        );
+        assert!(is_v2_endpoint(
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token"
+        ));
+        assert!(!is_v2_endpoint(
+            "https://login.microsoftonline.com/t/oauth2/token"
+        ));
     }
 
     #[tokio::test]
@@ -1146,7 +1274,10 @@ mod tests {
         let body = serde_json::json!({"error": "invalid_client", "error_description": long, "secret": "s"});
         let (error, description) = oauth_error(body.to_string().as_bytes());
         assert_eq!(error.as_deref(), Some("invalid_client"));
-        assert_eq!(description, Some(format!("{}…", "x".repeat(500))));
+        assert_eq!(
+            description,
+            Some(format!("{}… (600 characters in all)", "x".repeat(500)))
+        );
         assert_eq!(oauth_error(b"<html>"), (None, None));
     }
 
@@ -1194,6 +1325,39 @@ mod tests {
             check_secret_file(SecretFile::Token, &private).unwrap(),
             None
         );
+        let cases = [
+            ("SEK\nRET\n", "it has 2 lines"),
+            ("SEKRET\r\nSECOND\r\n", "it has 2 lines"),
+            ("SEK\u{1b}RET\n", "control byte 0x1b at byte 4"),
+            ("SEK\0RET", "control byte 0x00 at byte 4"),
+            ("SEK RET\n", "a space at byte 4"),
+            ("SEKéRET\n", "non-ASCII byte 0xc3 at byte 4"),
+        ];
+        for (content, problem) in cases {
+            let path = dir.path().join("bad");
+            std::fs::write(&path, content).unwrap();
+            for kind in [SecretFile::Token, SecretFile::RefreshToken] {
+                let message = check_secret_file(kind, &path).unwrap_err().to_string();
+                assert_eq!(
+                    message,
+                    format!(
+                        "the {kind} {} is not one line of printable ASCII: {problem} (one line is expected; a trailing newline is allowed)",
+                        path.display()
+                    ),
+                    "{content:?}"
+                );
+                assert!(!message.contains("SEK"), "{message}");
+            }
+            // A client secret is form-encoded: any text goes.
+            assert!(check_secret_file(SecretFile::ClientSecret, &path).is_ok());
+        }
+        for fine in ["token\n", "  token\r\n", "token", "a.b-c_d~e*f/g+h=\n"] {
+            std::fs::write(&private, fine).unwrap();
+            assert!(
+                check_secret_file(SecretFile::Token, &private).is_ok(),
+                "{fine:?}"
+            );
+        }
         assert_eq!(
             check_secret_file(SecretFile::ClientSecret, &shared).unwrap(),
             Some(0o640)

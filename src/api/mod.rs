@@ -13,6 +13,7 @@
 //! - only `retry.rs` knows the `backoff` crate.
 
 pub mod auth;
+pub mod device_login;
 mod error;
 pub mod gate;
 pub mod retry;
@@ -24,8 +25,8 @@ mod tests;
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,10 +35,11 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use auth::{AuthError, AuthOptions, TokenProvider};
-pub use error::ApiError;
+pub use error::{ApiError, cut_text, escape_controls, service_text};
 pub use gate::{GateOptions, RequestGate};
 pub use retry::{RetryPolicy, RetrySchedule};
 
@@ -49,6 +51,11 @@ use error::ServiceError;
 pub const MS_CORRELATION_ID: &str = "MS-CorrelationId";
 /// Header carrying the id of one request, for support cases.
 pub const MS_REQUEST_ID: &str = "MS-RequestId";
+/// Header carrying a new GUID per call, as the Referrals API's header
+/// documentation asks.
+pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+/// Response header carrying the service's id of the request.
+pub const SERVICE_REQUEST_ID: &str = "request-id";
 
 /// How to reach the service and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -65,7 +72,23 @@ pub struct ClientOptions {
     /// Allow plain http to a host that is not this machine (never in
     /// production: the bearer token would cross the network in clear).
     pub allow_insecure: bool,
+    /// The largest answer body read; reading stops there and the request
+    /// fails (`api.max_response_bytes`).
+    pub max_response_bytes: u64,
+    /// Pages of one listing at most (`api.max_list_pages`).
+    pub max_list_pages: u64,
+    /// Pages in a row that bring no referral yet point further before a
+    /// listing is given up (`api.max_empty_list_pages`).
+    pub max_empty_list_pages: u64,
 }
+
+/// 16 MiB: a page of 100 referrals is well under 1 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// A million referrals at 100 per page.
+pub const DEFAULT_MAX_LIST_PAGES: u64 = 10_000;
+pub const DEFAULT_MAX_EMPTY_LIST_PAGES: u64 = 10;
+/// A `@odata.nextLink` longer than this is not a link to a page.
+const MAX_NEXT_LINK_CHARS: usize = 16 * 1024;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -75,6 +98,9 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             allow_insecure: false,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_list_pages: DEFAULT_MAX_LIST_PAGES,
+            max_empty_list_pages: DEFAULT_MAX_EMPTY_LIST_PAGES,
         }
     }
 }
@@ -138,9 +164,26 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     retry: RetryPolicy,
+    max_response_bytes: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
     gate: Arc<RequestGate>,
     tokens: Arc<TokenProvider>,
     counters: Counters,
+    /// Turns `true` when the process shuts down: a listing stops.
+    shutdown: OnceLock<watch::Receiver<bool>>,
+    /// The service asked to be left alone past `max_retry_after`: no
+    /// request is sent before then.
+    held_back: std::sync::Mutex<Option<HeldBack>>,
+}
+
+/// A `Retry-After` longer than the client waits, remembered.
+#[derive(Debug, Clone)]
+struct HeldBack {
+    until: tokio::time::Instant,
+    retry_after_secs: u64,
+    /// `until` as a wall-clock time, for messages.
+    not_before: String,
 }
 
 #[derive(Default)]
@@ -195,6 +238,40 @@ struct Answer {
     status: StatusCode,
     headers: HeaderMap,
     body: Vec<u8>,
+    /// The service's `request-id`, escaped and cut.
+    service_request_id: Option<Box<str>>,
+}
+
+/// The service's `request-id` of an answer: text the service chose, so
+/// escaped and cut like any.
+fn service_request_id(headers: &HeaderMap) -> Option<Box<str>> {
+    let value = headers.get(SERVICE_REQUEST_ID)?;
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let text = text.trim();
+    (!text.is_empty()).then(|| cut_text(text, 100).into_boxed_str())
+}
+
+/// Why one attempt brought no usable answer.
+enum AttemptError {
+    Http(reqwest::Error),
+    /// The body is larger than `max_response_bytes`: reading stopped.
+    TooLarge {
+        status: StatusCode,
+        service_request_id: Option<Box<str>>,
+    },
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Http(error) => f.write_str(&error_chain(error)),
+            AttemptError::TooLarge { status, .. } => write!(
+                f,
+                "HTTP {} answer larger than api.max_response_bytes; reading stopped",
+                status.as_u16()
+            ),
+        }
+    }
 }
 
 /// Why an attempt is worth repeating.
@@ -231,16 +308,59 @@ impl ApiClient {
             .map_err(|error| ApiError::InvalidOptions(error.to_string()))?;
         let base = parse_base_url(&options.base_url, options.allow_insecure)
             .map_err(ApiError::InvalidOptions)?;
+        for (name, value) in [
+            ("max_response_bytes", options.max_response_bytes),
+            ("max_list_pages", options.max_list_pages),
+            ("max_empty_list_pages", options.max_empty_list_pages),
+        ] {
+            if value == 0 {
+                return Err(ApiError::InvalidOptions(format!(
+                    "{name} must be at least 1"
+                )));
+            }
+        }
         Ok(ApiClient {
             inner: Arc::new(Inner {
                 http,
                 base,
                 retry: options.retry,
+                max_response_bytes: options.max_response_bytes,
+                max_list_pages: options.max_list_pages,
+                max_empty_list_pages: options.max_empty_list_pages,
                 gate,
                 tokens,
                 counters: Counters::default(),
+                shutdown: OnceLock::new(),
+                held_back: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Stop any listing, between pages or during one, once `shutdown`
+    /// turns `true` (SIGTERM): a long listing must not hold the shutdown
+    /// for its whole grace period. Writes are never cut off. Set once; a
+    /// second call is ignored.
+    pub fn interrupt_listings_on(&self, shutdown: watch::Receiver<bool>) {
+        let _ = self.inner.shutdown.set(shutdown);
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.inner
+            .shutdown
+            .get()
+            .is_some_and(|shutdown| *shutdown.borrow())
+    }
+
+    /// Resolves when the process shuts down; never without a shutdown
+    /// signal.
+    async fn shutdown_signal(&self) {
+        if let Some(shutdown) = self.inner.shutdown.get() {
+            let mut shutdown = shutdown.clone();
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
     }
 
     /// The HTTP client this API client wants: the options' timeouts, no
@@ -291,32 +411,88 @@ impl ApiClient {
     /// Page through every referral, handing each page's items to
     /// `on_page`, following `@odata.nextLink` (absolute, or relative to the
     /// page it came from) until it is absent. Returns the number of items.
+    ///
+    /// A listing that does not end is given up with one error: after
+    /// `max_list_pages` pages, at a link that repeats, or after
+    /// `max_empty_list_pages` pages in a row that bring nothing yet point
+    /// further. A shutdown (see [`ApiClient::interrupt_listings_on`]) stops
+    /// it between pages or during one.
     pub async fn list(
         &self,
         ctx: &RequestContext,
         mut on_page: impl FnMut(Vec<Value>),
     ) -> Result<u64, ApiError> {
+        let inner = &*self.inner;
         let mut url = self.referrals_url();
-        let mut fetched = HashSet::new();
+        let path = url.path().to_owned();
+        let abandon = |pages: u64, reason: String| ApiError::ListingAbandoned {
+            path: path.clone(),
+            pages,
+            reason,
+        };
+        // Hashes, not URLs: ten thousand long links stay small.
+        let mut fetched: HashSet<blake3::Hash> = HashSet::new();
         let mut items = 0u64;
+        let mut pages = 0u64;
+        let mut empty_in_a_row = 0u64;
         loop {
-            fetched.insert(url.as_str().to_owned());
+            if self.shutting_down() {
+                return Err(ApiError::Interrupted { path, pages });
+            }
+            fetched.insert(blake3::hash(url.as_str().as_bytes()));
             let call = Call::read(url);
-            let answer = self.send(ctx, &call).await?;
+            let answer = tokio::select! {
+                biased;
+                () = self.shutdown_signal() => {
+                    return Err(ApiError::Interrupted { path, pages });
+                }
+                answer = self.send(ctx, &call) => answer?,
+            };
+            pages += 1;
             let (page, next_link) = list_page(&answer.body)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
+            let empty = page.is_empty();
             items += page.len() as u64;
             on_page(page);
             let Some(link) = next_link else {
                 return Ok(items);
             };
+            let shown = cut_text(&link, 200);
+            if link.chars().count() > MAX_NEXT_LINK_CHARS {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
+                    ),
+                ));
+            }
+            empty_in_a_row = if empty { empty_in_a_row + 1 } else { 0 };
+            if empty_in_a_row >= inner.max_empty_list_pages {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {})",
+                        inner.max_empty_list_pages
+                    ),
+                ));
+            }
+            if pages >= inner.max_list_pages {
+                return Err(abandon(
+                    pages,
+                    format!(
+                        "api.max_list_pages = {} reached and the last page still points further",
+                        inner.max_list_pages
+                    ),
+                ));
+            }
             let next = self
                 .next_page_url(&call.url, &link)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
-            if fetched.contains(next.as_str()) {
-                let reason =
-                    format!("@odata.nextLink `{link}` leads back to a page already fetched");
-                return Err(invalid_response(&call, &answer, reason));
+            if fetched.contains(&blake3::hash(next.as_str().as_bytes())) {
+                return Err(abandon(
+                    pages,
+                    format!("@odata.nextLink `{shown}` leads back to a page already fetched"),
+                ));
             }
             url = next;
         }
@@ -340,6 +516,7 @@ impl ApiClient {
             method: call.method.clone(),
             path: call.path(),
             reason: format!("HTTP {} but {reason}", answer.status.as_u16()),
+            service_request_id: answer.service_request_id.clone(),
         })
     }
 
@@ -415,14 +592,15 @@ impl ApiClient {
 
     fn referral_url(&self, method: &Method, id: &str) -> Result<Url, ApiError> {
         let mut url = self.referrals_url();
-        if id.trim().is_empty() {
+        // The URL library drops a `.` or `..` segment: a request meant for
+        // one referral would go to the collection or above it.
+        if let Err(reason) = check_referral_id(id) {
             return Err(ApiError::InvalidRequest {
                 method: method.clone(),
                 path: url.path().to_owned(),
-                reason: "the referral id is empty".to_owned(),
+                reason,
             });
         }
-        // Pushed as one segment: any `/` or `?` in an id is escaped.
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.push(id);
         }
@@ -430,25 +608,98 @@ impl ApiClient {
     }
 
     fn next_page_url(&self, current: &Url, link: &str) -> Result<Url, String> {
+        let shown = cut_text(link, 200);
         let next = current
             .join(link)
-            .map_err(|error| format!("@odata.nextLink `{link}` is not a URL: {error}"))?;
+            .map_err(|error| format!("@odata.nextLink `{shown}` is not a URL: {error}"))?;
         if next.origin() != self.inner.base.origin() {
             return Err(format!(
-                "@odata.nextLink `{link}` leaves {}; the bearer token is not sent elsewhere",
+                "@odata.nextLink `{shown}` leaves {}; the bearer token is not sent elsewhere",
                 self.inner.base.origin().ascii_serialization()
             ));
         }
         Ok(next)
     }
 
+    /// The service asked (`Retry-After`) to be left alone for `asked`,
+    /// longer than `max_retry_after`: remember it, and fail `call`.
+    fn hold_back(&self, ctx: &RequestContext, call: &Call, asked: Duration) -> ApiError {
+        let retry_after_secs = asked.as_secs() + u64::from(asked.subsec_nanos() > 0);
+        let now = tokio::time::Instant::now();
+        let until = now
+            .checked_add(asked)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
+        let not_before = chrono::Duration::from_std(asked)
+            .ok()
+            .and_then(|asked| Utc::now().checked_add_signed(asked))
+            .map_or_else(
+                || "the far future".to_owned(),
+                |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            );
+        let held = HeldBack {
+            until,
+            retry_after_secs,
+            not_before,
+        };
+        tracing::warn!(
+            method = %call.method,
+            path = call.url.path(),
+            correlation_id = %ctx.correlation_id,
+            retry_after_secs,
+            max_retry_after_secs = self.inner.retry.max_retry_after.as_secs(),
+            not_before = %held.not_before,
+            "the service asked to wait {retry_after_secs} s; no request is sent before {}",
+            held.not_before
+        );
+        let error = self.held_back_error(call, &held);
+        let mut slot = self
+            .inner
+            .held_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot
+            .as_ref()
+            .is_none_or(|current| current.until < held.until)
+        {
+            *slot = Some(held);
+        }
+        error
+    }
+
+    /// The error for `call` while the service's long `Retry-After` holds.
+    fn held_back_error(&self, call: &Call, held: &HeldBack) -> ApiError {
+        ApiError::RetryAfterTooLong {
+            method: call.method.clone(),
+            path: call.path(),
+            retry_after_secs: held.retry_after_secs,
+            max_secs: self.inner.retry.max_retry_after.as_secs(),
+            not_before: held.not_before.clone(),
+        }
+    }
+
+    /// The long `Retry-After` still in force, if any.
+    fn still_held_back(&self) -> Option<HeldBack> {
+        let slot = self
+            .inner
+            .held_back
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.clone()
+            .filter(|held| held.until > tokio::time::Instant::now())
+    }
+
     /// Send `call` until it succeeds or must not be repeated: through the
     /// gate, with a bearer token, retrying per the policy.
     async fn send(&self, ctx: &RequestContext, call: &Call) -> Result<Answer, ApiError> {
         let inner = &*self.inner;
+        if let Some(held) = self.still_held_back() {
+            return Err(self.held_back_error(call, &held));
+        }
         let mut schedule = RetrySchedule::new(&inner.retry);
         let mut token_refreshed = false;
         let mut attempt = 0u32;
+        // The service's id of the last answer, for an error after retries.
+        let mut last_service_request_id: Option<Box<str>> = None;
         loop {
             attempt += 1;
             let (outcome, bearer) = {
@@ -460,6 +711,8 @@ impl ApiClient {
                 Ok(answer) if answer.status.is_success() => return Ok(answer),
                 Ok(answer) => {
                     let status = answer.status;
+                    let service_request_id = answer.service_request_id.clone();
+                    last_service_request_id.clone_from(&service_request_id);
                     let retry_after = retry_after(&answer.headers, Utc::now());
                     let service = ServiceError::parse(&answer.body);
                     let reason = format!("HTTP {status}: {}", service.message);
@@ -484,6 +737,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 message: service.message,
+                                service_request_id,
                             });
                         }
                         412 => {
@@ -491,6 +745,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 message: service.message,
+                                service_request_id,
                             });
                         }
                         429 => (Retry::Throttled { retry_after }, reason),
@@ -503,12 +758,17 @@ impl ApiClient {
                             && !call.is_read() =>
                         {
                             if let Some(wait) = retry_after {
-                                inner.gate.pause_for(wait.min(inner.retry.max_elapsed));
+                                if wait > inner.retry.max_retry_after {
+                                    self.hold_back(ctx, call, wait);
+                                } else {
+                                    inner.gate.pause_for(wait);
+                                }
                             }
                             return Err(ApiError::OutcomeUnknown {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 reason,
+                                service_request_id,
                             });
                         }
                         503 if retry_after.is_some() => (Retry::Throttled { retry_after }, reason),
@@ -520,6 +780,7 @@ impl ApiClient {
                                 method: call.method.clone(),
                                 path: call.path(),
                                 reason,
+                                service_request_id,
                             });
                         }
                         400..=499 => {
@@ -528,8 +789,9 @@ impl ApiClient {
                                 path: call.path(),
                                 status: status.as_u16(),
                                 code: service.code,
-                                message: service.message,
-                                target: service.target,
+                                message: service.message.into_boxed_str(),
+                                target: service.target.map(String::into_boxed_str),
+                                service_request_id,
                             });
                         }
                         _ => {
@@ -541,7 +803,33 @@ impl ApiClient {
                         }
                     }
                 }
-                Err(error) => {
+                Err(AttemptError::TooLarge {
+                    status,
+                    service_request_id,
+                }) => {
+                    let limit = inner.max_response_bytes;
+                    // A write answered with success (or a server error) may
+                    // have been applied: the caller finds out with a GET.
+                    if !call.is_read() && (status.is_success() || status.is_server_error()) {
+                        return Err(ApiError::OutcomeUnknown {
+                            method: call.method.clone(),
+                            path: call.path(),
+                            reason: format!(
+                                "HTTP {} but the answer is larger than api.max_response_bytes = {limit} bytes; reading stopped there",
+                                status.as_u16()
+                            ),
+                            service_request_id,
+                        });
+                    }
+                    return Err(ApiError::ResponseTooLarge {
+                        method: call.method.clone(),
+                        path: call.path(),
+                        status: status.as_u16(),
+                        limit,
+                        service_request_id,
+                    });
+                }
+                Err(AttemptError::Http(error)) => {
                     let reason = error_chain(&error);
                     if error.is_builder() {
                         return Err(ApiError::InvalidRequest {
@@ -557,21 +845,27 @@ impl ApiClient {
                             method: call.method.clone(),
                             path: call.path(),
                             reason,
+                            service_request_id: None,
                         });
                     }
                     (Retry::Transient, reason)
                 }
             };
 
-            // A silly Retry-After is capped by the time the policy would
-            // wait at all.
+            // Retry-After is honoured as sent, up to max_retry_after; past
+            // that the service is left alone until the time it named.
             let asked = match retry {
                 Retry::Throttled { retry_after } => {
                     inner.counters.throttles.fetch_add(1, Ordering::Relaxed);
-                    retry_after.map(|asked| asked.min(inner.retry.max_elapsed))
+                    retry_after
                 }
                 Retry::Transient => None,
             };
+            if let Some(asked) = asked
+                && asked > inner.retry.max_retry_after
+            {
+                return Err(self.hold_back(ctx, call, asked));
+            }
             let Some(delay) = schedule.next_delay() else {
                 // Giving up here does not release the other workers: the
                 // service's pause holds for them too.
@@ -583,6 +877,7 @@ impl ApiClient {
                     path: call.path(),
                     attempts: attempt,
                     reason,
+                    service_request_id: last_service_request_id,
                 });
             };
             inner.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -625,15 +920,17 @@ impl ApiClient {
         call: &Call,
         bearer: &SecretString,
         attempt: u32,
-    ) -> Result<Answer, reqwest::Error> {
+    ) -> Result<Answer, AttemptError> {
         let inner = &*self.inner;
         let request_id = Uuid::new_v4();
+        let client_request_id = Uuid::new_v4();
         let mut request = inner
             .http
             .request(call.method.clone(), call.url.clone())
             .bearer_auth(bearer.expose_secret())
             .header(MS_CORRELATION_ID, ctx.correlation_id.to_string())
             .header(MS_REQUEST_ID, request_id.to_string())
+            .header(CLIENT_REQUEST_ID, client_request_id.to_string())
             .header(ACCEPT, "application/json");
         if let Some(etag) = &call.if_match {
             request = request.header(IF_MATCH, etag.clone());
@@ -649,27 +946,52 @@ impl ApiClient {
 
         let started = std::time::Instant::now();
         inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let limit = inner.max_response_bytes;
         let outcome = async {
-            let response = request.send().await?;
+            let mut response = request.send().await.map_err(AttemptError::Http)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let body = response.bytes().await?.to_vec();
+            let service_request_id = service_request_id(&headers);
+            if response
+                .content_length()
+                .is_some_and(|length| length > limit)
+            {
+                return Err(AttemptError::TooLarge {
+                    status,
+                    service_request_id,
+                });
+            }
+            // Chunk by chunk, so that no more than the limit is ever held;
+            // dropping the response closes the connection.
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(AttemptError::TooLarge {
+                        status,
+                        service_request_id,
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
             Ok(Answer {
                 status,
                 headers,
                 body,
+                service_request_id,
             })
         }
         .await;
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
-            Ok(answer) => tracing::debug!(
+            Ok(answer) if answer.status.is_success() => tracing::debug!(
                 method = %call.method,
                 path = call.url.path(),
                 status = answer.status.as_u16(),
                 elapsed_ms,
                 correlation_id = %ctx.correlation_id,
                 request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = answer.service_request_id.as_deref(),
                 external_id = ctx.external_id.as_deref(),
                 attempt,
                 "{} {} -> {} in {elapsed_ms} ms",
@@ -677,18 +999,56 @@ impl ApiClient {
                 call.url.path(),
                 answer.status.as_u16()
             ),
+            // Every error answer, with the ids a support case needs.
+            Ok(answer) => tracing::warn!(
+                method = %call.method,
+                path = call.url.path(),
+                status = answer.status.as_u16(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = answer.service_request_id.as_deref(),
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} -> HTTP {} (request-id {}, MS-RequestId {request_id})",
+                call.method,
+                call.url.path(),
+                answer.status.as_u16(),
+                answer.service_request_id.as_deref().unwrap_or("none")
+            ),
+            Err(AttemptError::TooLarge {
+                status,
+                service_request_id,
+            }) => tracing::warn!(
+                method = %call.method,
+                path = call.url.path(),
+                status = status.as_u16(),
+                elapsed_ms,
+                correlation_id = %ctx.correlation_id,
+                request_id = %request_id,
+                client_request_id = %client_request_id,
+                service_request_id = service_request_id.as_deref(),
+                external_id = ctx.external_id.as_deref(),
+                attempt,
+                "{} {} -> HTTP {} larger than api.max_response_bytes (request-id {}, MS-RequestId {request_id})",
+                call.method,
+                call.url.path(),
+                status.as_u16(),
+                service_request_id.as_deref().unwrap_or("none")
+            ),
             Err(error) => tracing::debug!(
                 method = %call.method,
                 path = call.url.path(),
                 elapsed_ms,
                 correlation_id = %ctx.correlation_id,
                 request_id = %request_id,
+                client_request_id = %client_request_id,
                 external_id = ctx.external_id.as_deref(),
                 attempt,
-                "{} {} failed in {elapsed_ms} ms: {}",
+                "{} {} failed in {elapsed_ms} ms: {error}",
                 call.method,
                 call.url.path(),
-                error_chain(error)
             ),
         }
         outcome
@@ -765,6 +1125,7 @@ fn referral_from(answer: &Answer) -> Result<Referral, String> {
         Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
         _ => return Err("the referral has no id".to_owned()),
     };
+    check_referral_id(&id)?;
     let etag = match fields.get("eTag") {
         Some(Value::String(etag)) if !etag.trim().is_empty() => etag.clone(),
         _ => answer
@@ -800,6 +1161,35 @@ fn written_referral(call: &Call, id: &str, answer: &Answer) -> Option<Referral> 
         call.url.path()
     );
     None
+}
+
+/// Referral ids longer than this are refused (GUIDs have 36 characters).
+const MAX_REFERRAL_ID_CHARS: usize = 128;
+
+/// Whether `id`, from the service or the store, can name one referral in a
+/// URL path: a GUID, or a token of letters, digits and `-._~` other than
+/// `.` and `..`. The error names the value, escaped and cut.
+pub fn check_referral_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the referral id is empty".to_owned());
+    }
+    if Uuid::try_parse(id).is_ok() {
+        return Ok(());
+    }
+    let path_safe = !id.is_empty()
+        && id.len() <= MAX_REFERRAL_ID_CHARS
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    if path_safe {
+        return Ok(());
+    }
+    Err(format!(
+        "referral id `{}` cannot be used: a GUID, or up to {MAX_REFERRAL_ID_CHARS} letters, digits and `-._~` other than `.` and `..`, is expected",
+        cut_text(id, 100)
+    ))
 }
 
 /// The items and the next link of one list page.
@@ -865,5 +1255,6 @@ fn invalid_response(call: &Call, answer: &Answer, reason: impl Into<String>) -> 
         path: call.path(),
         status: answer.status.as_u16(),
         reason: reason.into(),
+        service_request_id: answer.service_request_id.clone(),
     }
 }

@@ -34,6 +34,14 @@ pub struct RetryPolicy {
     pub max_elapsed: Duration,
     /// Attempts of one request in all, the first included: 1 means no retry.
     pub max_attempts: u32,
+    /// The longest `Retry-After` honoured (as sent, whatever
+    /// `max_elapsed` says); a longer one fails the request, and no request
+    /// is sent before the time the service named.
+    #[serde(
+        rename = "max_retry_after_secs",
+        deserialize_with = "humane_duration::deserialize"
+    )]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -44,6 +52,7 @@ impl Default for RetryPolicy {
             multiplier: 2.0,
             max_elapsed: Duration::from_secs(5 * 60),
             max_attempts: 8,
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }
@@ -249,6 +258,7 @@ mod tests {
             multiplier: 2.0,
             max_elapsed: Duration::from_secs(3600),
             max_attempts,
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 
@@ -386,7 +396,7 @@ mod tests {
     #[test]
     fn policy_deserialises_humane_durations_with_defaults() {
         let policy: RetryPolicy = serde_json::from_str(
-            r#"{"initial": "250ms", "max_interval": 20, "max_elapsed": "2m", "max_attempts": 3}"#,
+            r#"{"initial": "250ms", "max_interval": 20, "max_elapsed": "2m", "max_attempts": 3, "max_retry_after_secs": 3600}"#,
         )
         .unwrap();
         assert_eq!(
@@ -397,6 +407,7 @@ mod tests {
                 multiplier: 2.0,
                 max_elapsed: Duration::from_secs(120),
                 max_attempts: 3,
+                max_retry_after: Duration::from_secs(3600),
             }
         );
         let defaults: RetryPolicy = serde_json::from_str("{}").unwrap();

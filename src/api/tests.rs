@@ -136,8 +136,10 @@ fn test_options(base_url: String) -> ClientOptions {
             multiplier: 2.0,
             max_elapsed: Duration::from_secs(10),
             max_attempts: 4,
+            max_retry_after: Duration::from_secs(3600),
         },
         allow_insecure: false,
+        ..ClientOptions::default()
     }
 }
 
@@ -508,12 +510,13 @@ async fn rejections_carry_status_code_and_message_from_either_error_shape() {
                 code: got_code,
                 message: got_message,
                 target: got_target,
+                service_request_id: None,
             } => {
                 assert_eq!(method, Method::GET);
                 assert_eq!(path, "/v1.0/engagements/referrals/r-1");
                 assert_eq!(*got_status, status);
                 assert_eq!(got_code.as_deref(), code);
-                assert_eq!(got_message, &message);
+                assert_eq!(&**got_message, message.as_str());
                 assert_eq!(got_target.as_deref(), target);
             }
             other => panic!("HTTP {status}: {other:?}"),
@@ -605,14 +608,14 @@ async fn giving_up_on_a_throttled_request_still_pauses_the_others() {
         error.to_string(),
         "GET /v1.0/engagements/referrals/r-1: service unavailable after 1 attempt(s): HTTP 429 Too Many Requests: (empty body)"
     );
-    // An hour asked, capped by the policy's max_elapsed (10 s).
+    // An hour asked, honoured as sent (not cut to max_elapsed, 10 s).
     let until = client.gate().pause_in_effect().unwrap();
     assert!(
-        until >= before + Duration::from_secs(10),
+        until >= before + Duration::from_secs(3600),
         "{:?}",
         until - before
     );
-    assert!(until <= tokio::time::Instant::now() + Duration::from_secs(10));
+    assert!(until <= tokio::time::Instant::now() + Duration::from_secs(3600));
     assert_eq!(client.stats().throttles, 1);
     assert_eq!(client.stats().retries, 0);
 }
@@ -891,16 +894,16 @@ async fn list_refuses_link_loops_and_foreign_links() {
         let service = Service::start(move |_, _| respond(200, &[], page.clone())).await;
         let (client, _dir) = client_for(&service);
         let error = client.list(&ctx(), |_| {}).await.unwrap_err();
-        assert!(
-            matches!(error, ApiError::InvalidResponse { .. }),
-            "{error:?}"
-        );
-        assert!(
-            error
-                .to_string()
-                .starts_with("GET /v1.0/engagements/referrals: invalid response (HTTP 200): "),
-            "{error}"
-        );
+        let prefix = match error {
+            ApiError::ListingAbandoned { .. } => {
+                "GET /v1.0/engagements/referrals: listing given up after 1 page(s): "
+            }
+            ApiError::InvalidResponse { .. } => {
+                "GET /v1.0/engagements/referrals: invalid response (HTTP 200): "
+            }
+            _ => panic!("{error:?}"),
+        };
+        assert!(error.to_string().starts_with(prefix), "{error}");
         assert!(error.to_string().contains(reason), "{error}");
         assert_eq!(service.seen().len(), requests);
     }
@@ -1102,12 +1105,14 @@ fn base_urls_are_checked() {
 }
 
 #[test]
-fn referral_urls_escape_the_id_whatever_the_base_ends_with() {
+fn referral_urls_hold_the_id_whatever_the_base_ends_with() {
     let (client, _dir) = client_with(test_options("http://127.0.0.1:1/v1.0/".into()));
-    let url = client.referral_url(&Method::GET, "a/b?c").unwrap();
+    let url = client
+        .referral_url(&Method::GET, "7c9a7e3b-0000-4a3e-9b1a-2f0c1d2e3f40")
+        .unwrap();
     assert_eq!(
         url.as_str(),
-        "http://127.0.0.1:1/v1.0/engagements/referrals/a%2Fb%3Fc"
+        "http://127.0.0.1:1/v1.0/engagements/referrals/7c9a7e3b-0000-4a3e-9b1a-2f0c1d2e3f40"
     );
     assert_eq!(
         client.referrals_url().as_str(),
@@ -1160,4 +1165,407 @@ async fn invalid_options_are_refused() {
         let error = ApiClient::new(options, gate(), tokens).unwrap_err();
         assert!(error.to_string().starts_with(message), "{error}");
     }
+}
+
+#[test]
+fn referral_ids_must_be_guids_or_path_safe_tokens() {
+    let accepted = [
+        "7c9a7e3b-0000-4a3e-9b1a-2f0c1d2e3f40",
+        "{7C9A7E3B-0000-4A3E-9B1A-2F0C1D2E3F40}",
+        "r-1",
+        "a.b_c~d",
+    ];
+    for id in accepted {
+        assert_eq!(check_referral_id(id), Ok(()), "{id}");
+    }
+    let refused = [
+        ("", "the referral id is empty"),
+        (".", "referral id `.` cannot be used"),
+        ("..", "referral id `..` cannot be used"),
+        ("a/b", "referral id `a/b` cannot be used"),
+        ("a?b", "referral id `a?b` cannot be used"),
+        ("r 1", "referral id `r 1` cannot be used"),
+        ("r-1\nFORGED", "referral id `r-1\\nFORGED` cannot be used"),
+        ("\u{1b}[31m", "referral id `\\u{1b}[31m` cannot be used"),
+    ];
+    for (id, message) in refused {
+        let error = check_referral_id(id).unwrap_err();
+        assert!(error.starts_with(message), "{id:?}: {error}");
+    }
+    let long = "x".repeat(200);
+    let error = check_referral_id(&long).unwrap_err();
+    assert!(error.contains("(200 characters in all)"), "{error}");
+}
+
+#[tokio::test]
+async fn no_request_is_built_from_an_unusable_referral_id() {
+    let service = Service::start(|_, _| ok_referral("r-1", ETAG)).await;
+    let (client, _dir) = client_for(&service);
+    for id in ["..", ".", "a/../b", "%2e%2e"] {
+        let error = client.get(&ctx(), id).await.unwrap_err();
+        assert!(
+            matches!(error, ApiError::InvalidRequest { .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().starts_with(&format!(
+                "GET /v1.0/engagements/referrals: not sent: referral id `{id}` cannot be used"
+            )),
+            "{error}"
+        );
+        let error = client
+            .patch(&ctx(), id, ETAG, &[replace("/name", json!("x"))])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, ApiError::InvalidRequest { .. }),
+            "{error:?}"
+        );
+    }
+    assert!(service.seen().is_empty(), "{:?}", service.seen());
+}
+
+#[tokio::test]
+async fn an_unusable_referral_id_in_an_answer_is_refused() {
+    let service = Service::start(|_, _| ok_referral("..", ETAG)).await;
+    let (client, _dir) = client_for(&service);
+    let error = client
+        .create(&ctx(), &json!({"name": "x"}))
+        .await
+        .unwrap_err();
+    // The create may have happened: the caller looks the referral up.
+    assert!(
+        matches!(error, ApiError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("referral id `..` cannot be used"),
+        "{error}"
+    );
+}
+
+/// An answer of `total` bytes in chunks of 64 KiB, with or without a
+/// Content-Length; `produced` counts the bytes the server handed out.
+fn huge_answer(status: u16, total: u64, with_length: bool, produced: Arc<AtomicUsize>) -> Response {
+    use futures_util::StreamExt as _;
+    use std::sync::atomic::Ordering;
+    const CHUNK: usize = 64 * 1024;
+    let chunks = total.div_ceil(CHUNK as u64);
+    let stream = futures_util::stream::iter(0..chunks).map(move |_| {
+        produced.fetch_add(CHUNK, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; CHUNK]))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(stream));
+    *response.status_mut() = AxumStatus::from_u16(status).unwrap();
+    if with_length {
+        response.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            axum::http::HeaderValue::from(chunks * CHUNK as u64),
+        );
+    }
+    response
+}
+
+#[tokio::test]
+async fn reading_an_answer_stops_at_max_response_bytes() {
+    for with_length in [false, true] {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&produced);
+        let service = Service::start(move |_, _| {
+            huge_answer(200, 1 << 30, with_length, Arc::clone(&counter))
+        })
+        .await;
+        let mut options = test_options(service.base_url());
+        options.max_response_bytes = 1024 * 1024;
+        let (client, _dir) = client_with(options);
+        let error = client.get(&ctx(), "r-1").await.unwrap_err();
+        assert!(
+            matches!(error, ApiError::ResponseTooLarge { .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "GET /v1.0/engagements/referrals/r-1: the answer (HTTP 200) is larger than api.max_response_bytes = 1048576 bytes; reading stopped there"
+        );
+        // Not retried, and the server was not read to the end.
+        assert_eq!(service.seen().len(), 1);
+        let produced = produced.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            produced < 64 * 1024 * 1024,
+            "with_length {with_length}: {produced} bytes produced"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huge_answer_to_a_write_is_an_unknown_outcome() {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&produced);
+    let service =
+        Service::start(move |_, _| huge_answer(200, 4 << 20, false, Arc::clone(&counter))).await;
+    let mut options = test_options(service.base_url());
+    options.max_response_bytes = 64 * 1024;
+    let (client, _dir) = client_with(options);
+    let error = client
+        .patch(&ctx(), "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ApiError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("larger than api.max_response_bytes = 65536 bytes"),
+        "{error}"
+    );
+    assert_eq!(service.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_huge_error_message_is_cut_where_the_error_is_built() {
+    let message = "x".repeat(8_000_000);
+    let body = json!({"error": {"code": "InvalidInput", "message": message}}).to_string();
+    let service = Service::start(move |_, _| respond(400, &[], body.clone())).await;
+    let (client, _dir) = client_for(&service);
+    let error = client
+        .patch(&ctx(), "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.len() < 1200, "{} characters", text.len());
+    assert!(
+        text.ends_with(&format!(
+            "InvalidInput: {}… (8000000 characters in all)",
+            "x".repeat(1000)
+        )),
+        "{}",
+        &text[..200]
+    );
+}
+
+/// A listing server: every page holds `items(page)` referrals and points
+/// to the next page, for ever.
+async fn endless_listing(items: fn(usize) -> usize) -> Service {
+    Service::start(move |call, _| {
+        let value: Vec<Value> = (0..items(call))
+            .map(|n| json!({"id": format!("r-{call}-{n}")}))
+            .collect();
+        let page = json!({
+            "value": value,
+            "@odata.nextLink": format!("/v1.0/engagements/referrals?$skiptoken=p{}", call + 1),
+        });
+        respond(200, &[], page.to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_listing_of_empty_pages_that_point_further_is_given_up() {
+    let service = endless_listing(|_| 0).await;
+    let (client, _dir) = client_for(&service);
+    let error = client.list(&ctx(), |_| {}).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "GET /v1.0/engagements/referrals: listing given up after 10 page(s): 10 page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = 10)"
+    );
+    assert_eq!(service.seen().len(), 10);
+}
+
+#[tokio::test]
+async fn empty_pages_between_full_ones_are_followed() {
+    // Nine empty pages, one full one, for ever: never ten empty in a row,
+    // so only max_list_pages ends it.
+    let service = endless_listing(|call| usize::from(call % 10 == 0)).await;
+    let mut options = test_options(service.base_url());
+    options.max_list_pages = 35;
+    let (client, _dir) = client_with(options);
+    let mut items = 0;
+    let error = client
+        .list(&ctx(), |page| items += page.len())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "GET /v1.0/engagements/referrals: listing given up after 35 page(s): api.max_list_pages = 35 reached and the last page still points further"
+    );
+    assert_eq!(items, 3);
+    assert_eq!(service.seen().len(), 35);
+}
+
+#[tokio::test]
+async fn a_shutdown_interrupts_a_listing_between_and_during_pages() {
+    // Each page takes 200 ms; the shutdown comes during the third.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let slow = serve(axum::Router::new().fallback(move || {
+        let call = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let page = json!({
+                "value": [{"id": format!("r-{call}")}],
+                "@odata.nextLink": format!("/v1.0/engagements/referrals?$skiptoken=p{}", call + 1),
+            });
+            respond(200, &[], page.to_string())
+        }
+    }))
+    .await;
+    let (client, _dir) = client_with(test_options(format!("http://{slow}/v1.0")));
+    let (shutdown, receiver) = watch::channel(false);
+    client.interrupt_listings_on(receiver);
+    let started = StdInstant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = shutdown.send(true);
+    });
+    let error = client.list(&ctx(), |_| {}).await.unwrap_err();
+    assert!(matches!(error, ApiError::Interrupted { .. }), "{error:?}");
+    assert!(error.stops_every_request());
+    assert_eq!(
+        error.to_string(),
+        "GET /v1.0/engagements/referrals: listing interrupted by shutdown after 2 page(s)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(650),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_max_elapsed_is_waited_out_as_sent() {
+    let service = Service::start(|call, _| match call {
+        1 => respond(429, &[("retry-after", "1")], ""),
+        _ => ok_referral("r-1", ETAG),
+    })
+    .await;
+    let mut options = test_options(service.base_url());
+    options.retry.max_elapsed = Duration::from_millis(100);
+    let (client, _dir) = client_with(options);
+    client.get(&ctx(), "r-1").await.unwrap();
+    let seen = service.seen();
+    assert_eq!(seen.len(), 2);
+    let waited = seen[1].at - seen[0].at;
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_max_retry_after_fails_and_holds_every_request_back() {
+    let service = Service::start(|_, _| respond(429, &[("retry-after", "7200")], "")).await;
+    let (client, _dir) = client_for(&service);
+    let started = chrono::Utc::now();
+    let error = client
+        .patch(&ctx(), "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ApiError::RetryAfterTooLong { .. }),
+        "{error:?}"
+    );
+    assert!(error.stops_every_request());
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "PATCH /v1.0/engagements/referrals/r-1: the service asked to wait 7200 s (Retry-After), more than api.retry.max_retry_after_secs = 3600; no request is sent before "
+        ),
+        "{text}"
+    );
+    let not_before = text.rsplit(' ').next().unwrap();
+    let not_before = chrono::DateTime::parse_from_rfc3339(not_before).unwrap();
+    let ahead = (not_before.with_timezone(&chrono::Utc) - started).num_seconds();
+    assert!((7199..=7202).contains(&ahead), "{ahead}");
+    // Nothing more goes to the service until then, reads included.
+    let again = client.get(&ctx(), "r-2").await.unwrap_err();
+    assert!(
+        matches!(again, ApiError::RetryAfterTooLong { .. }),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .to_string()
+            .starts_with("GET /v1.0/engagements/referrals/r-2: the service asked to wait 7200 s"),
+        "{again}"
+    );
+    assert_eq!(service.seen().len(), 1);
+    assert_eq!(client.stats().retries, 0);
+    assert_eq!(client.gate().pause_in_effect(), None);
+}
+
+#[tokio::test]
+async fn every_request_carries_a_new_client_request_id_besides_the_ms_ids() {
+    let service = Service::start(|_, _| ok_referral("r-1", ETAG)).await;
+    let (client, _dir) = client_for(&service);
+    let ctx = ctx();
+    client.get(&ctx, "r-1").await.unwrap();
+    client
+        .patch(&ctx, "r-1", ETAG, &[replace("/name", json!("x"))])
+        .await
+        .unwrap();
+    client.list(&ctx, |_| {}).await.unwrap_err();
+    let seen = service.seen();
+    let mut ids = HashSet::new();
+    for request in &seen {
+        let client_request_id = request.header("client-request-id").unwrap();
+        let request_id = request.header("ms-requestid").unwrap();
+        assert!(
+            Uuid::try_parse(client_request_id).is_ok(),
+            "{client_request_id}"
+        );
+        assert_ne!(client_request_id, request_id);
+        assert!(
+            ids.insert(client_request_id.to_owned()),
+            "repeated {client_request_id}"
+        );
+        assert_eq!(
+            request.header("ms-correlationid"),
+            Some(ctx.correlation_id.to_string().as_str())
+        );
+    }
+    assert_eq!(ids.len(), 3);
+}
+
+#[tokio::test]
+async fn the_services_request_id_is_logged_and_carried_by_every_error() {
+    let service = Service::start(|call, _| match call {
+        1 => respond(
+            400,
+            &[("request-id", "svc-400")],
+            r#"{"error":{"code":"Bad","message":"no"}}"#,
+        ),
+        2 => respond(412, &[("request-id", "svc-412")], ""),
+        3 => respond(500, &[("request-id", "svc-500")], ""),
+        _ => respond(401, &[("request-id", "svc-401")], ""),
+    })
+    .await;
+    let mut options = test_options(service.base_url());
+    options.retry.max_attempts = 1;
+    let (client, _dir) = client_with(options);
+    let logs = LogCapture::start();
+    let ops = [replace("/name", json!("x"))];
+    let rejected = client.get(&ctx(), "r-1").await.unwrap_err();
+    let stale = client.patch(&ctx(), "r-1", ETAG, &ops).await.unwrap_err();
+    let unknown = client.patch(&ctx(), "r-1", ETAG, &ops).await.unwrap_err();
+    let unauthorized = client.get(&ctx(), "r-1").await.unwrap_err();
+    let cases = [
+        (&rejected, "svc-400"),
+        (&stale, "svc-412"),
+        (&unknown, "svc-500"),
+        (&unauthorized, "svc-401"),
+    ];
+    let logs = logs.text();
+    for (error, id) in cases {
+        assert_eq!(error.service_request_id(), Some(id), "{error:?}");
+        assert!(
+            logs.lines().any(|line| line.contains("WARN")
+                && line.contains(&format!("(request-id {id}, MS-RequestId "))),
+            "{id}: {logs}"
+        );
+    }
+    assert!(
+        matches!(unknown, ApiError::OutcomeUnknown { .. }),
+        "{unknown:?}"
+    );
 }

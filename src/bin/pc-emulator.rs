@@ -50,6 +50,14 @@ struct Flags {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     latency_ms: u64,
 
+    /// How long a device code of the device-code sign-in stays valid.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    device_code_lifetime_secs: u64,
+
+    /// The polling interval the device-code endpoint asks clients for.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    device_code_interval_secs: u64,
+
     /// How many requests the journal keeps.
     #[arg(long, value_name = "ENTRIES", default_value_t = 100_000)]
     journal_limit: usize,
@@ -95,6 +103,8 @@ async fn main() -> anyhow::Result<()> {
         faults,
         latency: Duration::from_millis(flags.latency_ms),
         journal_limit: flags.journal_limit,
+        device_code_lifetime: Duration::from_secs(flags.device_code_lifetime_secs),
+        device_code_interval: Duration::from_secs(flags.device_code_interval_secs),
     };
     let emulator = Emulator::new(options).with_context(|| match &flags.seed {
         Some(path) => format!("cannot seed from {}", path.display()),

@@ -2,4 +2,5 @@
 //! validated settings and returns its exit code.
 
 pub mod history;
+pub mod login;
 pub mod retry;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
@@ -806,38 +806,12 @@ impl Pusher {
         }
     }
 
-    /// The create body: the desired document plus the creation defaults,
-    /// which are sent only here and never patched.
+    /// The create body: the desired document plus the creation defaults
+    /// (`[create]`) for every member the record leaves out, which are sent
+    /// only here.
     fn create_body(&self, desired: &Value) -> Value {
-        let create = &self.settings.create;
         let mut body = desired.clone();
-        if let Value::Object(map) = &mut body {
-            map.entry("type")
-                .or_insert_with(|| Value::String(create.referral_type.clone()));
-            map.entry("qualification")
-                .or_insert_with(|| Value::String(create.qualification.clone()));
-            let mut consent = Map::new();
-            consent.insert(
-                "consentToToShareInfoWithOthers".into(),
-                Value::Bool(create.consent_to_share_info_with_others),
-            );
-            consent.insert(
-                "consentToContact".into(),
-                Value::Bool(create.consent_to_contact),
-            );
-            if let Some(v) = create.consent_to_share_referral_with_microsoft_sellers {
-                consent.insert(
-                    "consentToShareReferralWithMicrosoftSellers".into(),
-                    Value::Bool(v),
-                );
-            }
-            map.entry("consent").or_insert(Value::Object(consent));
-            if !create.target.is_empty() {
-                map.entry("target").or_insert_with(|| {
-                    serde_json::to_value(&create.target).unwrap_or(Value::Array(Vec::new()))
-                });
-            }
-        }
+        crate::create_defaults::apply(&self.settings.create_defaults, &mut body);
         body
     }
 
@@ -1216,6 +1190,13 @@ fn sent_event(
         }
         Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
     };
+    let mut answer = answer;
+    if let (Err(e), Value::Object(members)) = (result, &mut answer)
+        && let Some(request_id) = e.service_request_id()
+    {
+        // The service's `request-id`, for a support case.
+        members.insert("requestId".into(), Value::String(request_id.to_owned()));
+    }
     serde_json::json!({
         "method": method,
         "referralId": referral_id,
@@ -1349,7 +1330,13 @@ fn put_body(live: &Value, ops: &[Op]) -> Result<Value, String> {
 
 fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
     // Credentials the service or the token endpoint refuses fail every
-    // record alike.
+    // record alike; so do a shutdown and a Retry-After beyond our limit.
+    if error.stops_every_request() {
+        return Stop::Halt {
+            message: error.to_string(),
+            status: None,
+        };
+    }
     match error {
         ApiError::Unauthorized { .. } => {
             return Stop::Halt {

@@ -54,6 +54,10 @@ pub fn run(settings: Settings) -> u8 {
         Ok(mapper) => Arc::new(mapper),
         Err(e) => return fail(exit::CONFIG, &e),
     };
+    // A secret the client cannot use would fail every cycle.
+    if let Err(problem) = service::check_secret_files(&settings) {
+        return fail(exit::CONFIG, &problem);
+    }
     let lock = match StoreLock::acquire(&settings.store_path) {
         Ok(lock) => lock,
         Err(e @ LockError::Held { .. }) => return fail(exit::LOCKED, &e),
@@ -65,10 +69,6 @@ pub fn run(settings: Settings) -> u8 {
         Ok(stores) => stores,
         Err(e) => return fail(exit::RUNTIME, &e),
     };
-    let pid_file = match DaemonPidFile::create(&settings.store_path) {
-        Ok(file) => file,
-        Err(e) => return fail(exit::RUNTIME, &e),
-    };
     let runtime = match crate::service::async_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -78,13 +78,12 @@ pub fn run(settings: Settings) -> u8 {
             );
         }
     };
-    let code = runtime.block_on(async {
-        let client = match service::build_client(&settings) {
-            Ok(client) => client,
-            Err(e) => return fail(exit::CONFIG, &e),
-        };
-        // Before READY=1: from here on SIGTERM, SIGINT and SIGHUP are ours.
-        let signals = match Signals::install() {
+    // Before the pid file, which tells `referral-sync resync` whom to send
+    // SIGHUP: from here on SIGTERM, SIGINT and SIGHUP are ours, so that a
+    // resync asked for the moment the file appears does not kill us.
+    let signals = {
+        let _context = runtime.enter();
+        match Signals::install() {
             Ok(signals) => signals,
             Err(e) => {
                 return fail(
@@ -92,7 +91,21 @@ pub fn run(settings: Settings) -> u8 {
                     &format!("cannot install signal handlers: {e}"),
                 );
             }
+        }
+    };
+    let pid_file = match DaemonPidFile::create(&settings.store_path) {
+        Ok(file) => file,
+        Err(e) => return fail(exit::RUNTIME, &e),
+    };
+    let code = runtime.block_on(async {
+        let client = match service::build_client(&settings) {
+            Ok(client) => client,
+            Err(e) => return fail(exit::CONFIG, &e),
         };
+        // A listing (the referral index) stops at shutdown instead of
+        // holding it for the grace period; writes in flight finish.
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        client.interrupt_listings_on(shutdown_receiver);
         let (tick_sender, ticks) = mpsc::unbounded_channel();
         let schedule = match Schedule::start(&settings.schedule, tick_sender).await {
             Ok(schedule) => schedule,
@@ -111,6 +124,7 @@ pub fn run(settings: Settings) -> u8 {
             schedule,
             ticks,
             signals,
+            shutdown,
             notifier: Notifier::from_env(),
             running: None,
             last_announced_request: 0,
@@ -182,6 +196,10 @@ type CycleJoin = Result<Result<CycleSummary, CycleError>, JoinError>;
 
 struct RunningCycle {
     trigger: Trigger,
+    /// The ids a `resync --only` asked for, and every id the cycle took up:
+    /// those asked for and never taken up match no record.
+    only: Option<Vec<String>>,
+    reported: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The resync requests this cycle answers.
     request_ids: Vec<i64>,
     /// The last cycle row before this cycle began (`None` if unknown): the
@@ -199,6 +217,8 @@ struct Daemon {
     schedule: Schedule,
     ticks: mpsc::UnboundedReceiver<Tick>,
     signals: Signals,
+    /// Turned `true` at shutdown: the client stops any listing.
+    shutdown: watch::Sender<bool>,
     notifier: Notifier,
     running: Option<RunningCycle>,
     /// Resync requests up to this id were logged as requested.
@@ -283,13 +303,28 @@ impl Daemon {
         };
         let (stop, stop_receiver) = watch::channel(false);
         let engine = Arc::clone(&self.engine);
+        let only: Option<Vec<String>> = request.only.as_ref().map(|ids| {
+            let mut ids: Vec<String> = ids.iter().cloned().collect();
+            ids.sort();
+            ids
+        });
+        let reported = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let seen = only.as_ref().map(|_| Arc::clone(&reported));
         let handle = tokio::spawn(async move {
             let progress = Progress::logged(trigger, progress::LOG_INTERVAL);
-            let report = progress.wrap(|_| {});
+            let report = progress.wrap(|outcome| {
+                if let (Some(seen), Some(id)) = (&seen, &outcome.external_id)
+                    && let Ok(mut seen) = seen.lock()
+                {
+                    seen.insert(id.clone());
+                }
+            });
             engine.run_cycle(request, &report, stop_receiver).await
         });
         self.running = Some(RunningCycle {
             trigger,
+            only,
+            reported,
             request_ids,
             rows_before,
             stop,
@@ -424,16 +459,37 @@ impl Daemon {
                         }
                         .to_owned()
                     });
-                let exit_code = match outcome.as_str() {
+                let mut exit_code = match outcome.as_str() {
                     "ok" => exit::OK,
                     "partial" => exit::RECORDS,
                     _ => exit::RUNTIME,
+                };
+                let reported = running
+                    .reported
+                    .lock()
+                    .map(|reported| reported.clone())
+                    .unwrap_or_default();
+                let unmatched = match &running.only {
+                    Some(only) if !stopped => resync::unmatched_ids(only, &reported),
+                    _ => Vec::new(),
+                };
+                let mut outcome = outcome;
+                let error = if unmatched.is_empty() {
+                    None
+                } else {
+                    let message = resync::unmatched_message(&unmatched);
+                    warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
+                    exit_code = exit_code.max(exit::RECORDS);
+                    if outcome == "ok" {
+                        outcome = "partial".to_owned();
+                    }
+                    Some(message)
                 };
                 ResyncResult {
                     outcome,
                     summary,
                     exit_code,
-                    error: None,
+                    error,
                 }
             }
             Ok(Err(e)) => ResyncResult {
@@ -548,6 +604,7 @@ impl Daemon {
             warn!(error = %e, "cannot stop the scheduler cleanly");
         }
         let mut cut_off = false;
+        let _ = self.shutdown.send(true);
         if let Some(mut running) = self.running.take() {
             // No new record starts; those in flight may finish.
             let _ = running.stop.send(true);

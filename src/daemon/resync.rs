@@ -45,8 +45,10 @@ pub struct ResyncArgs {
 #[error("--only: an external id must not be empty")]
 pub struct EmptyExternalId;
 
-/// The ids of `--only`, trimmed and without repeats, in the order given;
-/// `None` when none were given (every record).
+/// The ids of `--only`, normalised as the scan normalises a record's id
+/// (a GUID in any spelling, braced or upper-case, becomes its lower-case
+/// hyphenated form; anything else is trimmed), without repeats, in the
+/// order given; `None` when none were given (every record).
 pub fn only_ids(args: &ResyncArgs) -> Result<Option<Vec<String>>, EmptyExternalId> {
     if args.only.is_empty() {
         return Ok(None);
@@ -54,15 +56,36 @@ pub fn only_ids(args: &ResyncArgs) -> Result<Option<Vec<String>>, EmptyExternalI
     let mut seen = HashSet::new();
     let mut ids = Vec::new();
     for id in &args.only {
-        let id = id.trim();
+        let id = crate::mapping::normalise_external_id(id);
         if id.is_empty() {
             return Err(EmptyExternalId);
         }
-        if seen.insert(id) {
-            ids.push(id.to_owned());
+        if seen.insert(id.clone()) {
+            ids.push(id);
         }
     }
     Ok(Some(ids))
+}
+
+/// The ids of `only` that no record of the cycle carried, in the order
+/// given.
+pub fn unmatched_ids<'a>(only: &'a [String], reported: &HashSet<String>) -> Vec<&'a str> {
+    only.iter()
+        .filter(|id| !reported.contains(*id))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The error for ids of `--only` that match no record.
+pub fn unmatched_message(ids: &[&str]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .map(|id| format!("`{}`", crate::api::cut_text(id, 120)))
+        .collect();
+    format!(
+        "--only: no record in the export has the external id {}",
+        shown.join(", ")
+    )
 }
 
 pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
@@ -120,15 +143,24 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
                 &format!("cannot install signal handlers: {e}"),
             );
         }
+        client.interrupt_listings_on(stop_receiver.clone());
         let engine = Engine::new(Arc::clone(&settings), mapper, store, Some(client));
         let mut request = CycleRequest::new(Trigger::Resync);
         request.resync = true;
-        request.only = only.map(|ids| ids.into_iter().collect());
+        request.only = only.as_ref().map(|ids| ids.iter().cloned().collect());
         let stdout = Mutex::new(std::io::stdout());
         let progress = Progress::for_manual_run(Trigger::Resync);
+        // Every record the cycle took up, to find the ids of --only that
+        // match none.
+        let reported = Mutex::new(HashSet::new());
         // A resync takes up every record; the unchanged ones are only
         // counted.
         let report = progress.wrap(|outcome: &RecordOutcome| {
+            if let Some(id) = &outcome.external_id
+                && let Ok(mut reported) = reported.lock()
+            {
+                reported.insert(id.clone());
+            }
             if outcome.action != Action::Unchanged
                 && let Ok(mut out) = stdout.lock()
             {
@@ -149,7 +181,15 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
             }
             Ok(summary) => {
                 crate::outln!("resynced: {summary}");
-                if summary.is_clean() {
+                let reported = reported.lock().map(|r| r.clone()).unwrap_or_default();
+                let unmatched = only
+                    .as_deref()
+                    .map(|only| unmatched_ids(only, &reported))
+                    .unwrap_or_default();
+                if !unmatched.is_empty() {
+                    eprintln!("error: {}", unmatched_message(&unmatched));
+                    exit::RECORDS
+                } else if summary.is_clean() {
                     exit::OK
                 } else {
                     exit::RECORDS
@@ -267,6 +307,9 @@ fn print_result(result: &ResyncResult) -> u8 {
     match result.outcome.as_str() {
         "ok" | "partial" => {
             let _ = writeln!(out, "resynced: {}", result.summary);
+            if let Some(error) = &result.error {
+                eprintln!("error: {error}");
+            }
         }
         outcome => {
             if result.summary != Default::default() {
@@ -292,13 +335,38 @@ mod tests {
     }
 
     #[test]
+    fn unmatched_ids_are_named_in_the_order_given() {
+        let only = ["b".to_owned(), "a".to_owned(), "c\n".to_owned()];
+        let reported = HashSet::from(["a".to_owned()]);
+        let unmatched = unmatched_ids(&only, &reported);
+        assert_eq!(unmatched, ["b", "c\n"]);
+        assert_eq!(
+            unmatched_message(&unmatched),
+            "--only: no record in the export has the external id `b`, `c\\n`"
+        );
+        assert!(unmatched_ids(&only[1..2], &reported).is_empty());
+    }
+
+    #[test]
     fn only_ids_are_trimmed_and_deduplicated_in_order() {
         type Expected = Result<Option<Vec<&'static str>>, EmptyExternalId>;
-        let cases: [(&[&str], Expected); 4] = [
+        let cases: [(&[&str], Expected); 5] = [
             (&[], Ok(None)),
             (&["b", "a"], Ok(Some(vec!["b", "a"]))),
             (&[" a ", "b", "a"], Ok(Some(vec!["a", "b"]))),
             (&["a", "  "], Err(EmptyExternalId)),
+            // GUIDs as the scan spells them, however they were typed.
+            (
+                &[
+                    "{3F2504E0-4F89-41D3-9A0C-0305E82C3301}",
+                    "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+                    " 3F2504E04F8941D39A0C0305E82C3302 ",
+                ],
+                Ok(Some(vec![
+                    "3f2504e0-4f89-41d3-9a0c-0305e82c3301",
+                    "3f2504e0-4f89-41d3-9a0c-0305e82c3302",
+                ])),
+            ),
         ];
         for (given, expected) in cases {
             let expected =

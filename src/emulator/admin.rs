@@ -39,6 +39,11 @@ pub(crate) fn router() -> Router<Arc<EmulatorState>> {
             get(list_faults).post(add_faults).delete(clear_faults),
         )
         .route("/_admin/tokens/expire", post(expire_tokens))
+        .route("/_admin/device-codes", get(list_device_codes))
+        .route(
+            "/_admin/device-codes/{user_code}/{decision}",
+            post(decide_device_code),
+        )
         .route("/_admin/shutdown", post(shut_down))
 }
 
@@ -121,6 +126,38 @@ async fn clear_faults(State(state): Shared) -> StatusCode {
 async fn expire_tokens(State(state): Shared) -> Response {
     let expired = lock(&state.tokens).expire_all(Instant::now());
     axum::Json(json!({"expired": expired})).into_response()
+}
+
+/// The device-code sign-ins not yet redeemed.
+async fn list_device_codes(State(state): Shared) -> Response {
+    axum::Json(json!({"value": lock(&state.device_codes).pending()})).into_response()
+}
+
+/// A person's answer to a sign-in: `approve` or `deny` the code they typed.
+async fn decide_device_code(
+    State(state): Shared,
+    Path((user_code, decision)): Path<(String, String)>,
+) -> Response {
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"error": "use /approve or /deny"})),
+            )
+                .into_response();
+        }
+    };
+    if lock(&state.device_codes).decide(&user_code, approve) {
+        axum::Json(json!({"user_code": user_code, "approved": approve})).into_response()
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no pending sign-in with code {user_code}")})),
+        )
+            .into_response()
+    }
 }
 
 async fn shut_down(State(state): Shared) -> StatusCode {

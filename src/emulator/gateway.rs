@@ -26,8 +26,15 @@ use super::{EmulatorState, lock};
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Form fields never kept in the journal.
-const SECRET_FORM_FIELDS: &[&str] = &["client_secret", "password", "client_assertion"];
+const SECRET_FORM_FIELDS: &[&str] = &[
+    "client_secret",
+    "password",
+    "client_assertion",
+    "device_code",
+];
 
+/// Every answer outside `/_admin` carries a `request-id` of its own, as
+/// Partner Center's do; the journal keeps it beside the client's ids.
 pub(crate) async fn gateway(
     State(state): State<Arc<EmulatorState>>,
     request: Request,
@@ -36,6 +43,20 @@ pub(crate) async fn gateway(
     if request.uri().path().starts_with("/_admin") {
         return next.run(request).await;
     }
+    let service_request_id = uuid::Uuid::new_v4().to_string();
+    let mut response = handle(state, request, next, &service_request_id).await;
+    if let Ok(value) = HeaderValue::from_str(&service_request_id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    response
+}
+
+async fn handle(
+    state: Arc<EmulatorState>,
+    request: Request,
+    next: Next,
+    service_request_id: &str,
+) -> Response {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
     let is_api =
@@ -49,6 +70,7 @@ pub(crate) async fn gateway(
     });
     let body = read_body(body, MAX_BODY_BYTES).await;
     let mut entry = journal_entry(&parts, authorization.map(|check| check.is_ok()));
+    entry.service_request_id = Some(service_request_id.to_owned());
     if let Ok(bytes) = &body {
         entry.body = journal_body(&parts.headers, bytes);
     }
@@ -227,6 +249,8 @@ fn journal_entry(parts: &Parts, authorized: Option<bool>) -> JournalEntry {
         prefer: header("prefer"),
         correlation_id: header("ms-correlationid"),
         request_id: header("ms-requestid"),
+        client_request_id: header("client-request-id"),
+        service_request_id: None,
         authorized,
         body: Value::Null,
         status: None,

@@ -61,6 +61,10 @@ pub struct JournalEntry {
     pub prefer: Option<String>,
     pub correlation_id: Option<String>,
     pub request_id: Option<String>,
+    /// The client's `client-request-id` header.
+    pub client_request_id: Option<String>,
+    /// The `request-id` the emulator answered with.
+    pub service_request_id: Option<String>,
     /// Whether a valid bearer token came with it; `None` for the token
     /// endpoint, which needs none.
     pub authorized: Option<bool>,
@@ -141,6 +145,8 @@ mod tests {
             prefer: None,
             correlation_id: None,
             request_id: None,
+            client_request_id: None,
+            service_request_id: None,
             authorized: Some(true),
             body: Value::Null,
             status: None,

@@ -14,7 +14,10 @@
 //! | `POST /v1.0/engagements/referrals` | create: 201 with the referral |
 //! | `PATCH /v1.0/engagements/referrals/{id}` | add/replace only; `If-Match`; `Prefer: return=representation` gives 200 with the referral, else 204 |
 //! | `PUT /v1.0/engagements/referrals/{id}` | full replace; `If-Match` required (428 without) |
-//! | `POST /{tenant}/oauth2/token` | refresh-token grant; rotates the refresh token |
+//! | `POST /{tenant}/oauth2/token` | v1 refresh-token grant (`resource`); rotates the refresh token |
+//! | `POST /{tenant}/oauth2/v2.0/devicecode` | starts a device-code sign-in (RFC 8628): `device_code`, `user_code`, `verification_uri`, `interval` |
+//! | `POST /{tenant}/oauth2/v2.0/token` | v2 (`scope`): the refresh-token grant and the device-code grant (`authorization_pending`, `slow_down`, `expired_token`, `access_denied`) |
+//! | `GET /_admin/device-codes`, `POST /_admin/device-codes/{user_code}/approve` or `/deny` | the pending sign-ins, and a person's answer to one |
 //! | `GET /_admin/referrals`, `GET /_admin/referrals/{id}` | stored referrals (no `links`), `{"value": [...]}` |
 //! | `POST /_admin/referrals` | insert a referral as is (201); 409 if the id exists |
 //! | `DELETE /_admin/referrals/{id}` | the referral is gone (204) |
@@ -35,6 +38,7 @@
 //! purpose.
 
 mod admin;
+pub mod device;
 pub mod faults;
 mod gateway;
 pub mod journal;
@@ -85,6 +89,10 @@ pub struct EmulatorOptions {
     pub latency: Duration,
     /// How many journal entries to keep; older ones are dropped.
     pub journal_limit: usize,
+    /// How long a device code of the device-code sign-in stays valid.
+    pub device_code_lifetime: Duration,
+    /// The polling interval the device-code endpoint asks for.
+    pub device_code_interval: Duration,
 }
 
 impl Default for EmulatorOptions {
@@ -97,6 +105,8 @@ impl Default for EmulatorOptions {
             faults: Vec::new(),
             latency: Duration::ZERO,
             journal_limit: 100_000,
+            device_code_lifetime: Duration::from_secs(900),
+            device_code_interval: Duration::from_secs(5),
         }
     }
 }
@@ -209,6 +219,7 @@ pub(crate) struct EmulatorState {
     journal: Mutex<Journal>,
     faults: Mutex<FaultBook>,
     tokens: Mutex<TokenBook>,
+    device_codes: Mutex<device::DeviceCodes>,
     latency: Duration,
     /// Set by `POST /_admin/shutdown`.
     stop: watch::Sender<bool>,
@@ -236,6 +247,10 @@ impl EmulatorState {
                 &options.access_tokens,
                 &options.refresh_tokens,
                 options.token_lifetime,
+            )),
+            device_codes: Mutex::new(device::DeviceCodes::new(
+                options.device_code_lifetime,
+                options.device_code_interval,
             )),
             latency: options.latency,
             stop: watch::Sender::new(false),

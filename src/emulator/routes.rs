@@ -33,7 +33,9 @@ pub(crate) fn router(state: Arc<EmulatorState>) -> Router {
                 .patch(patch_referral)
                 .put(replace_referral),
         )
-        .route("/{tenant}/oauth2/token", post(grant_token))
+        .route("/{tenant}/oauth2/token", post(grant_token_v1))
+        .route("/{tenant}/oauth2/v2.0/token", post(grant_token_v2))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(start_device_code))
         .merge(admin::router())
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(
@@ -161,68 +163,129 @@ async fn replace_referral(
     ))
 }
 
-/// The OAuth2 v1 token endpoint, refresh-token grant only. Errors use the
-/// OAuth2 shape (`error`, `error_description`), not the API's.
-async fn grant_token(
+/// The device-code grant type (RFC 8628).
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// Which token endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/oauth2/token`: the audience is a `resource`.
+    V1,
+    /// `/oauth2/v2.0/token`: the audience is a `scope`; device codes too.
+    V2,
+}
+
+/// An OAuth2 error answer (`error`, `error_description`), not the API's.
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// An OAuth2 `invalid_request`: what is wrong with the form.
+struct BadForm(String);
+
+impl BadForm {
+    fn into_response(self) -> Response {
+        oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &self.0)
+    }
+}
+
+/// The fields of a form body.
+fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, BadForm> {
+    if media_type(headers) != "application/x-www-form-urlencoded" {
+        return Err(BadForm(
+            "the body must be application/x-www-form-urlencoded".to_owned(),
+        ));
+    }
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .map_err(|_| BadForm("the form body cannot be decoded".to_owned()))
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+        .filter(|value| !value.is_empty())
+}
+
+fn require(form: &[(String, String)], names: &[&str]) -> Result<(), BadForm> {
+    match names.iter().find(|name| field(form, name).is_none()) {
+        Some(missing) => Err(BadForm(format!("{missing} is required"))),
+        None => Ok(()),
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The OAuth2 v1 token endpoint: the refresh-token grant, with `resource`.
+async fn grant_token_v1(
     State(state): State<Arc<EmulatorState>>,
     Path(_tenant): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let oauth_error = |status: StatusCode, error: &str, description: &str| {
-        (
-            status,
-            axum::Json(json!({"error": error, "error_description": description})),
-        )
-            .into_response()
+    grant_token(&state, &headers, &body, Endpoint::V1)
+}
+
+/// The OAuth2 v2 token endpoint: the refresh-token grant with `scope`, and
+/// the device-code grant.
+async fn grant_token_v2(
+    State(state): State<Arc<EmulatorState>>,
+    Path(_tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    grant_token(&state, &headers, &body, Endpoint::V2)
+}
+
+fn grant_token(
+    state: &EmulatorState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    endpoint: Endpoint,
+) -> Response {
+    let form = match form_fields(headers, body) {
+        Ok(form) => form,
+        Err(bad) => return bad.into_response(),
     };
-    if media_type(&headers) != "application/x-www-form-urlencoded" {
-        return oauth_error(
+    match (field(&form, "grant_type"), endpoint) {
+        (Some("refresh_token"), _) => refresh_grant(state, &form, endpoint),
+        (Some(DEVICE_CODE_GRANT), Endpoint::V2) => device_code_grant(state, &form),
+        (Some(_), Endpoint::V1) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=refresh_token is supported",
+        ),
+        (Some(_), Endpoint::V2) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=refresh_token and the device_code grant are supported",
+        ),
+        (None, _) => oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        );
+            "grant_type is required",
+        ),
     }
-    let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form body cannot be decoded",
-        );
+}
+
+fn refresh_grant(state: &EmulatorState, form: &[(String, String)], endpoint: Endpoint) -> Response {
+    let audience = match endpoint {
+        Endpoint::V1 => "resource",
+        Endpoint::V2 => "scope",
     };
-    let field = |name: &str| {
-        form.iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-            .filter(|value| !value.is_empty())
-    };
-    match field("grant_type") {
-        Some("refresh_token") => {}
-        Some(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only grant_type=refresh_token is supported",
-            );
-        }
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is required",
-            );
-        }
+    if let Err(bad) = require(form, &["client_id", audience, "refresh_token"]) {
+        return bad.into_response();
     }
-    for required in ["client_id", "resource", "refresh_token"] {
-        if field(required).is_none() {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("{required} is required"),
-            );
-        }
-    }
-    let refresh_token = field("refresh_token").unwrap_or_default();
+    let refresh_token = field(form, "refresh_token").unwrap_or_default();
     let Some(grant) = lock(&state.tokens).redeem(refresh_token, Instant::now()) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -230,18 +293,88 @@ async fn grant_token(
             "the refresh token is not valid",
         );
     };
-    let mut response = axum::Json(json!({
+    let mut body = json!({
         "token_type": "Bearer",
         "access_token": grant.access_token,
         "refresh_token": grant.refresh_token,
         "expires_in": grant.expires_in,
-        "resource": field("resource"),
-    }))
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    });
+    body[audience] = json!(field(form, audience));
+    no_store(axum::Json(body).into_response())
+}
+
+fn device_code_grant(state: &EmulatorState, form: &[(String, String)]) -> Response {
+    use super::device::Poll;
+    if let Err(bad) = require(form, &["client_id", "device_code"]) {
+        return bad.into_response();
+    }
+    let client_id = field(form, "client_id").unwrap_or_default();
+    let device_code = field(form, "device_code").unwrap_or_default();
+    let poll = lock(&state.device_codes).poll(device_code, client_id, Instant::now());
+    let (error, description) = match poll {
+        Poll::Approved { scope, .. } => {
+            let grant = lock(&state.tokens).issue(Instant::now());
+            let mut body = json!({
+                "token_type": "Bearer",
+                "access_token": grant.access_token,
+                "expires_in": grant.expires_in,
+                "scope": scope,
+            });
+            // As Entra: a refresh token only when offline_access was asked.
+            if scope.split_whitespace().any(|s| s == "offline_access") {
+                body["refresh_token"] = json!(grant.refresh_token);
+            }
+            return no_store(axum::Json(body).into_response());
+        }
+        Poll::Pending => (
+            "authorization_pending",
+            "the user has not yet finished signing in",
+        ),
+        Poll::SlowDown => ("slow_down", "polled sooner than the interval"),
+        Poll::Expired => ("expired_token", "the device code has expired"),
+        Poll::Denied => ("access_denied", "the user declined the sign-in"),
+        Poll::Unknown => ("invalid_grant", "the device code is not valid"),
+        Poll::WrongClient => (
+            "invalid_grant",
+            "the device code was issued to another client",
+        ),
+    };
+    oauth_error(StatusCode::BAD_REQUEST, error, description)
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: start a device-code sign-in.
+async fn start_device_code(
+    State(state): State<Arc<EmulatorState>>,
+    Path(_tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match form_fields(&headers, &body) {
+        Ok(form) => form,
+        Err(bad) => return bad.into_response(),
+    };
+    if let Err(bad) = require(&form, &["client_id", "scope"]) {
+        return bad.into_response();
+    }
+    let client_id = field(&form, "client_id").unwrap_or_default();
+    let scope = field(&form, "scope").unwrap_or_default();
+    let code = lock(&state.device_codes).start(client_id, scope, Instant::now());
+    let host = header_text(&headers, header::HOST).unwrap_or_else(|| "localhost".to_owned());
+    let verification_uri = format!("http://{host}/devicelogin");
+    no_store(
+        axum::Json(json!({
+            "device_code": code.device_code,
+            "user_code": code.user_code,
+            "verification_uri": verification_uri,
+            "expires_in": code.expires_in,
+            "interval": code.interval,
+            "message": format!(
+                "To sign in, use a web browser to open the page {verification_uri} and enter the code {} to authenticate.",
+                code.user_code
+            ),
+        }))
+        .into_response(),
+    )
 }
 
 /// The base URL clients reached us under, for links and next links.

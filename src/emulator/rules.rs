@@ -370,6 +370,14 @@ const FIELD_RULES: &[FieldRule] = &[
     rule("/details/currency", Check::CurrencyCode),
     rule("/details/closingDateTime", Check::UtcDateTime),
     rule("/details/requirements", Check::Object),
+    rule("/details/requirements/industries", Check::Array),
+    rule("/details/requirements/products", Check::Array),
+    rule("/details/requirements/services", Check::Array),
+    rule("/details/requirements/solutions", Check::Array),
+    // Newer create members, kept as sent.
+    rule("/partnerRole", Check::Text),
+    rule("/solutionArea", Check::Text),
+    rule("/solutionPlay", Check::Text),
 ];
 
 #[cfg(test)]

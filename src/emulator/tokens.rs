@@ -82,6 +82,20 @@ impl TokenBook {
         Some(grant)
     }
 
+    /// Issue a new access token and refresh token (a device-code sign-in
+    /// was approved).
+    pub fn issue(&mut self, now: Instant) -> Grant {
+        let grant = Grant {
+            access_token: format!("emulator-access-{}", uuid::Uuid::new_v4().simple()),
+            refresh_token: format!("emulator-refresh-{}", uuid::Uuid::new_v4().simple()),
+            expires_in: self.lifetime.as_secs(),
+        };
+        self.access
+            .insert(grant.access_token.clone(), Some(now + self.lifetime));
+        self.refresh.insert(grant.refresh_token.clone());
+        grant
+    }
+
     /// Make every access token expire now, including the start-up ones, so
     /// that a test can see a client refresh without waiting an hour.
     pub fn expire_all(&mut self, now: Instant) -> usize {
