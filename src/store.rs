@@ -406,14 +406,18 @@ impl Store {
     fn migrate(&mut self) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let version = self.refuse_newer()?;
-        for (index, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction().map_err(&err)?;
-            tx.execute_batch(sql).map_err(&err)?;
-            tx.pragma_update(None, "user_version", index as i64 + 1)
-                .map_err(&err)?;
-            tx.commit().map_err(&err)?;
+        if version == MIGRATIONS.len() as i64 {
+            return Ok(());
         }
-        Ok(())
+        // Every pending migration in one transaction: a process killed while
+        // migrating leaves the store at the version it had, never between.
+        let tx = self.conn.transaction().map_err(&err)?;
+        for (_name, sql) in MIGRATIONS.iter().skip(version as usize) {
+            tx.execute_batch(sql).map_err(&err)?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(&err)?;
+        tx.commit().map_err(&err)
     }
 
     /// `PRAGMA integrity_check`: `ok`, or the problems found.
