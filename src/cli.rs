@@ -39,6 +39,10 @@ pub mod exit {
     pub const LOCKED: u8 = 5;
     /// The store or the service failed in a way that stopped the run.
     pub const RUNTIME: u8 = 6;
+    /// The cycle was skipped: a file of the export was modified less than
+    /// `export.settle_secs` ago. Nothing was read or changed; the next cycle
+    /// tries again.
+    pub const SKIPPED: u8 = 7;
 }
 
 #[derive(Debug, Parser)]
@@ -266,6 +270,11 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
                     exit::RECORDS
                 }
             }
+            Err(e @ CycleError::Scan(scan::ScanError::Unsettled(_))) => {
+                // Not a failure: cron can tell it by its exit code and line.
+                eprintln!("skipped: {e}");
+                exit::SKIPPED
+            }
             Err(e) => {
                 print_error(&e);
                 cycle_exit_code(&e)
@@ -277,6 +286,9 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
 pub fn cycle_exit_code(e: &CycleError) -> u8 {
     match e {
         CycleError::Scan(scan::ScanError::Export(_)) => exit::EXPORT,
+        CycleError::Scan(scan::ScanError::Unsettled(_)) => exit::SKIPPED,
+        // Nothing was sent, but the export must be read again.
+        CycleError::Scan(scan::ScanError::Changed(_)) => exit::RUNTIME,
         // The push phase had started: some records may have been sent.
         CycleError::SecondRead(_) | CycleError::ExportChanged(_) => exit::RUNTIME,
         CycleError::TooManyMissing { .. } => exit::MISSING,
@@ -500,7 +512,15 @@ fn check_command(settings: Settings) -> u8 {
         retain_budget: 0,
         ..ScanOptions::default()
     };
-    match scan::scan_export(&settings.export_options(), &mapper, &store, &options) {
+    let mut export_options = settings.export_options();
+    let mut scanned = scan::scan_export(&export_options, &mapper, &store, &options);
+    if let Err(scan::ScanError::Unsettled(unsettled)) = &scanned {
+        // Not a problem of the export: say so, and check its content anyway.
+        outln!("note: {}", crate::export::settle_note(unsettled));
+        export_options.checks.settle = std::time::Duration::ZERO;
+        scanned = scan::scan_export(&export_options, &mapper, &store, &options);
+    }
+    match scanned {
         Ok(scan) => {
             outln!(
                 "export {}: {} records in {} file(s), {} valid",
@@ -612,5 +632,49 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
         exit::OK
     } else {
         exit::RECORDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::export::{ExportError, FileChange};
+
+    #[test]
+    fn export_problems_found_by_the_scan_have_their_own_exit_codes() {
+        let path = PathBuf::from("export/page-1.json");
+        let cases = [
+            (ExportError::Empty { path: path.clone() }, exit::EXPORT),
+            (
+                ExportError::NotAFile {
+                    path: path.clone(),
+                    kind: "a FIFO (named pipe)",
+                },
+                exit::EXPORT,
+            ),
+            (
+                ExportError::Changed {
+                    path: path.clone(),
+                    change: FileChange::Replaced,
+                },
+                exit::RUNTIME,
+            ),
+            (
+                ExportError::Unsettled {
+                    path: path.clone(),
+                    age: None,
+                    settle: std::time::Duration::from_secs(60),
+                },
+                exit::SKIPPED,
+            ),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let error = CycleError::Scan(scan::ScanError::from(error));
+            assert_eq!(cycle_exit_code(&error), code, "{text}");
+            assert_eq!(error.is_skip(), code == exit::SKIPPED, "{text}");
+        }
     }
 }

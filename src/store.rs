@@ -29,6 +29,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_settled_index",
         include_str!("../migrations/0003_settled_index.sql"),
     ),
+    (
+        "0005_fed_fields",
+        include_str!("../migrations/0005_fed_fields.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 const CORPUS: &str = "tests/bad_input";
 
+const NO_FINAL_LINE_END: &str = "the last line has no line end: the file is cut short or still being written (set export.require_final_newline = false if the exporter writes none)";
+
 /// Four leads synced by a clean cycle; then the baseline export is taken
 /// away, leaving an empty export directory for a case.
 struct Bench {
@@ -154,8 +156,15 @@ const UNREADABLE: &[(&str, &str, &str)] = &[
     ),
     (
         "half-written.jsonl",
-        "half-written.jsonl:3:73",
-        "EOF while parsing a string (the file is truncated, or still being written)",
+        "half-written.jsonl:3:74",
+        NO_FINAL_LINE_END,
+    ),
+    // Cut inside its last cell (`12` for `1200`), the last row still has
+    // every cell: only the missing line end tells.
+    (
+        "cut-last-row.csv",
+        "cut-last-row.csv:5:55",
+        NO_FINAL_LINE_END,
     ),
     (
         "not-an-object.jsonl",
@@ -557,4 +566,147 @@ fn every_corpus_entry_has_a_case() {
         "tests/bad_input and the cases here must match"
     );
     assert!(Path::new(&repo_path(CORPUS)).join("README.md").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile exports: too fresh, not regular files.
+
+/// The four baseline leads renamed, as one JSON Lines file.
+fn renamed_leads() -> String {
+    let records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record
+        })
+        .collect();
+    jsonl(&records)
+}
+
+fn set_modified(path: &Path, ago: std::time::Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+#[test]
+fn an_export_modified_within_settle_secs_skips_the_cycle_with_exit_7() {
+    let bench = Bench::new("");
+    bench.ws.set_in_table("export", "settle_secs = 600");
+    let page = bench.ws.export.join("leads.jsonl");
+    std::fs::write(&page, renamed_leads()).unwrap();
+
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(0);
+    assert!(
+        check
+            .stdout()
+            .contains(&format!("note: {}: modified ", page.display()))
+            && check.stdout().contains("a cycle now would skip it"),
+        "{}",
+        check.stdout()
+    );
+
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(7);
+    let expected = format!(
+        "skipped: cycle skipped, nothing was read or changed: {}: modified ",
+        page.display()
+    );
+    assert!(sync.stderr().contains(&expected), "{}", sync.stderr());
+    assert!(
+        sync.stderr()
+            .contains("sooner than export.settle_secs = 600 allows: not read this cycle"),
+        "{}",
+        sync.stderr()
+    );
+    assert!(!sync.stderr().contains("error:"), "{}", sync.stderr());
+    bench.assert_nothing_sent("too fresh");
+    for n in 1..=4 {
+        bench.assert_untouched(n, "too fresh");
+    }
+    assert_eq!(bench.last_cycle()["outcome"], "skipped");
+
+    // Settled: the next cycle reads it.
+    set_modified(&page, std::time::Duration::from_secs(601));
+    bench.ws.run(&["sync"]).assert_code(0);
+    for n in 1..=4 {
+        bench.assert_synced(n, "settled");
+    }
+}
+
+/// Run `args` and fail if it takes more than ten seconds: a read that
+/// blocks on a FIFO or never ends on a device is the bug.
+fn run_bounded(ws: &Workspace, args: &[&str], tag: &str) -> (i32, String, String) {
+    let mut spawned = ws.spawn(args, tag);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = spawned.child.try_wait().unwrap() {
+            let stdout = std::fs::read_to_string(&spawned.stdout_path).unwrap_or_default();
+            return (status.code().unwrap_or(-1), stdout, spawned.stderr());
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            panic!("`{}` blocked on the export", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_export_is_refused_without_blocking() {
+    let bench = Bench::new("");
+    // A page of the export directory that is a FIFO nobody writes to.
+    let fifo = bench.ws.export.join("leads.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(bench.ws.export.join("other.jsonl"), renamed_leads()).unwrap();
+    let cases = [
+        (bench.ws.export.clone(), fifo.clone(), "a FIFO (named pipe)"),
+        (fifo.clone(), fifo.clone(), "a FIFO (named pipe)"),
+        (
+            std::path::PathBuf::from("/dev/zero"),
+            std::path::PathBuf::from("/dev/zero"),
+            "a character device",
+        ),
+    ];
+    let mut configured = bench.ws.export.display().to_string();
+    for (export, named, kind) in cases {
+        let case = export.display().to_string();
+        bench.ws.edit_config(|text| {
+            text.replacen(
+                &format!("path = \"{configured}\""),
+                &format!("path = \"{case}\""),
+                1,
+            )
+        });
+        configured = case.clone();
+        let expected = format!(
+            "export unreadable, nothing was changed: {}: is {kind}, not a regular file; only regular files are read",
+            named.display()
+        );
+        let (code, stdout, _) = run_bounded(&bench.ws, &["check"], "check");
+        assert_eq!(code, 1, "{case}: {stdout}");
+        assert!(
+            stdout.contains(&format!("problem: {expected}")),
+            "{case}: {stdout}"
+        );
+        let (code, _, stderr) = run_bounded(&bench.ws, &["sync"], "sync");
+        assert_eq!(code, 3, "{case}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {expected}")),
+            "{case}: {stderr}"
+        );
+        bench.assert_nothing_sent(&case);
+        for n in 1..=4 {
+            bench.assert_untouched(n, &case);
+        }
+    }
 }

@@ -101,6 +101,14 @@ pub enum CycleError {
     Internal(String),
 }
 
+impl CycleError {
+    /// The cycle did not run because the export is not ready yet
+    /// (`export.settle_secs`): not a failure, the next cycle tries again.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, CycleError::Scan(ScanError::Unsettled(_)))
+    }
+}
+
 /// Runs cycles. Cheap to share: the daemon keeps one.
 pub struct Engine {
     settings: Arc<Settings>,
@@ -170,6 +178,7 @@ impl Engine {
             Ok(interrupted) if *interrupted => ("interrupted", None),
             Ok(_) if summary.is_clean() => ("ok", None),
             Ok(_) => ("partial", None),
+            Err(e) if e.is_skip() => ("skipped", Some(e.to_string())),
             Err(e) => ("failed", Some(e.to_string())),
         };
         if let Some(row) = row {
@@ -199,6 +208,13 @@ impl Engine {
                 not_selected = summary.not_selected,
                 duration_ms = summary.duration_ms,
                 "cycle finished: {summary}"
+            ),
+            Err(e) if e.is_skip() => warn!(
+                cycle_id = %cycle_id,
+                trigger = request.trigger.as_str(),
+                outcome,
+                reason = %e,
+                "cycle skipped"
             ),
             Err(e) => error!(
                 cycle_id = %cycle_id,

@@ -197,9 +197,26 @@ pub struct ScanOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("export unreadable, nothing was changed: {0}")]
-    Export(#[from] ExportError),
+    Export(ExportError),
+    /// A file of the export changed during the read ([`ExportError::Changed`]).
+    #[error("the export changed while it was being read, nothing was changed: {0}")]
+    Changed(ExportError),
+    /// A file of the export is too fresh ([`ExportError::Unsettled`]): the
+    /// cycle is skipped, not failed.
+    #[error("cycle skipped, nothing was read or changed: {0}")]
+    Unsettled(ExportError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ExportError> for ScanError {
+    fn from(error: ExportError) -> ScanError {
+        match error {
+            ExportError::Changed { .. } => ScanError::Changed(error),
+            ExportError::Unsettled { .. } => ScanError::Unsettled(error),
+            other => ScanError::Export(other),
+        }
+    }
 }
 
 impl Scan {
@@ -632,7 +649,10 @@ fn name_duplicates(
             .find(|(now, before)| now != before)
             .map(|(now, _)| now.path.clone())
             .unwrap_or_else(|| export_options.path.clone());
-        ScanError::Export(ExportError::Changed { path })
+        ScanError::Changed(ExportError::Changed {
+            path,
+            change: export::FileChange::Modified,
+        })
     };
     if summary.files != scan.export.files {
         return Err(changed());
@@ -693,6 +713,7 @@ mod tests {
             format: crate::export::ExportFormat::Auto,
             entity: Entity::Opportunity,
             header_aliases: Default::default(),
+            checks: Default::default(),
         };
         (dir, options)
     }
@@ -995,6 +1016,7 @@ mod tests {
             format: crate::export::ExportFormat::Auto,
             entity: Entity::Opportunity,
             header_aliases: Default::default(),
+            checks: Default::default(),
         };
         let store = Store::open_in_memory().unwrap();
         let error = scan_export(&options, &mapper(), &store, &budget(10)).unwrap_err();

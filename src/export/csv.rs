@@ -9,8 +9,9 @@ use std::path::Path;
 use ::csv::{ByteRecord, ReaderBuilder};
 use serde_json::{Map, Value};
 
+use super::jsonl::NO_FINAL_LINE_END;
 use super::text::InputDefect;
-use super::{ExportError, FileOutcome, Sink, input_error};
+use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
 
 /// Display-name headers → logical column names, keyed by the normalised
 /// display name (trimmed, lower case).
@@ -59,6 +60,7 @@ pub(super) fn read_csv<R: Read>(
     path: &Path,
     input: R,
     aliases: &HeaderAliases,
+    line_end: FinalLineEnd,
     sink: &mut Sink<'_>,
 ) -> FileOutcome {
     // Ragged rows are checked here rather than by the csv crate, to name the
@@ -66,7 +68,7 @@ pub(super) fn read_csv<R: Read>(
     let mut reader = ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(QuoteTracker::new(input));
+        .from_reader(QuoteTracker::new(input, line_end));
     let mut row = ByteRecord::new();
 
     if !read_row(path, &mut reader, &mut row)? {
@@ -217,9 +219,11 @@ enum QuoteState {
 /// a quote that is never closed to run to the end of the file, silently
 /// swallowing every row after it; here that is an error naming the quote.
 /// It also notes where rows and header fields start, for locations and
-/// error messages.
+/// error messages, and with [`FinalLineEnd::Required`] refuses a file whose
+/// last row has no line end.
 struct QuoteTracker<R> {
     inner: R,
+    line_end: FinalLineEnd,
     state: QuoteState,
     line: u64,
     column: u64,
@@ -232,9 +236,10 @@ struct QuoteTracker<R> {
 }
 
 impl<R: Read> QuoteTracker<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, line_end: FinalLineEnd) -> Self {
         QuoteTracker {
             inner,
+            line_end,
             state: QuoteState::RecordStart,
             line: 1,
             column: 1,
@@ -312,6 +317,19 @@ impl<R: Read> Read for QuoteTracker<R> {
             }
             .into_io_error());
         }
+        // Anything but a line end after the last line end: the last row was
+        // cut off, or the writer is not done.
+        if read == 0
+            && self.line_end == FinalLineEnd::Required
+            && self.state != QuoteState::RecordStart
+        {
+            return Err(InputDefect {
+                line: self.line,
+                column: self.column,
+                message: NO_FINAL_LINE_END.into(),
+            }
+            .into_io_error());
+        }
         for &byte in &out[..read] {
             self.step(byte);
         }
@@ -341,8 +359,22 @@ mod tests {
     }
 
     fn read(content: &[u8], aliases: &HeaderAliases) -> (FileOutcome, Vec<Record>) {
+        read_with(content, aliases, FinalLineEnd::Required)
+    }
+
+    fn read_with(
+        content: &[u8],
+        aliases: &HeaderAliases,
+        line_end: FinalLineEnd,
+    ) -> (FileOutcome, Vec<Record>) {
         collect_records(None, |sink| {
-            read_csv(Path::new(FILE), TextInput::new(content), aliases, sink)
+            read_csv(
+                Path::new(FILE),
+                TextInput::new(content),
+                aliases,
+                line_end,
+                sink,
+            )
         })
     }
 
@@ -366,7 +398,6 @@ mod tests {
         type Case<'a> = (&'a str, &'a HeaderAliases, Vec<(u64, Value)>);
         let cases: Vec<Case> = vec![
             ("leadid,subject\n", &none, vec![]),
-            ("leadid,subject", &none, vec![]),
             (
                 "leadid,subject,statuscode\na1,Adatum,1\n\na2,,2\n",
                 &none,
@@ -405,16 +436,47 @@ mod tests {
                 &none,
                 vec![(2, json!({"name": "screen", "size": "27\" wide"}))],
             ),
-            (
-                // A closed quote at the very end of the file is balanced.
-                "a\n\"x\"\"y\"",
-                &none,
-                vec![(2, json!({"a": "x\"y"}))],
-            ),
         ];
         for (content, aliases, expected) in cases {
             assert_eq!(records(content, aliases), expected, "{content:?}");
         }
+    }
+
+    #[test]
+    fn a_last_row_without_a_line_end_is_refused_unless_allowed() {
+        let none = HeaderAliases::default();
+        // The cut value still fills its cell: only the missing line end
+        // tells.
+        let cases: [(&[u8], (u64, u64)); 4] = [
+            (b"leadid,amount\nL-1,125000\nL-2,12", (3, 7)),
+            (b"leadid,subject", (1, 15)),
+            (b"a\r\n\"x\"\"y\"", (2, 7)),
+            (b"a,b\n1,", (2, 3)),
+        ];
+        for (content, (line, column)) in cases {
+            let (result, _) = read(content, &none);
+            assert_eq!(
+                parse_error_at(result, Path::new(FILE)),
+                Some((line, column, NO_FINAL_LINE_END.to_owned())),
+                "{:?}",
+                String::from_utf8_lossy(content)
+            );
+        }
+        let optional = |content: &[u8]| {
+            let (result, records) = read_with(content, &none, FinalLineEnd::Optional);
+            assert_eq!(result.unwrap(), ControlFlow::Continue(()));
+            records
+                .into_iter()
+                .map(|record| Value::Object(record.fields))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(optional(b"leadid,subject"), Vec::<Value>::new());
+        // A closed quote at the very end of the file is balanced.
+        assert_eq!(optional(b"a\n\"x\"\"y\""), [json!({"a": "x\"y"})]);
+        assert_eq!(
+            optional(b"leadid,amount\nL-2,12"),
+            [json!({"leadid": "L-2", "amount": "12"})]
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -63,6 +64,40 @@ pub struct ExportOptions {
     /// → `"estimatedvalue"`). Matched case-insensitively after trimming.
     /// Headers that are not in the table are kept as they are, trimmed.
     pub header_aliases: BTreeMap<String, String>,
+    /// When an export is complete enough to be read.
+    pub checks: ExportChecks,
+}
+
+/// When an export is complete enough to be read: `export.require_final_newline`
+/// and `export.settle_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportChecks {
+    /// Whether a CSV or JSON Lines file must end with a line end.
+    pub final_line_end: FinalLineEnd,
+    /// A file modified less than this long ago is not read (it may still be
+    /// being written). Zero: every file is read at once.
+    pub settle: Duration,
+}
+
+impl Default for ExportChecks {
+    fn default() -> Self {
+        ExportChecks {
+            final_line_end: FinalLineEnd::Required,
+            settle: Duration::ZERO,
+        }
+    }
+}
+
+/// Whether the last line of a CSV or JSON Lines file must have a line end.
+/// A writer cut off in the middle of its last row leaves a row that may
+/// still have the right number of cells (`12` for `125000`): without a
+/// line end it cannot be told from a complete one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalLineEnd {
+    /// A last line without a line end is an error naming it.
+    Required,
+    /// The exporter writes no final line end: the last line is taken as it is.
+    Optional,
 }
 
 /// Where a record came from, for error messages.
@@ -97,13 +132,62 @@ pub struct Record {
     pub location: RecordLocation,
 }
 
-/// Size and modification time of one export file, taken when it was read,
-/// so a caller can tell whether the export changed between two reads.
+/// Size, modification time and identity (device and inode) of one export
+/// file, taken when the export was listed, so that a change during a read or
+/// between two reads is seen, a file replaced by another one included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileFingerprint {
     pub path: PathBuf,
     pub len: u64,
     pub modified: Option<SystemTime>,
+    /// Device and inode; `None` for bytes read from memory.
+    pub identity: Option<(u64, u64)>,
+}
+
+impl FileFingerprint {
+    fn of(path: &Path, metadata: &fs::Metadata) -> FileFingerprint {
+        FileFingerprint {
+            path: path.to_path_buf(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            identity: Some((metadata.dev(), metadata.ino())),
+        }
+    }
+
+    /// How `now` differs from `self`, the same file seen earlier.
+    fn change_to(&self, now: &FileFingerprint) -> Option<FileChange> {
+        if self.identity != now.identity {
+            Some(FileChange::Replaced)
+        } else if self.len != now.len || self.modified != now.modified {
+            Some(FileChange::Modified)
+        } else {
+            None
+        }
+    }
+}
+
+/// How an export file changed while the export was being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// Its size or modification time moved: it is being written.
+    Modified,
+    /// Another file took its name.
+    Replaced,
+    /// It was added to the export directory.
+    Added,
+    /// It was removed from the export directory.
+    Removed,
+}
+
+impl fmt::Display for FileChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileChange::Modified => "its size or modification time changed",
+            FileChange::Replaced => "it was replaced by another file",
+            FileChange::Added => "it appeared in the export directory",
+            FileChange::Removed => "it was removed",
+        })
+    }
 }
 
 /// What a read saw. After a read stopped early by the callback, it covers
@@ -138,10 +222,27 @@ pub enum ExportError {
     },
     #[error("{}: no export files found", path.display())]
     Empty { path: PathBuf },
-    /// The file's size or modification time moved while it was read: it is
-    /// still being written, and what was read may be a mix of two versions.
-    #[error("{}: changed while it was being read", path.display())]
-    Changed { path: PathBuf },
+    /// A file of the export changed between the listing of the export and
+    /// the end of its read: it is still being written, and what was read may
+    /// be a mix of two versions (old page 1, new page 2).
+    #[error("{}: changed while the export was being read: {change}", path.display())]
+    Changed { path: PathBuf, change: FileChange },
+    /// A file was modified less than `export.settle_secs` ago: it may still
+    /// be being written. Nothing was read; the next cycle tries again.
+    #[error(
+        "{}: modified {}, sooner than export.settle_secs = {} allows: not read this cycle, as it may still be being written; the next cycle reads it once it has settled",
+        path.display(), describe_age(*age), settle.as_secs_f64()
+    )]
+    Unsettled {
+        path: PathBuf,
+        /// `None`: the modification time is in the future.
+        age: Option<Duration>,
+        settle: Duration,
+    },
+    /// Only regular files are read: a FIFO would block the read until some
+    /// writer came, a device such as `/dev/zero` never ends.
+    #[error("{}: is {kind}, not a regular file; only regular files are read", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     /// Two entries of `header_aliases` that differ only in case or
     /// surrounding space map to different columns.
     #[error("header alias `{header}` is configured for both `{first}` and `{second}`")]
@@ -162,13 +263,23 @@ pub fn read_export(
     on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
-    let paths = export_files(&options.path)?;
+    let listed = export_files(&options.path)?;
+    if !options.checks.settle.is_zero() {
+        check_settled(&listed, options.checks.settle, SystemTime::now())?;
+    }
     let mut sink = Sink::new(on_record);
     let mut summary = ExportSummary::default();
     let mut page = Vec::new();
-    for path in &paths {
-        let file = File::open(path).map_err(|source| io_error(path, source))?;
+    for at_listing in &listed {
+        let path = &at_listing.path;
+        let file = open_regular_file(path).map_err(removed_since_listing)?;
         let at_open = fingerprint(path, &file)?;
+        if let Some(change) = at_listing.change_to(&at_open) {
+            return Err(ExportError::Changed {
+                path: path.clone(),
+                change,
+            });
+        }
         summary.files.push(at_open.clone());
 
         let format =
@@ -177,6 +288,7 @@ pub fn read_export(
         (&file)
             .seek(SeekFrom::Start(0))
             .map_err(|source| io_error(path, source))?;
+        let line_end = options.checks.final_line_end;
         let flow = match format {
             FileFormat::OdataJson if at_open.len <= IN_MEMORY_PAGE_LIMIT => {
                 page.clear();
@@ -186,18 +298,165 @@ pub fn read_export(
                 read_odata_page(path, &page, &mut sink)?
             }
             FileFormat::OdataJson => read_odata(path, TextInput::new(&file), &mut sink)?,
-            FileFormat::Csv => read_csv(path, TextInput::new(&file), &aliases, &mut sink)?,
-            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), &mut sink)?,
+            FileFormat::Csv => {
+                read_csv(path, TextInput::new(&file), &aliases, line_end, &mut sink)?
+            }
+            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), line_end, &mut sink)?,
         };
         if flow.is_break() {
-            break;
+            summary.records = sink.records;
+            return Ok(summary);
         }
-        if fingerprint(path, &file)? != at_open {
-            return Err(ExportError::Changed { path: path.clone() });
+        if let Some(change) = at_open.change_to(&fingerprint(path, &file)?) {
+            return Err(ExportError::Changed {
+                path: path.clone(),
+                change,
+            });
         }
     }
+    // Every file as it was listed, no file added or taken away: the pages
+    // read belong to one version of the export.
+    check_unchanged(&options.path, &listed)?;
     summary.records = sink.records;
     Ok(summary)
+}
+
+/// Refuse the export when one of its files was modified less than `settle`
+/// before `now`. The freshest file is named.
+fn check_settled(
+    listed: &[FileFingerprint],
+    settle: Duration,
+    now: SystemTime,
+) -> Result<(), ExportError> {
+    let freshest = listed
+        .iter()
+        .filter_map(|file| Some((file, file.modified?)))
+        .max_by_key(|(_, modified)| *modified);
+    let Some((file, modified)) = freshest else {
+        return Ok(());
+    };
+    let age = now.duration_since(modified).ok();
+    if age.is_some_and(|age| age >= settle) {
+        return Ok(());
+    }
+    Err(ExportError::Unsettled {
+        path: file.path.clone(),
+        age,
+        settle,
+    })
+}
+
+/// What `check` says of an [`ExportError::Unsettled`]: the file, its age
+/// and that a cycle would skip it now.
+pub fn settle_note(error: &ExportError) -> String {
+    match error {
+        ExportError::Unsettled { path, age, settle } => format!(
+            "{}: modified {}, sooner than export.settle_secs = {} allows: a cycle now would skip it",
+            path.display(),
+            describe_age(*age),
+            settle.as_secs_f64()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn describe_age(age: Option<Duration>) -> String {
+    match age {
+        Some(age) => format!("{:.1} s ago", age.as_secs_f64()),
+        None => "in the future (is the clock of the machine that wrote it ahead?)".to_owned(),
+    }
+}
+
+/// The export at `path` listed again after its read: every file must be
+/// the one listed before (same identity, size and modification time), and
+/// a directory must hold the same files.
+fn check_unchanged(path: &Path, listed: &[FileFingerprint]) -> Result<(), ExportError> {
+    let now = match export_files(path) {
+        Ok(now) => now,
+        // The directory emptied, or a page turned into something that is
+        // not a file: the export changed.
+        Err(ExportError::Empty { .. } | ExportError::NotAFile { .. }) => Vec::new(),
+        Err(error) => return Err(removed_since_listing(error)),
+    };
+    for before in listed {
+        match now.iter().find(|file| file.path == before.path) {
+            None => {
+                return Err(ExportError::Changed {
+                    path: before.path.clone(),
+                    change: FileChange::Removed,
+                });
+            }
+            Some(after) => {
+                if let Some(change) = before.change_to(after) {
+                    return Err(ExportError::Changed {
+                        path: before.path.clone(),
+                        change,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(added) = now
+        .iter()
+        .find(|file| !listed.iter().any(|before| before.path == file.path))
+    {
+        return Err(ExportError::Changed {
+            path: added.path.clone(),
+            change: FileChange::Added,
+        });
+    }
+    Ok(())
+}
+
+/// A listed file that is not found any more was removed during the read.
+fn removed_since_listing(error: ExportError) -> ExportError {
+    match error {
+        ExportError::Io { path, source } if source.kind() == io::ErrorKind::NotFound => {
+            ExportError::Changed {
+                path,
+                change: FileChange::Removed,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Open `path` for reading without blocking (a FIFO would wait for a
+/// writer) and make sure it is a regular file.
+fn open_regular_file(path: &Path) -> Result<File, ExportError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| io_error(path, source))?;
+    let metadata = file.metadata().map_err(|source| io_error(path, source))?;
+    if let Some(kind) = not_a_regular_file(&metadata) {
+        return Err(ExportError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(file)
+}
+
+/// What a non-regular file is, for the message; `None` for a regular file.
+fn not_a_regular_file(metadata: &fs::Metadata) -> Option<&'static str> {
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("not a file")
+    }
 }
 
 /// Read one export file held in memory as [`read_export`] reads a file
@@ -216,17 +475,19 @@ pub fn read_export_bytes(
     let format =
         file_format(options.format, path, bytes).map_err(|error| input_error(path, error))?;
     let input = TextInput::new(bytes);
+    let line_end = options.checks.final_line_end;
     // Stopped by the callback or read to the end: either way this file is done.
     let _flow = match format {
         FileFormat::OdataJson => read_odata_page(path, bytes, &mut sink)?,
-        FileFormat::Csv => read_csv(path, input, &aliases, &mut sink)?,
-        FileFormat::Jsonl => read_jsonl(path, input, &mut sink)?,
+        FileFormat::Csv => read_csv(path, input, &aliases, line_end, &mut sink)?,
+        FileFormat::Jsonl => read_jsonl(path, input, line_end, &mut sink)?,
     };
     Ok(ExportSummary {
         files: vec![FileFingerprint {
             path: path.to_path_buf(),
             len: bytes.len() as u64,
             modified: None,
+            identity: None,
         }],
         records: sink.records,
     })
@@ -271,11 +532,20 @@ impl<'s> Sink<'s> {
     }
 }
 
-/// The files of the export at `path`, in reading order.
-fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
+/// The files of the export at `path`, in reading order, as they are now.
+/// A path or a page that is not a regular file (a FIFO, a socket, a device)
+/// is refused; subdirectories of an export directory are skipped.
+fn export_files(path: &Path) -> Result<Vec<FileFingerprint>, ExportError> {
+    // fs::metadata follows symbolic links: a link to a page is a page.
     let metadata = fs::metadata(path).map_err(|source| io_error(path, source))?;
     if !metadata.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
+        if let Some(kind) = not_a_regular_file(&metadata) {
+            return Err(ExportError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
+        return Ok(vec![FileFingerprint::of(path, &metadata)]);
     }
     let mut files = Vec::new();
     for entry in fs::read_dir(path).map_err(|source| io_error(path, source))? {
@@ -285,12 +555,19 @@ fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
             continue;
         }
         let entry_path = entry.path();
-        // fs::metadata follows symbolic links: a link to a page is a page.
         let entry_metadata =
             fs::metadata(&entry_path).map_err(|source| io_error(&entry_path, source))?;
-        if entry_metadata.is_file() {
-            files.push((name, entry_path));
+        if entry_metadata.is_dir() {
+            continue;
         }
+        if let Some(kind) = not_a_regular_file(&entry_metadata) {
+            return Err(ExportError::NotAFile {
+                path: entry_path,
+                kind,
+            });
+        }
+        let fingerprint = FileFingerprint::of(&entry_path, &entry_metadata);
+        files.push((name, fingerprint));
     }
     if files.is_empty() {
         return Err(ExportError::Empty {
@@ -298,7 +575,7 @@ fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
         });
     }
     files.sort_by(|(a, _), (b, _)| natural_order(a.as_encoded_bytes(), b.as_encoded_bytes()));
-    Ok(files.into_iter().map(|(_, path)| path).collect())
+    Ok(files.into_iter().map(|(_, file)| file).collect())
 }
 
 /// Whether a directory entry can be part of an export: hidden files, Office
@@ -354,11 +631,7 @@ fn without_leading_zeros(digits: &[u8]) -> &[u8] {
 
 fn fingerprint(path: &Path, file: &File) -> Result<FileFingerprint, ExportError> {
     let metadata = file.metadata().map_err(|source| io_error(path, source))?;
-    Ok(FileFingerprint {
-        path: path.to_path_buf(),
-        len: metadata.len(),
-        modified: metadata.modified().ok(),
-    })
+    Ok(FileFingerprint::of(path, &metadata))
 }
 
 fn io_error(path: &Path, source: io::Error) -> ExportError {
@@ -451,6 +724,7 @@ mod tests {
                 format: ExportFormat::Auto,
                 entity: Entity::Lead,
                 header_aliases: BTreeMap::new(),
+                checks: ExportChecks::default(),
             };
             let mut from_file = Vec::new();
             let file_result = read_export(&options, &mut |record| {
