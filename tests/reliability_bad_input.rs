@@ -186,6 +186,17 @@ const UNREADABLE: &[(&str, &str, &str)] = &[
         "unbalanced-quote.csv:3:38",
         "quoted field is never closed: the quote opened here has no closing `\"`",
     ),
+    // Quotes the csv crate would drop silently: `ACME Corp`, `Company quoteinside`.
+    (
+        "quote-after-close.csv",
+        "quote-after-close.csv:3:66",
+        "text after the closing quote of the field quoted at column 60: a quote inside a quoted field is written twice (`\"\"`)",
+    ),
+    (
+        "quote-in-unquoted.csv",
+        "quote-in-unquoted.csv:3:70",
+        "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)",
+    ),
     // The first page is fine; the second, cut short, spoils the export.
     (
         "second-page-truncated",

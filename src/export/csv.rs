@@ -233,6 +233,8 @@ struct QuoteTracker<R> {
     row_start_lines: VecDeque<u64>,
     header_field_starts: Vec<(u64, u64)>,
     header_done: bool,
+    /// A quoting defect found in bytes not handed out.
+    defect: Option<InputDefect>,
 }
 
 impl<R: Read> QuoteTracker<R> {
@@ -247,6 +249,7 @@ impl<R: Read> QuoteTracker<R> {
             row_start_lines: VecDeque::new(),
             header_field_starts: Vec::new(),
             header_done: false,
+            defect: None,
         }
     }
 
@@ -262,7 +265,11 @@ impl<R: Read> QuoteTracker<R> {
         self.row_start_lines.pop_front()
     }
 
-    fn step(&mut self, byte: u8) {
+    /// Follow one byte; a quote where the default dialect allows none is a
+    /// defect, at the byte. The csv crate would keep the text (`"ACME" Corp`
+    /// → `ACME Corp`, `"quote"inside` → `quoteinside`), so a damaged or
+    /// hand-edited file would pass as something nobody wrote.
+    fn step(&mut self, byte: u8) -> Result<(), InputDefect> {
         use QuoteState::*;
         let is_line_end = byte == b'\n' || byte == b'\r';
         let here = (self.line, self.column);
@@ -276,6 +283,33 @@ impl<R: Read> QuoteTracker<R> {
         };
         if starts_field && !self.header_done {
             self.header_field_starts.push(here);
+        }
+
+        let defect = |message: String| InputDefect {
+            line: here.0,
+            column: here.1,
+            message,
+        };
+        match (self.state, byte) {
+            (QuoteInQuoted, b'"' | b',' | b'\n' | b'\r') => {}
+            (QuoteInQuoted, _) => {
+                let (line, column) = self.open_quote;
+                let opened = if line == here.0 {
+                    format!("column {column}")
+                } else {
+                    format!("line {line} column {column}")
+                };
+                return Err(defect(format!(
+                    "text after the closing quote of the field quoted at {opened}: a quote inside a quoted field is written twice (`\"\"`)"
+                )));
+            }
+            (Unquoted, b'"') => {
+                return Err(defect(
+                    "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
         }
 
         self.state = match (self.state, byte) {
@@ -301,11 +335,15 @@ impl<R: Read> QuoteTracker<R> {
         } else {
             self.column += 1;
         }
+        Ok(())
     }
 }
 
 impl<R: Read> Read for QuoteTracker<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(defect) = &self.defect {
+            return Err(defect.clone().into_io_error());
+        }
         let read = self.inner.read(out)?;
         if read == 0 && self.state == QuoteState::Quoted {
             let (line, column) = self.open_quote;
@@ -330,8 +368,17 @@ impl<R: Read> Read for QuoteTracker<R> {
             }
             .into_io_error());
         }
-        for &byte in &out[..read] {
-            self.step(byte);
+        for (index, &byte) in out[..read].iter().enumerate() {
+            if let Err(defect) = self.step(byte) {
+                // The rows before the defect are handed out first; the next
+                // read reports it.
+                self.defect = Some(defect.clone());
+                return if index == 0 {
+                    Err(defect.into_io_error())
+                } else {
+                    Ok(index)
+                };
+            }
         }
         if read == 0 {
             self.header_done = true;
@@ -349,6 +396,7 @@ mod tests {
     use super::*;
 
     const FILE: &str = "leads.csv";
+    const UNQUOTED_QUOTE: &str = "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)";
 
     fn aliases(pairs: &[(&str, &str)]) -> HeaderAliases {
         let configured = pairs
@@ -429,12 +477,6 @@ mod tests {
                         json!({"leadid": "a3", "estimatedamount": null, "statuscode": "Lost", "Business Phone": null}),
                     ),
                 ],
-            ),
-            (
-                // A quote inside an unquoted field is taken literally.
-                "name,size\nscreen,27\" wide\n",
-                &none,
-                vec![(2, json!({"name": "screen", "size": "27\" wide"}))],
             ),
         ];
         for (content, aliases, expected) in cases {
@@ -537,6 +579,41 @@ mod tests {
                 ),
             ),
             (b"a,b\n1,caf\xE9\n", (2, 6, "invalid UTF-8 byte 0xE9")),
+            (b"name,size\nscreen,27\" wide\n", (2, 10, UNQUOTED_QUOTE)),
+            (b"a,b\n1,quote\"inside\n", (2, 8, UNQUOTED_QUOTE)),
+            (
+                b"a,b\n\"ACME\" Corp,2\n",
+                (
+                    2,
+                    7,
+                    "text after the closing quote of the field quoted at column 1: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            (
+                b"a,b\n1,\"quote\"inside\n",
+                (
+                    2,
+                    10,
+                    "text after the closing quote of the field quoted at column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            (
+                b"a,b\n1,\"two\nlines\"x\n",
+                (
+                    3,
+                    7,
+                    "text after the closing quote of the field quoted at line 2 column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            // In the header too.
+            (
+                b"a,\"b\"c\n",
+                (
+                    1,
+                    6,
+                    "text after the closing quote of the field quoted at column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
             (b"a,b\xFF\n", (1, 4, "invalid UTF-8 byte 0xFF")),
         ];
         let mismatches: Vec<String> = cases
@@ -560,6 +637,27 @@ mod tests {
         let (result, records) = read(b"a,b\n1,2\n3,4\n5\n", &HeaderAliases::default());
         assert!(matches!(result, Err(ExportError::Parse { line: 4, .. })));
         assert_eq!(records.len(), 2);
+
+        // Past the first buffer the csv crate reads, and at the start of
+        // a read.
+        let mut content = b"a,b\n".to_vec();
+        for n in 0..2000 {
+            content.extend_from_slice(format!("{n},\"x\"\n").as_bytes());
+        }
+        content.extend_from_slice(b"last,\"ACME\" Corp\n");
+        let (result, records) = read(&content, &HeaderAliases::default());
+        assert!(
+            matches!(
+                result,
+                Err(ExportError::Parse {
+                    line: 2002,
+                    column: 12,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(records.len(), 2000);
     }
 
     #[test]
