@@ -95,6 +95,11 @@ pub struct SyncArgs {
     /// Go on even if many known records are missing from the export.
     #[arg(long)]
     pub allow_missing: bool,
+    /// Go on although referral fields fed from the export before lost
+    /// every column (a deliberate rename or removal); they are no longer
+    /// guarded.
+    #[arg(long)]
+    pub allow_schema_change: bool,
     /// `text` for people, `json` for one JSON object per record.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -230,6 +235,7 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
         let mut request = CycleRequest::new(Trigger::Manual);
         request.dry_run = args.dry_run;
         request.allow_missing = args.allow_missing;
+        request.allow_schema_change = args.allow_schema_change;
         let output = args.output;
         let stdout = Mutex::new(std::io::stdout());
         let report = move |outcome: &RecordOutcome| {
@@ -285,7 +291,9 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
 
 pub fn cycle_exit_code(e: &CycleError) -> u8 {
     match e {
-        CycleError::Scan(scan::ScanError::Export(_)) => exit::EXPORT,
+        CycleError::Scan(scan::ScanError::Export(_) | scan::ScanError::SchemaChanged(_)) => {
+            exit::EXPORT
+        }
         CycleError::Scan(scan::ScanError::Unsettled(_)) => exit::SKIPPED,
         // Nothing was sent, but the export must be read again.
         CycleError::Scan(scan::ScanError::Changed(_)) => exit::RUNTIME,
@@ -508,8 +516,10 @@ fn check_command(settings: Settings) -> u8 {
             }
         }
     };
+    // Dropped columns are reported below with the rest, not in place of it.
     let options = ScanOptions {
         retain_budget: 0,
+        schema: crate::cycle::schema::SchemaPolicy::AllowChange,
         ..ScanOptions::default()
     };
     let mut export_options = settings.export_options();
@@ -529,6 +539,10 @@ fn check_command(settings: Settings) -> u8 {
                 scan.export.files.len(),
                 scan.valid
             );
+            if !scan.schema.dropped.is_empty() {
+                let refusal = crate::cycle::schema::SchemaChanged(scan.schema.dropped.clone());
+                problems.push(refusal.to_string());
+            }
             for e in &scan.record_errors {
                 problems.push(e.to_string());
             }

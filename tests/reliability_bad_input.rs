@@ -721,3 +721,104 @@ fn a_fifo_or_a_device_as_export_is_refused_without_blocking() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Schema guard: a column the store was fed from vanishes.
+
+/// The four leads renamed, with `companyname` (→ `customerProfile.name`,
+/// fed by the baseline) under another name, as JSON Lines or CSV.
+fn renamed_company_column(csv: bool) -> (&'static str, String) {
+    if csv {
+        let mut text =
+            String::from("leadid,subject,estimatedamount,statecode,statuscode,company_name\n");
+        for n in 1..=4 {
+            text.push_str(&format!(
+                "{},Lead {n} renamed,{},0,1,Company {n}\n",
+                lead_id(n),
+                100 * n
+            ));
+        }
+        ("renamed.csv", text)
+    } else {
+        let records: Vec<Value> = (1..=4)
+            .map(|n| {
+                let mut record = baseline_record(n);
+                record["subject"] = json!(format!("Lead {n} renamed"));
+                let company = record
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("companyname")
+                    .unwrap();
+                record["company_name"] = company;
+                record
+            })
+            .collect();
+        ("renamed.jsonl", jsonl(&records))
+    }
+}
+
+const SCHEMA_REFUSAL: &str = "the export's columns changed, nothing was changed: `customerProfile.name` (column companyname) was fed from the export before, but none of its columns is in it now; a renamed or dropped column would clear it on every referral. Fix the export or the mapping (mapping.headers, mapping.fields), or confirm a deliberate change with `referral-sync sync --allow-schema-change`";
+
+#[test]
+fn a_column_fed_before_that_vanishes_refuses_the_cycle_until_confirmed() {
+    for csv in [false, true] {
+        // Without the guard, `null` would clear the name on every referral.
+        let bench = Bench::new("on_cleared = \"null\"\n");
+        let (name, text) = renamed_company_column(csv);
+        std::fs::write(bench.ws.export.join(name), text).unwrap();
+
+        let check = bench.ws.run(&["check"]);
+        check.assert_code(1);
+        assert!(
+            check
+                .stdout()
+                .contains(&format!("problem: {SCHEMA_REFUSAL}")),
+            "{name}: {}",
+            check.stdout()
+        );
+        let sync = bench.ws.run(&["sync"]);
+        sync.assert_code(3);
+        assert!(
+            sync.stderr().contains(&format!("error: {SCHEMA_REFUSAL}")),
+            "{name}: {}",
+            sync.stderr()
+        );
+        bench.assert_nothing_sent(name);
+        for n in 1..=4 {
+            bench.assert_untouched(n, name);
+        }
+        assert_eq!(bench.last_cycle()["outcome"], "failed", "{name}");
+        // A dry run is refused the same way.
+        bench.ws.run(&["sync", "--dry-run"]).assert_code(3);
+
+        // Confirmed: the change goes through, and is not guarded again.
+        bench
+            .ws
+            .run(&["sync", "--allow-schema-change"])
+            .assert_code(0);
+        for n in 1..=4 {
+            bench.assert_synced(n, name);
+            let live = bench.emulator.referral_for(&lead_id(n));
+            // Cleared, as confirmed (`on_cleared = "null"`).
+            assert!(live["customerProfile"]["name"].is_null(), "{name}: {live}");
+        }
+        bench.emulator.clear_requests();
+        bench.ws.run(&["sync"]).assert_code(0);
+        bench.assert_nothing_sent(name);
+    }
+}
+
+#[test]
+fn new_unmapped_columns_are_logged_once_at_info() {
+    let bench = Bench::new("");
+    let mut records: Vec<Value> = (1..=4).map(baseline_record).collect();
+    records[2]["new_region"] = json!("EMEA");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), jsonl(&records)).unwrap();
+    let line = "new column in the export; the mapping does not read it column=new_region";
+    let first = bench.ws.run(&["sync"]);
+    first.assert_code(0);
+    assert!(first.stderr().contains(line), "{}", first.stderr());
+    let again = bench.ws.run(&["sync"]);
+    again.assert_code(0);
+    assert!(!again.stderr().contains("new column"), "{}", again.stderr());
+}

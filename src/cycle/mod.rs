@@ -6,6 +6,7 @@
 pub mod outcome;
 pub mod push;
 pub mod scan;
+pub mod schema;
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -61,6 +62,9 @@ pub struct CycleRequest {
     pub resync: bool,
     /// Only these external ids.
     pub only: Option<HashSet<String>>,
+    /// Go on although fields fed before lost every column of the export
+    /// (`sync --allow-schema-change`).
+    pub allow_schema_change: bool,
 }
 
 impl CycleRequest {
@@ -71,6 +75,7 @@ impl CycleRequest {
             allow_missing: false,
             resync: trigger == Trigger::Resync,
             only: None,
+            allow_schema_change: false,
         }
     }
 }
@@ -247,15 +252,22 @@ impl Engine {
                 resync: request.resync,
                 only: request.only.clone(),
                 retain_budget: scan::RETAIN_BUDGET,
+                schema: if request.allow_schema_change {
+                    schema::SchemaPolicy::AllowChange
+                } else {
+                    schema::SchemaPolicy::Guard
+                },
             };
+            let dry_run = request.dry_run;
             tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
                 let store = lock_store(&store)?;
-                Ok(scan::scan_export(
-                    &export_options,
-                    &mapper,
-                    &store,
-                    &options,
-                )?)
+                let scan = scan::scan_export(&export_options, &mapper, &store, &options)?;
+                schema::log_new_columns(&store, &scan.schema)?;
+                // Only a scan that completed, and not a dry run, advances it.
+                if !dry_run {
+                    schema::record(&store, &scan.schema)?;
+                }
+                Ok(scan)
             })
             .await
             .map_err(|e| CycleError::Internal(format!("scan task: {e}")))??

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
+use super::schema::{self, SchemaChanged, SchemaPolicy, SchemaReport};
 use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
 use crate::mapping::{MappedRecord, Mapper, RecordError};
 use crate::store::{Store, StoreError};
@@ -178,6 +179,8 @@ pub struct Scan {
     /// Records needing work, with their documents, when they fit the
     /// budget; `None` means the push phase must read the export again.
     pub retained: Option<Retained>,
+    /// The export's columns against the mapping and the fields fed before.
+    pub schema: SchemaReport,
     /// Ids that occur once, sorted by key.
     seen: Vec<Seen>,
     work_count: u64,
@@ -192,6 +195,8 @@ pub struct ScanOptions {
     /// Only these external ids (others are still read and validated).
     pub only: Option<HashSet<String>>,
     pub retain_budget: usize,
+    /// Whether fed fields whose columns vanished refuse the scan.
+    pub schema: SchemaPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +210,9 @@ pub enum ScanError {
     /// cycle is skipped, not failed.
     #[error("cycle skipped, nothing was read or changed: {0}")]
     Unsettled(ExportError),
+    /// Fields fed before lost every column ([`SchemaPolicy::Guard`]).
+    #[error(transparent)]
+    SchemaChanged(#[from] SchemaChanged),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -518,6 +526,12 @@ pub fn scan_export(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
     scan.export = summary;
+    // Before anything is planned: a field fed before whose columns are
+    // gone would be cleared on every referral.
+    scan.schema = schema::compare(mapper, &scan.export.columns, &schema::fed_before(store)?);
+    if !scan.schema.dropped.is_empty() && options.schema == SchemaPolicy::Guard {
+        return Err(SchemaChanged(scan.schema.dropped.clone()).into());
+    }
 
     // Sorted by id then place, an id's occurrences are neighbours: the
     // first of a run is where it first occurred.
@@ -944,6 +958,7 @@ mod tests {
             only: Some(HashSet::from([id(2)])),
             resync: true,
             retain_budget: 10,
+            ..ScanOptions::default()
         };
         let mut scan = scan_export(&options, &mapper(), &store, &only).unwrap();
         let retained: Vec<(String, WorkReason)> = scan

@@ -82,6 +82,7 @@ pub(super) fn read_csv<R: Read>(
         reader.get_ref().header_field_starts(),
         aliases,
     )?;
+    sink.name_columns(&columns);
 
     while read_row(path, &mut reader, &mut row)? {
         let line = start_line(&mut reader, &row);

@@ -198,6 +198,78 @@ pub struct ExportSummary {
     pub files: Vec<FileFingerprint>,
     /// Records handed to the callback, the one that stopped the read included.
     pub records: u64,
+    /// The export's columns: those of the CSV headers and every key of any
+    /// JSON record, each with whether some record gave it a value (not
+    /// empty, not `null`).
+    pub columns: BTreeMap<String, ColumnSeen>,
+}
+
+/// What the records of an export held in one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnSeen {
+    /// Named (a CSV header, a JSON key), but empty or `null` in every record.
+    OnlyEmpty,
+    /// Some record has a value in it.
+    WithValues,
+}
+
+/// Collects the columns of the records handed over. Records of one export
+/// nearly always have the same keys, so a record whose keys are those of
+/// the record before costs one comparison of the key lists; only the
+/// columns not yet seen with a value are looked up in every record.
+#[derive(Debug, Default)]
+struct ColumnCensus {
+    columns: BTreeMap<String, ColumnSeen>,
+    /// The keys of the last record whose keys were taken in.
+    last_keys: Vec<String>,
+    /// Columns seen so far only empty.
+    only_empty: Vec<String>,
+}
+
+impl ColumnCensus {
+    fn observe(&mut self, fields: &Map<String, Value>) {
+        let same_keys = fields.len() == self.last_keys.len()
+            && fields.keys().zip(&self.last_keys).all(|(a, b)| a == b);
+        if !same_keys {
+            self.last_keys.clear();
+            for key in fields.keys() {
+                self.last_keys.push(key.clone());
+                if !self.columns.contains_key(key) {
+                    self.columns.insert(key.clone(), ColumnSeen::OnlyEmpty);
+                    self.only_empty.push(key.clone());
+                }
+            }
+        }
+        if self.only_empty.is_empty() {
+            return;
+        }
+        let columns = &mut self.columns;
+        self.only_empty.retain(|column| {
+            let filled = fields.get(column).is_some_and(has_value);
+            if filled {
+                columns.insert(column.clone(), ColumnSeen::WithValues);
+            }
+            !filled
+        });
+    }
+
+    /// Columns a CSV header names, whether or not a row follows.
+    fn name(&mut self, columns: &[String]) {
+        for column in columns {
+            if !self.columns.contains_key(column) {
+                self.columns.insert(column.clone(), ColumnSeen::OnlyEmpty);
+                self.only_empty.push(column.clone());
+            }
+        }
+    }
+}
+
+fn has_value(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::String(text) => !text.trim().is_empty(),
+        _ => true,
+    }
 }
 
 /// An export that cannot be read fully. Every variant names the file and,
@@ -305,6 +377,7 @@ pub fn read_export(
         };
         if flow.is_break() {
             summary.records = sink.records;
+            summary.columns = sink.census.columns;
             return Ok(summary);
         }
         if let Some(change) = at_open.change_to(&fingerprint(path, &file)?) {
@@ -318,6 +391,7 @@ pub fn read_export(
     // read belong to one version of the export.
     check_unchanged(&options.path, &listed)?;
     summary.records = sink.records;
+    summary.columns = sink.census.columns;
     Ok(summary)
 }
 
@@ -490,6 +564,7 @@ pub fn read_export_bytes(
             identity: None,
         }],
         records: sink.records,
+        columns: sink.census.columns,
     })
 }
 
@@ -500,6 +575,7 @@ type FileOutcome = Result<ControlFlow<()>, ExportError>;
 struct Sink<'s> {
     on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
     records: u64,
+    census: ColumnCensus,
     /// Records of the current file that were handed over already, by a pass
     /// that stopped on a problem: the pass that reads the file again to
     /// report it drops them.
@@ -511,8 +587,14 @@ impl<'s> Sink<'s> {
         Sink {
             on_record,
             records: 0,
+            census: ColumnCensus::default(),
             skip: 0,
         }
+    }
+
+    /// The columns of a CSV header.
+    fn name_columns(&mut self, columns: &[String]) {
+        self.census.name(columns);
     }
 
     fn emit(&mut self, file: &Path, line: u64, fields: Map<String, Value>) -> ControlFlow<()> {
@@ -521,6 +603,7 @@ impl<'s> Sink<'s> {
             return ControlFlow::Continue(());
         }
         self.records += 1;
+        self.census.observe(&fields);
         (self.on_record)(Record {
             fields,
             location: RecordLocation {
@@ -747,6 +830,50 @@ mod tests {
                 }
                 (file, in_memory) => panic!("{name}: {file:?} vs {in_memory:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_census_names_every_column_and_whether_it_held_a_value() {
+        use ColumnSeen::{OnlyEmpty, WithValues};
+        let options = ExportOptions {
+            path: PathBuf::new(),
+            format: ExportFormat::Auto,
+            entity: Entity::Lead,
+            header_aliases: BTreeMap::from([("Topic".to_owned(), "subject".to_owned())]),
+            checks: ExportChecks::default(),
+        };
+        type Case = (
+            &'static str,
+            &'static [u8],
+            &'static [(&'static str, ColumnSeen)],
+        );
+        let cases: [Case; 4] = [
+            // A header without rows still names its columns.
+            ("a.csv", b"leadid,Topic\n", &[("leadid", OnlyEmpty), ("subject", OnlyEmpty)]),
+            (
+                "b.csv",
+                b"leadid,Topic,notes\nL-1,,\nL-2,x, \n",
+                &[("leadid", WithValues), ("notes", OnlyEmpty), ("subject", WithValues)],
+            ),
+            // Keys that come and go, a value seen late.
+            (
+                "c.jsonl",
+                b"{\"leadid\": \"L-1\", \"a\": null}\n{\"leadid\": \"L-2\", \"a\": null}\n{\"leadid\": \"L-3\", \"b\": 1}\n{\"leadid\": \"L-4\", \"a\": {}}\n",
+                &[("a", WithValues), ("b", WithValues), ("leadid", WithValues)],
+            ),
+            ("d.json", b"{\"value\": []}", &[]),
+        ];
+        for (name, bytes, expected) in cases {
+            let summary = read_export_bytes(&options, Path::new(name), bytes, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            let expected: BTreeMap<String, ColumnSeen> = expected
+                .iter()
+                .map(|(column, seen)| (column.to_string(), *seen))
+                .collect();
+            assert_eq!(summary.columns, expected, "{name}");
         }
     }
 

@@ -290,6 +290,17 @@ pub fn normalise_external_id(text: &str) -> String {
     convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned())
 }
 
+/// One referral field and where the mapping reads it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSources {
+    /// The referral field path (`details.notes`), or `status`.
+    pub field: String,
+    /// Its column references as written in the mapping.
+    pub columns: Vec<String>,
+    /// The record keys those references start at (`a` for `a/b`).
+    pub keys: Vec<String>,
+}
+
 /// A validated mapping, ready to map records.
 #[derive(Debug, Clone)]
 pub struct Mapper {
@@ -405,6 +416,49 @@ impl Mapper {
     /// The referral paths this mapping owns.
     pub fn managed_paths(&self) -> &ManagedPaths {
         &self.managed
+    }
+
+    /// Every referral field read from the export, with the columns it
+    /// reads, for the schema guard: fields that are constants are left out;
+    /// the status table counts as the field `status`.
+    pub fn field_sources(&self) -> Vec<FieldSources> {
+        let mut sources: Vec<FieldSources> = self
+            .fields
+            .iter()
+            .filter(|field| !field.columns.is_empty())
+            .map(|field| FieldSources {
+                field: field.path.clone(),
+                columns: field.columns.iter().map(|c| c.text().to_owned()).collect(),
+                keys: field
+                    .columns
+                    .iter()
+                    .map(|c| c.column().to_owned())
+                    .collect(),
+            })
+            .collect();
+        if !self.status.is_empty() {
+            sources.push(FieldSources {
+                field: "status".to_owned(),
+                columns: status_table::SOURCE_COLUMNS.map(str::to_owned).to_vec(),
+                keys: status_table::SOURCE_COLUMNS.map(str::to_owned).to_vec(),
+            });
+        }
+        sources
+    }
+
+    /// Whether `key`, a key of a record, is read by this mapping (a field,
+    /// the status table, the id or the referral id column).
+    pub fn reads_column(&self, key: &str) -> bool {
+        key == self.id_column
+            || self
+                .referral_id_column
+                .as_ref()
+                .is_some_and(|column| column.column() == key)
+            || self
+                .fields
+                .iter()
+                .any(|field| field.columns.iter().any(|column| column.column() == key))
+            || (!self.status.is_empty() && status_table::READ_COLUMNS.contains(&key))
     }
 
     /// Map one record. Pure: no clock, no I/O.
