@@ -318,43 +318,74 @@ pub fn write_outcome(
             writeln!(out, "{line}")
         }
         Output::Text => {
-            let id = outcome.external_id.as_deref().unwrap_or("(no id)");
-            write!(out, "{:<10} {id}", outcome.action.as_str())?;
-            if let Some(referral) = &outcome.referral_id {
-                write!(out, "  referral {referral}")?;
-            }
-            writeln!(out)?;
-            for op in &outcome.patch {
-                writeln!(out, "    {op}")?;
-            }
-            if let (Action::Create, Some(document)) = (outcome.action, &outcome.document) {
-                writeln!(out, "    POST {document}")?;
-            }
-            for c in &outcome.conflicts {
-                writeln!(
-                    out,
-                    "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
-                    c.path,
-                    c.live
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "nothing".into()),
-                    c.desired
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "nothing".into()),
-                    c.resolution
-                )?;
-            }
-            for error in &outcome.errors {
-                writeln!(out, "    error: {error}")?;
-            }
-            if let Some(note) = &outcome.note {
-                writeln!(out, "    note: {note}")?;
+            for line in outcome_lines(outcome) {
+                writeln!(out, "{}", printable(&line))?;
             }
             Ok(())
         }
     }
+}
+
+/// The lines of one record's text output, before escaping.
+fn outcome_lines(outcome: &RecordOutcome) -> Vec<String> {
+    let id = outcome.external_id.as_deref().unwrap_or("(no id)");
+    let mut first = format!("{:<10} {id}", outcome.action.as_str());
+    if let Some(referral) = &outcome.referral_id {
+        first.push_str(&format!("  referral {referral}"));
+    }
+    let mut lines = vec![first];
+    lines.extend(outcome.patch.iter().map(|op| format!("    {op}")));
+    if let (Action::Create, Some(document)) = (outcome.action, &outcome.document) {
+        lines.push(format!("    POST {document}"));
+    }
+    let or_nothing = |value: &Option<serde_json::Value>| {
+        value
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "nothing".into())
+    };
+    for c in &outcome.conflicts {
+        lines.push(format!(
+            "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
+            c.path,
+            or_nothing(&c.live),
+            or_nothing(&c.desired),
+            c.resolution
+        ));
+    }
+    lines.extend(
+        outcome
+            .errors
+            .iter()
+            .map(|error| format!("    error: {error}")),
+    );
+    if let Some(note) = &outcome.note {
+        lines.push(format!("    note: {note}"));
+    }
+    lines
+}
+
+/// `text` with every control character (and every bidirectional override,
+/// which reorders what a terminal shows) written as an escape, so that a
+/// value from the export or the service cannot start a line of its own,
+/// move the cursor or recolour the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let hostile =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if hostile(c) => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 // ---------------------------------------------------------------------------
@@ -462,10 +493,10 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             outln!(
                 "  {:<8} {}  referral {}  attempts {}  {}",
                 p.state.as_str(),
-                p.external_id,
-                p.referral_id.as_deref().unwrap_or("-"),
+                printable(&p.external_id),
+                printable(p.referral_id.as_deref().unwrap_or("-")),
                 p.attempts,
-                p.last_error.as_deref().unwrap_or("")
+                printable(p.last_error.as_deref().unwrap_or(""))
             );
         }
     }
@@ -557,7 +588,7 @@ fn check_command(settings: Settings) -> u8 {
         Err(e) => problems.push(e.to_string()),
     }
     for p in &problems {
-        outln!("problem: {p}");
+        outln!("problem: {}", printable(p));
     }
     if problems.is_empty() {
         outln!("no problems found");
@@ -655,6 +686,31 @@ mod tests {
 
     use super::*;
     use crate::export::{ExportError, FileChange};
+
+    #[test]
+    fn the_text_output_escapes_what_could_forge_a_line_or_drive_the_terminal() {
+        let cases = [
+            ("plain id", "plain id"),
+            ("two\nlines", "two\\nlines"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("nul\0", "nul\\u{0}"),
+            ("tab\there\r", "tab\\there\\r"),
+            ("rtl\u{202e}txt", "rtl\\u{202e}txt"),
+            ("São Paulo €", "São Paulo €"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(printable(text), expected, "{text:?}");
+        }
+        let mut outcome =
+            RecordOutcome::new(Some("L-1\nupdate    L-2".to_owned()), Action::Invalid);
+        outcome.errors.push("bad\u{1b}]0;title\u{7}".to_owned());
+        let mut out = Vec::new();
+        write_outcome(&mut out, &outcome, Output::Text).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "invalid    L-1\\nupdate    L-2\n    error: bad\\u{1b}]0;title\\u{7}\n"
+        );
+    }
 
     #[test]
     fn export_problems_found_by_the_scan_have_their_own_exit_codes() {

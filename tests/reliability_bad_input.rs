@@ -822,3 +822,123 @@ fn new_unmapped_columns_are_logged_once_at_info() {
     again.assert_code(0);
     assert!(!again.stderr().contains("new column"), "{}", again.stderr());
 }
+
+// ---------------------------------------------------------------------------
+// Values the referral cannot carry as written.
+
+/// The four leads renamed, with lead 1's amount a JSON number beyond a
+/// double, lead 2's negative, lead 3's closing date .NET's "no date"; and
+/// a new lead whose id holds a newline and an escape sequence.
+fn hostile_values() -> String {
+    let mut records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record
+        })
+        .collect();
+    records[0]["estimatedamount"] = json!("__BIG__");
+    records[1]["estimatedamount"] = json!(-5000);
+    records[2]["estimatedclosedate"] = json!("0001-01-01");
+    let mut forged = baseline_record(5);
+    forged["leadid"] = json!("L-5\nunchanged  L-6\u{1b}[2J");
+    records.push(forged);
+    jsonl(&records).replace("\"__BIG__\"", "123456789012345678901234567890")
+}
+
+#[test]
+fn values_a_referral_cannot_carry_are_refused_per_record_and_printed_escaped() {
+    let bench = Bench::new("");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), hostile_values()).unwrap();
+    let at = |line: u32, n: u32| {
+        format!(
+            "{}:{line} (record {line}) [{}]",
+            bench.at("leads.jsonl"),
+            lead_id(n)
+        )
+    };
+    let messages = [
+        format!(
+            "{}: details.dealValue (column estimatedamount, value \"123456789012345678901234567890\"): 123456789012345678901234567890 does not fit in a 64-bit integer",
+            at(1, 1)
+        ),
+        format!(
+            "{}: details.dealValue (column estimatedamount, value \"-5000\"): a negative amount; set allow_negative = true on the field if the CRM means it",
+            at(2, 2)
+        ),
+        format!(
+            "{}: details.closingDateTime (column estimatedclosedate, value \"0001-01-01\"): 0001-01-01 is before 1753-01-01, the earliest date Dynamics 365 holds: a placeholder for no date? List it in the field's empty_dates to read it as empty",
+            at(3, 3)
+        ),
+        format!(
+            "{}:5 (record 5): externalReferenceId (column leadid, value \"L-5\\nunchanged  L-6\\u{{1b}}[2J\"): the id holds the control character U+000A; an external id must be printable",
+            bench.at("leads.jsonl")
+        ),
+    ];
+
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(1);
+    for message in &messages {
+        assert!(
+            check.stdout().contains(&format!("problem: {message}")),
+            "check did not say {message}:\n{}",
+            check.stdout()
+        );
+    }
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(1);
+    for message in &messages {
+        assert!(
+            sync.stdout().contains(&format!("    error: {message}")),
+            "sync did not print {message}:\n{}",
+            sync.stdout()
+        );
+    }
+    for output in [check.stdout(), sync.stdout(), sync.stderr()] {
+        assert!(
+            !output.contains('\u{1b}'),
+            "a raw ESC reached the terminal:\n{output}"
+        );
+        assert!(
+            !output
+                .lines()
+                .any(|line| line.starts_with("unchanged  L-6")),
+            "the id forged a line:\n{output}"
+        );
+    }
+    for n in 1..=3 {
+        bench.assert_untouched(n, "hostile values");
+    }
+    bench.assert_synced(4, "hostile values");
+    assert!(bench.emulator.requests_with_method("POST").is_empty());
+    assert_eq!(bench.ws.all_stored().len(), 4);
+}
+
+#[test]
+fn a_listed_sentinel_date_is_read_as_empty_and_a_negative_amount_allowed() {
+    let bench = Bench::new("");
+    bench.ws.edit_config(|text| {
+        format!(
+            "{text}\n[mapping.fields.\"details.closingDateTime\"]\nfrom = \"estimatedclosedate\"\ntype = \"date\"\nempty_dates = [\"0001-01-01\"]\n\n[mapping.fields.\"details.dealValue\"]\nfrom = \"estimatedamount\"\ntype = \"money\"\nallow_negative = true\n"
+        )
+    });
+    let records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record["estimatedclosedate"] = json!("0001-01-01T00:00:00Z");
+            record
+        })
+        .collect();
+    let mut records = records;
+    records[1]["estimatedamount"] = json!("($1,200.00)");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), jsonl(&records)).unwrap();
+    bench.ws.run(&["sync"]).assert_code(0);
+    for n in 1..=4 {
+        bench.assert_synced(n, "sentinel");
+        let live = bench.emulator.referral_for(&lead_id(n));
+        assert_eq!(live["details"].get("closingDateTime"), None, "{live}");
+    }
+    let live = bench.emulator.referral_for(&lead_id(2));
+    assert_eq!(live["details"]["dealValue"], json!(-1200));
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::de::DeserializeSeed;
 
-use super::json::{RecordFields, json_error, not_an_object};
+use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
@@ -52,10 +52,14 @@ pub(super) fn read_jsonl<R: BufRead>(
         }
 
         let mut deserializer = serde_json::Deserializer::from_slice(text);
-        let fields = RecordFields
+        let mut fields = RecordFields
             .deserialize(&mut deserializer)
             .and_then(|fields| deserializer.end().map(|()| fields))
             .map_err(|error| json_error(path, error, Some(line_number)))?;
+        // TextInput has checked the line to be UTF-8.
+        if let Ok(raw) = std::str::from_utf8(text) {
+            keep_exact_numbers(raw, &mut fields);
+        }
         if sink.emit(path, line_number, fields).is_break() {
             return Ok(ControlFlow::Break(()));
         }
