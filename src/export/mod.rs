@@ -4,6 +4,13 @@
 //! (OData v4) JSON pages — one file or a directory of page files —, CSV with
 //! logical or display-name headers, and JSON Lines. Records are handed to a
 //! callback one at a time; no reader holds the whole export in memory.
+//!
+//! Only a whole, settled export that does not change under the reader is
+//! read: only regular files (opened without blocking, so that a FIFO or a
+//! device is refused, not waited on), none modified within
+//! `export.settle_secs`, every CSV and JSON Lines file ending with a line
+//! end, and every file, and the list of files, the same at the end of the
+//! read as when the export was listed.
 
 mod csv;
 mod detect;
@@ -56,7 +63,8 @@ pub struct ExportOptions {
     /// in the order of their names with digit runs compared as numbers
     /// (`page-2` before `page-10`). Subdirectories, hidden files, Office
     /// lock files (`~$…`) and files being written (ending in `.tmp`,
-    /// `.part`, `.partial` or `~`) are skipped.
+    /// `.part`, `.partial` or `~`) are skipped; any other entry that is
+    /// not a regular file (a FIFO, a socket, a device) is an error.
     pub path: PathBuf,
     pub format: ExportFormat,
     pub entity: Entity,
