@@ -278,11 +278,12 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
             }
             Err(e @ CycleError::Scan(scan::ScanError::Unsettled(_))) => {
                 // Not a failure: cron can tell it by its exit code and line.
-                eprintln!("skipped: {e}");
+                eprintln!("skipped: {}", printable(&e.to_string()));
                 exit::SKIPPED
             }
             Err(e) => {
-                print_error(&e);
+                // It may quote a file name or a value from the export.
+                print_error(&printable(&e.to_string()));
                 cycle_exit_code(&e)
             }
         }
@@ -557,7 +558,10 @@ fn check_command(settings: Settings) -> u8 {
     let mut scanned = scan::scan_export(&export_options, &mapper, &store, &options);
     if let Err(scan::ScanError::Unsettled(unsettled)) = &scanned {
         // Not a problem of the export: say so, and check its content anyway.
-        outln!("note: {}", crate::export::settle_note(unsettled));
+        outln!(
+            "note: {}",
+            printable(&crate::export::settle_note(unsettled))
+        );
         export_options.checks.settle = std::time::Duration::ZERO;
         scanned = scan::scan_export(&export_options, &mapper, &store, &options);
     }

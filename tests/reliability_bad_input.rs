@@ -942,3 +942,31 @@ fn a_listed_sentinel_date_is_read_as_empty_and_a_negative_amount_allowed() {
     let live = bench.emulator.referral_for(&lead_id(2));
     assert_eq!(live["details"]["dealValue"], json!(-1200));
 }
+
+#[test]
+fn a_file_name_with_control_characters_is_printed_escaped() {
+    let bench = Bench::new("");
+    let name = "cut\nerror: forged\u{1b}[2J.jsonl";
+    std::fs::write(bench.ws.export.join(name), "{\"leadid\": \"x\"").unwrap();
+    let escaped = "cut\\nerror: forged\\u{1b}[2J.jsonl";
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(1);
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(3);
+    // The command's own lines; log lines are tracing's (it escapes ESC
+    // on a terminal, not newlines).
+    let error_line: String = sync
+        .stderr()
+        .lines()
+        .filter(|line| line.starts_with("error: ") && line.contains("export unreadable"))
+        .collect();
+    for (what, output) in [("check", check.stdout()), ("sync", error_line)] {
+        assert!(output.contains(escaped), "{what}: {output}");
+        assert!(!output.contains('\u{1b}'), "{what}: a raw ESC: {output}");
+        assert!(
+            !output.lines().any(|line| line.starts_with("error: forged")),
+            "{what}: a forged line: {output}"
+        );
+    }
+    bench.assert_nothing_sent("file name");
+}
