@@ -790,6 +790,23 @@ fn a_column_fed_before_that_vanishes_refuses_the_cycle_until_confirmed() {
         assert_eq!(bench.last_cycle()["outcome"], "failed", "{name}");
         // A dry run is refused the same way.
         bench.ws.run(&["sync", "--dry-run"]).assert_code(3);
+        // A confirmed cycle that fails on something else confirms nothing:
+        // the field stays guarded.
+        let cut = bench.ws.export.join("cut.jsonl");
+        std::fs::write(&cut, "{\"leadid\": \"x\"").unwrap();
+        bench
+            .ws
+            .run(&["sync", "--allow-schema-change"])
+            .assert_code(3);
+        std::fs::remove_file(&cut).unwrap();
+        let again = bench.ws.run(&["sync"]);
+        again.assert_code(3);
+        assert!(
+            again.stderr().contains(SCHEMA_REFUSAL),
+            "{name}: {}",
+            again.stderr()
+        );
+        bench.assert_nothing_sent(name);
 
         // Confirmed: the change goes through, and is not guarded again.
         bench
