@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::auth::{SecretFile, check_secret_file};
@@ -39,6 +39,10 @@ pub mod exit {
     pub const LOCKED: u8 = 5;
     /// The store or the service failed in a way that stopped the run.
     pub const RUNTIME: u8 = 6;
+    /// The cycle was skipped: a file of the export was modified less than
+    /// `export.settle_secs` ago. Nothing was read or changed; the next cycle
+    /// tries again.
+    pub const SKIPPED: u8 = 7;
 }
 
 #[derive(Debug, Parser)]
@@ -97,6 +101,11 @@ pub struct SyncArgs {
     /// Go on even if many known records are missing from the export.
     #[arg(long)]
     pub allow_missing: bool,
+    /// Go on although referral fields fed from the export before lost
+    /// every column (a deliberate rename or removal); they are no longer
+    /// guarded.
+    #[arg(long)]
+    pub allow_schema_change: bool,
     /// `text` for people, `json` for one JSON object per record.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -186,6 +195,7 @@ pub fn resync_plan(settings: Settings, only: Option<Vec<String>>, output: Output
         dry_run: true,
         offline: false,
         allow_missing: true,
+        allow_schema_change: false,
         output,
     };
     let mut request = CycleRequest::new(Trigger::Resync);
@@ -264,6 +274,7 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
         request.dry_run = args.dry_run;
         request.allow_missing |= args.allow_missing;
+        request.allow_schema_change = args.allow_schema_change;
         let trigger = request.trigger;
         let output = args.output;
         let stdout = Mutex::new(std::io::stdout());
@@ -303,8 +314,14 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
                     exit::RECORDS
                 }
             }
+            Err(e @ CycleError::Scan(scan::ScanError::Unsettled(_))) => {
+                // Not a failure: cron can tell it by its exit code and line.
+                eprintln!("skipped: {}", printable(&e.to_string()));
+                exit::SKIPPED
+            }
             Err(e) => {
-                print_error(&e);
+                // It may quote a file name or a value from the export.
+                print_error(&printable(&e.to_string()));
                 cycle_exit_code(&e)
             }
         }
@@ -313,7 +330,12 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
 
 pub fn cycle_exit_code(e: &CycleError) -> u8 {
     match e {
-        CycleError::Scan(scan::ScanError::Export(_)) => exit::EXPORT,
+        CycleError::Scan(scan::ScanError::Export(_) | scan::ScanError::SchemaChanged(_)) => {
+            exit::EXPORT
+        }
+        CycleError::Scan(scan::ScanError::Unsettled(_)) => exit::SKIPPED,
+        // Nothing was sent, but the export must be read again.
+        CycleError::Scan(scan::ScanError::Changed(_)) => exit::RUNTIME,
         // The push phase had started: some records may have been sent.
         CycleError::SecondRead(_) | CycleError::ExportChanged(_) => exit::RUNTIME,
         CycleError::TooManyMissing { .. } => exit::MISSING,
@@ -335,58 +357,83 @@ pub fn write_outcome(
             writeln!(out, "{line}")
         }
         Output::Text => {
-            let id = outcome.external_id.as_deref().unwrap_or("(no id)");
-            write!(out, "{:<10} {id}", outcome.action.as_str())?;
-            if let Some(referral) = &outcome.referral_id {
-                write!(out, "  referral {referral}")?;
-            }
-            writeln!(out)?;
-            for op in &outcome.patch {
-                writeln!(out, "    {op}")?;
-            }
-            if let (Action::Create, Some(document)) = (outcome.action, &outcome.document) {
-                writeln!(out, "    POST {document}")?;
-            }
-            for c in &outcome.conflicts {
-                writeln!(
-                    out,
-                    "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
-                    c.path,
-                    c.live
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "nothing".into()),
-                    c.desired
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "nothing".into()),
-                    c.resolution
-                )?;
-            }
-            for d in &outcome.drift {
-                let show = |v: &Option<Value>| {
-                    v.as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_else(|| "nothing".into())
-                };
-                writeln!(
-                    out,
-                    "    drift {} {}: Partner Center has {}, the CRM has {}",
-                    d.action.as_str(),
-                    d.path,
-                    show(&d.partner_center),
-                    show(&d.crm),
-                )?;
-            }
-            for error in &outcome.errors {
-                writeln!(out, "    error: {error}")?;
-            }
-            if let Some(note) = &outcome.note {
-                writeln!(out, "    note: {note}")?;
+            for line in outcome_lines(outcome) {
+                writeln!(out, "{}", printable(&line))?;
             }
             Ok(())
         }
     }
+}
+
+/// The lines of one record's text output, before escaping.
+fn outcome_lines(outcome: &RecordOutcome) -> Vec<String> {
+    let id = outcome.external_id.as_deref().unwrap_or("(no id)");
+    let mut first = format!("{:<10} {id}", outcome.action.as_str());
+    if let Some(referral) = &outcome.referral_id {
+        first.push_str(&format!("  referral {referral}"));
+    }
+    let mut lines = vec![first];
+    lines.extend(outcome.patch.iter().map(|op| format!("    {op}")));
+    if let (Action::Create, Some(document)) = (outcome.action, &outcome.document) {
+        lines.push(format!("    POST {document}"));
+    }
+    let or_nothing = |value: &Option<serde_json::Value>| {
+        value
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "nothing".into())
+    };
+    for c in &outcome.conflicts {
+        lines.push(format!(
+            "    conflict {}: Partner Center has {}, the CRM wants {} ({:?})",
+            c.path,
+            or_nothing(&c.live),
+            or_nothing(&c.desired),
+            c.resolution
+        ));
+    }
+    for d in &outcome.drift {
+        lines.push(format!(
+            "    drift {} {}: Partner Center has {}, the CRM has {}",
+            d.action.as_str(),
+            d.path,
+            or_nothing(&d.partner_center),
+            or_nothing(&d.crm),
+        ));
+    }
+    lines.extend(
+        outcome
+            .errors
+            .iter()
+            .map(|error| format!("    error: {error}")),
+    );
+    if let Some(note) = &outcome.note {
+        lines.push(format!("    note: {note}"));
+    }
+    lines
+}
+
+/// `text` with every control character (and every bidirectional override,
+/// which reorders what a terminal shows) written as an escape, so that a
+/// value from the export or the service cannot start a line of its own,
+/// move the cursor or recolour the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let hostile =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hostile) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if hostile(c) => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 // ---------------------------------------------------------------------------
@@ -495,10 +542,10 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             outln!(
                 "  {:<8} {}  referral {}  attempts {}  {}",
                 p.state.as_str(),
-                p.external_id,
-                p.referral_id.as_deref().unwrap_or("-"),
+                printable(&p.external_id),
+                printable(p.referral_id.as_deref().unwrap_or("-")),
                 p.attempts,
-                p.last_error.as_deref().unwrap_or("")
+                printable(p.last_error.as_deref().unwrap_or(""))
             );
         }
     }
@@ -549,11 +596,24 @@ fn check_command(settings: Settings) -> u8 {
             }
         }
     };
+    // Dropped columns are reported below with the rest, not in place of it.
     let options = ScanOptions {
         retain_budget: 0,
+        schema: crate::cycle::schema::SchemaPolicy::AllowChange,
         ..ScanOptions::default()
     };
-    match scan::scan_export(&settings.export_options(), &mapper, &store, &options) {
+    let mut export_options = settings.export_options();
+    let mut scanned = scan::scan_export(&export_options, &mapper, &store, &options);
+    if let Err(scan::ScanError::Unsettled(unsettled)) = &scanned {
+        // Not a problem of the export: say so, and check its content anyway.
+        outln!(
+            "note: {}",
+            printable(&crate::export::settle_note(unsettled))
+        );
+        export_options.checks.settle = std::time::Duration::ZERO;
+        scanned = scan::scan_export(&export_options, &mapper, &store, &options);
+    }
+    match scanned {
         Ok(scan) => {
             outln!(
                 "export {}: {} records in {} file(s), {} valid",
@@ -562,6 +622,10 @@ fn check_command(settings: Settings) -> u8 {
                 scan.export.files.len(),
                 scan.valid
             );
+            if !scan.schema.dropped.is_empty() {
+                let refusal = crate::cycle::schema::SchemaChanged(scan.schema.dropped.clone());
+                problems.push(refusal.to_string());
+            }
             for e in &scan.record_errors {
                 problems.push(e.to_string());
             }
@@ -576,7 +640,7 @@ fn check_command(settings: Settings) -> u8 {
         Err(e) => problems.push(e.to_string()),
     }
     for p in &problems {
-        outln!("problem: {p}");
+        outln!("problem: {}", printable(p));
     }
     if problems.is_empty() {
         outln!("no problems found");
@@ -665,5 +729,74 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
         exit::OK
     } else {
         exit::RECORDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::export::{ExportError, FileChange};
+
+    #[test]
+    fn the_text_output_escapes_what_could_forge_a_line_or_drive_the_terminal() {
+        let cases = [
+            ("plain id", "plain id"),
+            ("two\nlines", "two\\nlines"),
+            ("\u{1b}[31mred", "\\u{1b}[31mred"),
+            ("nul\0", "nul\\u{0}"),
+            ("tab\there\r", "tab\\there\\r"),
+            ("rtl\u{202e}txt", "rtl\\u{202e}txt"),
+            ("São Paulo €", "São Paulo €"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(printable(text), expected, "{text:?}");
+        }
+        let mut outcome =
+            RecordOutcome::new(Some("L-1\nupdate    L-2".to_owned()), Action::Invalid);
+        outcome.errors.push("bad\u{1b}]0;title\u{7}".to_owned());
+        let mut out = Vec::new();
+        write_outcome(&mut out, &outcome, Output::Text).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "invalid    L-1\\nupdate    L-2\n    error: bad\\u{1b}]0;title\\u{7}\n"
+        );
+    }
+
+    #[test]
+    fn export_problems_found_by_the_scan_have_their_own_exit_codes() {
+        let path = PathBuf::from("export/page-1.json");
+        let cases = [
+            (ExportError::Empty { path: path.clone() }, exit::EXPORT),
+            (
+                ExportError::NotAFile {
+                    path: path.clone(),
+                    kind: "a FIFO (named pipe)",
+                },
+                exit::EXPORT,
+            ),
+            (
+                ExportError::Changed {
+                    path: path.clone(),
+                    change: FileChange::Replaced,
+                },
+                exit::RUNTIME,
+            ),
+            (
+                ExportError::Unsettled {
+                    path: path.clone(),
+                    age: None,
+                    settle: std::time::Duration::from_secs(60),
+                },
+                exit::SKIPPED,
+            ),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let error = CycleError::Scan(scan::ScanError::from(error));
+            assert_eq!(cycle_exit_code(&error), code, "{text}");
+            assert_eq!(error.is_skip(), code == exit::SKIPPED, "{text}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::api::retry::RetryPolicy;
 use crate::diff::OnCleared;
-use crate::export::ExportFormat;
+use crate::export::{ExportChecks, ExportFormat, FinalLineEnd};
 use crate::mapping::{Mapper, MappingSpec};
 use crate::merge::ConflictPolicy;
 use crate::model::Entity;
@@ -78,6 +78,14 @@ struct RawExport {
     #[serde(default)]
     format: ExportFormat,
     entity: Entity,
+    #[serde(default = "require_final_newline_by_default")]
+    require_final_newline: bool,
+    #[serde(default)]
+    settle_secs: f64,
+}
+
+fn require_final_newline_by_default() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +304,8 @@ pub struct ExportSettings {
     pub path: PathBuf,
     pub format: ExportFormat,
     pub entity: Entity,
+    /// `export.require_final_newline` and `export.settle_secs`.
+    pub checks: ExportChecks,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +455,21 @@ impl Settings {
         if raw.export.path.as_os_str().is_empty() {
             return Err(invalid("export.path", "must not be empty"));
         }
+        let settle_secs = raw.export.settle_secs;
+        if !(settle_secs.is_finite() && (0.0..=86_400.0).contains(&settle_secs)) {
+            return Err(invalid(
+                "export.settle_secs",
+                "must be a number of seconds between 0 and 86400",
+            ));
+        }
+        let export_checks = ExportChecks {
+            final_line_end: if raw.export.require_final_newline {
+                FinalLineEnd::Required
+            } else {
+                FinalLineEnd::Optional
+            },
+            settle: Duration::from_secs_f64(settle_secs),
+        };
 
         let history_days = raw.store.history_days.unwrap_or(90);
         if history_days == 0 {
@@ -540,6 +565,7 @@ impl Settings {
                 path: resolve(&raw.export.path),
                 format: raw.export.format,
                 entity: raw.export.entity,
+                checks: export_checks,
             },
             store_path,
             history_days,
@@ -582,6 +608,7 @@ impl Settings {
             format: self.export.format,
             entity: self.export.entity,
             header_aliases: self.mapping.headers.clone(),
+            checks: self.export.checks,
         }
     }
 }

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0004_base_and_intent.sql"),
     ),
     (
+        "0005_fed_fields",
+        include_str!("../migrations/0005_fed_fields.sql"),
+    ),
+    (
         "0006_record_events",
         include_str!("../migrations/0006_record_events.sql"),
     ),

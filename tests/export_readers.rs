@@ -10,7 +10,8 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use referral_sync::export::{
-    ExportError, ExportFormat, ExportOptions, ExportSummary, Record, read_export,
+    ExportChecks, ExportError, ExportFormat, ExportOptions, ExportSummary, FileChange,
+    FinalLineEnd, Record, read_export,
 };
 use referral_sync::model::Entity;
 use serde_json::{Map, Value, json};
@@ -75,6 +76,7 @@ fn options(path: impl Into<PathBuf>) -> ExportOptions {
         format: ExportFormat::Auto,
         entity: Entity::Opportunity,
         header_aliases: BTreeMap::new(),
+        checks: ExportChecks::default(),
     }
 }
 
@@ -856,7 +858,13 @@ fn a_file_that_grows_while_it_is_read_is_an_error() {
         ControlFlow::Continue(())
     });
     match result {
-        Err(ExportError::Changed { path: changed }) => assert_eq!(changed, path),
+        Err(ExportError::Changed {
+            path: changed,
+            change,
+        }) => {
+            assert_eq!(changed, path);
+            assert_eq!(change, FileChange::Modified);
+        }
         other => panic!("expected Changed, got {other:?}"),
     }
 }
@@ -907,5 +915,239 @@ fn conflicting_header_aliases_are_refused() {
             "header alias `Topic` is configured for both `name` and `subject`"
         ),
         other => panic!("expected ConflictingHeaderAlias, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hostile exports: half-written, too fresh, changed under the reader, not
+// regular files.
+
+fn two_pages(directory: &Path) {
+    let page = |id: u32| {
+        format!(
+            "{{\"value\": [{{\"opportunityid\": \"0b000000-0000-4000-8000-00000000000{id}\"}}]}}\n"
+        )
+    };
+    fs::write(directory.join("page-1.json"), page(1)).unwrap();
+    fs::write(directory.join("page-2.json"), page(2)).unwrap();
+}
+
+#[test]
+fn a_page_replaced_after_it_was_read_spoils_the_whole_read() {
+    let directory = tempfile::tempdir().unwrap();
+    two_pages(directory.path());
+    let page_1 = directory.path().join("page-1.json");
+    let mut replaced = false;
+    let result = read_export(&options(directory.path()), &mut |record| {
+        // While page 2 is read, a new export renames a new page 1 into place
+        // (same size, so only the inode tells).
+        if record.location.ordinal == 2 && !replaced {
+            let fresh = directory.path().join("page-1.json.tmp");
+            fs::copy(&page_1, &fresh).unwrap();
+            fs::rename(&fresh, &page_1).unwrap();
+            replaced = true;
+        }
+        ControlFlow::Continue(())
+    });
+    assert!(replaced);
+    match result {
+        Err(error @ ExportError::Changed { .. }) => {
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "{}: changed while the export was being read: it was replaced by another file",
+                    page_1.display()
+                )
+            );
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_page_added_or_removed_during_the_read_spoils_it() {
+    for add in [true, false] {
+        let directory = tempfile::tempdir().unwrap();
+        two_pages(directory.path());
+        let page_3 = directory.path().join("page-3.json");
+        if !add {
+            fs::write(&page_3, "{\"value\": []}\n").unwrap();
+        }
+        let result = read_export(&options(directory.path()), &mut |record| {
+            if record.location.ordinal == 1 {
+                if add {
+                    fs::write(&page_3, "{\"value\": []}\n").unwrap();
+                } else {
+                    fs::remove_file(&page_3).unwrap();
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        let expected = if add {
+            FileChange::Added
+        } else {
+            FileChange::Removed
+        };
+        match result {
+            Err(ExportError::Changed { path, change }) => {
+                assert_eq!((path, change), (page_3.clone(), expected))
+            }
+            other => panic!("add {add}: expected Changed, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_half_written_csv_or_jsonl_file_is_refused_at_its_last_line() {
+    let directory = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "leads.csv",
+            "leadid,description\nL-1,short\nL-2,longer",
+            (3, 11),
+        ),
+        (
+            "leads.jsonl",
+            "{\"leadid\": \"L-1\"}\n{\"leadid\": \"L-2\", \"amount\": 12}",
+            (2, 32),
+        ),
+    ];
+    for (name, content, (line, column)) in cases {
+        let path = directory.path().join(name);
+        fs::write(&path, content).unwrap();
+        let (error, _) = read_failing(&options(&path));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:{line}:{column}: the last line has no line end: the file is cut short or still being written (set export.require_final_newline = false if the exporter writes none)",
+                path.display()
+            ),
+            "{name}"
+        );
+        let mut lenient = options(&path);
+        lenient.checks.final_line_end = FinalLineEnd::Optional;
+        let (_, records) = read_all(&lenient).unwrap();
+        assert_eq!(records.len(), 2, "{name}");
+    }
+}
+
+#[test]
+fn a_file_modified_within_the_settle_time_is_not_read() {
+    let directory = tempfile::tempdir().unwrap();
+    two_pages(directory.path());
+    let page_2 = directory.path().join("page-2.json");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    File::options()
+        .write(true)
+        .open(directory.path().join("page-1.json"))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let mut settling = options(directory.path());
+    settling.checks.settle = std::time::Duration::from_secs(60);
+
+    let mut handed_over = 0;
+    let result = read_export(&settling, &mut |_| {
+        handed_over += 1;
+        ControlFlow::Continue(())
+    });
+    match result {
+        Err(error @ ExportError::Unsettled { .. }) => {
+            let text = error.to_string();
+            let start = format!("{}: modified ", page_2.display());
+            assert!(text.starts_with(&start), "{text}");
+            assert!(
+                text.contains("sooner than export.settle_secs = 60 allows: not read this cycle"),
+                "{text}"
+            );
+        }
+        other => panic!("expected Unsettled, got {other:?}"),
+    }
+    assert_eq!(handed_over, 0, "nothing is read from a fresh export");
+
+    // Settled: read. From the future: not settled, and said so.
+    File::options()
+        .write(true)
+        .open(&page_2)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    assert_eq!(read_all(&settling).unwrap().1.len(), 2);
+    let tomorrow = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
+    File::options()
+        .write(true)
+        .open(&page_2)
+        .unwrap()
+        .set_modified(tomorrow)
+        .unwrap();
+    let (error, _) = read_failing(&settling);
+    assert!(
+        error.to_string().contains("modified in the future"),
+        "{error}"
+    );
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Runs `read` on a thread and fails the test if it has not returned
+/// within five seconds: a read that blocks is the bug.
+fn within_seconds<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(read());
+    });
+    result
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the read blocked")
+}
+
+#[test]
+fn only_regular_files_are_read_and_nothing_blocks() {
+    let directory = tempfile::tempdir().unwrap();
+    let fifo = directory.path().join("leads.csv");
+    mkfifo(&fifo);
+    let socket_dir = tempfile::tempdir().unwrap();
+    two_pages(socket_dir.path());
+    let socket = socket_dir.path().join("page-3.json");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fifo_dir = tempfile::tempdir().unwrap();
+    two_pages(fifo_dir.path());
+    let fifo_page = fifo_dir.path().join("page-10.json");
+    mkfifo(&fifo_page);
+
+    let cases = [
+        (fifo.clone(), fifo.clone(), "a FIFO (named pipe)"),
+        (
+            PathBuf::from("/dev/zero"),
+            PathBuf::from("/dev/zero"),
+            "a character device",
+        ),
+        (socket_dir.path().to_path_buf(), socket.clone(), "a socket"),
+        (
+            fifo_dir.path().to_path_buf(),
+            fifo_page.clone(),
+            "a FIFO (named pipe)",
+        ),
+    ];
+    for (export, named, kind) in cases {
+        let error = within_seconds({
+            let export = export.clone();
+            move || read_failing(&options(&export)).0
+        });
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}: is {kind}, not a regular file; only regular files are read",
+                named.display()
+            ),
+            "{}",
+            export.display()
+        );
     }
 }

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 const CORPUS: &str = "tests/bad_input";
 
+const NO_FINAL_LINE_END: &str = "the last line has no line end: the file is cut short or still being written (set export.require_final_newline = false if the exporter writes none)";
+
 /// Four leads synced by a clean cycle; then the baseline export is taken
 /// away, leaving an empty export directory for a case.
 struct Bench {
@@ -154,8 +156,15 @@ const UNREADABLE: &[(&str, &str, &str)] = &[
     ),
     (
         "half-written.jsonl",
-        "half-written.jsonl:3:73",
-        "EOF while parsing a string (the file is truncated, or still being written)",
+        "half-written.jsonl:3:74",
+        NO_FINAL_LINE_END,
+    ),
+    // Cut inside its last cell (`12` for `1200`), the last row still has
+    // every cell: only the missing line end tells.
+    (
+        "cut-last-row.csv",
+        "cut-last-row.csv:5:55",
+        NO_FINAL_LINE_END,
     ),
     (
         "not-an-object.jsonl",
@@ -176,6 +185,17 @@ const UNREADABLE: &[(&str, &str, &str)] = &[
         "unbalanced-quote.csv",
         "unbalanced-quote.csv:3:38",
         "quoted field is never closed: the quote opened here has no closing `\"`",
+    ),
+    // Quotes the csv crate would drop silently: `ACME Corp`, `Company quoteinside`.
+    (
+        "quote-after-close.csv",
+        "quote-after-close.csv:3:66",
+        "text after the closing quote of the field quoted at column 60: a quote inside a quoted field is written twice (`\"\"`)",
+    ),
+    (
+        "quote-in-unquoted.csv",
+        "quote-in-unquoted.csv:3:70",
+        "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)",
     ),
     // The first page is fine; the second, cut short, spoils the export.
     (
@@ -559,4 +579,413 @@ fn every_corpus_entry_has_a_case() {
         "tests/bad_input and the cases here must match"
     );
     assert!(Path::new(&repo_path(CORPUS)).join("README.md").exists());
+}
+
+// ---------------------------------------------------------------------------
+// Hostile exports: too fresh, not regular files.
+
+/// The four baseline leads renamed, as one JSON Lines file.
+fn renamed_leads() -> String {
+    let records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record
+        })
+        .collect();
+    jsonl(&records)
+}
+
+fn set_modified(path: &Path, ago: std::time::Duration) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+#[test]
+fn an_export_modified_within_settle_secs_skips_the_cycle_with_exit_7() {
+    let bench = Bench::new("");
+    bench.ws.set_in_table("export", "settle_secs = 600");
+    let page = bench.ws.export.join("leads.jsonl");
+    std::fs::write(&page, renamed_leads()).unwrap();
+
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(0);
+    assert!(
+        check
+            .stdout()
+            .contains(&format!("note: {}: modified ", page.display()))
+            && check.stdout().contains("a cycle now would skip it"),
+        "{}",
+        check.stdout()
+    );
+
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(7);
+    let expected = format!(
+        "skipped: cycle skipped, nothing was read or changed: {}: modified ",
+        page.display()
+    );
+    assert!(sync.stderr().contains(&expected), "{}", sync.stderr());
+    assert!(
+        sync.stderr()
+            .contains("sooner than export.settle_secs = 600 allows: not read this cycle"),
+        "{}",
+        sync.stderr()
+    );
+    assert!(!sync.stderr().contains("error:"), "{}", sync.stderr());
+    bench.assert_nothing_sent("too fresh");
+    for n in 1..=4 {
+        bench.assert_untouched(n, "too fresh");
+    }
+    assert_eq!(bench.last_cycle()["outcome"], "skipped");
+
+    // Settled: the next cycle reads it.
+    set_modified(&page, std::time::Duration::from_secs(601));
+    bench.ws.run(&["sync"]).assert_code(0);
+    for n in 1..=4 {
+        bench.assert_synced(n, "settled");
+    }
+}
+
+/// Run `args` and fail if it takes more than ten seconds: a read that
+/// blocks on a FIFO or never ends on a device is the bug.
+fn run_bounded(ws: &Workspace, args: &[&str], tag: &str) -> (i32, String, String) {
+    let mut spawned = ws.spawn(args, tag);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = spawned.child.try_wait().unwrap() {
+            let stdout = std::fs::read_to_string(&spawned.stdout_path).unwrap_or_default();
+            return (status.code().unwrap_or(-1), stdout, spawned.stderr());
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            panic!("`{}` blocked on the export", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fifo_or_a_device_as_export_is_refused_without_blocking() {
+    let bench = Bench::new("");
+    // A page of the export directory that is a FIFO nobody writes to.
+    let fifo = bench.ws.export.join("leads.jsonl");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(bench.ws.export.join("other.jsonl"), renamed_leads()).unwrap();
+    let cases = [
+        (bench.ws.export.clone(), fifo.clone(), "a FIFO (named pipe)"),
+        (fifo.clone(), fifo.clone(), "a FIFO (named pipe)"),
+        (
+            std::path::PathBuf::from("/dev/zero"),
+            std::path::PathBuf::from("/dev/zero"),
+            "a character device",
+        ),
+    ];
+    let mut configured = bench.ws.export.display().to_string();
+    for (export, named, kind) in cases {
+        let case = export.display().to_string();
+        bench.ws.edit_config(|text| {
+            text.replacen(
+                &format!("path = \"{configured}\""),
+                &format!("path = \"{case}\""),
+                1,
+            )
+        });
+        configured = case.clone();
+        let expected = format!(
+            "export unreadable, nothing was changed: {}: is {kind}, not a regular file; only regular files are read",
+            named.display()
+        );
+        let (code, stdout, _) = run_bounded(&bench.ws, &["check"], "check");
+        assert_eq!(code, 1, "{case}: {stdout}");
+        assert!(
+            stdout.contains(&format!("problem: {expected}")),
+            "{case}: {stdout}"
+        );
+        let (code, _, stderr) = run_bounded(&bench.ws, &["sync"], "sync");
+        assert_eq!(code, 3, "{case}: {stderr}");
+        assert!(
+            stderr.contains(&format!("error: {expected}")),
+            "{case}: {stderr}"
+        );
+        bench.assert_nothing_sent(&case);
+        for n in 1..=4 {
+            bench.assert_untouched(n, &case);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Schema guard: a column the store was fed from vanishes.
+
+/// The four leads renamed, with `companyname` (→ `customerProfile.name`,
+/// fed by the baseline) under another name, as JSON Lines or CSV.
+fn renamed_company_column(csv: bool) -> (&'static str, String) {
+    if csv {
+        let mut text =
+            String::from("leadid,subject,estimatedamount,statecode,statuscode,company_name\n");
+        for n in 1..=4 {
+            text.push_str(&format!(
+                "{},Lead {n} renamed,{},0,1,Company {n}\n",
+                lead_id(n),
+                100 * n
+            ));
+        }
+        ("renamed.csv", text)
+    } else {
+        let records: Vec<Value> = (1..=4)
+            .map(|n| {
+                let mut record = baseline_record(n);
+                record["subject"] = json!(format!("Lead {n} renamed"));
+                let company = record
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("companyname")
+                    .unwrap();
+                record["company_name"] = company;
+                record
+            })
+            .collect();
+        ("renamed.jsonl", jsonl(&records))
+    }
+}
+
+const SCHEMA_REFUSAL: &str = "the export's columns changed, nothing was changed: `customerProfile.name` (column companyname) was fed from the export before, but none of its columns is in it now; a renamed or dropped column would clear it on every referral. Fix the export or the mapping (mapping.headers, mapping.fields), or confirm a deliberate change with `referral-sync sync --allow-schema-change`";
+
+#[test]
+fn a_column_fed_before_that_vanishes_refuses_the_cycle_until_confirmed() {
+    for csv in [false, true] {
+        // Without the guard, `null` would clear the name on every referral.
+        let bench = Bench::new("on_cleared = \"null\"\n");
+        let (name, text) = renamed_company_column(csv);
+        std::fs::write(bench.ws.export.join(name), text).unwrap();
+
+        let check = bench.ws.run(&["check"]);
+        check.assert_code(1);
+        assert!(
+            check
+                .stdout()
+                .contains(&format!("problem: {SCHEMA_REFUSAL}")),
+            "{name}: {}",
+            check.stdout()
+        );
+        let sync = bench.ws.run(&["sync"]);
+        sync.assert_code(3);
+        assert!(
+            sync.stderr().contains(&format!("error: {SCHEMA_REFUSAL}")),
+            "{name}: {}",
+            sync.stderr()
+        );
+        bench.assert_nothing_sent(name);
+        for n in 1..=4 {
+            bench.assert_untouched(n, name);
+        }
+        assert_eq!(bench.last_cycle()["outcome"], "failed", "{name}");
+        // A dry run is refused the same way.
+        bench.ws.run(&["sync", "--dry-run"]).assert_code(3);
+        // A confirmed cycle that fails on something else confirms nothing:
+        // the field stays guarded.
+        let cut = bench.ws.export.join("cut.jsonl");
+        std::fs::write(&cut, "{\"leadid\": \"x\"").unwrap();
+        bench
+            .ws
+            .run(&["sync", "--allow-schema-change"])
+            .assert_code(3);
+        std::fs::remove_file(&cut).unwrap();
+        let again = bench.ws.run(&["sync"]);
+        again.assert_code(3);
+        assert!(
+            again.stderr().contains(SCHEMA_REFUSAL),
+            "{name}: {}",
+            again.stderr()
+        );
+        bench.assert_nothing_sent(name);
+
+        // Confirmed: the change goes through, and is not guarded again.
+        bench
+            .ws
+            .run(&["sync", "--allow-schema-change"])
+            .assert_code(0);
+        for n in 1..=4 {
+            bench.assert_synced(n, name);
+            let live = bench.emulator.referral_for(&lead_id(n));
+            // Cleared, as confirmed (`on_cleared = "null"`).
+            assert!(live["customerProfile"]["name"].is_null(), "{name}: {live}");
+        }
+        bench.emulator.clear_requests();
+        bench.ws.run(&["sync"]).assert_code(0);
+        bench.assert_nothing_sent(name);
+    }
+}
+
+#[test]
+fn new_unmapped_columns_are_logged_once_at_info() {
+    let bench = Bench::new("");
+    let mut records: Vec<Value> = (1..=4).map(baseline_record).collect();
+    records[2]["new_region"] = json!("EMEA");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), jsonl(&records)).unwrap();
+    let line = "new column in the export; the mapping does not read it column=new_region";
+    let first = bench.ws.run(&["sync"]);
+    first.assert_code(0);
+    assert!(first.stderr().contains(line), "{}", first.stderr());
+    let again = bench.ws.run(&["sync"]);
+    again.assert_code(0);
+    assert!(!again.stderr().contains("new column"), "{}", again.stderr());
+}
+
+// ---------------------------------------------------------------------------
+// Values the referral cannot carry as written.
+
+/// The four leads renamed, with lead 1's amount a JSON number beyond a
+/// double, lead 2's negative, lead 3's closing date .NET's "no date"; and
+/// a new lead whose id holds a newline and an escape sequence.
+fn hostile_values() -> String {
+    let mut records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record
+        })
+        .collect();
+    records[0]["estimatedamount"] = json!("__BIG__");
+    records[1]["estimatedamount"] = json!(-5000);
+    records[2]["estimatedclosedate"] = json!("0001-01-01");
+    let mut forged = baseline_record(5);
+    forged["leadid"] = json!("L-5\nunchanged  L-6\u{1b}[2J");
+    records.push(forged);
+    jsonl(&records).replace("\"__BIG__\"", "123456789012345678901234567890")
+}
+
+#[test]
+fn values_a_referral_cannot_carry_are_refused_per_record_and_printed_escaped() {
+    let bench = Bench::new("");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), hostile_values()).unwrap();
+    let at = |line: u32, n: u32| {
+        format!(
+            "{}:{line} (record {line}) [{}]",
+            bench.at("leads.jsonl"),
+            lead_id(n)
+        )
+    };
+    let messages = [
+        format!(
+            "{}: details.dealValue (column estimatedamount, value \"123456789012345678901234567890\"): 123456789012345678901234567890 does not fit in a 64-bit integer",
+            at(1, 1)
+        ),
+        format!(
+            "{}: details.dealValue (column estimatedamount, value \"-5000\"): a negative amount; set allow_negative = true on the field if the CRM means it",
+            at(2, 2)
+        ),
+        format!(
+            "{}: details.closingDateTime (column estimatedclosedate, value \"0001-01-01\"): 0001-01-01 is before 1753-01-01, the earliest date Dynamics 365 holds: a placeholder for no date? List it in the field's empty_dates to read it as empty",
+            at(3, 3)
+        ),
+        format!(
+            "{}:5 (record 5): externalReferenceId (column leadid, value \"L-5\\nunchanged  L-6\\u{{1b}}[2J\"): the id holds the control character U+000A; an external id must be printable",
+            bench.at("leads.jsonl")
+        ),
+    ];
+
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(1);
+    for message in &messages {
+        assert!(
+            check.stdout().contains(&format!("problem: {message}")),
+            "check did not say {message}:\n{}",
+            check.stdout()
+        );
+    }
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(1);
+    for message in &messages {
+        assert!(
+            sync.stdout().contains(&format!("    error: {message}")),
+            "sync did not print {message}:\n{}",
+            sync.stdout()
+        );
+    }
+    for output in [check.stdout(), sync.stdout(), sync.stderr()] {
+        assert!(
+            !output.contains('\u{1b}'),
+            "a raw ESC reached the terminal:\n{output}"
+        );
+        assert!(
+            !output
+                .lines()
+                .any(|line| line.starts_with("unchanged  L-6")),
+            "the id forged a line:\n{output}"
+        );
+    }
+    for n in 1..=3 {
+        bench.assert_untouched(n, "hostile values");
+    }
+    bench.assert_synced(4, "hostile values");
+    assert!(bench.emulator.requests_with_method("POST").is_empty());
+    assert_eq!(bench.ws.all_stored().len(), 4);
+}
+
+#[test]
+fn a_listed_sentinel_date_is_read_as_empty_and_a_negative_amount_allowed() {
+    let bench = Bench::new("");
+    bench.ws.edit_config(|text| {
+        format!(
+            "{text}\n[mapping.fields.\"details.closingDateTime\"]\nfrom = \"estimatedclosedate\"\ntype = \"date\"\nempty_dates = [\"0001-01-01\"]\n\n[mapping.fields.\"details.dealValue\"]\nfrom = \"estimatedamount\"\ntype = \"money\"\nallow_negative = true\n"
+        )
+    });
+    let records: Vec<Value> = (1..=4)
+        .map(|n| {
+            let mut record = baseline_record(n);
+            record["subject"] = json!(format!("Lead {n} renamed"));
+            record["estimatedclosedate"] = json!("0001-01-01T00:00:00Z");
+            record
+        })
+        .collect();
+    let mut records = records;
+    records[1]["estimatedamount"] = json!("($1,200.00)");
+    std::fs::write(bench.ws.export.join("leads.jsonl"), jsonl(&records)).unwrap();
+    bench.ws.run(&["sync"]).assert_code(0);
+    for n in 1..=4 {
+        bench.assert_synced(n, "sentinel");
+        let live = bench.emulator.referral_for(&lead_id(n));
+        assert_eq!(live["details"].get("closingDateTime"), None, "{live}");
+    }
+    let live = bench.emulator.referral_for(&lead_id(2));
+    assert_eq!(live["details"]["dealValue"], json!(-1200));
+}
+
+#[test]
+fn a_file_name_with_control_characters_is_printed_escaped() {
+    let bench = Bench::new("");
+    let name = "cut\nerror: forged\u{1b}[2J.jsonl";
+    std::fs::write(bench.ws.export.join(name), "{\"leadid\": \"x\"").unwrap();
+    let escaped = "cut\\nerror: forged\\u{1b}[2J.jsonl";
+    let check = bench.ws.run(&["check"]);
+    check.assert_code(1);
+    let sync = bench.ws.run(&["sync"]);
+    sync.assert_code(3);
+    // The command's own lines; log lines are tracing's (it escapes ESC
+    // on a terminal, not newlines).
+    let error_line: String = sync
+        .stderr()
+        .lines()
+        .filter(|line| line.starts_with("error: ") && line.contains("export unreadable"))
+        .collect();
+    for (what, output) in [("check", check.stdout()), ("sync", error_line)] {
+        assert!(output.contains(escaped), "{what}: {output}");
+        assert!(!output.contains('\u{1b}'), "{what}: a raw ESC: {output}");
+        assert!(
+            !output.lines().any(|line| line.starts_with("error: forged")),
+            "{what}: a forged line: {output}"
+        );
+    }
+    bench.assert_nothing_sent("file name");
 }

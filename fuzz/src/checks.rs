@@ -72,6 +72,7 @@ fn read(path: &Path, bytes: &[u8]) -> (Result<u64, ExportError>, Vec<Record>) {
         format: ExportFormat::Auto,
         entity: Entity::Lead,
         header_aliases: BTreeMap::from([("Topic".to_owned(), "subject".to_owned())]),
+        checks: Default::default(),
     };
     let mut records = Vec::new();
     let result = read_export_bytes(&options, path, bytes, &mut |record| {

@@ -840,6 +840,7 @@ fn read_with_export(path: &Path) -> anyhow::Result<u64> {
         format: ExportFormat::Auto,
         entity: Entity::Opportunity,
         header_aliases: MappingSpec::default_for(Entity::Opportunity).headers,
+        checks: Default::default(),
     };
     let summary = read_export(&options, &mut |record| {
         std::hint::black_box(record);

@@ -150,21 +150,17 @@ fn write_event(out: &mut dyn Write, event: &RecordEvent) -> std::io::Result<()> 
     Ok(())
 }
 
-/// A JSON value for a person: plain strings without quotes, any string
-/// with a control character JSON-escaped (so no value can start a line of
-/// its own or steer the terminal); `null` as `-`.
+/// A JSON value for a person: strings without quotes, control characters
+/// escaped (no value can start a line of its own or steer the terminal);
+/// `null` as `-`.
 fn show(value: &Value) -> String {
     match value {
         Value::String(s) => escape_for_terminal(s),
         Value::Null => "-".to_owned(),
-        other => other.to_string(),
+        other => escape_for_terminal(&other.to_string()),
     }
 }
 
 fn escape_for_terminal(text: &str) -> String {
-    if text.chars().any(char::is_control) {
-        Value::String(text.to_owned()).to_string()
-    } else {
-        text.to_owned()
-    }
+    crate::cli::printable(text).into_owned()
 }

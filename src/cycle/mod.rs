@@ -6,6 +6,7 @@
 pub mod outcome;
 pub mod push;
 pub mod scan;
+pub mod schema;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -64,6 +65,9 @@ pub struct CycleRequest {
     pub resync: bool,
     /// Only these external ids.
     pub only: Option<HashSet<String>>,
+    /// Go on although fields fed before lost every column of the export
+    /// (`sync --allow-schema-change`).
+    pub allow_schema_change: bool,
 }
 
 impl CycleRequest {
@@ -74,6 +78,7 @@ impl CycleRequest {
             allow_missing: false,
             resync: trigger == Trigger::Resync,
             only: None,
+            allow_schema_change: false,
         }
     }
 }
@@ -104,6 +109,14 @@ pub enum CycleError {
     StoreFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl CycleError {
+    /// The cycle did not run because the export is not ready yet
+    /// (`export.settle_secs`): not a failure, the next cycle tries again.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, CycleError::Scan(ScanError::Unsettled(_)))
+    }
 }
 
 /// Runs cycles. Cheap to share: the daemon keeps one.
@@ -175,6 +188,7 @@ impl Engine {
             Ok(interrupted) if *interrupted => ("interrupted", None),
             Ok(_) if summary.is_clean() => ("ok", None),
             Ok(_) => ("partial", None),
+            Err(e) if e.is_skip() => ("skipped", Some(e.to_string())),
             Err(e) => ("failed", Some(e.to_string())),
         };
         if row.is_some() {
@@ -218,6 +232,13 @@ impl Engine {
                 duration_ms = summary.duration_ms,
                 "cycle finished: {summary}"
             ),
+            Err(e) if e.is_skip() => warn!(
+                cycle_id = %cycle_id,
+                trigger = request.trigger.as_str(),
+                outcome,
+                reason = %e,
+                "cycle skipped"
+            ),
             Err(e) => error!(
                 cycle_id = %cycle_id,
                 trigger = request.trigger.as_str(),
@@ -249,15 +270,22 @@ impl Engine {
                 resync: request.resync,
                 only: request.only.clone(),
                 retain_budget: scan::RETAIN_BUDGET,
+                schema: if request.allow_schema_change {
+                    schema::SchemaPolicy::AllowChange
+                } else {
+                    schema::SchemaPolicy::Guard
+                },
             };
+            let dry_run = request.dry_run;
             tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
                 let store = lock_store(&store)?;
-                Ok(scan::scan_export(
-                    &export_options,
-                    &mapper,
-                    &store,
-                    &options,
-                )?)
+                let scan = scan::scan_export(&export_options, &mapper, &store, &options)?;
+                schema::log_new_columns(&store, &scan.schema)?;
+                // Only a scan that completed, and not a dry run, advances it.
+                if !dry_run {
+                    schema::record(&store, &scan.schema)?;
+                }
+                Ok(scan)
             })
             .await
             .map_err(|e| CycleError::Internal(format!("scan task: {e}")))??

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
+use super::schema::{self, SchemaChanged, SchemaPolicy, SchemaReport};
 use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
 use crate::mapping::{MappedRecord, Mapper, RecordError};
 use crate::store::{Store, StoreError};
@@ -178,6 +179,8 @@ pub struct Scan {
     /// Records needing work, with their documents, when they fit the
     /// budget; `None` means the push phase must read the export again.
     pub retained: Option<Retained>,
+    /// The export's columns against the mapping and the fields fed before.
+    pub schema: SchemaReport,
     /// Ids that occur once, sorted by key.
     seen: Vec<Seen>,
     work_count: u64,
@@ -192,14 +195,36 @@ pub struct ScanOptions {
     /// Only these external ids (others are still read and validated).
     pub only: Option<HashSet<String>>,
     pub retain_budget: usize,
+    /// Whether fed fields whose columns vanished refuse the scan.
+    pub schema: SchemaPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("export unreadable, nothing was changed: {0}")]
-    Export(#[from] ExportError),
+    Export(ExportError),
+    /// A file of the export changed during the read ([`ExportError::Changed`]).
+    #[error("the export changed while it was being read, nothing was changed: {0}")]
+    Changed(ExportError),
+    /// A file of the export is too fresh ([`ExportError::Unsettled`]): the
+    /// cycle is skipped, not failed.
+    #[error("cycle skipped, nothing was read or changed: {0}")]
+    Unsettled(ExportError),
+    /// Fields fed before lost every column ([`SchemaPolicy::Guard`]).
+    #[error(transparent)]
+    SchemaChanged(#[from] SchemaChanged),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ExportError> for ScanError {
+    fn from(error: ExportError) -> ScanError {
+        match error {
+            ExportError::Changed { .. } => ScanError::Changed(error),
+            ExportError::Unsettled { .. } => ScanError::Unsettled(error),
+            other => ScanError::Export(other),
+        }
+    }
 }
 
 impl Scan {
@@ -509,6 +534,12 @@ pub fn scan_export(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
     scan.export = summary;
+    // Before anything is planned: a field fed before whose columns are
+    // gone would be cleared on every referral.
+    scan.schema = schema::compare(mapper, &scan.export.columns, &schema::fed_before(store)?);
+    if !scan.schema.dropped.is_empty() && options.schema == SchemaPolicy::Guard {
+        return Err(SchemaChanged(scan.schema.dropped.clone()).into());
+    }
 
     // Sorted by id then place, an id's occurrences are neighbours: the
     // first of a run is where it first occurred.
@@ -640,7 +671,10 @@ fn name_duplicates(
             .find(|(now, before)| now != before)
             .map(|(now, _)| now.path.clone())
             .unwrap_or_else(|| export_options.path.clone());
-        ScanError::Export(ExportError::Changed { path })
+        ScanError::Changed(ExportError::Changed {
+            path,
+            change: export::FileChange::Modified,
+        })
     };
     if summary.files != scan.export.files {
         return Err(changed());
@@ -701,6 +735,7 @@ mod tests {
             format: crate::export::ExportFormat::Auto,
             entity: Entity::Opportunity,
             header_aliases: Default::default(),
+            checks: Default::default(),
         };
         (dir, options)
     }
@@ -933,6 +968,7 @@ mod tests {
             only: Some(HashSet::from([id(2)])),
             resync: true,
             retain_budget: 10,
+            ..ScanOptions::default()
         };
         let mut scan = scan_export(&options, &mapper(), &store, &only).unwrap();
         let retained: Vec<(String, WorkReason)> = scan
@@ -1005,6 +1041,7 @@ mod tests {
             format: crate::export::ExportFormat::Auto,
             entity: Entity::Opportunity,
             header_aliases: Default::default(),
+            checks: Default::default(),
         };
         let store = Store::open_in_memory().unwrap();
         let error = scan_export(&options, &mapper(), &store, &budget(10)).unwrap_err();

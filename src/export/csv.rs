@@ -9,8 +9,9 @@ use std::path::Path;
 use ::csv::{ByteRecord, ReaderBuilder};
 use serde_json::{Map, Value};
 
+use super::jsonl::NO_FINAL_LINE_END;
 use super::text::InputDefect;
-use super::{ExportError, FileOutcome, Sink, input_error};
+use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
 
 /// Display-name headers → logical column names, keyed by the normalised
 /// display name (trimmed, lower case).
@@ -59,6 +60,7 @@ pub(super) fn read_csv<R: Read>(
     path: &Path,
     input: R,
     aliases: &HeaderAliases,
+    line_end: FinalLineEnd,
     sink: &mut Sink<'_>,
 ) -> FileOutcome {
     // Ragged rows are checked here rather than by the csv crate, to name the
@@ -66,7 +68,7 @@ pub(super) fn read_csv<R: Read>(
     let mut reader = ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(QuoteTracker::new(input));
+        .from_reader(QuoteTracker::new(input, line_end));
     let mut row = ByteRecord::new();
 
     if !read_row(path, &mut reader, &mut row)? {
@@ -80,6 +82,7 @@ pub(super) fn read_csv<R: Read>(
         reader.get_ref().header_field_starts(),
         aliases,
     )?;
+    sink.name_columns(&columns);
 
     while read_row(path, &mut reader, &mut row)? {
         let line = start_line(&mut reader, &row);
@@ -217,9 +220,11 @@ enum QuoteState {
 /// a quote that is never closed to run to the end of the file, silently
 /// swallowing every row after it; here that is an error naming the quote.
 /// It also notes where rows and header fields start, for locations and
-/// error messages.
+/// error messages, and with [`FinalLineEnd::Required`] refuses a file whose
+/// last row has no line end.
 struct QuoteTracker<R> {
     inner: R,
+    line_end: FinalLineEnd,
     state: QuoteState,
     line: u64,
     column: u64,
@@ -229,12 +234,15 @@ struct QuoteTracker<R> {
     row_start_lines: VecDeque<u64>,
     header_field_starts: Vec<(u64, u64)>,
     header_done: bool,
+    /// A quoting defect found in bytes not handed out.
+    defect: Option<InputDefect>,
 }
 
 impl<R: Read> QuoteTracker<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, line_end: FinalLineEnd) -> Self {
         QuoteTracker {
             inner,
+            line_end,
             state: QuoteState::RecordStart,
             line: 1,
             column: 1,
@@ -242,6 +250,7 @@ impl<R: Read> QuoteTracker<R> {
             row_start_lines: VecDeque::new(),
             header_field_starts: Vec::new(),
             header_done: false,
+            defect: None,
         }
     }
 
@@ -257,7 +266,11 @@ impl<R: Read> QuoteTracker<R> {
         self.row_start_lines.pop_front()
     }
 
-    fn step(&mut self, byte: u8) {
+    /// Follow one byte; a quote where the default dialect allows none is a
+    /// defect, at the byte. The csv crate would keep the text (`"ACME" Corp`
+    /// → `ACME Corp`, `"quote"inside` → `quoteinside`), so a damaged or
+    /// hand-edited file would pass as something nobody wrote.
+    fn step(&mut self, byte: u8) -> Result<(), InputDefect> {
         use QuoteState::*;
         let is_line_end = byte == b'\n' || byte == b'\r';
         let here = (self.line, self.column);
@@ -271,6 +284,33 @@ impl<R: Read> QuoteTracker<R> {
         };
         if starts_field && !self.header_done {
             self.header_field_starts.push(here);
+        }
+
+        let defect = |message: String| InputDefect {
+            line: here.0,
+            column: here.1,
+            message,
+        };
+        match (self.state, byte) {
+            (QuoteInQuoted, b'"' | b',' | b'\n' | b'\r') => {}
+            (QuoteInQuoted, _) => {
+                let (line, column) = self.open_quote;
+                let opened = if line == here.0 {
+                    format!("column {column}")
+                } else {
+                    format!("line {line} column {column}")
+                };
+                return Err(defect(format!(
+                    "text after the closing quote of the field quoted at {opened}: a quote inside a quoted field is written twice (`\"\"`)"
+                )));
+            }
+            (Unquoted, b'"') => {
+                return Err(defect(
+                    "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
         }
 
         self.state = match (self.state, byte) {
@@ -296,11 +336,15 @@ impl<R: Read> QuoteTracker<R> {
         } else {
             self.column += 1;
         }
+        Ok(())
     }
 }
 
 impl<R: Read> Read for QuoteTracker<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(defect) = &self.defect {
+            return Err(defect.clone().into_io_error());
+        }
         let read = self.inner.read(out)?;
         if read == 0 && self.state == QuoteState::Quoted {
             let (line, column) = self.open_quote;
@@ -312,8 +356,30 @@ impl<R: Read> Read for QuoteTracker<R> {
             }
             .into_io_error());
         }
-        for &byte in &out[..read] {
-            self.step(byte);
+        // Anything but a line end after the last line end: the last row was
+        // cut off, or the writer is not done.
+        if read == 0
+            && self.line_end == FinalLineEnd::Required
+            && self.state != QuoteState::RecordStart
+        {
+            return Err(InputDefect {
+                line: self.line,
+                column: self.column,
+                message: NO_FINAL_LINE_END.into(),
+            }
+            .into_io_error());
+        }
+        for (index, &byte) in out[..read].iter().enumerate() {
+            if let Err(defect) = self.step(byte) {
+                // The rows before the defect are handed out first; the next
+                // read reports it.
+                self.defect = Some(defect.clone());
+                return if index == 0 {
+                    Err(defect.into_io_error())
+                } else {
+                    Ok(index)
+                };
+            }
         }
         if read == 0 {
             self.header_done = true;
@@ -331,6 +397,7 @@ mod tests {
     use super::*;
 
     const FILE: &str = "leads.csv";
+    const UNQUOTED_QUOTE: &str = "a quote inside a field that does not start with one: quote the whole field and write the quote twice (`\"\"`)";
 
     fn aliases(pairs: &[(&str, &str)]) -> HeaderAliases {
         let configured = pairs
@@ -341,8 +408,22 @@ mod tests {
     }
 
     fn read(content: &[u8], aliases: &HeaderAliases) -> (FileOutcome, Vec<Record>) {
+        read_with(content, aliases, FinalLineEnd::Required)
+    }
+
+    fn read_with(
+        content: &[u8],
+        aliases: &HeaderAliases,
+        line_end: FinalLineEnd,
+    ) -> (FileOutcome, Vec<Record>) {
         collect_records(None, |sink| {
-            read_csv(Path::new(FILE), TextInput::new(content), aliases, sink)
+            read_csv(
+                Path::new(FILE),
+                TextInput::new(content),
+                aliases,
+                line_end,
+                sink,
+            )
         })
     }
 
@@ -366,7 +447,6 @@ mod tests {
         type Case<'a> = (&'a str, &'a HeaderAliases, Vec<(u64, Value)>);
         let cases: Vec<Case> = vec![
             ("leadid,subject\n", &none, vec![]),
-            ("leadid,subject", &none, vec![]),
             (
                 "leadid,subject,statuscode\na1,Adatum,1\n\na2,,2\n",
                 &none,
@@ -399,22 +479,47 @@ mod tests {
                     ),
                 ],
             ),
-            (
-                // A quote inside an unquoted field is taken literally.
-                "name,size\nscreen,27\" wide\n",
-                &none,
-                vec![(2, json!({"name": "screen", "size": "27\" wide"}))],
-            ),
-            (
-                // A closed quote at the very end of the file is balanced.
-                "a\n\"x\"\"y\"",
-                &none,
-                vec![(2, json!({"a": "x\"y"}))],
-            ),
         ];
         for (content, aliases, expected) in cases {
             assert_eq!(records(content, aliases), expected, "{content:?}");
         }
+    }
+
+    #[test]
+    fn a_last_row_without_a_line_end_is_refused_unless_allowed() {
+        let none = HeaderAliases::default();
+        // The cut value still fills its cell: only the missing line end
+        // tells.
+        let cases: [(&[u8], (u64, u64)); 4] = [
+            (b"leadid,amount\nL-1,125000\nL-2,12", (3, 7)),
+            (b"leadid,subject", (1, 15)),
+            (b"a\r\n\"x\"\"y\"", (2, 7)),
+            (b"a,b\n1,", (2, 3)),
+        ];
+        for (content, (line, column)) in cases {
+            let (result, _) = read(content, &none);
+            assert_eq!(
+                parse_error_at(result, Path::new(FILE)),
+                Some((line, column, NO_FINAL_LINE_END.to_owned())),
+                "{:?}",
+                String::from_utf8_lossy(content)
+            );
+        }
+        let optional = |content: &[u8]| {
+            let (result, records) = read_with(content, &none, FinalLineEnd::Optional);
+            assert_eq!(result.unwrap(), ControlFlow::Continue(()));
+            records
+                .into_iter()
+                .map(|record| Value::Object(record.fields))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(optional(b"leadid,subject"), Vec::<Value>::new());
+        // A closed quote at the very end of the file is balanced.
+        assert_eq!(optional(b"a\n\"x\"\"y\""), [json!({"a": "x\"y"})]);
+        assert_eq!(
+            optional(b"leadid,amount\nL-2,12"),
+            [json!({"leadid": "L-2", "amount": "12"})]
+        );
     }
 
     #[test]
@@ -475,6 +580,41 @@ mod tests {
                 ),
             ),
             (b"a,b\n1,caf\xE9\n", (2, 6, "invalid UTF-8 byte 0xE9")),
+            (b"name,size\nscreen,27\" wide\n", (2, 10, UNQUOTED_QUOTE)),
+            (b"a,b\n1,quote\"inside\n", (2, 8, UNQUOTED_QUOTE)),
+            (
+                b"a,b\n\"ACME\" Corp,2\n",
+                (
+                    2,
+                    7,
+                    "text after the closing quote of the field quoted at column 1: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            (
+                b"a,b\n1,\"quote\"inside\n",
+                (
+                    2,
+                    10,
+                    "text after the closing quote of the field quoted at column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            (
+                b"a,b\n1,\"two\nlines\"x\n",
+                (
+                    3,
+                    7,
+                    "text after the closing quote of the field quoted at line 2 column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
+            // In the header too.
+            (
+                b"a,\"b\"c\n",
+                (
+                    1,
+                    6,
+                    "text after the closing quote of the field quoted at column 3: a quote inside a quoted field is written twice (`\"\"`)",
+                ),
+            ),
             (b"a,b\xFF\n", (1, 4, "invalid UTF-8 byte 0xFF")),
         ];
         let mismatches: Vec<String> = cases
@@ -498,6 +638,27 @@ mod tests {
         let (result, records) = read(b"a,b\n1,2\n3,4\n5\n", &HeaderAliases::default());
         assert!(matches!(result, Err(ExportError::Parse { line: 4, .. })));
         assert_eq!(records.len(), 2);
+
+        // Past the first buffer the csv crate reads, and at the start of
+        // a read.
+        let mut content = b"a,b\n".to_vec();
+        for n in 0..2000 {
+            content.extend_from_slice(format!("{n},\"x\"\n").as_bytes());
+        }
+        content.extend_from_slice(b"last,\"ACME\" Corp\n");
+        let (result, records) = read(&content, &HeaderAliases::default());
+        assert!(
+            matches!(
+                result,
+                Err(ExportError::Parse {
+                    line: 2002,
+                    column: 12,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(records.len(), 2000);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! What the two JSON readers share: turning one JSON object into record
 //! fields, and serde_json errors into [`ExportError`]s.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{ExportError, input_error};
@@ -46,6 +48,165 @@ impl<'de> Visitor<'de> for RecordFields {
         }
         Ok(fields)
     }
+}
+
+/// A double holds every decimal of up to 15 significant digits exactly; a
+/// number token with more, that serde_json reads as a double, may come out
+/// rounded (`123456789012345678901234567890` → `1.2345678901234568e29`).
+const EXACT_DIGITS: usize = 15;
+
+/// Keep the members of `fields` whose JSON number serde_json may have
+/// rounded as their text, a JSON string, so that a mapping reads them as it
+/// reads text: exactly, refusing more precision than a referral holds
+/// instead of sending a rounded value. `raw` is the record's JSON text.
+///
+/// Only members serde_json read as a double can have been rounded (it
+/// keeps integers of up to 64 bits exactly); their tokens are looked up in
+/// `raw` first, and only a record where one may be inexact is parsed again
+/// to find which member it is. Numbers nested in expanded lookups are left
+/// as they are.
+pub(super) fn keep_exact_numbers(raw: &str, fields: &mut Map<String, Value>) {
+    let suspect = fields
+        .iter()
+        .filter(|(_, value)| matches!(value, Value::Number(number) if number.is_f64()))
+        .any(|(key, _)| may_be_inexact(raw.as_bytes(), key));
+    if !suspect {
+        return;
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(raw);
+    // The record parsed already; what follows its `}` does not matter here.
+    let Ok(members) =
+        <BTreeMap<String, &RawValue> as serde::Deserialize>::deserialize(&mut deserializer)
+    else {
+        return;
+    };
+    for (key, value) in members {
+        let token = value.get();
+        if is_inexact_number(token.as_bytes())
+            && let Some(member) = fields.get_mut(&key)
+        {
+            *member = Value::String(token.to_owned());
+        }
+    }
+}
+
+/// Whether the value of a member `key` of the JSON text `raw` may be a
+/// number a double does not hold: every `"key":` is looked at (nested
+/// objects may use the same key; a false alarm only costs the exact check).
+/// A key written with escapes is not found that way: when the text has
+/// escapes, or the key is not found, every number of the text is looked at.
+fn may_be_inexact(raw: &[u8], key: &str) -> bool {
+    let mut needle = Vec::with_capacity(key.len() + 2);
+    needle.push(b'"');
+    needle.extend_from_slice(key.as_bytes());
+    needle.push(b'"');
+    let mut found = false;
+    for at in memchr::memmem::find_iter(raw, &needle) {
+        found = true;
+        let after_key = &raw[at + needle.len()..];
+        let Some(rest) = skip_whitespace(after_key).strip_prefix(b":") else {
+            continue;
+        };
+        let rest = skip_whitespace(rest);
+        let token_len = rest
+            .iter()
+            .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+            .count();
+        if is_inexact_number(&rest[..token_len]) {
+            return true;
+        }
+    }
+    // The member itself may be written with escapes in its key (`"\u0061"`)
+    // and so not be among those found.
+    (!found || memchr::memmem::find(raw, b"\\u").is_some()) && has_inexact_number(raw)
+}
+
+fn skip_whitespace(bytes: &[u8]) -> &[u8] {
+    let blank = bytes
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    &bytes[blank..]
+}
+
+/// Whether some number token of the JSON text `bytes` may not survive a
+/// double. Strings, most of a record, are skipped with `memchr`; numbers
+/// can only stand in the short stretches between them.
+fn has_inexact_number(bytes: &[u8]) -> bool {
+    let mut index = 0;
+    while index < bytes.len() {
+        let rest = &bytes[index..];
+        let gap_end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
+        if gap_has_inexact_number(&rest[..gap_end]) {
+            return true;
+        }
+        // Past the opening quote, to the closing one, over escapes.
+        index += gap_end + 1;
+        while index < bytes.len() {
+            match memchr::memchr2(b'"', b'\\', &bytes[index..]) {
+                Some(at) if bytes[index + at] == b'\\' => index += at + 2,
+                Some(at) => {
+                    index += at + 1;
+                    break;
+                }
+                None => return false,
+            }
+        }
+    }
+    false
+}
+
+/// Whether a stretch of JSON outside any string holds such a number.
+fn gap_has_inexact_number(gap: &[u8]) -> bool {
+    let mut index = 0;
+    while index < gap.len() {
+        if matches!(gap[index], b'-' | b'0'..=b'9') {
+            let end = index
+                + gap[index..]
+                    .iter()
+                    .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .count();
+            if is_inexact_number(&gap[index..end]) {
+                return true;
+            }
+            index = end;
+        } else {
+            index += 1;
+        }
+    }
+    false
+}
+
+/// Whether the number token `token` has more significant digits than a
+/// double holds and is one serde_json reads as a double (a fraction, an
+/// exponent, or an integer beyond 64 bits).
+fn is_inexact_number(token: &[u8]) -> bool {
+    if !matches!(token.first(), Some(b'-' | b'0'..=b'9')) {
+        return false;
+    }
+    let mantissa_end = token
+        .iter()
+        .position(|b| matches!(b, b'e' | b'E'))
+        .unwrap_or(token.len());
+    let digits: Vec<u8> = token[..mantissa_end]
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_digit)
+        .collect();
+    let Some(first) = digits.iter().position(|&d| d != b'0') else {
+        return false;
+    };
+    let Some(last) = digits.iter().rposition(|&d| d != b'0') else {
+        return false;
+    };
+    let significant = last - first + 1;
+    if significant <= EXACT_DIGITS {
+        return false;
+    }
+    let integer = mantissa_end == token.len() && !token.contains(&b'.');
+    let fits = std::str::from_utf8(token)
+        .is_ok_and(|text| text.parse::<u64>().is_ok() || text.parse::<i64>().is_ok());
+    !(integer && fits)
 }
 
 /// The message for a value that should have been a record object but starts
@@ -125,6 +286,49 @@ mod tests {
                 (line, column, message)
             }
             other => panic!("expected a parse error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_a_double_would_round_are_kept_as_their_text() {
+        let cases = [
+            (
+                r#"{"a": 123456789012345678901234567890, "b": 1.5}"#,
+                json!({"a": "123456789012345678901234567890", "b": 1.5}),
+            ),
+            (
+                r#"{"a": 125000.0000000000000001, "s": "1234567890.1234567890"}"#,
+                json!({"a": "125000.0000000000000001", "s": "1234567890.1234567890"}),
+            ),
+            (
+                r#"{"a": -1.2345678901234567e5}"#,
+                json!({"a": "-1.2345678901234567e5"}),
+            ),
+            // Exact in a double, or kept exactly by serde_json: unchanged.
+            (
+                r#"{"a": 123456789012345, "b": 12345678901234567, "c": 1e300, "d": 0.000000000000001}"#,
+                json!({"a": 123456789012345_u64, "b": 12345678901234567_u64, "c": 1e300, "d": 0.000000000000001}),
+            ),
+            // Only top-level members; a long number in a string is text.
+            // A key written with an escape is found too.
+            (
+                r#"{"x": {"y": 1.23456789012345678}, "q": "\"1.23456789012345678"}"#,
+                json!({"x": {"y": 1.2345678901234568}, "q": "\"1.23456789012345678"}),
+            ),
+            (
+                r#"{"\u0061": 1.23456789012345678, "b": {"a": 1.5}}"#,
+                json!({"a": "1.23456789012345678", "b": {"a": 1.5}}),
+            ),
+            // The same key nested with a long number, short at the top.
+            (
+                r#"{"b": {"a": 1.23456789012345678}, "a": 2.5}"#,
+                json!({"b": {"a": 1.2345678901234568}, "a": 2.5}),
+            ),
+        ];
+        for (text, expected) in cases {
+            let mut fields = parse_record(text).unwrap();
+            keep_exact_numbers(text, &mut fields);
+            assert_eq!(Value::Object(fields), expected, "{text}");
         }
     }
 

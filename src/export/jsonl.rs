@@ -6,14 +6,17 @@ use std::path::Path;
 
 use serde::de::DeserializeSeed;
 
-use super::json::{RecordFields, json_error, not_an_object};
-use super::{ExportError, FileOutcome, Sink, input_error};
+use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
+use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
-/// skipped; `\n` and `\r\n` line ends are both accepted.
+/// skipped; `\n` and `\r\n` line ends are both accepted. With
+/// [`FinalLineEnd::Required`], a last line that holds anything but
+/// whitespace and has no line end is an error.
 pub(super) fn read_jsonl<R: BufRead>(
     path: &Path,
     mut input: R,
+    line_end: FinalLineEnd,
     sink: &mut Sink<'_>,
 ) -> FileOutcome {
     let mut line = Vec::new();
@@ -31,6 +34,14 @@ pub(super) fn read_jsonl<R: BufRead>(
         let Some(start) = text.iter().position(|byte| !byte.is_ascii_whitespace()) else {
             continue;
         };
+        if line_end == FinalLineEnd::Required && !line.ends_with(b"\n") {
+            return Err(ExportError::Parse {
+                path: path.to_path_buf(),
+                line: line_number,
+                column: text.len() as u64 + 1,
+                message: NO_FINAL_LINE_END.to_owned(),
+            });
+        }
         if text[start] != b'{' {
             return Err(ExportError::Parse {
                 path: path.to_path_buf(),
@@ -41,15 +52,22 @@ pub(super) fn read_jsonl<R: BufRead>(
         }
 
         let mut deserializer = serde_json::Deserializer::from_slice(text);
-        let fields = RecordFields
+        let mut fields = RecordFields
             .deserialize(&mut deserializer)
             .and_then(|fields| deserializer.end().map(|()| fields))
             .map_err(|error| json_error(path, error, Some(line_number)))?;
+        // TextInput has checked the line to be UTF-8.
+        if let Ok(raw) = std::str::from_utf8(text) {
+            keep_exact_numbers(raw, &mut fields);
+        }
         if sink.emit(path, line_number, fields).is_break() {
             return Ok(ControlFlow::Break(()));
         }
     }
 }
+
+/// The error for a last line without a line end, shared with the CSV reader.
+pub(super) const NO_FINAL_LINE_END: &str = "the last line has no line end: the file is cut short or still being written (set export.require_final_newline = false if the exporter writes none)";
 
 fn without_line_end(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -67,8 +85,16 @@ mod tests {
     const FILE: &str = "leads.jsonl";
 
     fn read(content: &[u8], stop_after: Option<u64>) -> (FileOutcome, Vec<Record>) {
+        read_with(content, stop_after, FinalLineEnd::Required)
+    }
+
+    fn read_with(
+        content: &[u8],
+        stop_after: Option<u64>,
+        line_end: FinalLineEnd,
+    ) -> (FileOutcome, Vec<Record>) {
         collect_records(stop_after, |sink| {
-            read_jsonl(Path::new(FILE), TextInput::new(content), sink)
+            read_jsonl(Path::new(FILE), TextInput::new(content), line_end, sink)
         })
     }
 
@@ -77,7 +103,8 @@ mod tests {
         let cases: Vec<(&str, Vec<(u64, Value)>)> = vec![
             ("", vec![]),
             ("\n\n  \n", vec![]),
-            ("{\"a\": 1}", vec![(1, json!({"a": 1}))]),
+            // A blank last line needs no line end: it holds no record.
+            ("{\"a\": 1}\n  ", vec![(1, json!({"a": 1}))]),
             (
                 "{\"a\": 1}\n\n   \n{\"a\": {\"b\": [2]}}\n\n",
                 vec![(1, json!({"a": 1})), (4, json!({"a": {"b": [2]}}))],
@@ -96,6 +123,28 @@ mod tests {
                 .collect();
             assert_eq!(actual, expected, "{content:?}");
         }
+    }
+
+    #[test]
+    fn a_last_line_without_a_line_end_is_refused_unless_allowed() {
+        let cases: [(&[u8], (u64, u64)); 3] = [
+            (b"{\"a\": 1}", (1, 9)),
+            (b"{\"a\": 1}\r\n{\"a\": 2}\r", (2, 9)),
+            (b"{\"a\": 1}\n\n{\"a\": 12", (3, 9)),
+        ];
+        for (content, (line, column)) in cases {
+            let (result, records) = read(content, None);
+            assert_eq!(
+                parse_error_at(result, Path::new(FILE)),
+                Some((line, column, NO_FINAL_LINE_END.to_owned())),
+                "{content:?}"
+            );
+            // The lines before it were complete.
+            assert_eq!(records.len() as u64, line.saturating_sub(1).min(1));
+        }
+        let (result, records) = read_with(b"{\"a\": 1}\n{\"a\": 2}", None, FinalLineEnd::Optional);
+        assert_eq!(result.unwrap(), ControlFlow::Continue(()));
+        assert_eq!(records.len(), 2);
     }
 
     #[test]
@@ -123,7 +172,7 @@ mod tests {
                 ),
             ),
             (
-                b"{\"a\": 1}\n{\"a\": \"tr",
+                b"{\"a\": 1}\n{\"a\": \"tr\n",
                 (
                     2,
                     9,

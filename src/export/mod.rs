@@ -4,6 +4,13 @@
 //! (OData v4) JSON pages — one file or a directory of page files —, CSV with
 //! logical or display-name headers, and JSON Lines. Records are handed to a
 //! callback one at a time; no reader holds the whole export in memory.
+//!
+//! Only a whole, settled export that does not change under the reader is
+//! read: only regular files (opened without blocking, so that a FIFO or a
+//! device is refused, not waited on), none modified within
+//! `export.settle_secs`, every CSV and JSON Lines file ending with a line
+//! end, and every file, and the list of files, the same at the end of the
+//! read as when the export was listed.
 
 mod csv;
 mod detect;
@@ -18,8 +25,9 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -55,7 +63,8 @@ pub struct ExportOptions {
     /// in the order of their names with digit runs compared as numbers
     /// (`page-2` before `page-10`). Subdirectories, hidden files, Office
     /// lock files (`~$…`) and files being written (ending in `.tmp`,
-    /// `.part`, `.partial` or `~`) are skipped.
+    /// `.part`, `.partial` or `~`) are skipped; any other entry that is
+    /// not a regular file (a FIFO, a socket, a device) is an error.
     pub path: PathBuf,
     pub format: ExportFormat,
     pub entity: Entity,
@@ -63,6 +72,40 @@ pub struct ExportOptions {
     /// → `"estimatedvalue"`). Matched case-insensitively after trimming.
     /// Headers that are not in the table are kept as they are, trimmed.
     pub header_aliases: BTreeMap<String, String>,
+    /// When an export is complete enough to be read.
+    pub checks: ExportChecks,
+}
+
+/// When an export is complete enough to be read: `export.require_final_newline`
+/// and `export.settle_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportChecks {
+    /// Whether a CSV or JSON Lines file must end with a line end.
+    pub final_line_end: FinalLineEnd,
+    /// A file modified less than this long ago is not read (it may still be
+    /// being written). Zero: every file is read at once.
+    pub settle: Duration,
+}
+
+impl Default for ExportChecks {
+    fn default() -> Self {
+        ExportChecks {
+            final_line_end: FinalLineEnd::Required,
+            settle: Duration::ZERO,
+        }
+    }
+}
+
+/// Whether the last line of a CSV or JSON Lines file must have a line end.
+/// A writer cut off in the middle of its last row leaves a row that may
+/// still have the right number of cells (`12` for `125000`): without a
+/// line end it cannot be told from a complete one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalLineEnd {
+    /// A last line without a line end is an error naming it.
+    Required,
+    /// The exporter writes no final line end: the last line is taken as it is.
+    Optional,
 }
 
 /// Where a record came from, for error messages.
@@ -97,13 +140,62 @@ pub struct Record {
     pub location: RecordLocation,
 }
 
-/// Size and modification time of one export file, taken when it was read,
-/// so a caller can tell whether the export changed between two reads.
+/// Size, modification time and identity (device and inode) of one export
+/// file, taken when the export was listed, so that a change during a read or
+/// between two reads is seen, a file replaced by another one included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileFingerprint {
     pub path: PathBuf,
     pub len: u64,
     pub modified: Option<SystemTime>,
+    /// Device and inode; `None` for bytes read from memory.
+    pub identity: Option<(u64, u64)>,
+}
+
+impl FileFingerprint {
+    fn of(path: &Path, metadata: &fs::Metadata) -> FileFingerprint {
+        FileFingerprint {
+            path: path.to_path_buf(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            identity: Some((metadata.dev(), metadata.ino())),
+        }
+    }
+
+    /// How `now` differs from `self`, the same file seen earlier.
+    fn change_to(&self, now: &FileFingerprint) -> Option<FileChange> {
+        if self.identity != now.identity {
+            Some(FileChange::Replaced)
+        } else if self.len != now.len || self.modified != now.modified {
+            Some(FileChange::Modified)
+        } else {
+            None
+        }
+    }
+}
+
+/// How an export file changed while the export was being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// Its size or modification time moved: it is being written.
+    Modified,
+    /// Another file took its name.
+    Replaced,
+    /// It was added to the export directory.
+    Added,
+    /// It was removed from the export directory.
+    Removed,
+}
+
+impl fmt::Display for FileChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileChange::Modified => "its size or modification time changed",
+            FileChange::Replaced => "it was replaced by another file",
+            FileChange::Added => "it appeared in the export directory",
+            FileChange::Removed => "it was removed",
+        })
+    }
 }
 
 /// What a read saw. After a read stopped early by the callback, it covers
@@ -114,6 +206,78 @@ pub struct ExportSummary {
     pub files: Vec<FileFingerprint>,
     /// Records handed to the callback, the one that stopped the read included.
     pub records: u64,
+    /// The export's columns: those of the CSV headers and every key of any
+    /// JSON record, each with whether some record gave it a value (not
+    /// empty, not `null`).
+    pub columns: BTreeMap<String, ColumnSeen>,
+}
+
+/// What the records of an export held in one column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnSeen {
+    /// Named (a CSV header, a JSON key), but empty or `null` in every record.
+    OnlyEmpty,
+    /// Some record has a value in it.
+    WithValues,
+}
+
+/// Collects the columns of the records handed over. Records of one export
+/// nearly always have the same keys, so a record whose keys are those of
+/// the record before costs one comparison of the key lists; only the
+/// columns not yet seen with a value are looked up in every record.
+#[derive(Debug, Default)]
+struct ColumnCensus {
+    columns: BTreeMap<String, ColumnSeen>,
+    /// The keys of the last record whose keys were taken in.
+    last_keys: Vec<String>,
+    /// Columns seen so far only empty.
+    only_empty: Vec<String>,
+}
+
+impl ColumnCensus {
+    fn observe(&mut self, fields: &Map<String, Value>) {
+        let same_keys = fields.len() == self.last_keys.len()
+            && fields.keys().zip(&self.last_keys).all(|(a, b)| a == b);
+        if !same_keys {
+            self.last_keys.clear();
+            for key in fields.keys() {
+                self.last_keys.push(key.clone());
+                if !self.columns.contains_key(key) {
+                    self.columns.insert(key.clone(), ColumnSeen::OnlyEmpty);
+                    self.only_empty.push(key.clone());
+                }
+            }
+        }
+        if self.only_empty.is_empty() {
+            return;
+        }
+        let columns = &mut self.columns;
+        self.only_empty.retain(|column| {
+            let filled = fields.get(column).is_some_and(has_value);
+            if filled {
+                columns.insert(column.clone(), ColumnSeen::WithValues);
+            }
+            !filled
+        });
+    }
+
+    /// Columns a CSV header names, whether or not a row follows.
+    fn name(&mut self, columns: &[String]) {
+        for column in columns {
+            if !self.columns.contains_key(column) {
+                self.columns.insert(column.clone(), ColumnSeen::OnlyEmpty);
+                self.only_empty.push(column.clone());
+            }
+        }
+    }
+}
+
+fn has_value(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::String(text) => !text.trim().is_empty(),
+        _ => true,
+    }
 }
 
 /// An export that cannot be read fully. Every variant names the file and,
@@ -138,10 +302,27 @@ pub enum ExportError {
     },
     #[error("{}: no export files found", path.display())]
     Empty { path: PathBuf },
-    /// The file's size or modification time moved while it was read: it is
-    /// still being written, and what was read may be a mix of two versions.
-    #[error("{}: changed while it was being read", path.display())]
-    Changed { path: PathBuf },
+    /// A file of the export changed between the listing of the export and
+    /// the end of its read: it is still being written, and what was read may
+    /// be a mix of two versions (old page 1, new page 2).
+    #[error("{}: changed while the export was being read: {change}", path.display())]
+    Changed { path: PathBuf, change: FileChange },
+    /// A file was modified less than `export.settle_secs` ago: it may still
+    /// be being written. Nothing was read; the next cycle tries again.
+    #[error(
+        "{}: modified {}, sooner than export.settle_secs = {} allows: not read this cycle, as it may still be being written; the next cycle reads it once it has settled",
+        path.display(), describe_age(*age), settle.as_secs_f64()
+    )]
+    Unsettled {
+        path: PathBuf,
+        /// `None`: the modification time is in the future.
+        age: Option<Duration>,
+        settle: Duration,
+    },
+    /// Only regular files are read: a FIFO would block the read until some
+    /// writer came, a device such as `/dev/zero` never ends.
+    #[error("{}: is {kind}, not a regular file; only regular files are read", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     /// Two entries of `header_aliases` that differ only in case or
     /// surrounding space map to different columns.
     #[error("header alias `{header}` is configured for both `{first}` and `{second}`")]
@@ -162,13 +343,23 @@ pub fn read_export(
     on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
-    let paths = export_files(&options.path)?;
+    let listed = export_files(&options.path)?;
+    if !options.checks.settle.is_zero() {
+        check_settled(&listed, options.checks.settle, SystemTime::now())?;
+    }
     let mut sink = Sink::new(on_record);
     let mut summary = ExportSummary::default();
     let mut page = Vec::new();
-    for path in &paths {
-        let file = File::open(path).map_err(|source| io_error(path, source))?;
+    for at_listing in &listed {
+        let path = &at_listing.path;
+        let file = open_regular_file(path).map_err(removed_since_listing)?;
         let at_open = fingerprint(path, &file)?;
+        if let Some(change) = at_listing.change_to(&at_open) {
+            return Err(ExportError::Changed {
+                path: path.clone(),
+                change,
+            });
+        }
         summary.files.push(at_open.clone());
 
         let format =
@@ -177,6 +368,7 @@ pub fn read_export(
         (&file)
             .seek(SeekFrom::Start(0))
             .map_err(|source| io_error(path, source))?;
+        let line_end = options.checks.final_line_end;
         let flow = match format {
             FileFormat::OdataJson if at_open.len <= IN_MEMORY_PAGE_LIMIT => {
                 page.clear();
@@ -186,18 +378,167 @@ pub fn read_export(
                 read_odata_page(path, &page, &mut sink)?
             }
             FileFormat::OdataJson => read_odata(path, TextInput::new(&file), &mut sink)?,
-            FileFormat::Csv => read_csv(path, TextInput::new(&file), &aliases, &mut sink)?,
-            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), &mut sink)?,
+            FileFormat::Csv => {
+                read_csv(path, TextInput::new(&file), &aliases, line_end, &mut sink)?
+            }
+            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), line_end, &mut sink)?,
         };
         if flow.is_break() {
-            break;
+            summary.records = sink.records;
+            summary.columns = sink.census.columns;
+            return Ok(summary);
         }
-        if fingerprint(path, &file)? != at_open {
-            return Err(ExportError::Changed { path: path.clone() });
+        if let Some(change) = at_open.change_to(&fingerprint(path, &file)?) {
+            return Err(ExportError::Changed {
+                path: path.clone(),
+                change,
+            });
         }
     }
+    // Every file as it was listed, no file added or taken away: the pages
+    // read belong to one version of the export.
+    check_unchanged(&options.path, &listed)?;
     summary.records = sink.records;
+    summary.columns = sink.census.columns;
     Ok(summary)
+}
+
+/// Refuse the export when one of its files was modified less than `settle`
+/// before `now`. The freshest file is named.
+fn check_settled(
+    listed: &[FileFingerprint],
+    settle: Duration,
+    now: SystemTime,
+) -> Result<(), ExportError> {
+    let freshest = listed
+        .iter()
+        .filter_map(|file| Some((file, file.modified?)))
+        .max_by_key(|(_, modified)| *modified);
+    let Some((file, modified)) = freshest else {
+        return Ok(());
+    };
+    let age = now.duration_since(modified).ok();
+    if age.is_some_and(|age| age >= settle) {
+        return Ok(());
+    }
+    Err(ExportError::Unsettled {
+        path: file.path.clone(),
+        age,
+        settle,
+    })
+}
+
+/// What `check` says of an [`ExportError::Unsettled`]: the file, its age
+/// and that a cycle would skip it now.
+pub fn settle_note(error: &ExportError) -> String {
+    match error {
+        ExportError::Unsettled { path, age, settle } => format!(
+            "{}: modified {}, sooner than export.settle_secs = {} allows: a cycle now would skip it",
+            path.display(),
+            describe_age(*age),
+            settle.as_secs_f64()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn describe_age(age: Option<Duration>) -> String {
+    match age {
+        Some(age) => format!("{:.1} s ago", age.as_secs_f64()),
+        None => "in the future (is the clock of the machine that wrote it ahead?)".to_owned(),
+    }
+}
+
+/// The export at `path` listed again after its read: every file must be
+/// the one listed before (same identity, size and modification time), and
+/// a directory must hold the same files.
+fn check_unchanged(path: &Path, listed: &[FileFingerprint]) -> Result<(), ExportError> {
+    let now = match export_files(path) {
+        Ok(now) => now,
+        // The directory emptied, or a page turned into something that is
+        // not a file: the export changed.
+        Err(ExportError::Empty { .. } | ExportError::NotAFile { .. }) => Vec::new(),
+        Err(error) => return Err(removed_since_listing(error)),
+    };
+    for before in listed {
+        match now.iter().find(|file| file.path == before.path) {
+            None => {
+                return Err(ExportError::Changed {
+                    path: before.path.clone(),
+                    change: FileChange::Removed,
+                });
+            }
+            Some(after) => {
+                if let Some(change) = before.change_to(after) {
+                    return Err(ExportError::Changed {
+                        path: before.path.clone(),
+                        change,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(added) = now
+        .iter()
+        .find(|file| !listed.iter().any(|before| before.path == file.path))
+    {
+        return Err(ExportError::Changed {
+            path: added.path.clone(),
+            change: FileChange::Added,
+        });
+    }
+    Ok(())
+}
+
+/// A listed file that is not found any more was removed during the read.
+fn removed_since_listing(error: ExportError) -> ExportError {
+    match error {
+        ExportError::Io { path, source } if source.kind() == io::ErrorKind::NotFound => {
+            ExportError::Changed {
+                path,
+                change: FileChange::Removed,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Open `path` for reading without blocking (a FIFO would wait for a
+/// writer) and make sure it is a regular file.
+fn open_regular_file(path: &Path) -> Result<File, ExportError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| io_error(path, source))?;
+    let metadata = file.metadata().map_err(|source| io_error(path, source))?;
+    if let Some(kind) = not_a_regular_file(&metadata) {
+        return Err(ExportError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(file)
+}
+
+/// What a non-regular file is, for the message; `None` for a regular file.
+fn not_a_regular_file(metadata: &fs::Metadata) -> Option<&'static str> {
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("not a file")
+    }
 }
 
 /// Read one export file held in memory as [`read_export`] reads a file
@@ -216,19 +557,22 @@ pub fn read_export_bytes(
     let format =
         file_format(options.format, path, bytes).map_err(|error| input_error(path, error))?;
     let input = TextInput::new(bytes);
+    let line_end = options.checks.final_line_end;
     // Stopped by the callback or read to the end: either way this file is done.
     let _flow = match format {
         FileFormat::OdataJson => read_odata_page(path, bytes, &mut sink)?,
-        FileFormat::Csv => read_csv(path, input, &aliases, &mut sink)?,
-        FileFormat::Jsonl => read_jsonl(path, input, &mut sink)?,
+        FileFormat::Csv => read_csv(path, input, &aliases, line_end, &mut sink)?,
+        FileFormat::Jsonl => read_jsonl(path, input, line_end, &mut sink)?,
     };
     Ok(ExportSummary {
         files: vec![FileFingerprint {
             path: path.to_path_buf(),
             len: bytes.len() as u64,
             modified: None,
+            identity: None,
         }],
         records: sink.records,
+        columns: sink.census.columns,
     })
 }
 
@@ -239,6 +583,7 @@ type FileOutcome = Result<ControlFlow<()>, ExportError>;
 struct Sink<'s> {
     on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
     records: u64,
+    census: ColumnCensus,
     /// Records of the current file that were handed over already, by a pass
     /// that stopped on a problem: the pass that reads the file again to
     /// report it drops them.
@@ -250,8 +595,14 @@ impl<'s> Sink<'s> {
         Sink {
             on_record,
             records: 0,
+            census: ColumnCensus::default(),
             skip: 0,
         }
+    }
+
+    /// The columns of a CSV header.
+    fn name_columns(&mut self, columns: &[String]) {
+        self.census.name(columns);
     }
 
     fn emit(&mut self, file: &Path, line: u64, fields: Map<String, Value>) -> ControlFlow<()> {
@@ -260,6 +611,7 @@ impl<'s> Sink<'s> {
             return ControlFlow::Continue(());
         }
         self.records += 1;
+        self.census.observe(&fields);
         (self.on_record)(Record {
             fields,
             location: RecordLocation {
@@ -271,11 +623,20 @@ impl<'s> Sink<'s> {
     }
 }
 
-/// The files of the export at `path`, in reading order.
-fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
+/// The files of the export at `path`, in reading order, as they are now.
+/// A path or a page that is not a regular file (a FIFO, a socket, a device)
+/// is refused; subdirectories of an export directory are skipped.
+fn export_files(path: &Path) -> Result<Vec<FileFingerprint>, ExportError> {
+    // fs::metadata follows symbolic links: a link to a page is a page.
     let metadata = fs::metadata(path).map_err(|source| io_error(path, source))?;
     if !metadata.is_dir() {
-        return Ok(vec![path.to_path_buf()]);
+        if let Some(kind) = not_a_regular_file(&metadata) {
+            return Err(ExportError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
+        return Ok(vec![FileFingerprint::of(path, &metadata)]);
     }
     let mut files = Vec::new();
     for entry in fs::read_dir(path).map_err(|source| io_error(path, source))? {
@@ -285,12 +646,19 @@ fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
             continue;
         }
         let entry_path = entry.path();
-        // fs::metadata follows symbolic links: a link to a page is a page.
         let entry_metadata =
             fs::metadata(&entry_path).map_err(|source| io_error(&entry_path, source))?;
-        if entry_metadata.is_file() {
-            files.push((name, entry_path));
+        if entry_metadata.is_dir() {
+            continue;
         }
+        if let Some(kind) = not_a_regular_file(&entry_metadata) {
+            return Err(ExportError::NotAFile {
+                path: entry_path,
+                kind,
+            });
+        }
+        let fingerprint = FileFingerprint::of(&entry_path, &entry_metadata);
+        files.push((name, fingerprint));
     }
     if files.is_empty() {
         return Err(ExportError::Empty {
@@ -298,7 +666,7 @@ fn export_files(path: &Path) -> Result<Vec<PathBuf>, ExportError> {
         });
     }
     files.sort_by(|(a, _), (b, _)| natural_order(a.as_encoded_bytes(), b.as_encoded_bytes()));
-    Ok(files.into_iter().map(|(_, path)| path).collect())
+    Ok(files.into_iter().map(|(_, file)| file).collect())
 }
 
 /// Whether a directory entry can be part of an export: hidden files, Office
@@ -354,11 +722,7 @@ fn without_leading_zeros(digits: &[u8]) -> &[u8] {
 
 fn fingerprint(path: &Path, file: &File) -> Result<FileFingerprint, ExportError> {
     let metadata = file.metadata().map_err(|source| io_error(path, source))?;
-    Ok(FileFingerprint {
-        path: path.to_path_buf(),
-        len: metadata.len(),
-        modified: metadata.modified().ok(),
-    })
+    Ok(FileFingerprint::of(path, &metadata))
 }
 
 fn io_error(path: &Path, source: io::Error) -> ExportError {
@@ -451,6 +815,7 @@ mod tests {
                 format: ExportFormat::Auto,
                 entity: Entity::Lead,
                 header_aliases: BTreeMap::new(),
+                checks: ExportChecks::default(),
             };
             let mut from_file = Vec::new();
             let file_result = read_export(&options, &mut |record| {
@@ -473,6 +838,50 @@ mod tests {
                 }
                 (file, in_memory) => panic!("{name}: {file:?} vs {in_memory:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_census_names_every_column_and_whether_it_held_a_value() {
+        use ColumnSeen::{OnlyEmpty, WithValues};
+        let options = ExportOptions {
+            path: PathBuf::new(),
+            format: ExportFormat::Auto,
+            entity: Entity::Lead,
+            header_aliases: BTreeMap::from([("Topic".to_owned(), "subject".to_owned())]),
+            checks: ExportChecks::default(),
+        };
+        type Case = (
+            &'static str,
+            &'static [u8],
+            &'static [(&'static str, ColumnSeen)],
+        );
+        let cases: [Case; 4] = [
+            // A header without rows still names its columns.
+            ("a.csv", b"leadid,Topic\n", &[("leadid", OnlyEmpty), ("subject", OnlyEmpty)]),
+            (
+                "b.csv",
+                b"leadid,Topic,notes\nL-1,,\nL-2,x, \n",
+                &[("leadid", WithValues), ("notes", OnlyEmpty), ("subject", WithValues)],
+            ),
+            // Keys that come and go, a value seen late.
+            (
+                "c.jsonl",
+                b"{\"leadid\": \"L-1\", \"a\": null}\n{\"leadid\": \"L-2\", \"a\": null}\n{\"leadid\": \"L-3\", \"b\": 1}\n{\"leadid\": \"L-4\", \"a\": {}}\n",
+                &[("a", WithValues), ("b", WithValues), ("leadid", WithValues)],
+            ),
+            ("d.json", b"{\"value\": []}", &[]),
+        ];
+        for (name, bytes, expected) in cases {
+            let summary = read_export_bytes(&options, Path::new(name), bytes, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            let expected: BTreeMap<String, ColumnSeen> = expected
+                .iter()
+                .map(|(column, seen)| (column.to_string(), *seen))
+                .collect();
+            assert_eq!(summary.columns, expected, "{name}");
         }
     }
 

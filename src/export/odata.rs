@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::json::{RecordFields, json_error, not_an_object};
+use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::text::{ProgressReader, ReadProgress, TextInput, UTF8_BOM, count_newlines};
 use super::{ExportError, FileOutcome, Sink};
 
@@ -85,7 +85,8 @@ fn records_of_page(
         counted_to = offset;
 
         let mut deserializer = serde_json::Deserializer::from_str(raw);
-        let fields = RecordFields.deserialize(&mut deserializer).ok()?;
+        let mut fields = RecordFields.deserialize(&mut deserializer).ok()?;
+        keep_exact_numbers(raw, &mut fields);
         *handed_over += 1;
         if sink.emit(path, line, fields).is_break() {
             return Some(ControlFlow::Break(()));
@@ -273,7 +274,15 @@ impl<'de> DeserializeSeed<'de> for OneRecord<'_, '_, '_> {
             self.page.misplaced_value = Some((line, column, message.clone()));
             return Err(de::Error::custom(message));
         }
-        let fields = RecordFields.deserialize(deserializer)?;
+        // The record's text, `{` (consumed already) included, to read its
+        // numbers exactly as the in-memory reader does.
+        progress.start_capture(b"{");
+        let fields = RecordFields.deserialize(deserializer);
+        let raw = progress.take_capture();
+        let mut fields = fields?;
+        if let Ok(raw) = std::str::from_utf8(&raw) {
+            keep_exact_numbers(raw, &mut fields);
+        }
         match self.page.sink.emit(self.page.path, line, fields) {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => {
@@ -538,6 +547,25 @@ mod tests {
             .collect();
         assert_eq!(seen, [(1, 2), (2, 3)]);
         assert!(!read_in_one_pass(std::str::from_utf8(content).unwrap()));
+    }
+
+    #[test]
+    fn both_ways_keep_numbers_a_double_would_round_as_text() {
+        let content =
+            b"{\"value\": [\n{\"a\": 123456789012345678901234567890, \"b\": 2.5},\n{\"a\": 1}\n]}";
+        let (result, records) = read(content, None);
+        assert_eq!(result.unwrap(), ControlFlow::Continue(()));
+        let values: Vec<Value> = records
+            .into_iter()
+            .map(|r| Value::Object(r.fields))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                json!({"a": "123456789012345678901234567890", "b": 2.5}),
+                json!({"a": 1})
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! one) is dropped. Defects found below the parsers travel up through them
 //! inside an [`io::Error`] as an [`InputDefect`].
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::error::Error;
 use std::fmt;
 use std::io::{self, BufRead, Read};
@@ -195,6 +195,8 @@ impl<R: Read> Read for TextInput<R> {
 /// code that cannot reach the reader (a serde visitor) can look.
 #[derive(Debug, Default)]
 pub(super) struct ReadProgress {
+    /// The bytes consumed since [`Self::start_capture`], while capturing.
+    capture: RefCell<Option<Vec<u8>>>,
     newlines: Cell<u64>,
     /// Bytes consumed since the last newline.
     column: Cell<u64>,
@@ -223,6 +225,25 @@ impl ReadProgress {
     pub fn last_byte(&self) -> Option<u8> {
         self.last_byte.get()
     }
+
+    /// Keep every byte consumed from now on, after `start`.
+    pub fn start_capture(&self, start: &[u8]) {
+        let mut capture = self.capture.borrow_mut();
+        let buffer = capture.get_or_insert_with(Vec::new);
+        buffer.clear();
+        buffer.extend_from_slice(start);
+    }
+
+    /// The bytes kept since [`Self::start_capture`]; capturing stops.
+    pub fn take_capture(&self) -> Vec<u8> {
+        self.capture.borrow_mut().take().unwrap_or_default()
+    }
+
+    fn capture(&self, bytes: &[u8]) {
+        if let Some(buffer) = self.capture.borrow_mut().as_mut() {
+            buffer.extend_from_slice(bytes);
+        }
+    }
 }
 
 pub(super) struct ProgressReader<'p, R> {
@@ -241,6 +262,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
         let read = self.inner.read(out)?;
         let consumed = &out[..read];
         let progress = self.progress;
+        progress.capture(consumed);
         if let [byte] = consumed {
             // The one-byte reads of serde_json, without the slice scans.
             if *byte == b'\n' {

@@ -51,6 +51,14 @@ impl ColumnRef {
         &self.text
     }
 
+    /// The record key the reference starts at: the column itself, or the
+    /// expanded lookup it steps into.
+    pub(super) fn column(&self) -> &str {
+        self.steps
+            .first()
+            .map_or(self.text.as_str(), String::as_str)
+    }
+
     /// The value the reference points at, if the record has it. A step into
     /// something that is not an object (or, for a number, a list) finds
     /// nothing: the lookup was not expanded in this export.

@@ -119,6 +119,15 @@ pub(super) fn convert(
         (FieldType::Text, Value::Number(number), _) => Value::from(number.to_string()),
         (FieldType::Text, Value::Bool(flag), _) => Value::from(flag.to_string()),
 
+        // An integer serde_json held exactly may still have more digits
+        // than the referral's number holds: read like text, it is refused
+        // as text is. (A JSON number a double would round reaches here as
+        // text: the export readers keep it so.)
+        (FieldType::Number | FieldType::Money, Value::Number(number), _)
+            if number.is_i64() || number.is_u64() =>
+        {
+            amount::parse_number(&number.to_string())?.to_json()?
+        }
         (FieldType::Number | FieldType::Money, Value::Number(number), _) => {
             amount::normalise_number(number)
         }

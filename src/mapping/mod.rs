@@ -20,6 +20,7 @@ mod status_table;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::NaiveDate;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -123,6 +124,17 @@ pub struct FieldSpec {
     /// nor owned, so Partner Center's value is left alone.
     #[serde(default = "enabled_by_default", skip_serializing_if = "is_true")]
     pub enabled: bool,
+    /// `money` fields only: a negative amount is an error for the record
+    /// (a deal value below zero is a data-entry slip or an accounting
+    /// notation, `($1,200.00)`) unless this is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_negative: bool,
+    /// `date` and `datetime` fields only: calendar dates (`YYYY-MM-DD`)
+    /// that mean "no date" and are read as empty, e.g. `["0001-01-01"]`
+    /// for .NET's `DateTime.MinValue`. Any other date before 1753-01-01,
+    /// the earliest Dynamics 365 holds, is an error for the record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub empty_dates: Vec<String>,
 }
 
 fn enabled_by_default() -> bool {
@@ -316,6 +328,17 @@ pub fn normalise_external_id(text: &str) -> String {
     convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned())
 }
 
+/// One referral field and where the mapping reads it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldSources {
+    /// The referral field path (`details.notes`), or `status`.
+    pub field: String,
+    /// Its column references as written in the mapping.
+    pub columns: Vec<String>,
+    /// The record keys those references start at (`a` for `a/b`).
+    pub keys: Vec<String>,
+}
+
 /// A validated mapping, ready to map records.
 #[derive(Debug, Clone)]
 pub struct Mapper {
@@ -336,6 +359,21 @@ struct Field {
     kind: FieldType,
     default: Option<Value>,
     required: bool,
+    allow_negative: bool,
+    empty_dates: Vec<NaiveDate>,
+}
+
+/// The earliest date Dynamics 365 (Dataverse) holds.
+fn earliest_crm_date() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1753, 1, 1).unwrap_or(NaiveDate::MIN)
+}
+
+/// What a field makes of a value its type accepted.
+enum Verdict {
+    Keep,
+    /// A placeholder for "no value" (`empty_dates`).
+    Empty,
+    Refuse(String),
 }
 
 /// Give every list whose elements the fields fill its key from `lists`:
@@ -483,6 +521,49 @@ impl Mapper {
         &self.managed
     }
 
+    /// Every referral field read from the export, with the columns it
+    /// reads, for the schema guard: fields that are constants are left out;
+    /// the status table counts as the field `status`.
+    pub fn field_sources(&self) -> Vec<FieldSources> {
+        let mut sources: Vec<FieldSources> = self
+            .fields
+            .iter()
+            .filter(|field| !field.columns.is_empty())
+            .map(|field| FieldSources {
+                field: field.path.clone(),
+                columns: field.columns.iter().map(|c| c.text().to_owned()).collect(),
+                keys: field
+                    .columns
+                    .iter()
+                    .map(|c| c.column().to_owned())
+                    .collect(),
+            })
+            .collect();
+        if !self.status.is_empty() {
+            sources.push(FieldSources {
+                field: "status".to_owned(),
+                columns: status_table::SOURCE_COLUMNS.map(str::to_owned).to_vec(),
+                keys: status_table::SOURCE_COLUMNS.map(str::to_owned).to_vec(),
+            });
+        }
+        sources
+    }
+
+    /// Whether `key`, a key of a record, is read by this mapping (a field,
+    /// the status table, the id or the referral id column).
+    pub fn reads_column(&self, key: &str) -> bool {
+        key == self.id_column
+            || self
+                .referral_id_column
+                .as_ref()
+                .is_some_and(|column| column.column() == key)
+            || self
+                .fields
+                .iter()
+                .any(|field| field.columns.iter().any(|column| column.column() == key))
+            || (!self.status.is_empty() && status_table::READ_COLUMNS.contains(&key))
+    }
+
     /// Map one record. Pure: no clock, no I/O.
     pub fn map(&self, record: &Record) -> Result<MappedRecord, RecordError> {
         let mut problems = Vec::new();
@@ -567,7 +648,16 @@ impl Mapper {
             Some(Value::String(text)) if text.trim().is_empty() => {
                 Err(problem(None, "the record has no id"))
             }
-            Some(Value::String(text)) => Ok(normalise_external_id(text)),
+            Some(value @ Value::String(text)) => match text.chars().find(|c| c.is_control()) {
+                Some(control) => Err(problem(
+                    Some(value),
+                    &format!(
+                        "the id holds the control character U+{:04X}; an external id must be printable",
+                        u32::from(control)
+                    ),
+                )),
+                None => Ok(normalise_external_id(text)),
+            },
             Some(Value::Number(number)) => Ok(number.to_string()),
             Some(other) => Err(problem(Some(other), "not an id")),
         }
@@ -638,6 +728,31 @@ fn compile_field(
         None if kind == FieldType::Currency => Some(Value::from(context.default_currency)),
         None => None,
     };
+    if spec.allow_negative && kind != FieldType::Money {
+        return Err(error(
+            ".allow_negative",
+            format!("applies to `money` fields only, not `{kind_name}`"),
+        ));
+    }
+    if !spec.empty_dates.is_empty() && !matches!(kind, FieldType::Date | FieldType::DateTime) {
+        return Err(error(
+            ".empty_dates",
+            format!("applies to `date` and `datetime` fields only, not `{kind_name}`"),
+        ));
+    }
+    let empty_dates = spec
+        .empty_dates
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|_| {
+                error(
+                    &format!(".empty_dates[{index}]"),
+                    format!("{text:?} is not a date written YYYY-MM-DD"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if columns.is_empty() && default.is_none() {
         return Err(error(
             ".from",
@@ -651,6 +766,8 @@ fn compile_field(
         kind,
         default,
         required: spec.required,
+        allow_negative: spec.allow_negative,
+        empty_dates,
     })
 }
 
@@ -680,6 +797,41 @@ fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), MappingConfig
 }
 
 impl Field {
+    /// The field's own rules on top of its type: no negative deal value
+    /// unless allowed, no date Dynamics cannot hold.
+    fn verdict(&self, value: &Value) -> Verdict {
+        match self.kind {
+            FieldType::Money
+                if !self.allow_negative && value.as_f64().is_some_and(|amount| amount < 0.0) =>
+            {
+                Verdict::Refuse(
+                    "a negative amount; set allow_negative = true on the field if the CRM means it"
+                        .to_owned(),
+                )
+            }
+            FieldType::Date | FieldType::DateTime => {
+                let Some(date) = value
+                    .as_str()
+                    .and_then(|text| text.get(..10))
+                    .and_then(|day| NaiveDate::parse_from_str(day, "%Y-%m-%d").ok())
+                else {
+                    return Verdict::Keep;
+                };
+                if self.empty_dates.contains(&date) {
+                    Verdict::Empty
+                } else if date < earliest_crm_date() {
+                    Verdict::Refuse(format!(
+                        "{} is before 1753-01-01, the earliest date Dynamics 365 holds: a placeholder for no date? List it in the field's empty_dates to read it as empty",
+                        date.format("%Y-%m-%d")
+                    ))
+                } else {
+                    Verdict::Keep
+                }
+            }
+            _ => Verdict::Keep,
+        }
+    }
+
     /// The field's value for a record: the first column with a value, else
     /// the default; `None` when empty.
     fn value(&self, record: &Record, context: &Context) -> Result<Option<Value>, FieldProblem> {
@@ -687,17 +839,20 @@ impl Field {
             let Some(raw) = column.lookup(&record.fields) else {
                 continue;
             };
+            let refused = |reason: String| FieldProblem {
+                field: self.path.clone(),
+                column: Some(column.text().to_owned()),
+                value: Some(raw_text(raw)),
+                reason,
+            };
             match convert::convert(self.kind, raw, context) {
-                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(Some(value)) => match self.verdict(&value) {
+                    Verdict::Keep => return Ok(Some(value)),
+                    Verdict::Empty => continue,
+                    Verdict::Refuse(reason) => return Err(refused(reason)),
+                },
                 Ok(None) => continue,
-                Err(problem) => {
-                    return Err(FieldProblem {
-                        field: self.path.clone(),
-                        column: Some(column.text().to_owned()),
-                        value: Some(raw_text(raw)),
-                        reason: problem.to_string(),
-                    });
-                }
+                Err(problem) => return Err(refused(problem.to_string())),
             }
         }
         if let Some(default) = &self.default {

@@ -15,6 +15,19 @@ use super::{FieldProblem, MappingConfigError, StatusReason, StatusRule};
 pub(super) const STATUS_COLUMN: &str = "statuscode";
 pub(super) const STATE_COLUMN: &str = "statecode";
 const FORMATTED_VALUE: &str = "@OData.Community.Display.V1.FormattedValue";
+/// The columns a status comes from (the state only narrows it down), for
+/// the schema guard.
+pub(super) const SOURCE_COLUMNS: [&str; 2] = [
+    STATUS_COLUMN,
+    "statuscode@OData.Community.Display.V1.FormattedValue",
+];
+/// Every column the status table reads.
+pub(super) const READ_COLUMNS: [&str; 4] = [
+    STATUS_COLUMN,
+    "statuscode@OData.Community.Display.V1.FormattedValue",
+    STATE_COLUMN,
+    "statecode@OData.Community.Display.V1.FormattedValue",
+];
 
 const STATUSES: &[&str] = &["None", "New", "Active", "Closed"];
 const SUBSTATUSES: &[&str] = &[

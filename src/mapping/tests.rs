@@ -1077,3 +1077,192 @@ fn a_huge_value_is_quoted_cut_short_with_its_size() {
         "{message}"
     );
 }
+
+/// The problems of `full_opportunity()` with `changes` applied, mapped
+/// with the default mapping and `overrides`.
+fn opportunity_problems(changes: Value, overrides: &str) -> Result<MappedRecord, RecordError> {
+    let mut fields = full_opportunity();
+    for (key, value) in changes.as_object().unwrap() {
+        fields[key] = value.clone();
+    }
+    mapper_with(Entity::Opportunity, overrides)
+        .unwrap()
+        .map(&record(fields))
+}
+
+#[test]
+fn negative_deal_values_are_refused_unless_the_field_allows_them() {
+    let refused = "a negative amount; set allow_negative = true on the field if the CRM means it";
+    for (value, written) in [
+        (json!(-5000), "-5000"),
+        (json!("($1,200.00)"), "($1,200.00)"),
+        (json!("-€20,000.00"), "-€20,000.00"),
+    ] {
+        assert_eq!(
+            problems(opportunity_problems(json!({"estimatedvalue": value}), "")),
+            [problem(
+                "details.dealValue",
+                Some("estimatedvalue"),
+                Some(written),
+                refused
+            )],
+            "{written}"
+        );
+    }
+    let allowed = r#"
+        [fields."details.dealValue"]
+        from = "estimatedvalue"
+        type = "money"
+        allow_negative = true
+    "#;
+    let mapped = opportunity_problems(json!({"estimatedvalue": "($1,200.00)"}), allowed).unwrap();
+    assert_eq!(mapped.document["details"]["dealValue"], json!(-1200));
+    // Zero is not negative.
+    let mapped = opportunity_problems(json!({"estimatedvalue": "-0.00"}), "").unwrap();
+    assert_eq!(mapped.document["details"]["dealValue"], json!(0));
+}
+
+#[test]
+fn dates_dynamics_cannot_hold_are_refused_or_read_as_empty_when_listed() {
+    let before = |date: &str| {
+        format!(
+            "{date} is before 1753-01-01, the earliest date Dynamics 365 holds: a placeholder for no date? List it in the field's empty_dates to read it as empty"
+        )
+    };
+    for (written, date) in [
+        ("0001-01-01", "0001-01-01"),
+        ("0001-01-01T00:00:00Z", "0001-01-01"),
+        ("1/1/0000", "0000-01-01"),
+        ("12/31/1752", "1752-12-31"),
+    ] {
+        assert_eq!(
+            problems(opportunity_problems(
+                json!({"estimatedclosedate": written}),
+                ""
+            )),
+            [problem(
+                "details.closingDateTime",
+                Some("estimatedclosedate"),
+                Some(written),
+                &before(date)
+            )],
+            "{written}"
+        );
+    }
+    let mapped = opportunity_problems(json!({"estimatedclosedate": "1/1/1753"}), "").unwrap();
+    assert_eq!(
+        mapped.document["details"]["closingDateTime"],
+        json!("1753-01-01T00:00:00Z")
+    );
+
+    let sentinel = r#"
+        [fields."details.closingDateTime"]
+        from = "estimatedclosedate"
+        type = "date"
+        empty_dates = ["0001-01-01"]
+    "#;
+    for written in ["0001-01-01", "0001-01-01T00:00:00Z", "1/1/0001"] {
+        let mapped =
+            opportunity_problems(json!({"estimatedclosedate": written}), sentinel).unwrap();
+        assert_eq!(
+            mapped.document["details"].get("closingDateTime"),
+            None,
+            "{written}"
+        );
+    }
+    // Only the listed date: another one before 1753 is still refused.
+    assert_eq!(
+        problems(opportunity_problems(
+            json!({"estimatedclosedate": "1/1/0000"}),
+            sentinel
+        ))
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn value_options_are_checked_against_the_field_type() {
+    let cases = [
+        (
+            "[fields.name]\nfrom = \"name\"\ntype = \"text\"\nallow_negative = true\n",
+            "mapping.fields.\"name\".allow_negative: applies to `money` fields only, not `text`",
+        ),
+        (
+            "[fields.\"details.dealValue\"]\nfrom = \"estimatedvalue\"\ntype = \"money\"\nempty_dates = [\"0001-01-01\"]\n",
+            "mapping.fields.\"details.dealValue\".empty_dates: applies to `date` and `datetime` fields only, not `money`",
+        ),
+        (
+            "[fields.\"details.closingDateTime\"]\nfrom = \"estimatedclosedate\"\ntype = \"date\"\nempty_dates = [\"1/1/0001\"]\n",
+            "mapping.fields.\"details.closingDateTime\".empty_dates[0]: \"1/1/0001\" is not a date written YYYY-MM-DD",
+        ),
+    ];
+    for (overrides, expected) in cases {
+        let error = mapper_with(Entity::Opportunity, overrides).unwrap_err();
+        assert_eq!(error.to_string(), expected);
+    }
+}
+
+#[test]
+fn an_id_with_a_control_character_is_refused() {
+    for (id, code) in [
+        ("L-1\nupdate L-2", "000A"),
+        ("L\u{1b}[2J", "001B"),
+        ("L\0", "0000"),
+    ] {
+        let error = opportunity_problems(json!({"opportunityid": id}), "").unwrap_err();
+        assert_eq!(error.external_id, None, "{id:?}");
+        assert_eq!(
+            error.problems,
+            [problem(
+                "externalReferenceId",
+                Some("opportunityid"),
+                Some(id),
+                &format!(
+                    "the id holds the control character U+{code}; an external id must be printable"
+                )
+            )],
+            "{id:?}"
+        );
+        // The message quotes it escaped.
+        assert!(!error.to_string().contains(id), "{error}");
+    }
+}
+
+#[test]
+fn money_with_more_digits_than_a_referral_holds_is_refused_however_written() {
+    // A JSON number the readers kept as its text (a double would round
+    // it), and JSON integers serde_json held exactly: each refused with the
+    // reason the same digits written as text get.
+    let cases = [
+        (
+            json!("123456789012345678901234567890"),
+            "123456789012345678901234567890 does not fit in a 64-bit integer",
+        ),
+        (
+            json!("1234567.8901234567"),
+            "1234567.8901234567 has more than 15 significant digits, more than a JSON number holds exactly",
+        ),
+        (
+            json!(18446744073709551615_u64),
+            "18446744073709551615 does not fit in a 64-bit integer",
+        ),
+    ];
+    for (value, reason) in cases {
+        let as_text = json!(super::raw_text(&value));
+        for written in [value.clone(), as_text] {
+            let found = problems(opportunity_problems(json!({"estimatedvalue": written}), ""));
+            assert_eq!(found.len(), 1, "{value}: {found:?}");
+            assert_eq!(found[0].field, "details.dealValue");
+            assert_eq!(found[0].reason, reason, "{value}");
+        }
+    }
+    // A whole amount is exact as a 64-bit integer, as a number and as text.
+    for written in [json!(12345678901234567_u64), json!("12345678901234567")] {
+        let mapped = opportunity_problems(json!({"estimatedvalue": written}), "").unwrap();
+        assert_eq!(
+            mapped.document["details"]["dealValue"],
+            json!(12345678901234567_u64)
+        );
+    }
+}
