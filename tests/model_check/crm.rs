@@ -133,6 +133,16 @@ pub fn lead_status(code: u8) -> (u8, &'static str) {
 
 pub const AMOUNTS: [i64; 3] = [1000, 2000, 3000];
 
+/// Columns a record may leave empty, besides the address.
+const CONTACT_AND_DEAL_COLUMNS: [&str; 6] = [
+    "description",
+    "estimatedclosedate",
+    "firstname",
+    "lastname",
+    "emailaddress1",
+    "telephone1",
+];
+
 impl Lead {
     pub fn to_json(&self) -> Value {
         let mut record = Map::new();
@@ -170,6 +180,16 @@ impl Lead {
         let (state, _) = lead_status(self.status);
         record.insert("statecode".into(), json!(state));
         record.insert("statuscode".into(), json!(self.status));
+        // An export names every column it selects, `null` where the record
+        // has no value (as the Web API writes it), so that a cleared field
+        // is never mistaken for a dropped column.
+        let columns = ADDRESS_FIELDS
+            .iter()
+            .map(|field| field.column())
+            .chain(CONTACT_AND_DEAL_COLUMNS);
+        for column in columns {
+            record.entry(column).or_insert(Value::Null);
+        }
         Value::Object(record)
     }
 
