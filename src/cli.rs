@@ -101,6 +101,9 @@ pub struct SyncArgs {
     /// Go on even if many known records are missing from the export.
     #[arg(long)]
     pub allow_missing: bool,
+    /// With --dry-run: list unchanged records too (action `unchanged`).
+    #[arg(long, requires = "dry_run")]
+    pub all: bool,
     /// Go on although referral fields fed from the export before lost
     /// every column (a deliberate rename or removal); they are no longer
     /// guarded.
@@ -196,6 +199,7 @@ pub fn resync_plan(settings: Settings, only: Option<Vec<String>>, output: Output
         offline: false,
         allow_missing: true,
         allow_schema_change: false,
+        all: false,
         output,
     };
     let mut request = CycleRequest::new(Trigger::Resync);
@@ -275,6 +279,7 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         request.dry_run = args.dry_run;
         request.allow_missing |= args.allow_missing;
         request.allow_schema_change = args.allow_schema_change;
+        request.list_unchanged = args.all;
         let trigger = request.trigger;
         let output = args.output;
         let stdout = Mutex::new(std::io::stdout());

@@ -765,3 +765,52 @@ fn a_full_store_stops_the_push_phase_once_as_the_store_failed() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The plan lists what it was asked to.
+
+#[test]
+fn a_dry_run_with_all_lists_unchanged_records_too() {
+    let emulator = Emulator::start(&json!([]), &[]);
+    let ws = workspace(&emulator, "");
+    sync_ok(
+        &emulator,
+        &ws,
+        &[lead(1, "Lead 1", 1000), lead(2, "Lead 2", 2000)],
+    );
+    ws.write_export(&jsonl(&[lead(1, "Lead 1", 1000), lead(2, "Lead 2", 2500)]));
+
+    let actions = |args: &[&str]| -> Vec<(String, String)> {
+        let run = ws.run(args);
+        run.assert_code(0);
+        let mut actions: Vec<(String, String)> = run
+            .json_lines()
+            .iter()
+            .map(|o| {
+                (
+                    o["externalReferenceId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    o["action"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        actions.sort();
+        actions
+    };
+    assert_eq!(
+        actions(&["sync", "--dry-run", "--output", "json", "--all"]),
+        [
+            (lead_id(1), "unchanged".to_owned()),
+            (lead_id(2), "update".to_owned())
+        ]
+    );
+    assert_eq!(
+        actions(&["sync", "--dry-run", "--output", "json"]),
+        [(lead_id(2), "update".to_owned())]
+    );
+    assert_eq!(writes(&emulator), Vec::<Value>::new());
+    let run = ws.run(&["sync", "--all"]);
+    run.assert_code(2);
+}

@@ -68,6 +68,8 @@ pub struct CycleRequest {
     /// Go on although fields fed before lost every column of the export
     /// (`sync --allow-schema-change`).
     pub allow_schema_change: bool,
+    /// Report unchanged records too (`sync --dry-run --all`).
+    pub list_unchanged: bool,
 }
 
 impl CycleRequest {
@@ -78,6 +80,7 @@ impl CycleRequest {
             allow_missing: false,
             resync: trigger == Trigger::Resync,
             only: None,
+            list_unchanged: false,
             allow_schema_change: false,
         }
     }
@@ -270,6 +273,7 @@ impl Engine {
                 resync: request.resync,
                 only: request.only.clone(),
                 retain_budget: scan::RETAIN_BUDGET,
+                list_unchanged: request.list_unchanged,
                 schema: if request.allow_schema_change {
                     schema::SchemaPolicy::AllowChange
                 } else {
@@ -304,6 +308,12 @@ impl Engine {
             "export read"
         );
 
+        for external_id in &scan.unchanged_ids {
+            report(&RecordOutcome::new(
+                Some(external_id.clone()),
+                Action::Unchanged,
+            ));
+        }
         for error in &scan.record_errors {
             let mut outcome = RecordOutcome::new(error.external_id.clone(), Action::Invalid);
             outcome.errors.push(error.to_string());

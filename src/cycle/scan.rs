@@ -172,6 +172,9 @@ pub struct Scan {
     pub unchanged: u64,
     /// Of those, the ones `only` left out.
     pub not_selected: u64,
+    /// The unchanged records' ids, in export order, when
+    /// [`ScanOptions::list_unchanged`] asked for them.
+    pub unchanged_ids: Vec<String>,
     /// Records the store knows that this export lacks.
     pub missing_from_export: u64,
     /// Records the store knows.
@@ -197,6 +200,9 @@ pub struct ScanOptions {
     pub retain_budget: usize,
     /// Whether fed fields whose columns vanished refuse the scan.
     pub schema: SchemaPolicy,
+    /// Keep the ids of unchanged records (`sync --dry-run --all` lists
+    /// them); off, they are only counted.
+    pub list_unchanged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -514,6 +520,9 @@ pub fn scan_export(
                     work,
                     not_selected: !wanted,
                 });
+                if options.list_unchanged && wanted && work.is_none() {
+                    scan.unchanged_ids.push(mapped.external_id.clone());
+                }
                 if let Some(reason) = work
                     && !over_budget
                 {
@@ -580,6 +589,12 @@ pub fn scan_export(
         retained.retain_ids(|id| !unmappable.contains_key(&IdKey::of(id)));
         scan.duplicates.extend(also_unmappable);
         scan.duplicates.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    if !scan.unchanged_ids.is_empty() {
+        // Duplicated or unmappable ids were taken out of `seen` above.
+        let valid: HashSet<IdKey> = scan.seen.iter().map(|s| s.id).collect();
+        scan.unchanged_ids
+            .retain(|id| valid.contains(&IdKey::of(id)));
     }
     scan.valid = scan.seen.len() as u64;
     scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
