@@ -151,6 +151,13 @@ pub struct WriteIntent {
     /// The owned part of the referral the ops were planned against.
     #[serde(default)]
     pub against: Value,
+    /// The base and the CRM document of the last sync the plan was made
+    /// with (`before` is `None` when adopting): what stands again if the
+    /// write turns out not to have been applied.
+    #[serde(default)]
+    pub base: Option<Value>,
+    #[serde(default)]
+    pub before: Option<Value>,
     /// The CRM's desired document the write carries.
     pub desired: Value,
     pub desired_hash: String,
@@ -1156,6 +1163,8 @@ mod tests {
             ops: Vec::new(),
             targets: Vec::new(),
             against: Value::Null,
+            base: None,
+            before: None,
             desired: huge,
             desired_hash: "h".into(),
             started_at: now(),
@@ -1256,6 +1265,31 @@ mod tests {
         drop(store);
         let err = Store::open(&path).unwrap_err().to_string();
         assert!(err.contains("schema version 99 is newer"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_store_is_refused_before_anything_writes_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            // A store from a newer build, in rollback-journal mode.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        assert!(Store::open(&path).is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file was rewritten"
+        );
+        assert!(!dir.path().join("s.db-wal").exists());
+        let conn = Connection::open(&path).unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
     }
 
     #[test]

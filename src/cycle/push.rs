@@ -658,6 +658,11 @@ impl Pusher {
                 Err(_) => ownership::project(&live.document, &self.managed),
             };
             footing.before = Some(intent.desired.clone());
+        } else if let Some(base) = &intent.base {
+            // Not applied: what the plan was made with stands again — which
+            // may hold an earlier write this store never saw acknowledged.
+            footing.base = base.clone();
+            footing.before = intent.before.clone();
         }
         info!(
             correlation_id = %self.correlation_id,
@@ -754,6 +759,8 @@ impl Pusher {
             ops: Vec::new(),
             targets: Vec::new(),
             against: Value::Null,
+            base: None,
+            before: None,
             desired: item.mapped.document.clone(),
             desired_hash: item.hash.clone(),
             started_at: now_rfc3339(),
@@ -862,6 +869,8 @@ impl Pusher {
             ops: plan.ops.clone(),
             targets: plan.targets.clone(),
             against: ownership::project(against, &self.managed),
+            base: Some(footing.base.clone()),
+            before: footing.before.clone(),
             desired: item.mapped.document.clone(),
             desired_hash: item.hash.clone(),
             started_at: now_rfc3339(),
@@ -1415,6 +1424,8 @@ mod tests {
                 json!(deal),
             )],
             against: json!({"details": {"dealValue": 1000}}),
+            base: None,
+            before: None,
             desired: json!({"details": {"dealValue": deal}}),
             desired_hash: "h".into(),
             started_at: now_rfc3339(),
