@@ -859,18 +859,42 @@ max_missing_ratio = 1.0
                 command.env_remove(key);
             }
         }
+        let journal_seq = self
+            .journal()
+            .await?
+            .last()
+            .map_or(0, |e| e["seq"].as_u64().unwrap_or(0));
         let child = command
             .spawn()
             .map_err(|e| format!("starting referral-sync: {e}"))?;
         let mut race_note = None;
         let output = if let Some(kill) = kill {
+            // A process has no polls to count: the kill falls after a delay
+            // of the same spread, or at the first write the service applied.
             let mut child = child;
-            let delay = Duration::from_millis(kill.after_ms * 2 + u64::from(kill.polls));
-            let exited = tokio::time::timeout(delay, child.wait()).await;
-            if exited.is_err() {
+            let delay = Duration::from_millis(kill.after_ms + u64::from(kill.polls / 2));
+            let at_write: Pin<Box<dyn Future<Output = ()> + Send>> = if kill.at_write {
+                Box::pin(wait_for_applied_write(
+                    self.http.clone(),
+                    self.base.clone(),
+                    journal_seq,
+                ))
+            } else {
+                Box::pin(std::future::pending())
+            };
+            let started = Instant::now();
+            let exited = tokio::select! {
+                _ = child.wait() => true,
+                _ = tokio::time::sleep(delay) => false,
+                _ = at_write => false,
+            };
+            if !exited {
                 child.start_kill().map_err(|e| format!("SIGKILL: {e}"))?;
                 let _ = child.wait().await;
-                return Ok((Some(format!("SIGKILL after {delay:?}")), Vec::new()));
+                return Ok((
+                    Some(format!("SIGKILL after {:?}", started.elapsed())),
+                    Vec::new(),
+                ));
             }
             return Ok((
                 Some(format!("finished within {delay:?}, before the kill")),
