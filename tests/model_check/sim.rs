@@ -103,6 +103,8 @@ pub struct Sim {
     log: Vec<String>,
     /// The owned paths the last seller edit set.
     last_seller_keys: Vec<Key>,
+    /// The race fault's seller edit was made during this cycle.
+    race_done: bool,
 }
 
 /// A temporary directory on a memory file system when there is one: the
@@ -274,6 +276,7 @@ max_missing_ratio = 1.0
             process: None,
             log: Vec::new(),
             last_seller_keys: Vec::new(),
+            race_done: false,
         };
         sim.write_crm()?;
         Ok(sim)
@@ -651,6 +654,23 @@ max_missing_ratio = 1.0
             acknowledged
         };
         self.observe(&acknowledged).await?;
+        // A race whose PATCH never came: the seller's edit comes after the
+        // cycle instead.
+        let mut note = note;
+        if let Some(Fault::Race { record, edit }) = fault
+            && !self.race_done
+        {
+            let edited = self.seller_edit(*record, edit).await?;
+            let text = format!(
+                "no PATCH held: the seller edit came after the cycle{}",
+                edited.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+            note = Some(match note {
+                Some(n) => format!("{n}; {text}"),
+                None => text,
+            });
+        }
+        self.race_done = false;
         Ok(note)
     }
 
@@ -710,15 +730,13 @@ max_missing_ratio = 1.0
                     held = &mut watcher => Ok(held),
                 };
                 match raced {
-                    Err(result) => {
-                        race_note =
-                            Some("no PATCH in the cycle: the seller edit came after it".to_owned());
-                        race_note = self.seller_edit(*record, edit).await?.or(race_note);
-                        result
-                    }
+                    // No PATCH held: the edit is made once the cycle is
+                    // observed (see `cycle`).
+                    Err(result) => result,
                     Ok(held) => {
                         held?;
                         race_note = self.seller_edit(*record, edit).await?;
+                        self.race_done = true;
                         self.pin_race_order(*record, race_referral.as_deref(), &mut race_note)
                             .await?;
                         (&mut cut).await
@@ -907,13 +925,11 @@ max_missing_ratio = 1.0
             tokio::pin!(output);
             tokio::pin!(watcher);
             tokio::select! {
-                out = &mut output => {
-                    race_note = self.seller_edit(*record, edit).await?;
-                    out
-                }
+                out = &mut output => out,
                 held = &mut watcher => {
                     held?;
                     race_note = self.seller_edit(*record, edit).await?;
+                    self.race_done = true;
                     self.pin_race_order(*record, race_referral.as_deref(), &mut race_note).await?;
                     output.await
                 }
