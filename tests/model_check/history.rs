@@ -276,6 +276,13 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
             r if r < cycle => Step::Cycle { fault: None },
             r if r < faulty => {
                 let fault = g.fault(record, &mut members_added[record]);
+                // A fault needs requests to act on: most come after a CRM
+                // edit (a race always, of the record it races on).
+                if matches!(fault, Fault::Race { .. }) || g.rng.chance(60) {
+                    let edit = g.crm_edit(&leads[record]);
+                    leads[record].apply(&edit);
+                    steps.push(Step::Crm { record, edit });
+                }
                 Step::Cycle { fault: Some(fault) }
             }
             _ => {
@@ -284,9 +291,15 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
                 } else {
                     50
                 });
+                // A kill needs a cycle with work in it to cut off.
+                if g.rng.chance(60) {
+                    let edit = g.crm_edit(&leads[record]);
+                    leads[record].apply(&edit);
+                    steps.push(Step::Crm { record, edit });
+                }
                 Step::Kill(Kill {
-                    polls: 1 + g.rng.below_u32(60),
-                    after_ms: g.rng.below(60),
+                    polls: 1 + g.rng.below_u32(40),
+                    after_ms: g.rng.below(40),
                     hold_answers,
                     at_write: hold_answers && g.rng.chance(50),
                 })

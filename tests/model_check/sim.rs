@@ -45,6 +45,57 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// What happened at each step, for the failure report.
     pub log: Vec<String>,
+    pub tally: Tally,
+}
+
+/// How often the faults a history drew did what they were meant to, so a
+/// run can show that it exercised them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub cycles: u64,
+    /// Kills that cut a cycle off, and kills that came after it ended.
+    pub kills_cut: u64,
+    pub kills_late: u64,
+    /// Race edits made while the PATCH was held, and races with no PATCH.
+    pub races_held: u64,
+    pub races_missed: u64,
+    /// 412s, 429s, resets and 204s the emulator answered.
+    pub precondition_failed: u64,
+    pub throttled: u64,
+    pub resets: u64,
+    pub no_representation: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, other: &Tally) {
+        self.cycles += other.cycles;
+        self.kills_cut += other.kills_cut;
+        self.kills_late += other.kills_late;
+        self.races_held += other.races_held;
+        self.races_missed += other.races_missed;
+        self.precondition_failed += other.precondition_failed;
+        self.throttled += other.throttled;
+        self.resets += other.resets;
+        self.no_representation += other.no_representation;
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cycles; kills: {} cut a cycle off, {} came after it; races: {} edits while the PATCH was held, {} without a PATCH; answered 412 {}, 429 {}, reset {}, 204 {}",
+            self.cycles,
+            self.kills_cut,
+            self.kills_late,
+            self.races_held,
+            self.races_missed,
+            self.precondition_failed,
+            self.throttled,
+            self.resets,
+            self.no_representation
+        )
+    }
 }
 
 /// The cycle future, dropped when it has been polled `polls` times or
@@ -105,6 +156,7 @@ pub struct Sim {
     last_seller_keys: Vec<Key>,
     /// The race fault's seller edit was made during this cycle.
     race_done: bool,
+    tally: Tally,
 }
 
 /// A temporary directory on a memory file system when there is one: the
@@ -277,6 +329,7 @@ max_missing_ratio = 1.0
             log: Vec::new(),
             last_seller_keys: Vec::new(),
             race_done: false,
+            tally: Tally::default(),
         };
         sim.write_crm()?;
         Ok(sim)
@@ -328,10 +381,21 @@ max_missing_ratio = 1.0
                 });
             }
         }
+        let mut tally = self.tally;
+        for entry in self.journal().await? {
+            match (entry["status"].as_u64(), entry["fault"].as_str()) {
+                (Some(412), _) => tally.precondition_failed += 1,
+                (Some(429), _) => tally.throttled += 1,
+                (_, Some("reset_before" | "reset_after")) => tally.resets += 1,
+                (Some(204), _) => tally.no_representation += 1,
+                _ => {}
+            }
+        }
         self.stop().await;
         Ok(Report {
             violations,
             log: self.log,
+            tally,
         })
     }
 
@@ -654,6 +718,14 @@ max_missing_ratio = 1.0
             acknowledged
         };
         self.observe(&acknowledged).await?;
+        self.tally.cycles += 1;
+        if let Some(Fault::Race { .. }) = fault {
+            if self.race_done {
+                self.tally.races_held += 1;
+            } else {
+                self.tally.races_missed += 1;
+            }
+        }
         // A race whose PATCH never came: the seller's edit comes after the
         // cycle instead.
         let mut note = note;
@@ -750,6 +822,9 @@ max_missing_ratio = 1.0
         let mut notes: Vec<String> = race_note.into_iter().collect();
         let acknowledged = match result {
             Ok(summary) => {
+                if kill.is_some() {
+                    self.tally.kills_late += 1;
+                }
                 match &summary {
                     Ok(summary) => notes.push(format!("{summary}")),
                     Err(e) => notes.push(format!("cycle error: {e}")),
@@ -767,6 +842,7 @@ max_missing_ratio = 1.0
                     .collect()
             }
             Err(polls) => {
+                self.tally.kills_cut += 1;
                 notes.push(format!(
                     "killed after {polls} polls, {} records decided",
                     outcomes.len()
@@ -906,7 +982,10 @@ max_missing_ratio = 1.0
                 _ = tokio::time::sleep(delay) => false,
                 _ = at_write => false,
             };
-            if !exited {
+            if exited {
+                self.tally.kills_late += 1;
+            } else {
+                self.tally.kills_cut += 1;
                 child.start_kill().map_err(|e| format!("SIGKILL: {e}"))?;
                 let _ = child.wait().await;
                 return Ok((
