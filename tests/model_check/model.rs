@@ -146,6 +146,8 @@ struct PathState {
     /// Since `crm_changed_at`.
     landed: Option<Landing>,
     crm_had_value: bool,
+    /// A value of the CRM's was seen landed after a cycle settled the
+    /// record (not only after a crash or a 204).
     crm_had_landed_value: bool,
     seller: Option<SellerMark>,
     /// The value Partner Center held when a cycle last settled the record,
@@ -234,9 +236,15 @@ impl PathState {
                     "the CRM had a value that landed and then cleared it: cleared",
                 ));
             }
+            if partner_center.is_none() {
+                return Some((
+                    vec![None],
+                    "the CRM had a value, then cleared it, and no seller set one: cleared",
+                ));
+            }
             return Some((
                 vec![None, partner_center],
-                "the CRM had a value that never landed, then cleared it: either",
+                "the CRM had a value that never landed as far as the sync could know, then cleared it: either",
             ));
         }
         Some((vec![crm], "the CRM's last value lands"))
@@ -430,7 +438,7 @@ impl RecordModel {
                     Landing::Unacknowledged
                 };
                 state.landed = state.landed.max(Some(landing));
-                if crm.is_some() {
+                if crm.is_some() && landing == Landing::Acknowledged {
                     state.crm_had_landed_value = true;
                 }
             }
