@@ -135,6 +135,9 @@ struct SellerMark {
     /// Whether the CRM's value (as of `at`) had landed when the seller
     /// made the edit.
     after_landing: Option<Landing>,
+    /// What the last settled sync had left there when the seller made the
+    /// edit.
+    acknowledged_before: Option<Option<Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,10 +153,8 @@ struct PathState {
     /// record (not only after a crash or a 204).
     crm_had_landed_value: bool,
     seller: Option<SellerMark>,
-    /// The value Partner Center held when a cycle last settled the record,
-    /// and when that was.
+    /// The value Partner Center held when a cycle last settled the record.
     acknowledged: Option<Option<Value>>,
-    acknowledged_at: u64,
 }
 
 impl PathState {
@@ -166,7 +167,6 @@ impl PathState {
             crm_had_landed_value: false,
             seller: None,
             acknowledged: None,
-            acknowledged_at: 0,
         }
     }
 
@@ -214,8 +214,8 @@ impl PathState {
         // last settled sync left: between the two syncs only the seller's
         // change shows.
         if let Some(s) = &self.seller
-            && s.at > self.acknowledged_at
-            && self.acknowledged.as_ref() == Some(&crm)
+            && s.at > 0
+            && s.acknowledged_before.as_ref() == Some(&crm)
         {
             return Some((
                 vec![Some(s.value.clone()), crm],
@@ -418,7 +418,7 @@ impl RecordModel {
     /// What Partner Center holds now (`None`: no referral yet).
     /// `acknowledged`: a cycle just settled the record, so the sync has
     /// what it holds as its base.
-    pub fn observe(&mut self, at: u64, live: Option<&Value>, acknowledged: bool) {
+    pub fn observe(&mut self, live: Option<&Value>, acknowledged: bool) {
         let Some(live) = live else { return };
         if let Some(status) = value_of(live, &Key::Status) {
             self.statuses_seen.insert(status.to_string());
@@ -444,7 +444,6 @@ impl RecordModel {
             }
             if acknowledged {
                 state.acknowledged = Some(here);
-                state.acknowledged_at = at;
             }
         }
     }
@@ -459,6 +458,7 @@ impl RecordModel {
             at,
             value,
             after_landing: state.landed,
+            acknowledged_before: state.acknowledged.clone(),
         });
     }
 
@@ -727,6 +727,7 @@ mod tests {
             at,
             value,
             after_landing,
+            acknowledged_before: None,
         })
     }
 
@@ -801,9 +802,12 @@ mod tests {
             (
                 "the CRM back to the last sync's value after a seller's edit",
                 PathState {
-                    seller: seller(1, s.clone(), None),
-                    acknowledged: Some(Some(c.clone())),
-                    acknowledged_at: 0,
+                    seller: Some(SellerMark {
+                        at: 1,
+                        value: s.clone(),
+                        after_landing: None,
+                        acknowledged_before: Some(Some(c.clone())),
+                    }),
                     ..path(Some(c.clone()))
                 },
                 vec![Some(s.clone()), Some(c.clone())],

@@ -506,7 +506,7 @@ max_missing_ratio = 1.0
                 .iter()
                 .find(|r| r["externalReferenceId"].as_str() == Some(model.external_id.as_str()));
             let settled = acknowledged.contains(&model.external_id);
-            model.observe(self.time, live, settled);
+            model.observe(live, settled);
         }
         Ok(referrals)
     }
