@@ -429,8 +429,22 @@ impl RecordModel {
             }
         }
         for (key, state) in &mut self.paths {
-            let Some(crm) = &state.crm else { continue };
+            let Some(crm) = state.crm.clone() else {
+                continue;
+            };
             let here = value_of(live, key);
+            // The CRM's value written over a seller's edit that the rules
+            // say it wins against: that edit is gone from Partner Center.
+            if crm.is_some()
+                && here == crm
+                && state.seller.is_some()
+                && state
+                    .acceptable()
+                    .is_some_and(|(values, _)| values == [crm.clone()])
+            {
+                state.seller = None;
+            }
+            let crm = &crm;
             if &here == crm {
                 let landing = if acknowledged || state.acknowledged.as_ref() == Some(crm) {
                     Landing::Acknowledged
@@ -569,8 +583,8 @@ impl RecordModel {
                 continue;
             }
             if *key == Key::Status
-                && let [Some(wanted)] = acceptable.as_slice()
-                && let Some(held) = &here
+                && let (Some(Some(wanted)), Some(held)) = (&state.crm, &here)
+                && acceptable.contains(&Some(wanted.clone()))
                 && !may_move(
                     held[0].as_str().unwrap_or(""),
                     wanted[0].as_str().unwrap_or(""),
@@ -578,8 +592,11 @@ impl RecordModel {
                 && self.statuses_seen.contains(&held.to_string())
             {
                 // The table forbids the CRM's move from what Partner Center
-                // holds: kept, and the record reported invalid.
-                refused_status = true;
+                // holds: kept, and the record reported invalid (certainly
+                // when the CRM's status was the only one allowed).
+                if acceptable.len() == 1 {
+                    refused_status = true;
+                }
                 continue;
             }
             if *key == Key::Pointer("/statusReason".into()) {
@@ -818,5 +835,37 @@ mod tests {
             assert_eq!(acceptable, expected, "{name}");
         }
         assert!(PathState::unmapped().acceptable().is_none());
+    }
+
+    fn name_rule(model: &RecordModel) -> Vec<Option<Value>> {
+        model.paths[&Key::Pointer("/name".into())]
+            .acceptable()
+            .map(|(values, _)| values)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_seller_edit_the_crm_won_against_is_gone_once_the_crm_value_lands() {
+        let mut model = RecordModel::new("r".into());
+        model.crm_now(1, &json!({"name": "A"}));
+        model.observe(Some(&json!({"name": "A"})), true);
+        model.seller_set(3, Key::Pointer("/name".into()), json!("S"));
+        model.crm_now(4, &json!({"name": "B"}));
+        assert_eq!(name_rule(&model), [Some(json!("B"))]);
+        model.observe(Some(&json!({"name": "B"})), true);
+        // Back to A: the seller's S was overwritten by B, it cannot stand.
+        model.crm_now(5, &json!({"name": "A"}));
+        assert_eq!(name_rule(&model), [Some(json!("A"))]);
+    }
+
+    #[test]
+    fn a_seller_edit_overwritten_against_the_rules_stays_expected() {
+        let mut model = RecordModel::new("r".into());
+        model.crm_now(1, &json!({"name": "A"}));
+        model.observe(Some(&json!({"name": "A"})), true);
+        model.seller_set(3, Key::Pointer("/name".into()), json!("S"));
+        // A sync that wrote A back over the seller's later edit.
+        model.observe(Some(&json!({"name": "A"})), true);
+        assert_eq!(name_rule(&model), [Some(json!("S"))]);
     }
 }
