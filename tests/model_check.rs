@@ -186,6 +186,8 @@ fn check(
         .expect("tokio runtime");
     let started = Instant::now();
     let tally = std::sync::Mutex::new(sim::Tally::default());
+    // REFERRAL_SYNC_MODEL_SHOW=1: every history in full, passing or not.
+    let show = std::env::var_os("REFERRAL_SYNC_MODEL_SHOW").is_some();
     let failures: Vec<Failure> = runtime.block_on(async {
         futures_util::stream::iter(histories)
             .map(|history| {
@@ -205,6 +207,9 @@ fn check(
                 };
                 if let (Ok(report), Ok(mut total)) = (&failure.outcome, tally.lock()) {
                     total.add(&report.tally);
+                }
+                if show {
+                    eprintln!("{}", failure.details());
                 }
                 match &failure.outcome {
                     Ok(report) if report.violations.is_empty() => None,
