@@ -446,7 +446,12 @@ impl RecordModel {
             }
             let crm = &crm;
             if &here == crm {
-                let landing = if acknowledged || state.acknowledged.as_ref() == Some(crm) {
+                // Only a cycle that settled the record after the CRM's change
+                // makes the landing certain: Partner Center merely holding
+                // the value (a seller's equal status, a revert to what the
+                // last sync left) reads either way — the base says nothing
+                // is to send, the timeline says no sync has run since.
+                let landing = if acknowledged {
                     Landing::Acknowledged
                 } else {
                     Landing::Unacknowledged
