@@ -695,6 +695,13 @@ max_missing_ratio = 1.0
             self.set_faults(fault.rules(race_referral.as_deref()))
                 .await?;
         }
+        if kill.is_some_and(|k| k.at_request) {
+            self.set_faults(json!([
+                {"method": "POST", "times": 0, "kind": "delay", "ms": 300},
+                {"method": "PATCH", "times": 0, "kind": "delay", "ms": 300},
+            ]))
+            .await?;
+        }
         if kill.is_some_and(|k| k.hold_answers) {
             self.set_faults(json!([
                 {"method": "POST", "times": 0, "kind": "delay_after", "ms": 25},
@@ -775,6 +782,11 @@ max_missing_ratio = 1.0
         let (polls, after_ms) = kill.map_or((u32::MAX, 3_600_000), |k| (k.polls, k.after_ms));
         let signal: Pin<Box<dyn Future<Output = ()> + Send>> = match kill {
             Some(k) if k.at_write => Box::pin(wait_for_applied_write(
+                self.http.clone(),
+                self.base.clone(),
+                journal_seq,
+            )),
+            Some(k) if k.at_request => Box::pin(wait_for_sent_write(
                 self.http.clone(),
                 self.base.clone(),
                 journal_seq,
@@ -1126,6 +1138,32 @@ async fn wait_for_applied_write(http: reqwest::Client, base: String, since: u64)
             })
         });
         if applied {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Until the journal shows a write after `since` that the service has
+/// received and not handled yet (held by a delay), polling every
+/// millisecond.
+async fn wait_for_sent_write(http: reqwest::Client, base: String, since: u64) {
+    loop {
+        let body = match http
+            .get(format!("{base}/_admin/requests?since={since}"))
+            .send()
+            .await
+        {
+            Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let sent = body["value"].as_array().is_some_and(|entries| {
+            entries.iter().any(|e| {
+                matches!(e["method"].as_str(), Some("POST" | "PATCH"))
+                    && e["outcome"] == "in_progress"
+            })
+        });
+        if sent {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
