@@ -185,6 +185,9 @@ fn check(
         .build()
         .expect("tokio runtime");
     let started = Instant::now();
+    let tally = std::sync::Mutex::new(sim::Tally::default());
+    // REFERRAL_SYNC_MODEL_SHOW=1: every history in full, passing or not.
+    let show = std::env::var_os("REFERRAL_SYNC_MODEL_SHOW").is_some();
     let failures: Vec<Failure> = runtime.block_on(async {
         futures_util::stream::iter(histories)
             .map(|history| {
@@ -197,11 +200,17 @@ fn check(
                 })
             })
             .buffer_unordered(parallel)
-            .filter_map(|joined| async move {
+            .filter_map(|joined| async {
                 let failure = match joined {
                     Ok(failure) => failure,
                     Err(e) => panic!("a history panicked: {e}"),
                 };
+                if let (Ok(report), Ok(mut total)) = (&failure.outcome, tally.lock()) {
+                    total.add(&report.tally);
+                }
+                if show {
+                    eprintln!("{}", failure.details());
+                }
                 match &failure.outcome {
                     Ok(report) if report.violations.is_empty() => None,
                     _ => Some(failure),
@@ -216,6 +225,9 @@ fn check(
         elapsed.as_secs_f64(),
         failures.len()
     );
+    if let Ok(total) = tally.lock() {
+        eprintln!("  {total}");
+    }
     if failures.is_empty() {
         return;
     }

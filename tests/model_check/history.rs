@@ -110,6 +110,10 @@ pub struct Kill {
     /// With `hold_answers`: killed as soon as the service has applied a
     /// write of this cycle, before its answer arrives.
     pub at_write: bool,
+    /// Every write is held 300 ms before the service handles it, and the
+    /// cycle is killed as soon as one arrives: the write was sent (its
+    /// intent recorded) but never applied.
+    pub at_request: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +136,10 @@ impl fmt::Display for Step {
                 "cycle killed after {} polls or {} ms{}",
                 kill.polls,
                 kill.after_ms,
-                match (kill.hold_answers, kill.at_write) {
+                match (kill.hold_answers, kill.at_write || kill.at_request) {
+                    _ if kill.at_request => {
+                        ", writes held 300 ms before they are handled, killed at the first one sent"
+                    }
                     (true, true) =>
                         ", answers to writes held 25 ms, killed at the first applied write",
                     (true, false) => ", answers to writes held 25 ms",
@@ -276,6 +283,13 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
             r if r < cycle => Step::Cycle { fault: None },
             r if r < faulty => {
                 let fault = g.fault(record, &mut members_added[record]);
+                // A fault needs requests to act on: most come after a CRM
+                // edit (a race always, of the record it races on).
+                if matches!(fault, Fault::Race { .. }) || g.rng.chance(60) {
+                    let edit = g.crm_edit(&leads[record]);
+                    leads[record].apply(&edit);
+                    steps.push(Step::Crm { record, edit });
+                }
                 Step::Cycle { fault: Some(fault) }
             }
             _ => {
@@ -284,11 +298,18 @@ pub fn generate(seed: u64, max_records: usize, max_steps: usize) -> History {
                 } else {
                     50
                 });
+                // A kill needs a cycle with work in it to cut off.
+                if g.rng.chance(60) {
+                    let edit = g.crm_edit(&leads[record]);
+                    leads[record].apply(&edit);
+                    steps.push(Step::Crm { record, edit });
+                }
                 Step::Kill(Kill {
-                    polls: 1 + g.rng.below_u32(60),
-                    after_ms: g.rng.below(60),
+                    polls: 1 + g.rng.below_u32(40),
+                    after_ms: g.rng.below(40),
                     hold_answers,
                     at_write: hold_answers && g.rng.chance(50),
+                    at_request: false,
                 })
             }
         };

@@ -135,6 +135,9 @@ struct SellerMark {
     /// Whether the CRM's value (as of `at`) had landed when the seller
     /// made the edit.
     after_landing: Option<Landing>,
+    /// What the last settled sync had left there when the seller made the
+    /// edit.
+    acknowledged_before: Option<Option<Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,12 +149,12 @@ struct PathState {
     /// Since `crm_changed_at`.
     landed: Option<Landing>,
     crm_had_value: bool,
+    /// A value of the CRM's was seen landed after a cycle settled the
+    /// record (not only after a crash or a 204).
     crm_had_landed_value: bool,
     seller: Option<SellerMark>,
-    /// The value Partner Center held when a cycle last settled the record,
-    /// and when that was.
+    /// The value Partner Center held when a cycle last settled the record.
     acknowledged: Option<Option<Value>>,
-    acknowledged_at: u64,
 }
 
 impl PathState {
@@ -164,7 +167,6 @@ impl PathState {
             crm_had_landed_value: false,
             seller: None,
             acknowledged: None,
-            acknowledged_at: 0,
         }
     }
 
@@ -212,8 +214,8 @@ impl PathState {
         // last settled sync left: between the two syncs only the seller's
         // change shows.
         if let Some(s) = &self.seller
-            && s.at > self.acknowledged_at
-            && self.acknowledged.as_ref() == Some(&crm)
+            && s.at > 0
+            && s.acknowledged_before.as_ref() == Some(&crm)
         {
             return Some((
                 vec![Some(s.value.clone()), crm],
@@ -234,9 +236,15 @@ impl PathState {
                     "the CRM had a value that landed and then cleared it: cleared",
                 ));
             }
+            if partner_center.is_none() {
+                return Some((
+                    vec![None],
+                    "the CRM had a value, then cleared it, and no seller set one: cleared",
+                ));
+            }
             return Some((
                 vec![None, partner_center],
-                "the CRM had a value that never landed, then cleared it: either",
+                "the CRM had a value that never landed as far as the sync could know, then cleared it: either",
             ));
         }
         Some((vec![crm], "the CRM's last value lands"))
@@ -410,7 +418,7 @@ impl RecordModel {
     /// What Partner Center holds now (`None`: no referral yet).
     /// `acknowledged`: a cycle just settled the record, so the sync has
     /// what it holds as its base.
-    pub fn observe(&mut self, at: u64, live: Option<&Value>, acknowledged: bool) {
+    pub fn observe(&mut self, live: Option<&Value>, acknowledged: bool) {
         let Some(live) = live else { return };
         if let Some(status) = value_of(live, &Key::Status) {
             self.statuses_seen.insert(status.to_string());
@@ -421,22 +429,40 @@ impl RecordModel {
             }
         }
         for (key, state) in &mut self.paths {
-            let Some(crm) = &state.crm else { continue };
+            let Some(crm) = state.crm.clone() else {
+                continue;
+            };
             let here = value_of(live, key);
+            // The CRM's value written over a seller's edit that the rules
+            // say it wins against: that edit is gone from Partner Center.
+            if crm.is_some()
+                && here == crm
+                && state.seller.is_some()
+                && state
+                    .acceptable()
+                    .is_some_and(|(values, _)| values == [crm.clone()])
+            {
+                state.seller = None;
+            }
+            let crm = &crm;
             if &here == crm {
-                let landing = if acknowledged || state.acknowledged.as_ref() == Some(crm) {
+                // Only a cycle that settled the record after the CRM's change
+                // makes the landing certain: Partner Center merely holding
+                // the value (a seller's equal status, a revert to what the
+                // last sync left) reads either way — the base says nothing
+                // is to send, the timeline says no sync has run since.
+                let landing = if acknowledged {
                     Landing::Acknowledged
                 } else {
                     Landing::Unacknowledged
                 };
                 state.landed = state.landed.max(Some(landing));
-                if crm.is_some() {
+                if crm.is_some() && landing == Landing::Acknowledged {
                     state.crm_had_landed_value = true;
                 }
             }
             if acknowledged {
                 state.acknowledged = Some(here);
-                state.acknowledged_at = at;
             }
         }
     }
@@ -451,6 +477,7 @@ impl RecordModel {
             at,
             value,
             after_landing: state.landed,
+            acknowledged_before: state.acknowledged.clone(),
         });
     }
 
@@ -561,8 +588,8 @@ impl RecordModel {
                 continue;
             }
             if *key == Key::Status
-                && let [Some(wanted)] = acceptable.as_slice()
-                && let Some(held) = &here
+                && let (Some(Some(wanted)), Some(held)) = (&state.crm, &here)
+                && acceptable.contains(&Some(wanted.clone()))
                 && !may_move(
                     held[0].as_str().unwrap_or(""),
                     wanted[0].as_str().unwrap_or(""),
@@ -570,8 +597,11 @@ impl RecordModel {
                 && self.statuses_seen.contains(&held.to_string())
             {
                 // The table forbids the CRM's move from what Partner Center
-                // holds: kept, and the record reported invalid.
-                refused_status = true;
+                // holds: kept, and the record reported invalid (certainly
+                // when the CRM's status was the only one allowed).
+                if acceptable.len() == 1 {
+                    refused_status = true;
+                }
                 continue;
             }
             if *key == Key::Pointer("/statusReason".into()) {
@@ -719,6 +749,7 @@ mod tests {
             at,
             value,
             after_landing,
+            acknowledged_before: None,
         })
     }
 
@@ -793,9 +824,12 @@ mod tests {
             (
                 "the CRM back to the last sync's value after a seller's edit",
                 PathState {
-                    seller: seller(1, s.clone(), None),
-                    acknowledged: Some(Some(c.clone())),
-                    acknowledged_at: 0,
+                    seller: Some(SellerMark {
+                        at: 1,
+                        value: s.clone(),
+                        after_landing: None,
+                        acknowledged_before: Some(Some(c.clone())),
+                    }),
                     ..path(Some(c.clone()))
                 },
                 vec![Some(s.clone()), Some(c.clone())],
@@ -806,5 +840,37 @@ mod tests {
             assert_eq!(acceptable, expected, "{name}");
         }
         assert!(PathState::unmapped().acceptable().is_none());
+    }
+
+    fn name_rule(model: &RecordModel) -> Vec<Option<Value>> {
+        model.paths[&Key::Pointer("/name".into())]
+            .acceptable()
+            .map(|(values, _)| values)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_seller_edit_the_crm_won_against_is_gone_once_the_crm_value_lands() {
+        let mut model = RecordModel::new("r".into());
+        model.crm_now(1, &json!({"name": "A"}));
+        model.observe(Some(&json!({"name": "A"})), true);
+        model.seller_set(3, Key::Pointer("/name".into()), json!("S"));
+        model.crm_now(4, &json!({"name": "B"}));
+        assert_eq!(name_rule(&model), [Some(json!("B"))]);
+        model.observe(Some(&json!({"name": "B"})), true);
+        // Back to A: the seller's S was overwritten by B, it cannot stand.
+        model.crm_now(5, &json!({"name": "A"}));
+        assert_eq!(name_rule(&model), [Some(json!("A"))]);
+    }
+
+    #[test]
+    fn a_seller_edit_overwritten_against_the_rules_stays_expected() {
+        let mut model = RecordModel::new("r".into());
+        model.crm_now(1, &json!({"name": "A"}));
+        model.observe(Some(&json!({"name": "A"})), true);
+        model.seller_set(3, Key::Pointer("/name".into()), json!("S"));
+        // A sync that wrote A back over the seller's later edit.
+        model.observe(Some(&json!({"name": "A"})), true);
+        assert_eq!(name_rule(&model), [Some(json!("S"))]);
     }
 }

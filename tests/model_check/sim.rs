@@ -45,6 +45,57 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// What happened at each step, for the failure report.
     pub log: Vec<String>,
+    pub tally: Tally,
+}
+
+/// How often the faults a history drew did what they were meant to, so a
+/// run can show that it exercised them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub cycles: u64,
+    /// Kills that cut a cycle off, and kills that came after it ended.
+    pub kills_cut: u64,
+    pub kills_late: u64,
+    /// Race edits made while the PATCH was held, and races with no PATCH.
+    pub races_held: u64,
+    pub races_missed: u64,
+    /// 412s, 429s, resets and 204s the emulator answered.
+    pub precondition_failed: u64,
+    pub throttled: u64,
+    pub resets: u64,
+    pub no_representation: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, other: &Tally) {
+        self.cycles += other.cycles;
+        self.kills_cut += other.kills_cut;
+        self.kills_late += other.kills_late;
+        self.races_held += other.races_held;
+        self.races_missed += other.races_missed;
+        self.precondition_failed += other.precondition_failed;
+        self.throttled += other.throttled;
+        self.resets += other.resets;
+        self.no_representation += other.no_representation;
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cycles; kills: {} cut a cycle off, {} came after it; races: {} edits while the PATCH was held, {} without a PATCH; answered 412 {}, 429 {}, reset {}, 204 {}",
+            self.cycles,
+            self.kills_cut,
+            self.kills_late,
+            self.races_held,
+            self.races_missed,
+            self.precondition_failed,
+            self.throttled,
+            self.resets,
+            self.no_representation
+        )
+    }
 }
 
 /// The cycle future, dropped when it has been polled `polls` times or
@@ -103,6 +154,9 @@ pub struct Sim {
     log: Vec<String>,
     /// The owned paths the last seller edit set.
     last_seller_keys: Vec<Key>,
+    /// The race fault's seller edit was made during this cycle.
+    race_done: bool,
+    tally: Tally,
 }
 
 /// A temporary directory on a memory file system when there is one: the
@@ -274,6 +328,8 @@ max_missing_ratio = 1.0
             process: None,
             log: Vec::new(),
             last_seller_keys: Vec::new(),
+            race_done: false,
+            tally: Tally::default(),
         };
         sim.write_crm()?;
         Ok(sim)
@@ -325,10 +381,21 @@ max_missing_ratio = 1.0
                 });
             }
         }
+        let mut tally = self.tally;
+        for entry in self.journal().await? {
+            match (entry["status"].as_u64(), entry["fault"].as_str()) {
+                (Some(412), _) => tally.precondition_failed += 1,
+                (Some(429), _) => tally.throttled += 1,
+                (_, Some("reset_before" | "reset_after")) => tally.resets += 1,
+                (Some(204), _) => tally.no_representation += 1,
+                _ => {}
+            }
+        }
         self.stop().await;
         Ok(Report {
             violations,
             log: self.log,
+            tally,
         })
     }
 
@@ -439,7 +506,7 @@ max_missing_ratio = 1.0
                 .iter()
                 .find(|r| r["externalReferenceId"].as_str() == Some(model.external_id.as_str()));
             let settled = acknowledged.contains(&model.external_id);
-            model.observe(self.time, live, settled);
+            model.observe(live, settled);
         }
         Ok(referrals)
     }
@@ -628,6 +695,13 @@ max_missing_ratio = 1.0
             self.set_faults(fault.rules(race_referral.as_deref()))
                 .await?;
         }
+        if kill.is_some_and(|k| k.at_request) {
+            self.set_faults(json!([
+                {"method": "POST", "times": 0, "kind": "delay", "ms": 300},
+                {"method": "PATCH", "times": 0, "kind": "delay", "ms": 300},
+            ]))
+            .await?;
+        }
         if kill.is_some_and(|k| k.hold_answers) {
             self.set_faults(json!([
                 {"method": "POST", "times": 0, "kind": "delay_after", "ms": 25},
@@ -651,6 +725,31 @@ max_missing_ratio = 1.0
             acknowledged
         };
         self.observe(&acknowledged).await?;
+        self.tally.cycles += 1;
+        if let Some(Fault::Race { .. }) = fault {
+            if self.race_done {
+                self.tally.races_held += 1;
+            } else {
+                self.tally.races_missed += 1;
+            }
+        }
+        // A race whose PATCH never came: the seller's edit comes after the
+        // cycle instead.
+        let mut note = note;
+        if let Some(Fault::Race { record, edit }) = fault
+            && !self.race_done
+        {
+            let edited = self.seller_edit(*record, edit).await?;
+            let text = format!(
+                "no PATCH held: the seller edit came after the cycle{}",
+                edited.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+            note = Some(match note {
+                Some(n) => format!("{n}; {text}"),
+                None => text,
+            });
+        }
+        self.race_done = false;
         Ok(note)
     }
 
@@ -687,6 +786,11 @@ max_missing_ratio = 1.0
                 self.base.clone(),
                 journal_seq,
             )),
+            Some(k) if k.at_request => Box::pin(wait_for_sent_write(
+                self.http.clone(),
+                self.base.clone(),
+                journal_seq,
+            )),
             _ => Box::pin(std::future::pending()),
         };
         let mut cut = Cut {
@@ -710,15 +814,13 @@ max_missing_ratio = 1.0
                     held = &mut watcher => Ok(held),
                 };
                 match raced {
-                    Err(result) => {
-                        race_note =
-                            Some("no PATCH in the cycle: the seller edit came after it".to_owned());
-                        race_note = self.seller_edit(*record, edit).await?.or(race_note);
-                        result
-                    }
+                    // No PATCH held: the edit is made once the cycle is
+                    // observed (see `cycle`).
+                    Err(result) => result,
                     Ok(held) => {
                         held?;
                         race_note = self.seller_edit(*record, edit).await?;
+                        self.race_done = true;
                         self.pin_race_order(*record, race_referral.as_deref(), &mut race_note)
                             .await?;
                         (&mut cut).await
@@ -732,6 +834,9 @@ max_missing_ratio = 1.0
         let mut notes: Vec<String> = race_note.into_iter().collect();
         let acknowledged = match result {
             Ok(summary) => {
+                if kill.is_some() {
+                    self.tally.kills_late += 1;
+                }
                 match &summary {
                     Ok(summary) => notes.push(format!("{summary}")),
                     Err(e) => notes.push(format!("cycle error: {e}")),
@@ -749,6 +854,7 @@ max_missing_ratio = 1.0
                     .collect()
             }
             Err(polls) => {
+                self.tally.kills_cut += 1;
                 notes.push(format!(
                     "killed after {polls} polls, {} records decided",
                     outcomes.len()
@@ -859,18 +965,45 @@ max_missing_ratio = 1.0
                 command.env_remove(key);
             }
         }
+        let journal_seq = self
+            .journal()
+            .await?
+            .last()
+            .map_or(0, |e| e["seq"].as_u64().unwrap_or(0));
         let child = command
             .spawn()
             .map_err(|e| format!("starting referral-sync: {e}"))?;
         let mut race_note = None;
         let output = if let Some(kill) = kill {
+            // A process has no polls to count: the kill falls after a delay
+            // of the same spread, or at the first write the service applied.
             let mut child = child;
-            let delay = Duration::from_millis(kill.after_ms * 2 + u64::from(kill.polls));
-            let exited = tokio::time::timeout(delay, child.wait()).await;
-            if exited.is_err() {
+            let delay = Duration::from_millis(kill.after_ms + u64::from(kill.polls / 2));
+            let at_write: Pin<Box<dyn Future<Output = ()> + Send>> = if kill.at_write {
+                Box::pin(wait_for_applied_write(
+                    self.http.clone(),
+                    self.base.clone(),
+                    journal_seq,
+                ))
+            } else {
+                Box::pin(std::future::pending())
+            };
+            let started = Instant::now();
+            let exited = tokio::select! {
+                _ = child.wait() => true,
+                _ = tokio::time::sleep(delay) => false,
+                _ = at_write => false,
+            };
+            if exited {
+                self.tally.kills_late += 1;
+            } else {
+                self.tally.kills_cut += 1;
                 child.start_kill().map_err(|e| format!("SIGKILL: {e}"))?;
                 let _ = child.wait().await;
-                return Ok((Some(format!("SIGKILL after {delay:?}")), Vec::new()));
+                return Ok((
+                    Some(format!("SIGKILL after {:?}", started.elapsed())),
+                    Vec::new(),
+                ));
             }
             return Ok((
                 Some(format!("finished within {delay:?}, before the kill")),
@@ -883,13 +1016,11 @@ max_missing_ratio = 1.0
             tokio::pin!(output);
             tokio::pin!(watcher);
             tokio::select! {
-                out = &mut output => {
-                    race_note = self.seller_edit(*record, edit).await?;
-                    out
-                }
+                out = &mut output => out,
                 held = &mut watcher => {
                     held?;
                     race_note = self.seller_edit(*record, edit).await?;
+                    self.race_done = true;
                     self.pin_race_order(*record, race_referral.as_deref(), &mut race_note).await?;
                     output.await
                 }
@@ -1007,6 +1138,32 @@ async fn wait_for_applied_write(http: reqwest::Client, base: String, since: u64)
             })
         });
         if applied {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Until the journal shows a write after `since` that the service has
+/// received and not handled yet (held by a delay), polling every
+/// millisecond.
+async fn wait_for_sent_write(http: reqwest::Client, base: String, since: u64) {
+    loop {
+        let body = match http
+            .get(format!("{base}/_admin/requests?since={since}"))
+            .send()
+            .await
+        {
+            Ok(response) => response.json::<Value>().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let sent = body["value"].as_array().is_some_and(|entries| {
+            entries.iter().any(|e| {
+                matches!(e["method"].as_str(), Some("POST" | "PATCH"))
+                    && e["outcome"] == "in_progress"
+            })
+        });
+        if sent {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -119,9 +119,44 @@ pub fn all() -> Vec<History> {
                     after_ms: 5_000,
                     hold_answers: true,
                     at_write: true,
+                    at_request: false,
                 }),
                 crm(CrmEdit::Amount(1000)),
                 cycle(),
+            ],
+        ),
+        // 3b. The same, then the revert's own write is cut off after it
+        // was sent and before the service applied it: the next cycle must
+        // still know the referral holds 2000.
+        history(
+            "3b: a revert cut off in flight after a recovered write",
+            5,
+            Start {
+                lead: {
+                    let mut l = lead();
+                    l.contact = None;
+                    l
+                },
+                existing: None,
+            },
+            vec![
+                cycle(),
+                crm(CrmEdit::Amount(2000)),
+                Step::Kill(Kill {
+                    polls: u32::MAX,
+                    after_ms: 5_000,
+                    hold_answers: true,
+                    at_write: true,
+                    at_request: false,
+                }),
+                crm(CrmEdit::Amount(1000)),
+                Step::Kill(Kill {
+                    polls: u32::MAX,
+                    after_ms: 5_000,
+                    hold_answers: false,
+                    at_write: false,
+                    at_request: true,
+                }),
             ],
         ),
         // 4. A seller closes the referral while the CRM moves it on; the
