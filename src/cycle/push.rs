@@ -844,20 +844,36 @@ impl Pusher {
         Ok(())
     }
 
-    /// Take in the live referral after a 412 or an unknown outcome, and
-    /// plan again against it.
-    fn replan(&self, item: &WorkItem, footing: &mut Footing, live: Referral) -> Plan {
+    /// Take in the live referral after a 412 or an unknown outcome, plan
+    /// again against it, record the plan in the history, and keep its
+    /// conflicts and drift with those of earlier rounds (one per path).
+    fn replan(
+        &self,
+        item: &WorkItem,
+        footing: &mut Footing,
+        live: Referral,
+        conflicts: &mut Vec<merge::Conflict>,
+        drift: &mut Vec<merge::Drift>,
+    ) -> Result<Plan, Stop> {
         footing.etag = live.etag;
         footing.live = Some(live.document);
         let adopting = footing.before.is_none();
-        let plan = self.plan(item, footing, adopting);
+        let mut plan = self.plan(item, footing, adopting);
+        let ext = item.mapped.external_id.as_str();
         debug!(
-            external_id = %item.mapped.external_id,
+            external_id = ext,
             ops = plan.ops.len(),
             already_applied = plan.already_applied,
             "re-planned against the live referral"
         );
-        plan
+        self.event(
+            ext,
+            "replanned",
+            plan_event(footing, &plan, &plan.conflicts, &plan.drift),
+        )?;
+        keep_latest(conflicts, std::mem::take(&mut plan.conflicts));
+        keep_latest_drift(drift, std::mem::take(&mut plan.drift));
+        Ok(plan)
     }
 
     /// The write intent for `plan` against `footing`.
@@ -937,14 +953,13 @@ impl Pusher {
                                 // the ops were planned against: merge first,
                                 // as after a 412.
                                 self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
-                                plan = self.replan(item, &mut footing, live);
-                                self.event(
-                                    ext,
-                                    "replanned",
-                                    plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
+                                plan = self.replan(
+                                    item,
+                                    &mut footing,
+                                    live,
+                                    &mut conflicts,
+                                    &mut drift,
                                 )?;
-                                keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
-                                keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
                                 continue;
                             }
                             live.document
@@ -1009,28 +1024,14 @@ impl Pusher {
                     }
                     let applied = self.recover(ext, &intent, &mut footing, &live);
                     self.event(ext, "intent settled", intent_event(&intent, applied, &live))?;
-                    plan = self.replan(item, &mut footing, live);
-                    self.event(
-                        ext,
-                        "replanned",
-                        plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
-                    )?;
-                    keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
-                    keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
+                    plan = self.replan(item, &mut footing, live, &mut conflicts, &mut drift)?;
                     continue;
                 }
                 Err(e) => return Err(refused(api_stop(Some(&footing.referral_id), &e))),
             }
             // After a 412: read the live referral and plan against it.
             let live = self.get_live(client, ext, &footing.referral_id).await?;
-            plan = self.replan(item, &mut footing, live);
-            self.event(
-                ext,
-                "replanned",
-                plan_event(&footing, &plan, &plan.conflicts, &plan.drift),
-            )?;
-            keep_latest(&mut conflicts, std::mem::take(&mut plan.conflicts));
-            keep_latest_drift(&mut drift, std::mem::take(&mut plan.drift));
+            plan = self.replan(item, &mut footing, live, &mut conflicts, &mut drift)?;
         };
 
         let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
