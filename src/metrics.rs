@@ -141,60 +141,71 @@ impl Metrics {
         let cycles = Family::<CycleLabels, Counter>::default();
         registry.register(
             "referral_sync_cycles",
-            "Cycles finished, by what started them and how they ended (ok, partial, interrupted, failed).",
+            "Cycles finished, by what started them and how they ended (ok, partial, interrupted, failed)",
             cycles.clone(),
         );
         let last_success = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_last_success_timestamp_seconds",
-            "When the last cycle that reached every record (outcome ok or partial) finished, in seconds since the Unix epoch.",
+            "When the last cycle that reached every record (outcome ok or partial) finished, in seconds since the Unix epoch",
             last_success.clone(),
         );
         let cycle_duration = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_cycle_duration_seconds",
-            "How long the last cycle took.",
+            "How long the last cycle took",
             cycle_duration.clone(),
         );
         let records = Family::<StateLabels, Gauge>::default();
         registry.register(
             "referral_sync_records",
-            "Records in the store by state, as the last cycle left them.",
+            "Records in the store by state, as the last cycle left them",
             records.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "referral_sync_requests",
-            "Requests sent to Partner Center (every attempt), by method and HTTP status (\"error\" when no answer came).",
+            "Requests sent to Partner Center (every attempt), by method and HTTP status (\"error\" when no answer came)",
             requests.clone(),
         );
         let request_duration = DurationHistogram::default();
         registry.register(
             "referral_sync_request_duration_seconds",
-            "How long each request to Partner Center took, to the end of its answer.",
+            "How long each request to Partner Center took, to the end of its answer",
             request_duration.clone(),
         );
         let throttled = Counter::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_throttled_seconds",
-            "Seconds of pause Partner Center asked for with Retry-After (429, 503), during which no request is sent.",
+            "Seconds of pause Partner Center asked for with Retry-After (429, 503), during which no request is sent",
             throttled.clone(),
         );
         let conflicts = Family::<ResolutionLabels, Counter>::default();
         registry.register(
             "referral_sync_conflicts",
-            "Paths changed both in the CRM and in Partner Center, by who won (crm-wins, remote-wins).",
+            "Paths changed both in the CRM and in Partner Center, by who won (crm-wins, remote-wins)",
             conflicts.clone(),
         );
         let drift = Family::<ActionLabels, Counter>::default();
         registry.register(
             "referral_sync_drift",
-            "Paths a resync found changed in Partner Center, by what was done (repaired, kept).",
+            "Paths a resync found changed in Partner Center, by what was done (repaired, kept)",
             drift.clone(),
         );
         for state in ["synced", "pending", "failed", "invalid", "held"] {
             drop(records.get_or_create(&StateLabels {
                 state: state.to_owned(),
+            }));
+        }
+        // Every series an alert may name is there from the start, at zero.
+        for resolution in ["crm-wins", "remote-wins"] {
+            drop(conflicts.get_or_create(&ResolutionLabels {
+                resolution: resolution.to_owned(),
+            }));
+        }
+        for action in ["repaired", "kept"] {
+            drop(drift.get_or_create(&ActionLabels {
+                action: action.to_owned(),
             }));
         }
         Metrics {
