@@ -605,7 +605,7 @@ impl Settings {
             ));
         }
 
-        let metrics = metrics_settings(raw.metrics, &resolve)?;
+        let metrics = metrics_settings(raw.metrics, resolve)?;
         let mapping = MappingSpec::default_for(raw.export.entity).overlay(raw.mapping);
         // Validate now so that a bad mapping stops start-up.
         Mapper::new(&mapping, raw.export.entity, &currency)?;
