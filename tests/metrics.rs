@@ -360,3 +360,29 @@ fn a_remote_listen_address_is_refused() {
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("port"), "{}", run.stderr());
 }
+
+#[test]
+fn throttled_time_and_refusals_are_counted() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = metrics_workspace(&emulator, "textfile = \"textfile/referral-sync.prom\"");
+    emulator.add_faults(serde_json::json!([
+        {"method": "PATCH", "times": 1, "kind": "status", "status": 429, "retry_after": 1},
+    ]));
+    ws.run(&["sync"]).assert_code(0);
+    let (_, samples) = read_textfile(&ws);
+    assert_eq!(
+        samples["referral_sync_requests_total{method=\"PATCH\",status=\"429\"}"],
+        1.0
+    );
+    assert_eq!(
+        samples["referral_sync_requests_total{method=\"PATCH\",status=\"200\"}"],
+        emulator
+            .requests_with_method("PATCH")
+            .iter()
+            .filter(|r| r["status"] == 200)
+            .count() as f64
+    );
+    // At least the second the service asked for.
+    let throttled = samples["referral_sync_throttled_seconds_total"];
+    assert!((1.0..5.0).contains(&throttled), "{throttled}");
+}
