@@ -386,3 +386,27 @@ fn throttled_time_and_refusals_are_counted() {
     let throttled = samples["referral_sync_throttled_seconds_total"];
     assert!((1.0..5.0).contains(&throttled), "{throttled}");
 }
+
+#[test]
+fn a_textfile_that_cannot_be_written_is_logged_and_the_sync_goes_on() {
+    let emulator = Emulator::start(&example_seed(), &[]);
+    let ws = metrics_workspace(&emulator, "textfile = \"missing/referral-sync.prom\"");
+    let run = ws.run(&["sync"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr().contains("metrics.textfile: cannot write"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr().contains("missing/referral-sync.prom"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(
+        ws.stored("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+            .unwrap()
+            .state,
+        "synced"
+    );
+}
