@@ -257,11 +257,22 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         print_error(&problem);
         return exit::CONFIG;
     }
+    // A dry run changes nothing, and counts nothing.
+    let metrics = (!args.dry_run && settings.metrics.enabled()).then(|| {
+        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
+        if let Some(problem) = problem {
+            eprintln!("warning: {problem}");
+        }
+        metrics
+    });
     runtime.block_on(async {
+        let observer = metrics
+            .clone()
+            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
         let client = if offline {
             None
         } else {
-            match service::build_client(&settings) {
+            match service::build_observed_client(&settings, observer) {
                 Ok(client) => Some(client),
                 Err(e) => {
                     print_error(&e);
@@ -275,7 +286,8 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         if let Some(client) = &client {
             client.interrupt_listings_on(stop_rx.clone());
         }
-        let engine = Engine::new(Arc::clone(&settings), mapper, store, client);
+        let engine =
+            Engine::new(Arc::clone(&settings), mapper, store, client).with_metrics(metrics);
         request.dry_run = args.dry_run;
         request.allow_missing |= args.allow_missing;
         request.allow_schema_change = args.allow_schema_change;

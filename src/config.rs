@@ -44,6 +44,77 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: Option<String>,
+    allow_remote: bool,
+    textfile: Option<PathBuf>,
+}
+
+/// `[metrics]`, validated: where the Prometheus metrics go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `metrics.listen`: the daemon serves `GET /metrics` here.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `metrics.textfile`: written atomically after every cycle.
+    pub textfile: Option<PathBuf>,
+}
+
+impl MetricsSettings {
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.textfile.is_some()
+    }
+}
+
+fn metrics_settings(
+    raw: RawMetrics,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<MetricsSettings, ConfigError> {
+    let listen = match raw.listen.as_deref().map(str::trim) {
+        None => None,
+        Some("") => return Err(invalid("metrics.listen", "must not be empty")),
+        Some(text) => {
+            let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{text:?} is not an IP address and port such as \"127.0.0.1:9464\""),
+                )
+            })?;
+            // The metrics carry no secret, but they tell anyone who can
+            // reach them how many records the CRM holds and how the sync
+            // fares, and the server has no authentication of its own.
+            if !addr.ip().is_loopback() && !raw.allow_remote {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!(
+                        "{addr} is not a loopback address; the metrics endpoint has no authentication. \
+                         Set metrics.allow_remote = true to serve it beyond this host"
+                    ),
+                ));
+            }
+            Some(addr)
+        }
+    };
+    let textfile = match raw.textfile {
+        None => None,
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(invalid("metrics.textfile", "must not be empty"));
+        }
+        Some(p) => {
+            let path = resolve(&p);
+            if path.file_name().is_none() {
+                return Err(invalid(
+                    "metrics.textfile",
+                    format!("{} does not name a file", path.display()),
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(MetricsSettings { listen, textfile })
+}
+
 // ---------------------------------------------------------------------------
 // Raw configuration, exactly as written.
 
@@ -67,6 +138,8 @@ struct RawConfig {
     daemon: RawDaemon,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     mapping: MappingSpec,
 }
@@ -396,6 +469,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The shipped default for the entity with the file's overrides on top.
     pub mapping: MappingSpec,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
 }
 
 impl Settings {
@@ -555,6 +630,7 @@ impl Settings {
             ));
         }
 
+        let metrics = metrics_settings(raw.metrics, resolve)?;
         let mapping = MappingSpec::default_for(raw.export.entity).overlay(raw.mapping);
         // Validate now so that a bad mapping stops start-up.
         Mapper::new(&mapping, raw.export.entity, &currency)?;
@@ -589,6 +665,7 @@ impl Settings {
                 level: raw.log.level,
             },
             mapping,
+            metrics,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod logging;
 pub mod mapping;
 pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod ownership;
 pub mod progress;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::api::auth::{AuthOptions, SecretFile, TokenProvider, check_secret_file};
 use crate::api::gate::{GateOptions, RequestGate};
-use crate::api::{ApiClient, ClientOptions};
+use crate::api::{ApiClient, ClientOptions, RequestObserver};
 use crate::config::{AuthSettings, Settings};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,14 @@ pub fn check_secret_files(settings: &Settings) -> Result<(), String> {
 
 /// The client for `settings`, with one request gate shared by every worker.
 pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
+    build_observed_client(settings, None)
+}
+
+/// As [`build_client`], telling `observer` (the metrics) of every request.
+pub fn build_observed_client(
+    settings: &Settings,
+    observer: Option<Arc<dyn RequestObserver>>,
+) -> Result<ApiClient, ServiceError> {
     let auth = match settings.auth.as_ref().ok_or(ServiceError::NoCredentials)? {
         AuthSettings::TokenFile(path) => AuthOptions::TokenFile { path: path.clone() },
         AuthSettings::RefreshToken {
@@ -93,5 +101,9 @@ pub fn build_client(settings: &Settings) -> Result<ApiClient, ServiceError> {
         concurrency: settings.api.concurrency,
         max_requests_per_second: settings.api.max_requests_per_second,
     })?);
-    Ok(ApiClient::with_http_client(options, http, gate, tokens)?)
+    let client = ApiClient::with_http_client(options, http, gate, tokens)?;
+    Ok(match observer {
+        Some(observer) => client.observed_by(observer),
+        None => client,
+    })
 }

@@ -153,6 +153,18 @@ pub struct ClientStats {
     pub token_refreshes: u64,
 }
 
+/// Told of every attempt's answer and of every pause the service asked for
+/// (the metrics). Calls are cheap and must not block.
+pub trait RequestObserver: Send + Sync {
+    /// One attempt finished: `status` is `None` when no answer came (a
+    /// connect error, a timeout, a broken connection).
+    fn request(&self, method: &Method, status: Option<u16>, elapsed: Duration);
+    /// The service asked (`Retry-After` on a 429 or 503) for `pause`, which
+    /// every worker now waits out (or, past `api.max_retry_after`, which
+    /// no request is sent during).
+    fn throttled(&self, pause: Duration);
+}
+
 /// The Partner Center Referrals client. Clones share the connection pool,
 /// the gate, the token provider and the counters.
 #[derive(Clone)]
@@ -175,6 +187,8 @@ struct Inner {
     /// The service asked to be left alone past `max_retry_after`: no
     /// request is sent before then.
     held_back: std::sync::Mutex<Option<HeldBack>>,
+    /// Set once, when the client is built.
+    observer: OnceLock<Arc<dyn RequestObserver>>,
 }
 
 /// A `Retry-After` longer than the client waits, remembered.
@@ -332,6 +346,7 @@ impl ApiClient {
                 counters: Counters::default(),
                 shutdown: OnceLock::new(),
                 held_back: std::sync::Mutex::new(None),
+                observer: OnceLock::new(),
             }),
         })
     }
@@ -340,6 +355,21 @@ impl ApiClient {
     /// turns `true` (SIGTERM): a long listing must not hold the shutdown
     /// for its whole grace period. Writes are never cut off. Set once; a
     /// second call is ignored.
+    /// Tell `observer` of every attempt and every pause the service asks
+    /// for. Set once; a second call is ignored.
+    pub fn observed_by(self, observer: Arc<dyn RequestObserver>) -> Self {
+        let _ = self.inner.observer.set(observer);
+        self
+    }
+
+    /// The pause the service asked for, to the observer and the gate.
+    fn pause_for(&self, wait: Duration) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer.throttled(wait);
+        }
+        self.inner.gate.pause_for(wait);
+    }
+
     pub fn interrupt_listings_on(&self, shutdown: watch::Receiver<bool>) {
         let _ = self.inner.shutdown.set(shutdown);
     }
@@ -625,6 +655,9 @@ impl ApiClient {
     /// longer than `max_retry_after`: remember it, and fail `call`.
     fn hold_back(&self, ctx: &RequestContext, call: &Call, asked: Duration) -> ApiError {
         let retry_after_secs = asked.as_secs() + u64::from(asked.subsec_nanos() > 0);
+        if let Some(observer) = self.inner.observer.get() {
+            observer.throttled(asked);
+        }
         let now = tokio::time::Instant::now();
         let until = now
             .checked_add(asked)
@@ -761,7 +794,7 @@ impl ApiClient {
                                 if wait > inner.retry.max_retry_after {
                                     self.hold_back(ctx, call, wait);
                                 } else {
-                                    inner.gate.pause_for(wait);
+                                    self.pause_for(wait);
                                 }
                             }
                             return Err(ApiError::OutcomeUnknown {
@@ -870,7 +903,7 @@ impl ApiClient {
                 // Giving up here does not release the other workers: the
                 // service's pause holds for them too.
                 if let Some(asked) = asked {
-                    inner.gate.pause_for(asked);
+                    self.pause_for(asked);
                 }
                 return Err(ApiError::Unavailable {
                     method: call.method.clone(),
@@ -895,7 +928,7 @@ impl ApiClient {
                         "throttled ({reason}); every request waits {:.1} s",
                         wait.as_secs_f64()
                     );
-                    inner.gate.pause_for(wait);
+                    self.pause_for(wait);
                 }
                 Retry::Transient => {
                     tracing::info!(
@@ -981,7 +1014,16 @@ impl ApiClient {
             })
         }
         .await;
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let elapsed = started.elapsed();
+        if let Some(observer) = inner.observer.get() {
+            let status = match &outcome {
+                Ok(answer) => Some(answer.status.as_u16()),
+                Err(AttemptError::TooLarge { status, .. }) => Some(status.as_u16()),
+                Err(AttemptError::Http(_)) => None,
+            };
+            observer.request(&call.method, status, elapsed);
+        }
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(answer) if answer.status.is_success() => tracing::debug!(
                 method = %call.method,

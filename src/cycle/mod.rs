@@ -21,6 +21,7 @@ use crate::api::ApiClient;
 use crate::config::Settings;
 use crate::export::{self, ExportError};
 use crate::mapping::Mapper;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 use outcome::Counters;
@@ -128,6 +129,7 @@ pub struct Engine {
     mapper: Arc<Mapper>,
     store: Arc<Mutex<Store>>,
     client: Option<ApiClient>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Engine {
@@ -143,7 +145,15 @@ impl Engine {
             mapper,
             store,
             client,
+            metrics: None,
         }
+    }
+
+    /// Count every cycle that is not a dry run in `metrics`, and write
+    /// `metrics.textfile` at its end.
+    pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Engine {
+        self.metrics = metrics;
+        self
     }
 
     pub fn settings(&self) -> &Settings {
@@ -182,8 +192,15 @@ impl Engine {
             )?)
         };
         let counters = Arc::new(Counters::default());
+        let metrics = self.metrics.as_ref().filter(|_| !request.dry_run);
+        let observed = |outcome: &RecordOutcome| {
+            if let Some(metrics) = metrics {
+                metrics.record_outcome(outcome);
+            }
+            report(outcome);
+        };
         let result = self
-            .run_phases(&request, cycle_id, &counters, report, stop)
+            .run_phases(&request, cycle_id, &counters, &observed, stop)
             .await;
         let mut summary = counters.summary(started.elapsed());
         summary.interrupted = matches!(result, Ok(true));
@@ -214,6 +231,18 @@ impl Engine {
                     .map_err(CycleError::from)
             }) {
                 error!(cycle_id = %cycle_id, error = %e, "could not record the cycle's end");
+            }
+        }
+        if let Some(metrics) = metrics {
+            metrics.record_cycle(request.trigger.as_str(), outcome, started.elapsed());
+            match lock_store(&self.store).and_then(|s| s.state_counts().map_err(CycleError::from)) {
+                Ok(counts) => metrics.set_record_states(&counts),
+                Err(e) => {
+                    warn!(cycle_id = %cycle_id, error = %e, "could not count the records for the metrics")
+                }
+            }
+            if let Err(e) = metrics.write_textfile() {
+                warn!(cycle_id = %cycle_id, error = %e, "could not write the metrics");
             }
         }
         match &result {

@@ -97,8 +97,23 @@ pub fn run(settings: Settings) -> u8 {
         Ok(file) => file,
         Err(e) => return fail(exit::RUNTIME, &e),
     };
+    let metrics = settings.metrics.enabled().then(|| {
+        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
+        if let Some(problem) = problem {
+            tracing::warn!("{problem}");
+        }
+        metrics
+    });
     let code = runtime.block_on(async {
-        let client = match service::build_client(&settings) {
+        if let (Some(metrics), Some(addr)) = (&metrics, settings.metrics.listen)
+            && let Err(e) = crate::metrics::serve(addr, Arc::clone(metrics)).await
+        {
+            return fail(exit::CONFIG, &e);
+        }
+        let observer = metrics
+            .clone()
+            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
+        let client = match service::build_observed_client(&settings, observer) {
             Ok(client) => client,
             Err(e) => return fail(exit::CONFIG, &e),
         };
@@ -111,12 +126,22 @@ pub fn run(settings: Settings) -> u8 {
             Ok(schedule) => schedule,
             Err(e) => return fail(exit::RUNTIME, &e),
         };
-        let engine = Arc::new(Engine::new(
-            Arc::clone(&settings),
-            mapper,
-            Arc::new(Mutex::new(engine_store)),
-            Some(client),
-        ));
+        if let Some(metrics) = &metrics {
+            // What the store holds, before the first cycle ends.
+            match engine_store.state_counts() {
+                Ok(counts) => metrics.set_record_states(&counts),
+                Err(e) => tracing::warn!(error = %e, "could not count the records for the metrics"),
+            }
+        }
+        let engine = Arc::new(
+            Engine::new(
+                Arc::clone(&settings),
+                mapper,
+                Arc::new(Mutex::new(engine_store)),
+                Some(client),
+            )
+            .with_metrics(metrics),
+        );
         let daemon = Daemon {
             settings,
             engine,

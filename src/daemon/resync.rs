@@ -131,8 +131,18 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
             );
         }
     };
+    let metrics = settings.metrics.enabled().then(|| {
+        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
+        if let Some(problem) = problem {
+            eprintln!("warning: {problem}");
+        }
+        metrics
+    });
     let code = runtime.block_on(async {
-        let client = match service::build_client(&settings) {
+        let observer = metrics
+            .clone()
+            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
+        let client = match service::build_observed_client(&settings, observer) {
             Ok(client) => client,
             Err(e) => return print_error(exit::CONFIG, &e),
         };
@@ -144,7 +154,8 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
             );
         }
         client.interrupt_listings_on(stop_receiver.clone());
-        let engine = Engine::new(Arc::clone(&settings), mapper, store, Some(client));
+        let engine =
+            Engine::new(Arc::clone(&settings), mapper, store, Some(client)).with_metrics(metrics);
         let mut request = CycleRequest::new(Trigger::Resync);
         request.resync = true;
         request.only = only.as_ref().map(|ids| ids.iter().cloned().collect());
