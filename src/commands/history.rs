@@ -145,7 +145,45 @@ fn write_event(out: &mut dyn Write, event: &RecordEvent) -> std::io::Result<()> 
                 d["answer"]
             )?;
         }
-        _ => writeln!(out, "    {d}")?,
+        "settled" => writeln!(
+            out,
+            "    {} at eTag {} of referral {}{}",
+            text("state"),
+            text("eTag"),
+            text("referralId"),
+            match d.get("error").map(show) {
+                Some(error) if error != "-" => format!(": {error}"),
+                _ => String::new(),
+            }
+        )?,
+        "adopted" => writeln!(
+            out,
+            "    referral {} (eTag {}): {}",
+            text("referralId"),
+            text("eTag"),
+            text("how")
+        )?,
+        "failed" => writeln!(
+            out,
+            "    HTTP {} {}: {}",
+            text("status"),
+            text("code"),
+            text("error")
+        )?,
+        "intent settled" => writeln!(
+            out,
+            "    the write started {} (If-Match {}) {} (live eTag {})",
+            text("startedAt"),
+            text("ifMatch"),
+            if d["applied"] == Value::Bool(true) {
+                "had been applied"
+            } else {
+                "had not been applied"
+            },
+            text("liveETag")
+        )?,
+        "held" => writeln!(out, "    {}", text("reason"))?,
+        _ => writeln!(out, "    {}", show(d))?,
     }
     Ok(())
 }
