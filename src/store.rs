@@ -564,9 +564,9 @@ impl Store {
         held: &Value,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("UPDATE records SET intent = NULL, held = ?2 WHERE external_id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![external_id, held.to_string()]))
+        let tx = self
+            .conn
+            .unchecked_transaction()
             .map_err(sqlite_error(&self.path))?;
         self.record_problem(
             external_id,
@@ -575,12 +575,11 @@ impl Store {
             Some(desired_hash),
             error,
         )?;
-        // A record that had no row yet gets its `held` now.
         self.conn
-            .prepare_cached("UPDATE records SET held = ?2 WHERE external_id = ?1")
+            .prepare_cached("UPDATE records SET intent = NULL, held = ?2 WHERE external_id = ?1")
             .and_then(|mut stmt| stmt.execute(params![external_id, held.to_string()]))
-            .map(|_| ())
-            .map_err(sqlite_error(&self.path))
+            .map_err(sqlite_error(&self.path))?;
+        tx.commit().map_err(sqlite_error(&self.path))
     }
 
     /// Let held records be tried again next cycle: `None` releases every
@@ -655,11 +654,16 @@ impl Store {
         referral_id: Option<&str>,
         error: &str,
     ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(sqlite_error(&self.path))?;
         self.conn
             .prepare_cached("UPDATE records SET intent = NULL WHERE external_id = ?1")
             .and_then(|mut stmt| stmt.execute([external_id]))
             .map_err(sqlite_error(&self.path))?;
-        self.record_failed(external_id, referral_id, error)
+        self.record_failed(external_id, referral_id, error)?;
+        tx.commit().map_err(sqlite_error(&self.path))
     }
 
     /// The record is settled: base, eTag, snapshot and hash advance

@@ -177,6 +177,16 @@ impl From<StoreError> for Stop {
     }
 }
 
+/// A record's failure, as [`Pusher::record_failure`] keeps it.
+#[derive(Clone, Copy)]
+struct Failure<'a> {
+    referral_id: Option<&'a str>,
+    message: &'a str,
+    status: Option<u16>,
+    code: Option<&'a str>,
+    refused: bool,
+}
+
 /// What a plan is made against (step 1's result).
 struct Footing {
     referral_id: String,
@@ -354,43 +364,19 @@ impl Pusher {
                     "record failed"
                 );
                 if !self.dry_run {
-                    let _ = self.event(
-                        external_id,
-                        "failed",
-                        serde_json::json!({
-                            "referralId": referral_id, "status": status, "code": code,
-                            "error": message, "writeRefused": refused,
-                        }),
-                    );
-                    let hold = refused && status.is_some_and(refused_for_good);
-                    let recorded = self.store().map_err(|_| None).and_then(|store| {
-                        let rid = referral_id.as_deref();
-                        let result = if hold {
-                            let gone = status == Some(404);
-                            let held = serde_json::json!({
-                                "status": status, "code": code, "message": message,
-                                "referralGone": gone,
-                            });
-                            let why = if gone {
-                                format!("held: the referral is gone ({message}); `referral-sync retry {external_id}` looks it up again{}", if self.settings.sync.create_missing { " and creates it" } else { "" })
-                            } else {
-                                format!("held: {message}; tried again when the record changes, on a resync or on `referral-sync retry {external_id}`")
-                            };
-                            store.record_held(external_id, rid, hash, &held, &why)
-                        } else if refused {
-                            store.record_refused(external_id, rid, &message)
-                        } else {
-                            store.record_failed(external_id, rid, &message)
-                        };
-                        result.map_err(Some)
-                    });
-                    if hold {
-                        outcome.note = Some(format!(
-                            "held: not retried until the record changes, a resync, or `referral-sync retry {external_id}`"
-                        ));
-                    }
-                    if let Err(Some(e)) = recorded {
-                        self.fail_store(external_id, &e);
+                    let failure = Failure {
+                        referral_id: referral_id.as_deref(),
+                        message: &message,
+                        status,
+                        code: code.as_deref(),
+                        refused,
+                    };
+                    match self.record_failure(external_id, hash, &failure) {
+                        Ok(held) => outcome.note = held,
+                        Err(Stop::Store(e)) => self.fail_store(external_id, &e),
+                        Err(Stop::Halt { message, .. } | Stop::Failed { message, .. }) => {
+                            self.halt(&message)
+                        }
                     }
                 }
                 outcome.referral_id = referral_id;
@@ -413,6 +399,64 @@ impl Pusher {
             }
         }
         outcome
+    }
+
+    /// Keep a record's failure in its history and its row: held when the
+    /// service refused the write for good ([`refused_for_good`]), failed
+    /// with its intent gone when it refused it otherwise, else failed (and
+    /// still `pending` if an intent is outstanding). Returns the note of a
+    /// held record.
+    fn record_failure(
+        &self,
+        external_id: &str,
+        hash: &str,
+        failure: &Failure<'_>,
+    ) -> Result<Option<String>, Stop> {
+        let Failure {
+            referral_id,
+            message,
+            status,
+            code,
+            refused,
+        } = *failure;
+        let cycle_id = self.correlation_id.to_string();
+        let store = self.store()?;
+        let mut detail = serde_json::json!({
+            "referralId": referral_id, "status": status, "code": code,
+            "error": message, "writeRefused": refused,
+        });
+        bound_strings(&mut detail);
+        store.record_event(external_id, Some(&cycle_id), "failed", &detail)?;
+        if !(refused && status.is_some_and(refused_for_good)) {
+            if refused {
+                store.record_refused(external_id, referral_id, message)?;
+            } else {
+                store.record_failed(external_id, referral_id, message)?;
+            }
+            return Ok(None);
+        }
+        let gone = status == Some(404);
+        let held = serde_json::json!({
+            "status": status, "code": code, "message": message, "referralGone": gone,
+        });
+        let why = if gone {
+            let creates = if self.settings.sync.create_missing {
+                " and creates it"
+            } else {
+                ""
+            };
+            format!(
+                "held: the referral is gone ({message}); `referral-sync retry {external_id}` looks it up again{creates}"
+            )
+        } else {
+            format!(
+                "held: {message}; tried again when the record changes, on a resync or on `referral-sync retry {external_id}`"
+            )
+        };
+        store.record_held(external_id, referral_id, hash, &held, &why)?;
+        Ok(Some(format!(
+            "held: not retried until the record changes, a resync, or `referral-sync retry {external_id}`"
+        )))
     }
 
     /// The store failed: no new record is taken up, records in flight
@@ -524,8 +568,7 @@ impl Pusher {
             status_refused: refused_status(rec),
         };
         if let Some(intent) = &rec.intent {
-            let applied = self.recover(ext, intent, &mut footing, &live);
-            self.event(ext, "intent settled", intent_event(intent, applied, &live))?;
+            self.recover(ext, intent, &mut footing, &live)?;
         }
         Ok(Resolved::Plan(footing))
     }
@@ -640,27 +683,25 @@ impl Pusher {
     }
 
     /// Settle a write intent left by a crash or an unknown outcome against
-    /// the live referral ([`intent_applied`]): when the write was applied,
-    /// the base is what it made of the referral and the CRM document it
-    /// carried is the last sync's; else both stay.
+    /// the live referral ([`intent_applied`]) and say so in the history:
+    /// when the write was applied, the base is what it made of the referral
+    /// and the CRM document it carried is the last sync's; when not, the
+    /// base and CRM document its plan was made with stand again (they may
+    /// hold an earlier write this store never saw acknowledged). Returns
+    /// whether it was applied.
     fn recover(
         &self,
         ext: &str,
         intent: &WriteIntent,
         footing: &mut Footing,
         live: &Referral,
-    ) -> bool {
+    ) -> Result<bool, Stop> {
         let applied = intent_applied(intent, live, &self.managed);
         if applied {
-            let mut base = intent.against.clone();
-            footing.base = match diff::apply_ops(&mut base, &intent.ops) {
-                Ok(()) => ownership::project(&base, &self.managed),
-                Err(_) => ownership::project(&live.document, &self.managed),
-            };
+            footing.base = applied_base(&intent.against, &intent.ops, &self.managed)
+                .unwrap_or_else(|| ownership::project(&live.document, &self.managed));
             footing.before = Some(intent.desired.clone());
         } else if let Some(base) = &intent.base {
-            // Not applied: what the plan was made with stands again — which
-            // may hold an earlier write this store never saw acknowledged.
             footing.base = base.clone();
             footing.before = intent.before.clone();
         }
@@ -672,7 +713,8 @@ impl Pusher {
             ops = intent.ops.len(),
             "settled the write whose outcome was unknown against the live referral"
         );
-        applied
+        self.event(ext, "intent settled", intent_event(intent, applied, live))?;
+        Ok(applied)
     }
 
     async fn get_live(
@@ -996,11 +1038,10 @@ impl Pusher {
                     // were planned against; with no eTag the next plan reads
                     // the live referral before it sends anything.
                     sent.extend(plan.ops.iter().cloned());
-                    let mut presumed = intent.against.clone();
-                    let base = diff::apply_ops(&mut presumed, &plan.ops)
-                        .ok()
-                        .map(|()| ownership::project(&presumed, &self.managed));
-                    break (None, base);
+                    break (
+                        None,
+                        applied_base(&intent.against, &plan.ops, &self.managed),
+                    );
                 }
                 Err(ApiError::PreconditionFailed { .. }) => {
                     self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
@@ -1019,11 +1060,9 @@ impl Pusher {
                     info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
                     tokio::time::sleep(delay).await;
                     let live = self.get_live(client, ext, &footing.referral_id).await?;
-                    if intent_applied(&intent, &live, &self.managed) {
+                    if self.recover(ext, &intent, &mut footing, &live)? {
                         sent.extend(plan.ops.iter().cloned());
                     }
-                    let applied = self.recover(ext, &intent, &mut footing, &live);
-                    self.event(ext, "intent settled", intent_event(&intent, applied, &live))?;
                     plan = self.replan(item, &mut footing, live, &mut conflicts, &mut drift)?;
                     continue;
                 }
@@ -1120,6 +1159,14 @@ fn refused_for_good(status: u16) -> bool {
 
 fn refused_status(rec: &StoredRecord) -> bool {
     rec.refused.iter().any(|path| path == "/status")
+}
+
+/// What `ops` make of `against` (the owned part they were planned
+/// against), projected: the base once they are known to be applied.
+fn applied_base(against: &Value, ops: &[Op], managed: &ManagedPaths) -> Option<Value> {
+    let mut after = against.clone();
+    diff::apply_ops(&mut after, ops).ok()?;
+    Some(ownership::project(&after, managed))
 }
 
 /// Whether the live referral took the write `intent` describes: the eTag
