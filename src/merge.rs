@@ -276,7 +276,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             element_gone,
         };
         let verdict = decide(&cell, &input.options);
-        record(&mut out, slot, &cell, verdict, &input.options);
+        note_decision(&mut out, slot, &cell, verdict, &input.options);
         if let Verdict::Set(_) = verdict {
             targets.insert(slot.clone(), cell.crm.cloned().unwrap_or(Value::Null));
         }
@@ -292,7 +292,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 }
 
 /// Count and report one slot's decision.
-fn record(out: &mut Plan, slot: &Slot, cell: &Cell<'_>, verdict: Verdict, options: &MergeOptions) {
+fn note_decision(
+    out: &mut Plan,
+    slot: &Slot,
+    cell: &Cell<'_>,
+    verdict: Verdict,
+    options: &MergeOptions,
+) {
     let owned = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
     match verdict {
         Verdict::Keep(Why::AlreadyThere) => out.already_applied += 1,

@@ -79,8 +79,6 @@ pub struct Slots {
     pub values: BTreeMap<Slot, Value>,
     /// Keyed list pointer → element key → the element as found.
     pub elements: BTreeMap<String, BTreeMap<String, FoundElement>>,
-    /// Keyed list pointer → the length of the array the document has there.
-    pub lists: BTreeMap<String, usize>,
     /// Elements of keyed lists that cannot be told apart.
     pub problems: Vec<ListProblem>,
 }
@@ -176,7 +174,6 @@ impl Slots {
             );
             return;
         };
-        self.lists.insert(pointer.to_owned(), elements.len());
         let members = managed.element_members().get(pointer);
         let found = self.elements.entry(pointer.to_owned()).or_default();
         for (index, element) in elements.iter().enumerate() {
@@ -370,7 +367,6 @@ mod tests {
             slots.element(pointer, "sue@x.example").map(|e| e.index),
             Some(1)
         );
-        assert_eq!(slots.lists.get(pointer), Some(&4));
         assert_eq!(
             slots.problems,
             [
