@@ -507,6 +507,18 @@ fn partner_center_edits_survive_a_412_round_while_the_crm_change_lands() {
         "{}",
         run.stderr()
     );
+    // The merge is logged at the default level; a routine update is not.
+    assert!(
+        run.stderr()
+            .contains("412: the referral changed in Partner Center; merging three ways"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        !run.stderr().contains("referral updated"),
+        "{}",
+        run.stderr()
+    );
     assert!(outcome.get("conflicts").is_none(), "{outcome}");
     let row = ws.stored("opp-1").unwrap();
     assert_eq!(row.state, "synced");
@@ -802,6 +814,20 @@ fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
     let run = ws.run(&["sync", "--output", "json"]);
     run.assert_code(1);
     assert_eq!(outcome_for(&run, "opp-2")["action"], "failed");
+    // The summary and the cycle's log line count the held record.
+    assert!(
+        run.stderr()
+            .contains("updated 2, conflicts resolved 0, retried 0, failed 1 (held 1), invalid 0"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stderr()
+            .lines()
+            .any(|l| l.contains("cycle finished") && l.contains("failed=1 held=1")),
+        "{}",
+        run.stderr()
+    );
     assert!(
         outcome_for(&run, "opp-2")["note"]
             .as_str()

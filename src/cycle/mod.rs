@@ -258,6 +258,7 @@ impl Engine {
                 conflicts = summary.conflicts,
                 retried = summary.retried,
                 failed = summary.failed,
+                held = summary.held,
                 invalid = summary.invalid,
                 unresolved = summary.unresolved,
                 not_selected = summary.not_selected,

@@ -89,6 +89,7 @@ pub struct Counters {
     pub conflicts: AtomicU64,
     pub retried: AtomicU64,
     pub failed: AtomicU64,
+    pub held: AtomicU64,
     pub invalid: AtomicU64,
     pub unresolved: AtomicU64,
     pub not_selected: AtomicU64,
@@ -122,6 +123,7 @@ impl Counters {
             conflicts: get(&self.conflicts),
             retried: get(&self.retried),
             failed: get(&self.failed),
+            held: get(&self.held),
             invalid: get(&self.invalid),
             unresolved: get(&self.unresolved),
             not_selected: get(&self.not_selected),
@@ -145,6 +147,9 @@ pub struct CycleSummary {
     /// Requests retried after an unknown outcome or a transient failure.
     pub retried: u64,
     pub failed: u64,
+    /// Of the failed records, those the service refused for good: held
+    /// until their document changes, a resync or `retry`.
+    pub held: u64,
     pub invalid: u64,
     pub unresolved: u64,
     /// Valid records a resync of some records (`resync --only`) left out.
@@ -165,7 +170,7 @@ impl std::fmt::Display for CycleSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seen {}, unchanged {}, created {}, updated {}, conflicts resolved {}, retried {}, failed {}, invalid {}, unresolved {}",
+            "seen {}, unchanged {}, created {}, updated {}, conflicts resolved {}, retried {}, failed {}",
             self.seen,
             self.unchanged,
             self.created,
@@ -173,8 +178,14 @@ impl std::fmt::Display for CycleSummary {
             self.conflicts,
             self.retried,
             self.failed,
-            self.invalid,
-            self.unresolved,
+        )?;
+        if self.held > 0 {
+            write!(f, " (held {})", self.held)?;
+        }
+        write!(
+            f,
+            ", invalid {}, unresolved {}",
+            self.invalid, self.unresolved
         )?;
         if self.not_selected > 0 {
             write!(f, ", not selected {}", self.not_selected)?;
@@ -184,5 +195,42 @@ impl std::fmt::Display for CycleSummary {
             write!(f, " (interrupted)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_every_count_and_the_held_records_among_the_failed() {
+        let counters = Counters::default();
+        for action in [
+            Action::Create,
+            Action::Create,
+            Action::Update,
+            Action::Failed,
+        ] {
+            counters.count(action);
+        }
+        Counters::add(&counters.failed, 1);
+        Counters::add(&counters.held, 1);
+        Counters::add(&counters.seen, 7);
+        Counters::add(&counters.unchanged, 2);
+        let summary = counters.summary(Duration::from_millis(1500));
+        assert_eq!(summary.held, 1);
+        assert_eq!(
+            summary.to_string(),
+            "seen 7, unchanged 2, created 2, updated 1, conflicts resolved 0, retried 0, failed 2 (held 1), invalid 0, unresolved 0 in 1.5s"
+        );
+        let quiet = CycleSummary {
+            seen: 1,
+            unchanged: 1,
+            ..CycleSummary::default()
+        };
+        assert_eq!(
+            quiet.to_string(),
+            "seen 1, unchanged 1, created 0, updated 0, conflicts resolved 0, retried 0, failed 0, invalid 0, unresolved 0 in 0.0s"
+        );
     }
 }

@@ -372,7 +372,12 @@ impl Pusher {
                         refused,
                     };
                     match self.record_failure(external_id, hash, &failure) {
-                        Ok(held) => outcome.note = held,
+                        Ok(held) => {
+                            if held.is_some() {
+                                Counters::add(&self.counters.held, 1);
+                            }
+                            outcome.note = held
+                        }
                         Err(Stop::Store(e)) => self.fail_store(external_id, &e),
                         Err(Stop::Halt { message, .. } | Stop::Failed { message, .. }) => {
                             self.halt(&message)
@@ -832,7 +837,7 @@ impl Pusher {
                         error: None,
                     },
                 )?;
-                info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+                debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
                 self.event(ext, "settled", serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true}))?;
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
@@ -1133,6 +1138,8 @@ impl Pusher {
         )?;
         if state == SyncState::Invalid {
             warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
+        } else if outcome.action == Action::Update {
+            debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, ops = outcome.patch.len(), "referral updated");
         }
         Ok(outcome)
     }

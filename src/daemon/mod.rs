@@ -574,6 +574,7 @@ impl Daemon {
             conflicts = s.conflicts,
             retried = s.retried,
             failed = s.failed,
+            held = s.held,
             invalid = s.invalid,
             unresolved = s.unresolved,
             not_selected = s.not_selected,
