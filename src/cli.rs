@@ -112,6 +112,11 @@ pub struct SyncArgs {
     /// `text` for people, `json` for one JSON object per record.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Text output: print every record's ops (or document), not only
+    /// those of the first records. Records with errors are always printed;
+    /// `--output json` always lists every record.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -193,7 +198,12 @@ fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
 
 /// `resync --dry-run`: the resync's plan — what it would repair or keep
 /// where Partner Center drifted — read from the service, nothing written.
-pub fn resync_plan(settings: Settings, only: Option<Vec<String>>, output: Output) -> u8 {
+pub fn resync_plan(
+    settings: Settings,
+    only: Option<Vec<String>>,
+    output: Output,
+    verbose: bool,
+) -> u8 {
     let args = SyncArgs {
         dry_run: true,
         offline: false,
@@ -201,6 +211,7 @@ pub fn resync_plan(settings: Settings, only: Option<Vec<String>>, output: Output
         allow_schema_change: false,
         all: false,
         output,
+        verbose,
     };
     let mut request = CycleRequest::new(Trigger::Resync);
     request.only = only.map(|ids| ids.into_iter().collect());
@@ -294,12 +305,8 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         request.list_unchanged = args.all;
         let trigger = request.trigger;
         let output = args.output;
-        let stdout = Mutex::new(std::io::stdout());
-        let report = move |outcome: &RecordOutcome| {
-            if let Ok(mut out) = stdout.lock() {
-                let _ = write_outcome(&mut *out, outcome, output);
-            }
-        };
+        let printer = RecordPrinter::new(std::io::stdout(), output, args.verbose);
+        let report = |outcome: &RecordOutcome| printer.print(outcome);
         if let Err(e) = crate::daemon::signals::stop_on_signal(stop_tx) {
             print_error(&format!("cannot install the signal handlers: {e}"));
             return exit::RUNTIME;
@@ -308,6 +315,7 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         let report = progress.wrap(report);
         let result = engine.run_cycle(request, &report, stop_rx).await;
         progress.finish();
+        printer.finish();
         match result {
             Ok(summary) => {
                 let line = format!(
@@ -380,6 +388,95 @@ pub fn write_outcome(
             Ok(())
         }
     }
+}
+
+/// How many records' ops and documents the text output of `sync` and
+/// `resync` prints without `--verbose`.
+pub const TEXT_RECORD_LIMIT: u64 = 20;
+
+/// Prints the records of a cycle as they are decided. JSON output lists
+/// every record. Text output prints every record with an error (invalid,
+/// failed, unresolved, or an op refused) in full, and of the others only
+/// the first [`TEXT_RECORD_LIMIT`] unless `verbose`; [`RecordPrinter::finish`]
+/// then says how many were left out. A first cycle of a million records
+/// would otherwise print every created document.
+pub struct RecordPrinter<W: Write> {
+    output: Output,
+    limit: Option<u64>,
+    state: Mutex<Printed<W>>,
+}
+
+struct Printed<W> {
+    out: W,
+    shown: u64,
+    left_out: u64,
+}
+
+impl<W: Write> RecordPrinter<W> {
+    pub fn new(out: W, output: Output, verbose: bool) -> Self {
+        RecordPrinter {
+            output,
+            limit: (!verbose).then_some(TEXT_RECORD_LIMIT),
+            state: Mutex::new(Printed {
+                out,
+                shown: 0,
+                left_out: 0,
+            }),
+        }
+    }
+
+    /// Print one record, or count it as left out.
+    pub fn print(&self, outcome: &RecordOutcome) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let limited = self.output == Output::Text && !needs_attention(outcome);
+        if limited {
+            if self.limit.is_some_and(|limit| state.shown >= limit) {
+                state.left_out += 1;
+                return;
+            }
+            state.shown += 1;
+        }
+        let _ = write_outcome(&mut state.out, outcome, self.output);
+    }
+
+    /// How many records the text output left out so far.
+    pub fn left_out(&self) -> u64 {
+        self.state.lock().map(|s| s.left_out).unwrap_or(0)
+    }
+
+    /// Say how many records were left out, if any; then flush.
+    pub fn finish(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if state.left_out > 0 {
+            let line = left_out_line(state.left_out);
+            let _ = writeln!(state.out, "{line}");
+        }
+        let _ = state.out.flush();
+    }
+
+    /// The writer, once the cycle is over.
+    pub fn into_inner(self) -> Option<W> {
+        self.state.into_inner().ok().map(|s| s.out)
+    }
+}
+
+/// The line that ends a text output cut short.
+pub fn left_out_line(left_out: u64) -> String {
+    let records = if left_out == 1 { "record" } else { "records" };
+    format!("\u{2026} and {left_out} more {records} (use --verbose to list every one)")
+}
+
+/// A record whose text output is never left out: an operator must see
+/// every error.
+fn needs_attention(outcome: &RecordOutcome) -> bool {
+    matches!(
+        outcome.action,
+        Action::Invalid | Action::Failed | Action::Unresolved
+    ) || !outcome.errors.is_empty()
 }
 
 /// The lines of one record's text output, before escaping.
@@ -779,6 +876,103 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "invalid    L-1\\nupdate    L-2\n    error: bad\\u{1b}]0;title\\u{7}\n"
         );
+    }
+
+    fn created(n: u64) -> RecordOutcome {
+        let mut outcome = RecordOutcome::new(Some(format!("L-{n}")), Action::Create);
+        outcome.document = Some(json!({"name": format!("Deal {n}")}));
+        outcome
+    }
+
+    fn failed(n: u64) -> RecordOutcome {
+        let mut outcome = RecordOutcome::new(Some(format!("F-{n}")), Action::Failed);
+        outcome.errors.push(format!("HTTP 500 for F-{n}"));
+        outcome
+    }
+
+    /// What a printer wrote for `outcomes`, and how many it left out.
+    fn printed(outcomes: &[RecordOutcome], output: Output, verbose: bool) -> (String, u64) {
+        let printer = RecordPrinter::new(Vec::new(), output, verbose);
+        for outcome in outcomes {
+            printer.print(outcome);
+        }
+        printer.finish();
+        let left_out = printer.left_out();
+        let out = printer.into_inner().unwrap();
+        (String::from_utf8(out).unwrap(), left_out)
+    }
+
+    #[test]
+    fn the_text_output_lists_the_first_records_then_how_many_more() {
+        let total = TEXT_RECORD_LIMIT + 7;
+        let outcomes: Vec<RecordOutcome> = (1..=total).map(created).collect();
+        let (text, left_out) = printed(&outcomes, Output::Text, false);
+        assert_eq!(left_out, 7);
+        let mut expected = String::new();
+        for n in 1..=TEXT_RECORD_LIMIT {
+            expected.push_str(&format!(
+                "create     L-{n}\n    POST {{\"name\":\"Deal {n}\"}}\n"
+            ));
+        }
+        expected.push_str("\u{2026} and 7 more records (use --verbose to list every one)\n");
+        assert_eq!(text, expected);
+
+        let (verbose, left_out) = printed(&outcomes, Output::Text, true);
+        assert_eq!(left_out, 0);
+        assert_eq!(verbose.lines().count() as u64, 2 * total);
+        assert!(verbose.contains(&format!("create     L-{total}\n")));
+        assert!(!verbose.contains("more record"), "{verbose}");
+    }
+
+    #[test]
+    fn the_text_output_never_leaves_out_a_record_with_an_error() {
+        // Errors before, among and after the routine records.
+        let mut outcomes: Vec<RecordOutcome> = (1..=3).map(failed).collect();
+        outcomes.extend((1..=TEXT_RECORD_LIMIT + 1).map(created));
+        outcomes.push(RecordOutcome::new(Some("U-1".into()), Action::Unresolved));
+        let mut refused = RecordOutcome::new(Some("R-1".into()), Action::Update);
+        refused.errors.push("/status not sent: Closed".into());
+        outcomes.push(refused);
+        outcomes.extend((4..=30).map(failed));
+        let (text, left_out) = printed(&outcomes, Output::Text, false);
+        assert_eq!(left_out, 1);
+        for n in 1..=30 {
+            assert!(
+                text.contains(&format!(
+                    "failed     F-{n}\n    error: HTTP 500 for F-{n}\n"
+                )),
+                "F-{n}: {text}"
+            );
+        }
+        assert!(text.contains("unresolved U-1\n"), "{text}");
+        assert!(
+            text.contains("update     R-1\n    error: /status not sent"),
+            "{text}"
+        );
+        let shown = text.lines().filter(|l| l.starts_with("create ")).count() as u64;
+        assert_eq!(shown, TEXT_RECORD_LIMIT);
+        assert!(!text.contains(&format!("L-{}\n", TEXT_RECORD_LIMIT + 1)));
+        assert!(
+            text.ends_with("\u{2026} and 1 more record (use --verbose to list every one)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_output_lists_every_record() {
+        let total = 3 * TEXT_RECORD_LIMIT;
+        let outcomes: Vec<RecordOutcome> = (1..=total).map(created).collect();
+        let (text, left_out) = printed(&outcomes, Output::Json, false);
+        assert_eq!(left_out, 0);
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["externalReferenceId"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let expected: Vec<String> = (1..=total).map(|n| format!("L-{n}")).collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]

@@ -339,3 +339,59 @@ fn an_id_on_an_unmappable_row_and_a_valid_row_is_sent_from_neither() {
         "{message}"
     );
 }
+
+#[test]
+fn a_text_plan_lists_every_invalid_record_and_the_first_creates_then_a_count() {
+    // 28 records that cannot be sent, between 28 that would be created:
+    // more of each than the text output lists by default.
+    let lines: Vec<Value> = (1..=56)
+        .map(|n| {
+            if n % 2 == 0 {
+                json!({"opportunityid": format!("bad-{n}"), "name": "bad code", "statuscode": 42})
+            } else {
+                json!({"opportunityid": format!("ok-{n}"), "name": format!("Deal {n}"), "statuscode": 1,
+                       "_customerid_value@OData.Community.Display.V1.FormattedValue": "Contoso"})
+            }
+        })
+        .collect();
+    let invalid: Vec<String> = (1..=56)
+        .filter(|n| n % 2 == 0)
+        .map(|n| format!("bad-{n}"))
+        .collect();
+    let export: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let (_dir, config) =
+        offline_workspace("export.jsonl", &export, "[sync]\ncreate_missing = true\n");
+
+    let run = referral_sync(&["--config", &config, "sync", "--dry-run"]);
+    run.assert_code(1);
+    let out = run.stdout();
+    for id in &invalid {
+        assert!(
+            out.contains(&format!("invalid    {id}\n    error: ")),
+            "{id}: {out}"
+        );
+    }
+    let invalid_lines = out.lines().filter(|l| l.starts_with("invalid ")).count();
+    assert_eq!(invalid_lines, invalid.len(), "{out}");
+    let creates = out.lines().filter(|l| l.starts_with("create ")).count();
+    assert_eq!(creates, 20, "{out}");
+    let posts = out.lines().filter(|l| l.starts_with("    POST {")).count();
+    assert_eq!(posts, 20, "{out}");
+    assert!(
+        out.contains(
+            "\n\u{2026} and 8 more records (use --verbose to list every one)\nplan: seen 56,"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("created 28, updated 0"), "{out}");
+
+    let verbose = referral_sync(&["--config", &config, "sync", "--dry-run", "--verbose"]);
+    verbose.assert_code(1);
+    let out = verbose.stdout();
+    assert_eq!(out.lines().filter(|l| l.starts_with("create ")).count(), 28);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("invalid ")).count(),
+        invalid.len()
+    );
+    assert!(!out.contains("more records"), "{out}");
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cli::{Output, cycle_exit_code, exit, write_outcome};
+use crate::cli::{Output, RecordPrinter, cycle_exit_code, exit};
 use crate::config::Settings;
 use crate::cycle::{Action, CycleRequest, Engine, RecordOutcome, Trigger};
 use crate::lock::{LockError, StoreLock};
@@ -39,6 +39,11 @@ pub struct ResyncArgs {
     /// With --dry-run: `text` for people, `json` for one object per record.
     #[arg(long, value_enum, default_value_t = Output::Text, requires = "dry_run")]
     pub output: Output,
+    /// Print every record's ops, not only those of the first records
+    /// (records with errors are always printed). A resync the daemon runs
+    /// prints only its summary.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,10 +100,10 @@ pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
     };
     if args.dry_run {
         // Writes nothing, so it neither needs the lock nor the daemon.
-        return crate::cli::resync_plan(settings, only, args.output);
+        return crate::cli::resync_plan(settings, only, args.output, args.verbose);
     }
     match StoreLock::acquire(&settings.store_path) {
-        Ok(lock) => resync_here(settings, lock, only),
+        Ok(lock) => resync_here(settings, lock, only, args.verbose),
         Err(LockError::Held { pid, .. }) => resync_through_daemon(&settings, &pid, only),
         Err(e) => print_error(exit::RUNTIME, &e),
     }
@@ -112,7 +117,12 @@ fn print_error(code: u8, e: &dyn std::fmt::Display) -> u8 {
 // ---------------------------------------------------------------------------
 // No daemon: run it here.
 
-fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -> u8 {
+fn resync_here(
+    settings: Settings,
+    lock: StoreLock,
+    only: Option<Vec<String>>,
+    verbose: bool,
+) -> u8 {
     let settings = Arc::new(settings);
     let mapper = match settings.mapper() {
         Ok(mapper) => Arc::new(mapper),
@@ -159,7 +169,7 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
         let mut request = CycleRequest::new(Trigger::Resync);
         request.resync = true;
         request.only = only.as_ref().map(|ids| ids.iter().cloned().collect());
-        let stdout = Mutex::new(std::io::stdout());
+        let printer = RecordPrinter::new(std::io::stdout(), Output::Text, verbose);
         let progress = Progress::for_manual_run(Trigger::Resync);
         // Every record the cycle took up, to find the ids of --only that
         // match none.
@@ -172,16 +182,15 @@ fn resync_here(settings: Settings, lock: StoreLock, only: Option<Vec<String>>) -
             {
                 reported.insert(id.clone());
             }
-            if outcome.action != Action::Unchanged
-                && let Ok(mut out) = stdout.lock()
-            {
-                let _ = write_outcome(&mut *out, outcome, Output::Text);
+            if outcome.action != Action::Unchanged {
+                printer.print(outcome);
             }
         });
         let result = engine
             .run_cycle(request, &report, stop_receiver.clone())
             .await;
         progress.finish();
+        printer.finish();
         match result {
             Ok(summary) if *stop_receiver.borrow() => {
                 crate::outln!("interrupted: {summary}");
@@ -342,6 +351,7 @@ mod tests {
             only: only.iter().map(|s| s.to_string()).collect(),
             dry_run: false,
             output: Output::Text,
+            verbose: false,
         }
     }
 
