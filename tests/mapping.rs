@@ -28,6 +28,7 @@ fn odata_records(name: &str) -> Vec<Record> {
         .iter()
         .enumerate()
         .map(|(index, record)| Record {
+            fingerprint: Default::default(),
             fields: record.as_object().unwrap().clone(),
             location: RecordLocation {
                 file: path.clone(),
@@ -69,6 +70,7 @@ fn csv_records(name: &str, spec: &MappingSpec) -> Vec<Record> {
                 })
                 .collect();
             Record {
+                fingerprint: Default::default(),
                 fields,
                 location: RecordLocation {
                     file: path.clone(),

@@ -757,6 +757,7 @@ mod tests {
 
     fn desired_hash(record: &Value) -> String {
         let record = crate::export::Record {
+            fingerprint: Default::default(),
             fields: record.as_object().unwrap().clone(),
             location: RecordLocation {
                 file: PathBuf::new(),

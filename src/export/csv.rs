@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::jsonl::NO_FINAL_LINE_END;
 use super::text::InputDefect;
-use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
+use super::{ExportError, FileOutcome, FinalLineEnd, RawFingerprint, Sink, input_error};
 
 /// Display-name headers → logical column names, keyed by the normalised
 /// display name (trimmed, lower case).
@@ -116,7 +116,13 @@ pub(super) fn read_csv<R: Read>(
             };
             fields.insert(column.clone(), value);
         }
-        if sink.emit(path, line, fields).is_break() {
+        // Of the parsed cells under their columns, until rows are
+        // fingerprinted from their bytes.
+        let fingerprint = RawFingerprint::of_json(&serde_json::to_vec(&fields).unwrap_or_default());
+        if sink
+            .offer_parsed(path, line, fingerprint, fields)
+            .is_break()
+        {
             return Ok(ControlFlow::Break(()));
         }
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeSeed;
 
 use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
-use super::{ExportError, FileOutcome, FinalLineEnd, Sink, input_error};
+use super::{ExportError, FileOutcome, FinalLineEnd, RawFingerprint, Sink, input_error};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
 /// skipped; `\n` and `\r\n` line ends are both accepted. With
@@ -60,7 +60,11 @@ pub(super) fn read_jsonl<R: BufRead>(
         if let Ok(raw) = std::str::from_utf8(text) {
             keep_exact_numbers(raw, &mut fields);
         }
-        if sink.emit(path, line_number, fields).is_break() {
+        let fingerprint = RawFingerprint::of_json(text);
+        if sink
+            .offer_parsed(path, line_number, fingerprint, fields)
+            .is_break()
+        {
             return Ok(ControlFlow::Break(()));
         }
     }

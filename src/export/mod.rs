@@ -12,18 +12,20 @@
 //! end, and every file, and the list of files, the same at the end of the
 //! read as when the export was listed.
 
+mod blocks;
 mod csv;
 mod detect;
 mod json;
 mod jsonl;
 mod odata;
+mod structure;
 mod text;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ use crate::model::Entity;
 use self::csv::{HeaderAliases, read_csv};
 use self::detect::{FileFormat, file_format};
 use self::jsonl::read_jsonl;
-use self::odata::{IN_MEMORY_PAGE_LIMIT, read_odata, read_odata_page};
+use self::odata::read_odata;
 use self::text::{InputDefect, TextInput};
 
 /// The shape of an export, as configured by `export.format`.
@@ -138,6 +140,55 @@ impl fmt::Display for RecordLocation {
 pub struct Record {
     pub fields: Map<String, Value>,
     pub location: RecordLocation,
+    /// The fingerprint of the bytes the fields were parsed from.
+    pub fingerprint: RawFingerprint,
+}
+
+/// 128 bits of XXH3 over the bytes a record was parsed from: a JSON
+/// record's text from its `{` to its `}`; a CSV row's bytes, line end
+/// included, seeded with the hash of its file's resolved header. Equal
+/// fingerprints mean equal fields (up to a collision, about n² / 2¹²⁹ for
+/// n records); equal fields may still have different fingerprints (the
+/// same record re-formatted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RawFingerprint(pub u128);
+
+impl RawFingerprint {
+    /// The fingerprint of a JSON record's text.
+    pub fn of_json(text: &[u8]) -> RawFingerprint {
+        RawFingerprint(xxhash_rust::xxh3::xxh3_128(text))
+    }
+
+    /// The fingerprint of a CSV row's bytes under a header whose hash is
+    /// `header`.
+    pub fn of_row(header: u64, row: &[u8]) -> RawFingerprint {
+        RawFingerprint(xxhash_rust::xxh3::xxh3_128_with_seed(row, header))
+    }
+}
+
+/// Where a record is, without owning the file name (see [`RecordLocation`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub file: &'a Path,
+    pub line: u64,
+    pub ordinal: u64,
+}
+
+/// Asked, for each record, before the record is parsed: whether it is
+/// already known, so that it need not be. A reader finds a record's id
+/// without parsing the record (a scan of its top-level members, a CSV cell
+/// by index) and fingerprints its bytes; a record the prefilter knows is
+/// counted (and its columns taken in) but neither parsed nor handed to the
+/// callback.
+pub trait Prefilter {
+    /// The column whose value is a record's id.
+    fn id_column(&self) -> &str;
+
+    /// Whether the record at `place`, whose id column holds the text `id`
+    /// and whose bytes have `fingerprint`, is known and need not be parsed.
+    /// `id` is as the record holds it (a JSON string decoded, a CSV cell),
+    /// not normalised.
+    fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool;
 }
 
 /// Size, modification time and identity (device and inode) of one export
@@ -234,17 +285,43 @@ struct ColumnCensus {
     only_empty: Vec<String>,
 }
 
+/// The columns of one record, as the census takes them in: a parsed record's
+/// fields, or the top-level members or cells of one not parsed.
+pub(super) trait RecordColumns {
+    /// How many columns the record has.
+    fn count(&self) -> usize;
+    /// Its column names, in order.
+    fn names(&self) -> impl Iterator<Item = &str>;
+    /// Whether `column` holds a value: it is there, not `null`, and not
+    /// blank text.
+    fn filled(&self, column: &str) -> bool;
+}
+
+impl RecordColumns for Map<String, Value> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.keys().map(String::as_str)
+    }
+
+    fn filled(&self, column: &str) -> bool {
+        self.get(column).is_some_and(has_value)
+    }
+}
+
 impl ColumnCensus {
-    fn observe(&mut self, fields: &Map<String, Value>) {
-        let same_keys = fields.len() == self.last_keys.len()
-            && fields.keys().zip(&self.last_keys).all(|(a, b)| a == b);
+    fn observe(&mut self, fields: &impl RecordColumns) {
+        let same_keys = fields.count() == self.last_keys.len()
+            && fields.names().zip(&self.last_keys).all(|(a, b)| a == b);
         if !same_keys {
             self.last_keys.clear();
-            for key in fields.keys() {
-                self.last_keys.push(key.clone());
+            for key in fields.names() {
+                self.last_keys.push(key.to_owned());
                 if !self.columns.contains_key(key) {
-                    self.columns.insert(key.clone(), ColumnSeen::OnlyEmpty);
-                    self.only_empty.push(key.clone());
+                    self.columns.insert(key.to_owned(), ColumnSeen::OnlyEmpty);
+                    self.only_empty.push(key.to_owned());
                 }
             }
         }
@@ -253,7 +330,7 @@ impl ColumnCensus {
         }
         let columns = &mut self.columns;
         self.only_empty.retain(|column| {
-            let filled = fields.get(column).is_some_and(has_value);
+            let filled = fields.filled(column);
             if filled {
                 columns.insert(column.clone(), ColumnSeen::WithValues);
             }
@@ -342,14 +419,24 @@ pub fn read_export(
     options: &ExportOptions,
     on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
+    read_export_with(options, None, on_record)
+}
+
+/// [`read_export`], asking `prefilter` about each record before it is
+/// parsed: the records it knows are counted (and their columns taken in)
+/// but neither parsed nor handed to `on_record`.
+pub fn read_export_with<'a>(
+    options: &ExportOptions,
+    prefilter: Option<&'a mut dyn Prefilter>,
+    on_record: &'a mut dyn FnMut(Record) -> ControlFlow<()>,
+) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
     let listed = export_files(&options.path)?;
     if !options.checks.settle.is_zero() {
         check_settled(&listed, options.checks.settle, SystemTime::now())?;
     }
-    let mut sink = Sink::new(on_record);
+    let mut sink = Sink::with_prefilter(on_record, prefilter);
     let mut summary = ExportSummary::default();
-    let mut page = Vec::new();
     for at_listing in &listed {
         let path = &at_listing.path;
         let file = open_regular_file(path).map_err(removed_since_listing)?;
@@ -370,14 +457,7 @@ pub fn read_export(
             .map_err(|source| io_error(path, source))?;
         let line_end = options.checks.final_line_end;
         let flow = match format {
-            FileFormat::OdataJson if at_open.len <= IN_MEMORY_PAGE_LIMIT => {
-                page.clear();
-                (&file)
-                    .read_to_end(&mut page)
-                    .map_err(|source| io_error(path, source))?;
-                read_odata_page(path, &page, &mut sink)?
-            }
-            FileFormat::OdataJson => read_odata(path, TextInput::new(&file), &mut sink)?,
+            FileFormat::OdataJson => read_odata(path, &file, &mut sink)?,
             FileFormat::Csv => {
                 read_csv(path, TextInput::new(&file), &aliases, line_end, &mut sink)?
             }
@@ -552,15 +632,26 @@ pub fn read_export_bytes(
     bytes: &[u8],
     on_record: &mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
+    read_export_bytes_with(options, path, bytes, None, on_record)
+}
+
+/// [`read_export_bytes`] with a [`Prefilter`], as [`read_export_with`].
+pub fn read_export_bytes_with<'a>(
+    options: &ExportOptions,
+    path: &Path,
+    bytes: &[u8],
+    prefilter: Option<&'a mut dyn Prefilter>,
+    on_record: &'a mut dyn FnMut(Record) -> ControlFlow<()>,
+) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
-    let mut sink = Sink::new(on_record);
+    let mut sink = Sink::with_prefilter(on_record, prefilter);
     let format =
         file_format(options.format, path, bytes).map_err(|error| input_error(path, error))?;
     let input = TextInput::new(bytes);
     let line_end = options.checks.final_line_end;
     // Stopped by the callback or read to the end: either way this file is done.
     let _flow = match format {
-        FileFormat::OdataJson => read_odata_page(path, bytes, &mut sink)?,
+        FileFormat::OdataJson => read_odata(path, io::Cursor::new(bytes), &mut sink)?,
         FileFormat::Csv => read_csv(path, input, &aliases, line_end, &mut sink)?,
         FileFormat::Jsonl => read_jsonl(path, input, line_end, &mut sink)?,
     };
@@ -579,25 +670,54 @@ pub fn read_export_bytes(
 /// How reading one file ended: read to its end, or stopped by the callback.
 type FileOutcome = Result<ControlFlow<()>, ExportError>;
 
-/// Numbers the records of the whole export and hands them to the callback.
+/// Numbers the records of the whole export, asks the prefilter about each
+/// one before it is parsed, and hands those it does not know to the
+/// callback.
 struct Sink<'s> {
     on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
+    prefilter: Option<&'s mut dyn Prefilter>,
     records: u64,
     census: ColumnCensus,
-    /// Records of the current file that were handed over already, by a pass
-    /// that stopped on a problem: the pass that reads the file again to
-    /// report it drops them.
+    /// Records of the current file that were handed over (or found known)
+    /// already, by a pass that stopped on a problem: the pass that reads the
+    /// file again to report it drops them.
     skip: u64,
 }
 
+/// What becomes of a record offered before it is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// The prefilter knows it: it is counted and done with.
+    Known,
+    /// Parse it and hand it over with [`Sink::emit`].
+    Parse,
+}
+
 impl<'s> Sink<'s> {
+    #[cfg(test)]
     fn new(on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>) -> Self {
+        Sink::with_prefilter(on_record, None)
+    }
+
+    fn with_prefilter(
+        on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
+        prefilter: Option<&'s mut dyn Prefilter>,
+    ) -> Self {
         Sink {
             on_record,
+            prefilter,
             records: 0,
             census: ColumnCensus::default(),
             skip: 0,
         }
+    }
+
+    /// The column the prefilter finds records by; `None` without one, when
+    /// readers need not look for ids.
+    fn id_column(&self) -> Option<String> {
+        self.prefilter
+            .as_ref()
+            .map(|prefilter| prefilter.id_column().to_owned())
     }
 
     /// The columns of a CSV header.
@@ -605,7 +725,45 @@ impl<'s> Sink<'s> {
         self.census.name(columns);
     }
 
-    fn emit(&mut self, file: &Path, line: u64, fields: Map<String, Value>) -> ControlFlow<()> {
+    /// A record found but not parsed yet, whose id column holds `id` (when
+    /// the reader found it) and whose columns are `columns`.
+    fn offer(
+        &mut self,
+        file: &Path,
+        line: u64,
+        fingerprint: RawFingerprint,
+        id: Option<&str>,
+        columns: &impl RecordColumns,
+    ) -> Offer {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Offer::Known;
+        }
+        let (Some(prefilter), Some(id)) = (self.prefilter.as_mut(), id) else {
+            return Offer::Parse;
+        };
+        let place = Place {
+            file,
+            line,
+            ordinal: self.records + 1,
+        };
+        if !prefilter.known(id, fingerprint, place) {
+            return Offer::Parse;
+        }
+        self.records += 1;
+        self.census.observe(columns);
+        Offer::Known
+    }
+
+    /// Hand over a record that was offered and is to be parsed, or read
+    /// where no prefilter asks.
+    fn emit(
+        &mut self,
+        file: &Path,
+        line: u64,
+        fingerprint: RawFingerprint,
+        fields: Map<String, Value>,
+    ) -> ControlFlow<()> {
         if self.skip > 0 {
             self.skip -= 1;
             return ControlFlow::Continue(());
@@ -619,7 +777,35 @@ impl<'s> Sink<'s> {
                 line,
                 ordinal: self.records,
             },
+            fingerprint,
         })
+    }
+
+    /// Hand over a record parsed before it could be offered (by the
+    /// streaming reader): the prefilter is asked first, with the id it
+    /// holds, so that a known record is still not mapped.
+    fn offer_parsed(
+        &mut self,
+        file: &Path,
+        line: u64,
+        fingerprint: RawFingerprint,
+        fields: Map<String, Value>,
+    ) -> ControlFlow<()> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return ControlFlow::Continue(());
+        }
+        let id =
+            self.prefilter
+                .as_ref()
+                .and_then(|prefilter| match fields.get(prefilter.id_column()) {
+                    Some(Value::String(id)) => Some(id.clone()),
+                    _ => None,
+                });
+        match self.offer(file, line, fingerprint, id.as_deref(), &fields) {
+            Offer::Known => ControlFlow::Continue(()),
+            Offer::Parse => self.emit(file, line, fingerprint, fields),
+        }
     }
 }
 

@@ -1,102 +1,284 @@
 //! Web API (OData v4) pages: `{"@odata.context": …, "value": [ {record}, … ],
 //! "@odata.nextLink": …}`, or a bare array of records.
 //!
-//! A page is read one of two ways, with the same records and the same errors:
+//! Every page, whatever its size, is read by [`read_odata`] in large blocks
+//! into a window that slides over the file ([`Blocks`]): the envelope is
+//! walked with a structural scan ([`super::structure`]), each record's byte
+//! range found by the same scan together with its top-level members, and
+//! the record is then either known to the prefilter by its id and the
+//! fingerprint of its bytes (and not parsed at all) or parsed by serde_json
+//! from its own slice, which is several times faster than serde_json pulling
+//! one byte at a time from a reader. Its line is counted from its offset.
+//! Memory is bounded by the largest record, not by the page.
 //!
-//! - [`read_odata_page`], for a page held in memory (every page of a usual
-//!   export: Dataverse pages hold at most 5,000 records). The text is checked
-//!   to be UTF-8 once, the envelope is parsed from the slice with each record
-//!   kept as a borrowed [`RawValue`], and each record is then parsed from its
-//!   own slice; its line is counted from its offset. serde_json parses a slice
-//!   several times faster than a reader it must pull one byte at a time.
-//!   Anything wrong with the page sends it to the streaming reader, which
-//!   names the problem exactly; records already handed over are not handed
-//!   over twice.
-//! - [`read_odata`], streaming, for pages too big to hold: the envelope is
-//!   walked with serde visitors over serde_json's streaming deserializer;
-//!   each element of `value` is deserialised into one field map, handed on
-//!   and dropped before the next is read, so memory does not grow with the
-//!   size of the page.
+//! Anything that is not a well-formed page — a syntax error, a record that
+//! is not an object, bytes that are not UTF-8, a record longer than the
+//! largest window — sends the file to [`stream_odata`], the exact reader:
+//! serde visitors over serde_json's streaming deserializer, which names the
+//! problem at its line and column. It skips the records the block pass
+//! handed over already, so none is handed over twice, and with the same
+//! prefilter hands over the same records the block pass would have.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 
+use super::blocks::{Blocks, Short};
 use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
-use super::text::{ProgressReader, ReadProgress, TextInput, UTF8_BOM, count_newlines};
-use super::{ExportError, FileOutcome, Sink};
+use super::structure::{Members, Step, skip_whitespace, string_end, value_end};
+use super::text::{ProgressReader, ReadProgress, TextInput};
+use super::{ExportError, FileOutcome, Offer, RawFingerprint, Sink, input_error, io_error};
 
-/// Pages up to this size are read into memory and parsed from there; bigger
-/// ones are streamed. The buffer is reused from page to page.
-pub(super) const IN_MEMORY_PAGE_LIMIT: u64 = 32 * 1024 * 1024;
-
-/// Read one page held in memory, handing each record to `sink`.
-pub(super) fn read_odata_page(path: &Path, bytes: &[u8], sink: &mut Sink<'_>) -> FileOutcome {
-    let text = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
-    let mut handed_over = 0;
-    if let Ok(text) = std::str::from_utf8(text)
-        && let Some(flow) = records_of_page(path, text, sink, &mut handed_over)
-    {
-        return Ok(flow);
-    }
-    // The page is not well formed: the streaming reader finds what is wrong
-    // and where, handing over the records before the problem that this
-    // pass did not hand over yet.
-    sink.skip = handed_over;
-    let outcome = read_odata(path, TextInput::new(bytes), sink);
+/// Read one page file, handing each record to `sink`.
+pub(super) fn read_odata<R: Read + Seek>(
+    path: &Path,
+    mut input: R,
+    sink: &mut Sink<'_>,
+) -> FileOutcome {
+    let mut blocks = Blocks::new(&mut input);
+    let mut pass = BlockPass {
+        path,
+        blocks: &mut blocks,
+        sink: &mut *sink,
+        members: Members::default(),
+        id_column: None,
+        offered: 0,
+    };
+    pass.id_column = pass.sink.id_column();
+    let offered = match pass.run() {
+        Ok(flow) => return Ok(flow),
+        Err(Detour::Io(error)) => return Err(input_error(path, error)),
+        Err(Detour::Exact) => pass.offered,
+    };
+    // The page is not well formed, or not in a way the block pass reads:
+    // the exact reader finds what is wrong and where, handing over the
+    // records before the problem that this pass did not hand over yet.
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| io_error(path, source))?;
+    sink.skip = offered;
+    let outcome = stream_odata(path, TextInput::new(&mut input), sink);
     sink.skip = 0;
     outcome
 }
 
-/// The page's envelope, its records left unparsed.
-#[derive(Deserialize)]
-struct RawPage<'a> {
-    #[serde(borrow)]
-    value: Vec<&'a RawValue>,
+/// Why the block pass stopped before the end of the page.
+enum Detour {
+    /// Reading the file failed.
+    Io(std::io::Error),
+    /// Something the exact reader must look at.
+    Exact,
 }
 
-/// Hand over the records of a well-formed page, counting them in
-/// `handed_over`; `None` as soon as anything is not well formed.
-fn records_of_page(
-    path: &Path,
-    text: &str,
-    sink: &mut Sink<'_>,
-    handed_over: &mut u64,
-) -> Option<ControlFlow<()>> {
-    let records: Vec<&RawValue> = if text.trim_start().starts_with('[') {
-        serde_json::from_str(text).ok()?
-    } else {
-        serde_json::from_str::<RawPage<'_>>(text).ok()?.value
-    };
-    // Lines are counted from one record to the next.
-    let (mut counted_to, mut line) = (0, 1);
-    for record in records {
-        let raw = record.get();
-        if !raw.starts_with('{') {
-            return None;
-        }
-        let offset = raw.as_ptr() as usize - text.as_ptr() as usize;
-        line += count_newlines(text.as_bytes().get(counted_to..offset)?);
-        counted_to = offset;
+impl From<std::io::Error> for Detour {
+    fn from(error: std::io::Error) -> Detour {
+        Detour::Io(error)
+    }
+}
 
-        let mut deserializer = serde_json::Deserializer::from_str(raw);
-        let mut fields = RecordFields.deserialize(&mut deserializer).ok()?;
-        keep_exact_numbers(raw, &mut fields);
-        *handed_over += 1;
-        if sink.emit(path, line, fields).is_break() {
-            return Some(ControlFlow::Break(()));
+struct BlockPass<'p, 'b, 's, R> {
+    path: &'p Path,
+    blocks: &'b mut Blocks<R>,
+    sink: &'p mut Sink<'s>,
+    members: Members,
+    id_column: Option<String>,
+    /// Records offered to the sink so far (handed over or known).
+    offered: u64,
+}
+
+impl<R: Read> BlockPass<'_, '_, '_, R> {
+    fn run(&mut self) -> Result<ControlFlow<()>, Detour> {
+        let first = self.next_token()?;
+        let flow = match self.blocks.data()[first] {
+            b'[' => {
+                self.blocks.consume(first + 1);
+                self.records()?
+            }
+            b'{' => {
+                self.blocks.consume(first + 1);
+                self.envelope()?
+            }
+            _ => return Err(Detour::Exact),
+        };
+        if flow.is_break() {
+            return Ok(flow);
+        }
+        // Only whitespace may follow.
+        loop {
+            if skip_whitespace(self.blocks.data(), 0).is_some() {
+                return Err(Detour::Exact);
+            }
+            let consumed = self.blocks.data().len();
+            self.blocks.consume(consumed);
+            match self.blocks.fill()? {
+                Ok(()) => {}
+                Err(Short::End) => return Ok(ControlFlow::Continue(())),
+                Err(_) => return Err(Detour::Exact),
+            }
         }
     }
-    Some(ControlFlow::Continue(()))
+
+    /// The members of the page object, whose `{` is consumed.
+    fn envelope(&mut self) -> Result<ControlFlow<()>, Detour> {
+        let mut value_seen = false;
+        let mut first_member = true;
+        loop {
+            let at = self.next_token()?;
+            match self.blocks.data()[at] {
+                b'}' if first_member => {
+                    // An object without members has no `value` array.
+                    return Err(Detour::Exact);
+                }
+                b'"' => {}
+                _ => return Err(Detour::Exact),
+            }
+            first_member = false;
+            let key_end = self.step(|data| string_end(data, at))?;
+            let is_value = {
+                let key = &self.blocks.data()[at..key_end];
+                match serde_json::from_slice::<std::borrow::Cow<'_, str>>(key) {
+                    Ok(key) => key == "value",
+                    Err(_) => return Err(Detour::Exact),
+                }
+            };
+            self.blocks.consume(key_end);
+            let colon = self.next_token()?;
+            if self.blocks.data()[colon] != b':' {
+                return Err(Detour::Exact);
+            }
+            self.blocks.consume(colon + 1);
+            let value_start = self.next_token()?;
+            if is_value {
+                if value_seen || self.blocks.data()[value_start] != b'[' {
+                    return Err(Detour::Exact);
+                }
+                value_seen = true;
+                self.blocks.consume(value_start + 1);
+                if self.records()?.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            } else {
+                let end = self.step(|data| value_end(data, value_start))?;
+                let value = &self.blocks.data()[value_start..end];
+                if serde_json::from_slice::<IgnoredAny>(value).is_err() {
+                    return Err(Detour::Exact);
+                }
+                self.blocks.consume(end);
+            }
+            let next = self.next_token()?;
+            match self.blocks.data()[next] {
+                b',' => self.blocks.consume(next + 1),
+                b'}' if value_seen => {
+                    self.blocks.consume(next + 1);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                _ => return Err(Detour::Exact),
+            }
+        }
+    }
+
+    /// The elements of the records array, whose `[` is consumed, up to and
+    /// including its `]`.
+    fn records(&mut self) -> Result<ControlFlow<()>, Detour> {
+        let at = self.next_token()?;
+        if self.blocks.data()[at] == b']' {
+            self.blocks.consume(at + 1);
+            return Ok(ControlFlow::Continue(()));
+        }
+        loop {
+            let at = self.next_token()?;
+            if self.blocks.data()[at] != b'{' {
+                return Err(Detour::Exact);
+            }
+            if self.record(at)?.is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            let next = self.next_token()?;
+            match self.blocks.data()[next] {
+                b',' => self.blocks.consume(next + 1),
+                b']' => {
+                    self.blocks.consume(next + 1);
+                    return Ok(ControlFlow::Continue(()));
+                }
+                _ => return Err(Detour::Exact),
+            }
+        }
+    }
+
+    /// The record whose `{` is at `open`: offered, parsed if not known, and
+    /// consumed.
+    fn record(&mut self, open: usize) -> Result<ControlFlow<()>, Detour> {
+        let members = &mut self.members;
+        let end = step(self.blocks, |data| members.scan(data, open))?;
+        let line = self.blocks.line_at(open);
+        let text = &self.blocks.data()[open..end];
+        let fingerprint = RawFingerprint::of_json(text);
+        let raw = self.members.of(text);
+        let id = self
+            .id_column
+            .as_deref()
+            .and_then(|column| raw.string(column));
+        self.offered += 1;
+        let offer = self
+            .sink
+            .offer(self.path, line, fingerprint, id.as_deref(), &raw);
+        let flow = match offer {
+            Offer::Known => ControlFlow::Continue(()),
+            Offer::Parse => {
+                let mut deserializer = serde_json::Deserializer::from_slice(text);
+                let Ok(mut fields) = RecordFields.deserialize(&mut deserializer) else {
+                    self.offered -= 1;
+                    return Err(Detour::Exact);
+                };
+                // The blocks are checked UTF-8.
+                if let Ok(raw) = std::str::from_utf8(text) {
+                    keep_exact_numbers(raw, &mut fields);
+                }
+                self.sink.emit(self.path, line, fingerprint, fields)
+            }
+        };
+        self.blocks.consume(end);
+        Ok(flow)
+    }
+
+    /// The index in the window of the next byte that is not whitespace,
+    /// reading on as needed.
+    fn next_token(&mut self) -> Result<usize, Detour> {
+        step(self.blocks, |data| match skip_whitespace(data, 0) {
+            Some(at) => Step::Done(at),
+            None => Step::NeedMore,
+        })
+    }
+
+    fn step<T>(&mut self, scan: impl FnMut(&[u8]) -> Step<T>) -> Result<T, Detour> {
+        step(self.blocks, scan)
+    }
 }
 
-/// Read one page file, handing each record to `sink`.
-pub(super) fn read_odata<R: Read>(path: &Path, input: R, sink: &mut Sink<'_>) -> FileOutcome {
+/// Run `scan` over the window, reading more and scanning again while it
+/// needs more.
+fn step<R: Read, T>(
+    blocks: &mut Blocks<R>,
+    mut scan: impl FnMut(&[u8]) -> Step<T>,
+) -> Result<T, Detour> {
+    loop {
+        match scan(blocks.data()) {
+            Step::Done(value) => return Ok(value),
+            Step::Malformed => return Err(Detour::Exact),
+            Step::NeedMore => match blocks.fill()? {
+                Ok(()) => {}
+                Err(_) => return Err(Detour::Exact),
+            },
+        }
+    }
+}
+
+/// The exact reader: read one page file streaming, handing each record to
+/// `sink`, and name any problem at its line and column.
+pub(super) fn stream_odata<R: Read>(path: &Path, input: R, sink: &mut Sink<'_>) -> FileOutcome {
     let progress = ReadProgress::default();
     let mut deserializer =
         serde_json::Deserializer::from_reader(ProgressReader::new(input, &progress));
@@ -283,7 +465,12 @@ impl<'de> DeserializeSeed<'de> for OneRecord<'_, '_, '_> {
         if let Ok(raw) = std::str::from_utf8(&raw) {
             keep_exact_numbers(raw, &mut fields);
         }
-        match self.page.sink.emit(self.page.path, line, fields) {
+        let fingerprint = RawFingerprint::of_json(&raw);
+        match self
+            .page
+            .sink
+            .offer_parsed(self.page.path, line, fingerprint, fields)
+        {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => {
                 self.page.stopped = true;
@@ -307,38 +494,36 @@ mod tests {
     /// outcome.
     fn read(content: &[u8], stop_after: Option<u64>) -> (FileOutcome, Vec<Record>) {
         let streamed = collect_records(stop_after, |sink| {
-            read_odata(Path::new(PAGE), TextInput::new(content), sink)
+            stream_odata(Path::new(PAGE), TextInput::new(content), sink)
         });
-        let in_memory = collect_records(stop_after, |sink| {
-            read_odata_page(Path::new(PAGE), content, sink)
+        let in_blocks = collect_records(stop_after, |sink| {
+            read_odata(Path::new(PAGE), std::io::Cursor::new(content), sink)
         });
         let content = String::from_utf8_lossy(content);
-        assert_eq!(in_memory.1, streamed.1, "records of {content:?}");
+        assert_eq!(in_blocks.1, streamed.1, "records of {content:?}");
         assert_eq!(
-            format!("{:?}", in_memory.0),
+            format!("{:?}", in_blocks.0),
             format!("{:?}", streamed.0),
             "outcome of {content:?}"
         );
-        in_memory
+        in_blocks
     }
 
-    /// Whether the in-memory pass reads `content` without falling back.
+    /// Whether the block pass reads `content` without handing it to the
+    /// exact reader.
     fn read_in_one_pass(content: &str) -> bool {
-        let mut handed_over = 0;
-        let (_, records) = collect_records(None, |sink| {
-            Ok(
-                records_of_page(Path::new(PAGE), content, sink, &mut handed_over)
-                    .unwrap_or(ControlFlow::Break(())),
-            )
-        });
-        assert_eq!(handed_over, records.len() as u64);
-        records_of_page(
-            Path::new(PAGE),
-            content,
-            &mut Sink::new(&mut |_| ControlFlow::Continue(())),
-            &mut 0,
-        )
-        .is_some()
+        let mut drop = |_| ControlFlow::Continue(());
+        let mut sink = Sink::new(&mut drop);
+        let mut blocks = Blocks::new(content.as_bytes());
+        let mut pass = BlockPass {
+            path: Path::new(PAGE),
+            blocks: &mut blocks,
+            sink: &mut sink,
+            members: Members::default(),
+            id_column: None,
+            offered: 0,
+        };
+        pass.run().is_ok()
     }
 
     /// `(line, fields)` of every record in `content`, which must read well.

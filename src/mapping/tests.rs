@@ -11,6 +11,7 @@ fn record(fields: Value) -> Record {
         panic!("a record is an object");
     };
     Record {
+        fingerprint: Default::default(),
         fields,
         location: RecordLocation {
             file: "export/opportunities.json".into(),

@@ -1,0 +1,236 @@
+//! An export file read in large blocks into one window that slides over
+//! it: memory bounded by the largest record, not by the file.
+//!
+//! Every byte handed out has been checked to be UTF-8 (the whole block at
+//! once, which is several times faster than checking byte by byte) and a
+//! leading byte-order mark is dropped. Lines are counted on demand, from
+//! the last place counted, so a reader pays for them only once.
+
+use std::io::{self, Read};
+
+use super::text::{UTF8_BOM, count_newlines};
+
+/// Bytes asked of the file at a time.
+const BLOCK: usize = 4 * 1024 * 1024;
+
+/// The largest window: a record (or an envelope value) longer than this is
+/// left to the streaming reader, which holds no record whole.
+pub(super) const MAX_WINDOW: usize = 64 * 1024 * 1024;
+
+/// Why more bytes could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Short {
+    /// The file ends here.
+    End,
+    /// The next bytes are not UTF-8 (or the file ends inside a character).
+    NotUtf8,
+    /// What is being scanned does not fit in [`MAX_WINDOW`].
+    TooLong,
+}
+
+pub(super) struct Blocks<R> {
+    inner: R,
+    buffer: Vec<u8>,
+    /// `buffer[start..checked]` is what is handed out; `checked..end` the
+    /// start of a character whose other bytes are still to be read.
+    start: usize,
+    checked: usize,
+    end: usize,
+    at_eof: bool,
+    bom_checked: bool,
+    /// Whether the bytes after `checked` are known not to be UTF-8.
+    not_utf8: bool,
+    /// Lines before `buffer[counted]`, 1-based.
+    line: u64,
+    counted: usize,
+    /// Bytes of the file before `buffer[0]`.
+    offset: u64,
+}
+
+impl<R: Read> Blocks<R> {
+    pub fn new(inner: R) -> Self {
+        Blocks {
+            inner,
+            buffer: Vec::new(),
+            start: 0,
+            checked: 0,
+            end: 0,
+            at_eof: false,
+            bom_checked: false,
+            not_utf8: false,
+            line: 1,
+            counted: 0,
+            offset: 0,
+        }
+    }
+
+    /// The checked bytes not yet consumed.
+    pub fn data(&self) -> &[u8] {
+        &self.buffer[self.start..self.checked]
+    }
+
+    /// Mark the first `amount` bytes of [`Self::data`] as consumed.
+    pub fn consume(&mut self, amount: usize) {
+        self.start = (self.start + amount).min(self.checked);
+    }
+
+    /// The 1-based line of the byte at `at` in [`Self::data`]. Calls must
+    /// ask for places in increasing order.
+    pub fn line_at(&mut self, at: usize) -> u64 {
+        let target = self.start + at;
+        if target > self.counted {
+            self.line += count_newlines(&self.buffer[self.counted..target]);
+            self.counted = target;
+        }
+        self.line
+    }
+
+    /// Read more of the file into the window, keeping what is not consumed.
+    pub fn fill(&mut self) -> io::Result<Result<(), Short>> {
+        loop {
+            if self.not_utf8 {
+                return Ok(Err(Short::NotUtf8));
+            }
+            if self.at_eof {
+                return Ok(Err(if self.checked < self.end {
+                    Short::NotUtf8
+                } else {
+                    Short::End
+                }));
+            }
+            self.make_room()?;
+            if self.end == self.buffer.len() {
+                return Ok(Err(Short::TooLong));
+            }
+            let read = loop {
+                match self.inner.read(&mut self.buffer[self.end..]) {
+                    Ok(read) => break read,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(error) => return Err(error),
+                }
+            };
+            self.end += read;
+            self.at_eof = read == 0;
+            let before = self.checked;
+            self.check();
+            if self.checked > before {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    /// Move the unconsumed bytes to the front, and grow the buffer when
+    /// they fill it.
+    fn make_room(&mut self) -> io::Result<()> {
+        if self.start > 0 && (self.end == self.buffer.len() || self.start >= BLOCK) {
+            // Lines of the consumed bytes are counted before they go.
+            if self.counted < self.start {
+                self.line += count_newlines(&self.buffer[self.counted..self.start]);
+                self.counted = self.start;
+            }
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.offset += self.start as u64;
+            self.counted -= self.start;
+            self.checked -= self.start;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buffer.len() && self.buffer.len() < MAX_WINDOW {
+            let grown = (self.buffer.len() * 2).clamp(BLOCK, MAX_WINDOW);
+            self.buffer.resize(grown, 0);
+        }
+        Ok(())
+    }
+
+    /// Check the bytes read since the last check.
+    fn check(&mut self) {
+        if !self.bom_checked {
+            if self.end < UTF8_BOM.len() && !self.at_eof {
+                return;
+            }
+            self.bom_checked = true;
+            if self.buffer[..self.end].starts_with(UTF8_BOM) {
+                self.start = UTF8_BOM.len();
+                self.checked = UTF8_BOM.len();
+                self.counted = UTF8_BOM.len();
+            }
+        }
+        let unchecked = &self.buffer[self.checked..self.end];
+        match std::str::from_utf8(unchecked) {
+            Ok(_) => self.checked = self.end,
+            Err(error) => {
+                self.checked += error.valid_up_to();
+                // A character cut by the end of the block completes with
+                // the next one; anything else is not UTF-8.
+                if error.error_len().is_some() || self.at_eof {
+                    self.not_utf8 = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out at most `chunk` bytes per read.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let amount = self.chunk.min(out.len()).min(self.bytes.len());
+            out[..amount].copy_from_slice(&self.bytes[..amount]);
+            self.bytes = &self.bytes[amount..];
+            Ok(amount)
+        }
+    }
+
+    fn read_all(bytes: &[u8], chunk: usize) -> (Vec<u8>, Short) {
+        let mut blocks = Blocks::new(Trickle { bytes, chunk });
+        let mut out = Vec::new();
+        loop {
+            match blocks.fill().unwrap() {
+                Ok(()) => {
+                    out.extend_from_slice(blocks.data());
+                    let amount = blocks.data().len();
+                    blocks.consume(amount);
+                }
+                Err(short) => return (out, short),
+            }
+        }
+    }
+
+    #[test]
+    fn hands_out_checked_text_without_the_bom() {
+        let text = "\u{feff}a€b\nçd\n".as_bytes();
+        for chunk in 1..=text.len() {
+            assert_eq!(
+                read_all(text, chunk),
+                ("a€b\nçd\n".as_bytes().to_vec(), Short::End),
+                "chunk {chunk}"
+            );
+        }
+        assert_eq!(read_all(b"ab\xffcd", 2), (b"ab".to_vec(), Short::NotUtf8));
+        assert_eq!(read_all(b"ab\xe2\x82", 2), (b"ab".to_vec(), Short::NotUtf8));
+    }
+
+    #[test]
+    fn counts_lines_across_refills() {
+        let text = b"\xEF\xBB\xBFab\ncd\n\nef";
+        let mut blocks = Blocks::new(Trickle {
+            bytes: text,
+            chunk: 4,
+        });
+        while blocks.fill().unwrap().is_ok() {}
+        let data = blocks.data().to_vec();
+        assert_eq!(data, b"ab\ncd\n\nef");
+        let e = data.iter().position(|&b| b == b'e').unwrap();
+        assert_eq!(blocks.line_at(0), 1);
+        assert_eq!(blocks.line_at(3), 2);
+        assert_eq!(blocks.line_at(e), 4);
+    }
+}
