@@ -44,6 +44,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_record_events",
         include_str!("../migrations/0006_record_events.sql"),
     ),
+    (
+        "0007_export_fingerprints",
+        include_str!("../migrations/0007_export_fingerprints.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -945,6 +949,64 @@ impl Store {
             visit(text(0).map_err(&err)?, text(1).map_err(&err)?);
         }
         Ok(())
+    }
+
+    /// Call `visit` with the external id and export fingerprint of every
+    /// settled record whose fingerprint was recorded with the desired hash
+    /// it still holds: the records of an export with that id and
+    /// fingerprint are unchanged. Read from the same index as
+    /// [`Store::for_each_settled`].
+    pub fn for_each_fingerprinted(
+        &self,
+        visit: &mut dyn FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT external_id, export_fingerprint FROM records
+                 WHERE {SETTLED} AND export_fingerprint IS NOT NULL
+                   AND fingerprint_for = desired_hash"
+            ))
+            .map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
+            let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
+            // A fingerprint edited into another type keeps its record out.
+            if let (Ok(id), Ok(fingerprint)) = (id, fingerprint) {
+                visit(id, fingerprint);
+            }
+        }
+        Ok(())
+    }
+
+    /// Record, for each `(external id, fingerprint, desired hash)`, that an
+    /// export record with that fingerprint maps to that hash — on rows that
+    /// hold that desired hash now, in one transaction. Returns how many
+    /// rows took one.
+    pub fn record_fingerprints(
+        &self,
+        found: &[(String, [u8; 16], String)],
+    ) -> Result<u64, StoreError> {
+        let err = sqlite_error(&self.path);
+        let tx = self.conn.unchecked_transaction().map_err(&err)?;
+        let mut recorded = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE records SET export_fingerprint = ?2, fingerprint_for = ?3
+                     WHERE external_id = ?1 AND desired_hash = ?3",
+                )
+                .map_err(&err)?;
+            for (external_id, fingerprint, hash) in found {
+                recorded += stmt
+                    .execute(params![external_id, &fingerprint[..], hash])
+                    .map_err(&err)? as u64;
+            }
+        }
+        tx.commit().map_err(&err)?;
+        Ok(recorded)
     }
 
     /// Call `visit` with every external id the store knows.

@@ -304,6 +304,11 @@ impl Engine {
                 only: request.only.clone(),
                 retain_budget: scan::RETAIN_BUDGET,
                 list_unchanged: request.list_unchanged,
+                fingerprints: scan::Fingerprints {
+                    context: scan::fingerprint_context(&mapper, self.settings.sync.on_cleared),
+                    skip: !request.resync,
+                    record: !request.dry_run,
+                },
                 schema: if request.allow_schema_change {
                     schema::SchemaPolicy::AllowChange
                 } else {

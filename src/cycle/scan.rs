@@ -21,8 +21,11 @@ use std::sync::mpsc;
 use std::thread;
 
 use super::schema::{self, SchemaChanged, SchemaPolicy, SchemaReport};
-use crate::export::{self, ExportError, ExportOptions, ExportSummary, Record, RecordLocation};
-use crate::mapping::{MappedRecord, Mapper, RecordError};
+use crate::export::{
+    self, ExportError, ExportOptions, ExportSummary, Place, Prefilter, RawFingerprint, Record,
+    RecordLocation,
+};
+use crate::mapping::{MappedRecord, Mapper, RecordError, normalise_external_id};
 use crate::store::{Store, StoreError};
 use serde_json::Value;
 
@@ -101,7 +104,7 @@ impl IdKey {
 /// A record of the export whose key is here is unchanged. Read in one pass
 /// over an index that holds exactly those columns instead of one lookup per
 /// record, and kept in 16 bytes per record.
-struct Settled(Vec<u128>);
+struct Settled(KeySet);
 
 impl Settled {
     fn load(store: &Store) -> Result<Settled, StoreError> {
@@ -113,8 +116,7 @@ impl Settled {
                 keys.push(Settled::key(IdKey::of(external_id), hash));
             }
         })?;
-        keys.sort_unstable();
-        Ok(Settled(keys))
+        Ok(Settled(KeySet::new(keys)))
     }
 
     fn key(id: IdKey, hash: DocHash) -> u128 {
@@ -125,7 +127,114 @@ impl Settled {
     }
 
     fn contains(&self, id: IdKey, hash: DocHash) -> bool {
-        self.0.binary_search(&Settled::key(id, hash)).is_ok()
+        self.0.contains(Settled::key(id, hash))
+    }
+}
+
+/// The fingerprint a store keeps of an export record: XXH3 over the
+/// fingerprint of the record's bytes and `context`, the fingerprint of
+/// everything else that shapes its desired document
+/// ([`fingerprint_context`]). Equal stored fingerprints mean equal bytes
+/// read the same way, so the same desired document.
+pub fn stored_fingerprint(raw: RawFingerprint, context: u128) -> [u8; 16] {
+    let mut input = [0u8; 32];
+    input[..16].copy_from_slice(&raw.0.to_le_bytes());
+    input[16..].copy_from_slice(&context.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&input).to_be_bytes()
+}
+
+/// What, besides a record's bytes, decides its desired document and how it
+/// is planned: the mapper ([`Mapper::fingerprint`]: the mapping after
+/// overrides, header aliases, keyed lists, entity, default currency, code
+/// version) and `sync.on_cleared`. Any change of one makes every stored
+/// fingerprint a stranger.
+pub fn fingerprint_context(mapper: &Mapper, on_cleared: crate::diff::OnCleared) -> u128 {
+    let mut input = mapper.fingerprint().to_le_bytes().to_vec();
+    input.extend_from_slice(format!("{on_cleared:?}").as_bytes());
+    xxhash_rust::xxh3::xxh3_128(&input)
+}
+
+/// The settled records whose stored fingerprint was taken with the desired
+/// hash they hold ([`Store::for_each_fingerprinted`]), each as one 128-bit
+/// key over its id and that fingerprint: an export record whose key is
+/// here is unchanged, and is not parsed.
+struct Fingerprinted(KeySet);
+
+impl Fingerprinted {
+    fn load(store: &Store) -> Result<Fingerprinted, StoreError> {
+        let mut keys = Vec::new();
+        store.for_each_fingerprinted(&mut |external_id, fingerprint| {
+            if let Ok(fingerprint) = <[u8; 16]>::try_from(fingerprint) {
+                keys.push(Fingerprinted::key(IdKey::of(external_id), &fingerprint));
+            }
+        })?;
+        Ok(Fingerprinted(KeySet::new(keys)))
+    }
+
+    fn key(id: IdKey, fingerprint: &[u8; 16]) -> u128 {
+        let mut input = [0u8; 32];
+        input[..16].copy_from_slice(&id.0.to_be_bytes());
+        input[16..].copy_from_slice(fingerprint);
+        xxhash_rust::xxh3::xxh3_128(&input)
+    }
+
+    fn contains(&self, id: IdKey, fingerprint: &[u8; 16]) -> bool {
+        self.0.contains(Fingerprinted::key(id, fingerprint))
+    }
+}
+
+/// Sorted, uniformly spread 128-bit keys (hashes), with where each run of
+/// keys sharing their top bits starts: a lookup reads one start and
+/// searches a handful of keys instead of halving a million.
+#[derive(Debug, Default)]
+struct KeySet {
+    keys: Vec<u128>,
+    /// `starts[p]`: the index of the first key whose top `bits` bits are at
+    /// least `p`; one more entry holds the length.
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl KeySet {
+    fn new(mut keys: Vec<u128>) -> KeySet {
+        keys.sort_unstable();
+        keys.dedup();
+        // About one key per bucket, at most 2¹⁶ buckets (256 KiB of starts).
+        let bits = keys.len().max(1).ilog2().min(16);
+        let buckets = 1usize << bits;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut at = 0;
+        for bucket in 0..buckets {
+            while at < keys.len() && KeySet::bucket(keys[at], bits) < bucket {
+                at += 1;
+            }
+            starts.push(u32::try_from(at).unwrap_or(u32::MAX));
+        }
+        starts.push(u32::try_from(keys.len()).unwrap_or(u32::MAX));
+        KeySet { keys, starts, bits }
+    }
+
+    fn bucket(key: u128, bits: u32) -> usize {
+        if bits == 0 {
+            0
+        } else {
+            (key >> (128 - bits)) as usize
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn contains(&self, key: u128) -> bool {
+        let bucket = KeySet::bucket(key, self.bits);
+        let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
+        else {
+            return false;
+        };
+        self.keys
+            .get(start as usize..end as usize)
+            .is_some_and(|run| run.binary_search(&key).is_ok())
     }
 }
 
@@ -177,6 +286,11 @@ pub struct Scan {
     pub unchanged_ids: Vec<String>,
     /// Records the store knows that this export lacks.
     pub missing_from_export: u64,
+    /// Records whose fingerprint this pass recorded for the next.
+    pub fingerprinted: u64,
+    /// Records known unchanged by their fingerprint: neither parsed nor
+    /// mapped.
+    pub known_by_fingerprint: u64,
     /// Records the store knows.
     pub known: u64,
     /// Records needing work, with their documents, when they fit the
@@ -203,6 +317,23 @@ pub struct ScanOptions {
     /// Keep the ids of unchanged records (`sync --dry-run --all` lists
     /// them); off, they are only counted.
     pub list_unchanged: bool,
+    /// Whether records are known by their stored fingerprints.
+    pub fingerprints: Fingerprints,
+}
+
+/// How pass one uses the fingerprints of export records
+/// (ARCHITECTURE.md, "Skipping unchanged records").
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fingerprints {
+    /// [`fingerprint_context`] of this configuration.
+    pub context: u128,
+    /// Take a record whose stored fingerprint matches as unchanged without
+    /// parsing it. Off (`check`, which validates every record), or in a
+    /// resync, every record is parsed and mapped.
+    pub skip: bool,
+    /// Record the fingerprints of records found unchanged by their hash
+    /// (not in a dry run, which writes nothing).
+    pub record: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -422,72 +553,91 @@ pub enum WorkFor {
     ChangedSinceScan,
 }
 
-/// Run pass one. `store` is only read.
+/// Run pass one. `store` is only read, except that the fingerprints of
+/// records found unchanged by their hash are recorded when
+/// [`Fingerprints::record`] asks for it.
 pub fn scan_export(
     export_options: &ExportOptions,
     mapper: &Mapper,
     store: &Store,
     options: &ScanOptions,
 ) -> Result<Scan, ScanError> {
-    // One read transaction for the whole pass: every lookup sees the same
-    // state of the store, and SQLite takes its file lock once rather than
-    // once per record (those system calls were 5% of a no-change cycle).
-    let read_snapshot = store
-        .connection()
-        .unchecked_transaction()
-        .map_err(|source| StoreError::Sqlite {
-            path: store.path().to_path_buf(),
-            source,
-        })?;
-
     let mut scan = Scan::default();
     let mut seen: Vec<Seen> = Vec::new();
     let mut retained = Retained::default();
     let mut canonical = Vec::new();
     let mut over_budget = false;
+    let fingerprints = options.fingerprints;
     // A resync takes every record up whatever the store says.
-    let settled = if options.resync {
-        Settled(Vec::new())
+    let (settled, known) = if options.resync {
+        (Settled(KeySet::default()), Fingerprinted(KeySet::default()))
     } else {
-        Settled::load(store)?
+        // One read of both, so they agree.
+        let _snapshot = read_snapshot(store)?;
+        let settled = Settled::load(store)?;
+        let known = if fingerprints.skip {
+            Fingerprinted::load(store)?
+        } else {
+            Fingerprinted(KeySet::default())
+        };
+        (settled, known)
     };
+    let mut prefilter = KnownRecords {
+        id_column: mapper.id_column(),
+        known: &known,
+        context: fingerprints.context,
+        only: options.only.as_ref(),
+        list_unchanged: options.list_unchanged,
+        seen: Vec::new(),
+        unchanged_ids: Vec::new(),
+        files: Vec::new(),
+    };
+    let mut unchanged_ids: Vec<(u64, String)> = Vec::new();
+    let mut found = FoundFingerprints::new(store, fingerprints.record);
 
     // The export is parsed on a thread of its own while this one maps,
     // hashes and decides. Parsing is about half the work, so with a second
-    // core free the pass costs little more than the parse.
+    // core free the pass costs little more than the parse. Records the
+    // store knows by their fingerprint are settled on the parsing thread,
+    // unparsed.
     let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
     // Batches go back to the parsing thread once decided, so that records
     // are freed by the thread that allocated them (the allocator's fast
     // path) and batch buffers are reused.
     let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
-    let summary = thread::scope(|scope| {
+    let (summary, mut prefilter) = thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
-            let summary = export::read_export(export_options, &mut |record| {
-                batch.push(record);
-                if batch.len() < BATCH {
-                    return ControlFlow::Continue(());
-                }
-                let next = match recycled.try_recv() {
-                    Ok(mut used) => {
-                        used.clear();
-                        used
+            let use_prefilter = !prefilter.known.0.is_empty();
+            let summary = export::read_export_with(
+                export_options,
+                use_prefilter.then_some(&mut prefilter as &mut dyn Prefilter),
+                &mut |record| {
+                    batch.push(record);
+                    if batch.len() < BATCH {
+                        return ControlFlow::Continue(());
                     }
-                    Err(_) => Vec::with_capacity(BATCH),
-                };
-                let full = std::mem::replace(&mut batch, next);
-                // A closed channel: the other half stopped on a store error.
-                match batches.send(full) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => ControlFlow::Break(()),
-                }
-            });
+                    let next = match recycled.try_recv() {
+                        Ok(mut used) => {
+                            used.clear();
+                            used
+                        }
+                        Err(_) => Vec::with_capacity(BATCH),
+                    };
+                    let full = std::mem::replace(&mut batch, next);
+                    // A closed channel: the other half stopped on a store error.
+                    match batches.send(full) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()),
+                    }
+                },
+            );
             if !batch.is_empty() {
                 let _ = batches.send(batch);
             }
-            summary
+            (summary, prefilter)
         });
-        for batch in received {
+        'batches: for batch in received {
             for record in &batch {
                 let mapped = match mapper.map(record) {
                     Ok(mapped) => mapped,
@@ -507,6 +657,12 @@ pub fn scan_export(
                 } else if options.resync {
                     Some(WorkReason::Resync)
                 } else if settled.contains(id, hash) {
+                    let fingerprint = stored_fingerprint(record.fingerprint, fingerprints.context);
+                    if !known.contains(id, &fingerprint)
+                        && found.add(&mapped.external_id, fingerprint, hash).is_err()
+                    {
+                        break 'batches;
+                    }
                     None
                 } else {
                     Some(WorkReason::Outdated)
@@ -521,7 +677,7 @@ pub fn scan_export(
                     not_selected: !wanted,
                 });
                 if options.list_unchanged && wanted && work.is_none() {
-                    scan.unchanged_ids.push(mapped.external_id.clone());
+                    unchanged_ids.push((record.location.ordinal, mapped.external_id.clone()));
                 }
                 if let Some(reason) = work
                     && !over_budget
@@ -541,8 +697,31 @@ pub fn scan_export(
         reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })?;
+    });
+    found.finish()?;
+    let summary = summary?;
+    // The records known by their fingerprint, under this thread's file
+    // numbers.
+    let renumbered: Vec<u32> = prefilter
+        .files
+        .iter()
+        .map(|file| file_index(&mut scan.files, file))
+        .collect();
+    seen.extend(prefilter.seen.iter().copied().map(|mut known| {
+        known.file = renumbered
+            .get(known.file as usize)
+            .copied()
+            .unwrap_or(u32::MAX);
+        known
+    }));
+    scan.known_by_fingerprint = prefilter.seen.len() as u64;
+    unchanged_ids.append(&mut prefilter.unchanged_ids);
+    unchanged_ids.sort_unstable_by_key(|(ordinal, _)| *ordinal);
+    scan.unchanged_ids = unchanged_ids.into_iter().map(|(_, id)| id).collect();
+    scan.fingerprinted = found.recorded;
     scan.export = summary;
+    // The rest reads the store once more, in one snapshot.
+    let read_snapshot = read_snapshot(store)?;
     // Before anything is planned: a field fed before whose columns are
     // gone would be cleared on every referral.
     scan.schema = schema::compare(mapper, &scan.export.columns, &schema::fed_before(store)?);
@@ -622,6 +801,131 @@ pub fn scan_export(
     scan.missing_from_export = missing;
     drop(read_snapshot);
     Ok(scan)
+}
+
+/// A read transaction: every query in it sees one state of the store, and
+/// SQLite takes its file lock once.
+fn read_snapshot(store: &Store) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    store
+        .connection()
+        .unchecked_transaction()
+        .map_err(|source| StoreError::Sqlite {
+            path: store.path().to_path_buf(),
+            source,
+        })
+}
+
+/// The prefilter of pass one, on the parsing thread: a record whose id and
+/// stored fingerprint the store holds as settled is unchanged, and is
+/// neither parsed nor mapped. It is still seen — for duplicates, for the
+/// records missing from the export, for `only` — under its normalised id.
+struct KnownRecords<'a> {
+    id_column: &'static str,
+    known: &'a Fingerprinted,
+    context: u128,
+    only: Option<&'a HashSet<String>>,
+    list_unchanged: bool,
+    seen: Vec<Seen>,
+    /// `(ordinal, external id)`, when asked to list them.
+    unchanged_ids: Vec<(u64, String)>,
+    /// The files of `seen`, numbered on this thread.
+    files: Vec<PathBuf>,
+}
+
+impl Prefilter for KnownRecords<'_> {
+    fn id_column(&self) -> &str {
+        self.id_column
+    }
+
+    fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool {
+        let external_id = normalise_external_id(id);
+        let key = IdKey::of(&external_id);
+        if !self
+            .known
+            .contains(key, &stored_fingerprint(fingerprint, self.context))
+        {
+            return false;
+        }
+        let wanted = self.only.is_none_or(|only| only.contains(&external_id));
+        self.seen.push(Seen {
+            id: key,
+            // Not needed: only records taken up are asked for their hash.
+            hash: DocHash([0; 16]),
+            file: file_index(&mut self.files, place.file),
+            line: place.line,
+            ordinal: place.ordinal,
+            work: None,
+            not_selected: !wanted,
+        });
+        if self.list_unchanged && wanted {
+            self.unchanged_ids.push((place.ordinal, external_id));
+        }
+        true
+    }
+}
+
+/// Fingerprints of records found unchanged by their hash, written to the
+/// store in batches as they are found (each batch one short transaction),
+/// so that the next cycle knows these records without parsing them.
+struct FoundFingerprints<'a> {
+    store: &'a Store,
+    record: bool,
+    batch: Vec<(String, [u8; 16], String)>,
+    recorded: u64,
+    failed: Option<StoreError>,
+}
+
+/// Fingerprints written to the store at a time.
+const FINGERPRINT_BATCH: usize = 10_000;
+
+impl<'a> FoundFingerprints<'a> {
+    fn new(store: &'a Store, record: bool) -> Self {
+        FoundFingerprints {
+            store,
+            record,
+            batch: Vec::new(),
+            recorded: 0,
+            failed: None,
+        }
+    }
+
+    /// Note that `external_id`'s record, with `fingerprint`, maps to `hash`;
+    /// an error once the store failed.
+    fn add(&mut self, external_id: &str, fingerprint: [u8; 16], hash: DocHash) -> Result<(), ()> {
+        if !self.record {
+            return Ok(());
+        }
+        self.batch
+            .push((external_id.to_owned(), fingerprint, hash.to_hex()));
+        if self.batch.len() >= FINGERPRINT_BATCH {
+            self.flush();
+        }
+        if self.failed.is_some() {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() || self.failed.is_some() {
+            return;
+        }
+        match self.store.record_fingerprints(&self.batch) {
+            Ok(recorded) => self.recorded += recorded,
+            Err(error) => self.failed = Some(error),
+        }
+        self.batch.clear();
+    }
+
+    /// Write what is left; the store's error, if it failed.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        self.flush();
+        match self.failed.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The index of `file` in `files`, added when new. Records arrive file by

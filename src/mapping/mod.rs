@@ -320,6 +320,25 @@ pub struct MappedRecord {
     pub document: Document,
 }
 
+/// Raised whenever a change to the mapping code (not its configuration)
+/// can map a record to another document than before, so that stored
+/// fingerprints of export records ([`Mapper::fingerprint`]) are not trusted
+/// across it. A release changes the crate version, which counts too.
+pub const MAPPING_REVISION: u32 = 1;
+
+fn mapping_fingerprint(spec: &MappingSpec, entity: Entity, default_currency: &str) -> u128 {
+    // A spec is plain data with ordered maps: it serialises the same way
+    // every time.
+    let described = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": MAPPING_REVISION,
+        "entity": entity,
+        "default_currency": default_currency,
+        "spec": spec,
+    });
+    xxhash_rust::xxh3::xxh3_128(described.to_string().as_bytes())
+}
+
 /// An external id as the store and the referral index key it: a GUID in
 /// canonical form (lower case, no braces), anything else trimmed. Partner
 /// Center may hold `externalReferenceId` in another spelling of the same
@@ -342,6 +361,8 @@ pub struct FieldSources {
 /// A validated mapping, ready to map records.
 #[derive(Debug, Clone)]
 pub struct Mapper {
+    /// What shapes the documents this mapper makes: see [`Mapper::fingerprint`].
+    fingerprint: u128,
     id_column: &'static str,
     referral_id_column: Option<ColumnRef>,
     fields: Vec<Field>,
@@ -506,6 +527,7 @@ impl Mapper {
         key_lists(&spec.lists, &mut managed)?;
 
         Ok(Mapper {
+            fingerprint: mapping_fingerprint(spec, entity, default_currency),
             id_column: entity.id_column(),
             referral_id_column,
             fields,
@@ -514,6 +536,20 @@ impl Mapper {
             managed,
             context,
         })
+    }
+
+    /// 128 bits over everything that decides which document a record maps
+    /// to: the mapping spec (after overrides, header aliases and keyed
+    /// lists included), the entity, the default currency, and the version of
+    /// this code with [`MAPPING_REVISION`]. Two mappers with the same
+    /// fingerprint map every record to the same document.
+    pub fn fingerprint(&self) -> u128 {
+        self.fingerprint
+    }
+
+    /// The column holding a record's id.
+    pub fn id_column(&self) -> &'static str {
+        self.id_column
     }
 
     /// The referral paths this mapping owns.
