@@ -1544,8 +1544,8 @@ impl Report {
                 target,
                 size,
                 layout: Some(layout),
-                measured: format!("{:.2} s vs {:.2} s", row.seconds, against.seconds),
-                value: format!("{value:.2}×"),
+                measured: format!("{} vs {}", secs(row.seconds), secs(against.seconds)),
+                value: format!("{value:.3}×"),
                 bound: format!("≤ {bound:.1}×"),
                 met: value <= bound,
             })
@@ -1622,11 +1622,13 @@ impl Report {
                 size,
                 layout: Some(layout),
                 measured: format!(
-                    "{:.2} s vs {:.2} s + {push:.2} s",
-                    one_percent.seconds, no_change.seconds
+                    "{} vs {} + {}",
+                    secs(one_percent.seconds),
+                    secs(no_change.seconds),
+                    secs(push)
                 ),
-                value: format!("{:.2} s", one_percent.seconds),
-                bound: format!("≤ {bound:.2} s"),
+                value: secs(one_percent.seconds),
+                bound: format!("≤ {}", secs(bound)),
                 met: one_percent.seconds <= bound,
             });
         }
@@ -1644,6 +1646,16 @@ fn read_through(path: &Path) -> std::io::Result<()> {
     }
     std::io::copy(&mut fs::File::open(path)?, &mut std::io::sink())?;
     Ok(())
+}
+
+/// Seconds for the targets table, with a third decimal below ten seconds
+/// so that a verdict never rests on figures shown equal.
+fn secs(seconds: f64) -> String {
+    if seconds < 10.0 {
+        format!("{seconds:.3} s")
+    } else {
+        format!("{seconds:.2} s")
+    }
 }
 
 fn optional_seconds(value: Option<f64>) -> String {
