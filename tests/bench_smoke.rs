@@ -131,6 +131,14 @@ fn a_tiny_run_yields_every_row_of_the_table() {
         );
     }
 
+    // The default plan, as the results section names it.
+    assert_eq!(
+        Plan::default_for(plan.work_dir.clone()).flags(),
+        "--sizes 50000,1000000 --layouts odata-file,odata,csv,jsonl --page-size 5000 \
+         --max-cycle-size 1000000 --push-sizes 50000 --push-records 2000 --concurrency 1,4,16 \
+         --latency 0,50 --cycle-concurrency 16 --repeats 3 --seed 1"
+    );
+
     // The targets table: every target of the issue that the plan measures.
     assert!(results.contains("### Targets"), "{results}");
     assert!(

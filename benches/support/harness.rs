@@ -399,6 +399,7 @@ pub fn run(plan: &Plan, bins: &Binaries, progress: &mut dyn FnMut(&str)) -> anyh
     fs::create_dir_all(&plan.work_dir)
         .with_context(|| format!("create {}", plan.work_dir.display()))?;
     check_disk(plan, progress)?;
+    check_memory(plan, progress);
     let mut rows = Vec::new();
     for &size in &plan.sizes {
         let dir = plan.work_dir.join(format!("n{size}"));
@@ -487,6 +488,33 @@ fn check_disk(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()>
         needed as f64 / 1e9
     );
     Ok(())
+}
+
+/// The `Value` tree of the single OData file takes ~4.5 times the file
+/// (~9.4 GB at a million records): say so up front when the machine has
+/// less memory available than that, rather than be killed half way.
+fn check_memory(plan: &Plan, progress: &mut dyn FnMut(&str)) {
+    if !plan.layouts.contains(&Layout::OdataFile) {
+        return;
+    }
+    let largest = plan.sizes.iter().max().copied().unwrap_or(0);
+    let needed_kb = largest * 2_300 * 9 / 2 / 1024;
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available_kb: Option<u64> = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse().ok());
+    if let Some(available_kb) = available_kb
+        && available_kb < needed_kb
+    {
+        progress(&format!(
+            "warning: {:.1} GB of memory available; the Value tree of the single OData file at {} records needs ~{:.1} GB",
+            available_kb as f64 / 1e6 * 1.024,
+            thousands(largest),
+            needed_kb as f64 / 1e6 * 1.024
+        ));
+    }
 }
 
 /// An emulator and a store, shared by the layouts of a family.
