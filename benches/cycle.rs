@@ -1,9 +1,11 @@
 //! The cycle benchmark (see `support/harness.rs` and BENCHMARKS.md).
 //!
 //! ```text
-//! cargo bench --bench cycle -- [--sizes 10000,100000,1000000] [--max-cycle-size N]
-//!     [--push-records 2000] [--concurrency 1,4,16] [--latency 0,50] [--repeats 3]
-//!     [--page-size 5000] [--seed 1] [--work DIR] [--out BENCHMARKS.md]
+//! cargo bench --bench cycle -- [--sizes 50000,1000000]
+//!     [--layouts odata-file,odata,csv,jsonl] [--max-cycle-size N]
+//!     [--push-sizes N,…|none (default: the smallest size)] [--push-records 2000] [--concurrency 1,4,16]
+//!     [--latency 0,50] [--cycle-concurrency 16] [--repeats 3] [--page-size 5000]
+//!     [--seed 1] [--work DIR] [--out BENCHMARKS.md]
 //! ```
 //!
 //! Writes the results section of `--out` and prints it.
@@ -14,7 +16,7 @@ mod harness;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use harness::{Binaries, Plan};
+use harness::{Binaries, Layout, Plan};
 
 fn main() -> ExitCode {
     match run() {
@@ -28,20 +30,11 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut plan = Plan {
-        sizes: vec![10_000, 100_000, 1_000_000],
-        page_size: 5_000,
-        max_cycle_size: 1_000_000,
-        push_records: 2_000,
-        concurrencies: vec![1, 4, 16],
-        latencies_ms: vec![0, 50],
-        cycle_concurrency: 16,
-        repeats: 3,
-        seed: 1,
-        work_dir: root.join("target/bench-work"),
-    };
+    let mut plan = Plan::default_for(root.join("target/bench-work"));
     let mut out = root.join("BENCHMARKS.md");
 
+    // The push matrix runs at the smallest size unless told otherwise.
+    let mut push_sizes_given = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         // cargo bench passes --bench to every bench binary.
@@ -54,6 +47,21 @@ fn run() -> anyhow::Result<()> {
         };
         match flag.as_str() {
             "--sizes" => plan.sizes = list(&value()?)?,
+            "--layouts" => {
+                plan.layouts = value()?
+                    .split(',')
+                    .map(|name| Layout::parse(name.trim()))
+                    .collect::<anyhow::Result<_>>()?
+            }
+            "--push-sizes" => {
+                let text = value()?;
+                push_sizes_given = true;
+                plan.push_sizes = if text == "none" {
+                    Vec::new()
+                } else {
+                    list(&text)?
+                }
+            }
             "--max-cycle-size" => plan.max_cycle_size = value()?.parse()?,
             "--push-records" => plan.push_records = value()?.parse()?,
             "--concurrency" => plan.concurrencies = list(&value()?)?,
@@ -66,6 +74,10 @@ fn run() -> anyhow::Result<()> {
             "--out" => out = PathBuf::from(value()?),
             other => anyhow::bail!("unknown argument {other}; see benches/cycle.rs"),
         }
+    }
+
+    if !push_sizes_given {
+        plan.push_sizes = plan.sizes.iter().min().copied().into_iter().collect();
     }
 
     let bins = Binaries {

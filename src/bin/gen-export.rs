@@ -1,10 +1,13 @@
 //! Synthetic Dynamics 365 opportunity exports for benchmarks, and the
 //! parse-only readers that give the floor a cycle is measured against.
 //!
-//! `generate` writes N opportunities as Web API (OData) JSON pages in a
-//! directory, the way a Dataverse query saves them, or as one CSV export of a
-//! view with display-name headers and formatted labels. Everything follows
-//! from `--seed`: the same arguments write the same bytes.
+//! `generate` writes N opportunities in one of four layouts: Web API (OData)
+//! JSON pages in a directory, the way a Dataverse query saves them
+//! (`odata`); one OData file holding every record, as a Dataverse export
+//! job writes it (`odata-file`); JSON Lines, one record object per line with
+//! the same fields as the OData records (`jsonl`); or one CSV export of a
+//! view with display-name headers and formatted labels (`csv`). Everything
+//! follows from `--seed`: the same arguments write the same bytes.
 //!
 //! `--changed K` derives a later export of the same records: the records at
 //! positions `0..K` of a fixed pseudo-random permutation (taken round and
@@ -14,9 +17,15 @@
 //! exactly `K2 - K1` records, so a sequence of exports can change a chosen
 //! number of records at each step.
 //!
+//! `--changed` means the same in every layout: the same K records carry
+//! the same revisions.
+//!
 //! `ids` prints the external ids the step `K1 → K2` changes; `read` parses an
 //! export without mapping it: through `read_export` with a callback that
-//! does nothing, or with serde_json or the csv crate alone.
+//! does nothing, or with serde_json or the csv crate alone (see [`Reader`]).
+//! It prints the seconds taken inside the process, reading the files
+//! included; the in-memory readers hold a whole file (or page) at a time,
+//! so their peak RSS includes it.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -52,7 +61,8 @@ enum Command {
         set: SetArgs,
         #[arg(long, value_enum)]
         format: Shape,
-        /// A directory of pages (odata) or a file (csv). Replaced whole:
+        /// A directory of pages (odata) or a file (odata-file, csv, jsonl).
+        /// Replaced whole:
         /// the new export is written beside it and renamed into place.
         #[arg(long)]
         out: PathBuf,
@@ -78,7 +88,8 @@ enum Command {
     Read {
         #[arg(long, value_enum)]
         with: Reader,
-        /// A page file, a directory of page files, or a CSV file.
+        /// A page file, a directory of page files, an OData file, a JSON
+        /// Lines file or a CSV file.
         path: PathBuf,
     },
 }
@@ -94,8 +105,15 @@ struct SetArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Shape {
+    /// OData pages of `--page-size` records in a directory.
     Odata,
+    /// One OData file `{"@odata.context":…,"value":[…]}` holding every
+    /// record, one record per line.
+    OdataFile,
+    /// Excel-style CSV of a view.
     Csv,
+    /// JSON Lines: one OData record object per line.
+    Jsonl,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,12 +124,25 @@ enum Reader {
     /// serde_json alone, streaming each page's `value` elements into
     /// field maps (what any reader must hand out), no checks on top.
     SerdeJson,
-    /// serde_json alone over each page file read whole into memory
-    /// (`from_slice`), each record into a field map: what a reader that
-    /// reads a page at a time could reach.
-    SerdeJsonPages,
-    /// The csv crate alone, each row into a field map.
-    Csv,
+    /// Each JSON file (page) read whole into memory and parsed with
+    /// `serde_json::from_slice::<Value>`, the whole tree built and dropped;
+    /// for JSON Lines, each line of the file in memory into a `Value`.
+    ValueTree,
+    /// Each JSON file (page) read whole into memory and checked with
+    /// `serde_json::from_slice::<IgnoredAny>`, the records counted as the
+    /// `value` array is walked; for JSON Lines, per line. Nothing is
+    /// built: the validate-only floor of any JSON reader.
+    IgnoredAny,
+    /// Each JSON file (page) read whole into memory; the envelope parsed
+    /// from the slice with the `value` array streamed element by element,
+    /// each record into a field map `Map<String, Value>` that is dropped
+    /// before the next is parsed (so only the file is held, not a Vec of
+    /// maps); for JSON Lines, `from_slice` per line into a field map.
+    #[value(alias = "serde-json-pages")]
+    SerdeMaps,
+    /// The csv crate alone, each row into a field map keyed by header.
+    #[value(alias = "csv")]
+    CsvMaps,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,7 +162,11 @@ fn main() -> anyhow::Result<()> {
                 Shape::Odata => replace_with(&out, |tmp| {
                     write_odata_pages(&export, changed, page_size, tmp)
                 })?,
+                Shape::OdataFile => {
+                    replace_with(&out, |tmp| write_odata_file(&export, changed, tmp))?
+                }
                 Shape::Csv => replace_with(&out, |tmp| write_csv(&export, changed, tmp))?,
+                Shape::Jsonl => replace_with(&out, |tmp| write_jsonl(&export, changed, tmp))?,
             };
             println!(
                 "{}",
@@ -156,8 +191,10 @@ fn main() -> anyhow::Result<()> {
             let records = match with {
                 Reader::Export => read_with_export(&path)?,
                 Reader::SerdeJson => read_with_serde_json(&path)?,
-                Reader::SerdeJsonPages => read_pages_with_serde_json(&path)?,
-                Reader::Csv => read_with_csv(&path)?,
+                Reader::ValueTree => read_in_memory(&path, InMemory::ValueTree)?,
+                Reader::IgnoredAny => read_in_memory(&path, InMemory::IgnoredAny)?,
+                Reader::SerdeMaps => read_in_memory(&path, InMemory::FieldMaps)?,
+                Reader::CsvMaps => read_with_csv(&path)?,
             };
             let seconds = started.elapsed().as_secs_f64();
             let bytes: u64 = export_files(&path)?
@@ -815,6 +852,33 @@ fn write_odata_pages(
     Ok(bytes)
 }
 
+/// One OData file holding every record, one record per line, without a
+/// `@odata.nextLink`: what a Dataverse export job writes.
+fn write_odata_file(export: &Synthetic, changed: u64, path: &Path) -> anyhow::Result<u64> {
+    let mut out = create(path)?;
+    write!(
+        out,
+        "{{\"@odata.context\":{},\"value\":[",
+        json!(ODATA_CONTEXT)
+    )?;
+    for index in 0..export.records {
+        out.write_all(if index == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer(&mut out, &export.opportunity(index, changed).odata())?;
+    }
+    out.write_all(b"\n]}\n")?;
+    finish(out, path)
+}
+
+/// JSON Lines: each OData record object on its own line, nothing around.
+fn write_jsonl(export: &Synthetic, changed: u64, path: &Path) -> anyhow::Result<u64> {
+    let mut out = create(path)?;
+    for index in 0..export.records {
+        serde_json::to_writer(&mut out, &export.opportunity(index, changed).odata())?;
+        out.write_all(b"\n")?;
+    }
+    finish(out, path)
+}
+
 /// An Excel-style CSV of a view: UTF-8 with a BOM, display-name headers,
 /// formatted labels; notes with commas, quotes and line breaks are quoted.
 fn write_csv(export: &Synthetic, changed: u64, path: &Path) -> anyhow::Result<u64> {
@@ -874,7 +938,7 @@ fn read_with_serde_json(path: &Path) -> anyhow::Result<u64> {
             File::open(&file).with_context(|| format!("open {}", file.display()))?,
         );
         let mut deserializer = serde_json::Deserializer::from_reader(input);
-        records += Page
+        records += Page::<Map<String, Value>>::new()
             .deserialize(&mut deserializer)
             .and_then(|count| deserializer.end().map(|()| count))
             .with_context(|| format!("parse {}", file.display()))?;
@@ -882,23 +946,100 @@ fn read_with_serde_json(path: &Path) -> anyhow::Result<u64> {
     Ok(records)
 }
 
-fn read_pages_with_serde_json(path: &Path) -> anyhow::Result<u64> {
+/// What the in-memory readers build of each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InMemory {
+    ValueTree,
+    IgnoredAny,
+    FieldMaps,
+}
+
+/// Read each file of the export whole into memory and parse it from the
+/// slice: as OData (an object with a `value` array) or, for a `.jsonl` or
+/// `.ndjson` file, line by line.
+fn read_in_memory(path: &Path, build: InMemory) -> anyhow::Result<u64> {
     let mut records = 0;
     for file in export_files(path)? {
-        let page = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&page);
-        records += Page
-            .deserialize(&mut deserializer)
-            .and_then(|count| deserializer.end().map(|()| count))
-            .with_context(|| format!("parse {}", file.display()))?;
+        let bytes = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        let jsonl = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("ndjson"));
+        records += if jsonl {
+            parse_lines(&bytes, build)
+        } else {
+            parse_odata_slice(&bytes, build)
+        }
+        .with_context(|| format!("parse {}", file.display()))?;
     }
     Ok(records)
 }
 
-/// `{"value": [record, ...], ...}`: each record into a field map, dropped.
-struct Page;
+fn parse_odata_slice(bytes: &[u8], build: InMemory) -> anyhow::Result<u64> {
+    Ok(match build {
+        InMemory::ValueTree => {
+            let tree: Value = serde_json::from_slice(bytes)?;
+            let records = tree
+                .get("value")
+                .and_then(Value::as_array)
+                .map_or(0, |records| records.len() as u64);
+            drop(std::hint::black_box(tree));
+            records
+        }
+        InMemory::IgnoredAny => parse_page::<IgnoredAny>(bytes)?,
+        InMemory::FieldMaps => parse_page::<Map<String, Value>>(bytes)?,
+    })
+}
 
-impl<'de> DeserializeSeed<'de> for Page {
+/// The whole page from the slice, each element of `value` as `T`.
+fn parse_page<T: de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<u64> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let records = Page::<T>::new().deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(records)
+}
+
+fn parse_lines(bytes: &[u8], build: InMemory) -> anyhow::Result<u64> {
+    let mut records = 0;
+    let mut start = 0;
+    let mut number = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |at| start + at);
+        let line = &bytes[start..end];
+        start = end + 1;
+        number += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match build {
+            InMemory::ValueTree => {
+                std::hint::black_box(serde_json::from_slice::<Value>(line))
+                    .with_context(|| format!("line {number}"))?;
+            }
+            InMemory::IgnoredAny => {
+                serde_json::from_slice::<IgnoredAny>(line)
+                    .with_context(|| format!("line {number}"))?;
+            }
+            InMemory::FieldMaps => {
+                std::hint::black_box(serde_json::from_slice::<Map<String, Value>>(line))
+                    .with_context(|| format!("line {number}"))?;
+            }
+        }
+        records += 1;
+    }
+    Ok(records)
+}
+
+/// `{"value": [record, ...], ...}`: each record parsed as `T` (a field
+/// map, or `IgnoredAny`), counted and dropped before the next.
+struct Page<T>(std::marker::PhantomData<T>);
+
+impl<T> Page<T> {
+    fn new() -> Page<T> {
+        Page(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Page<T> {
     type Value = u64;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<u64, D::Error> {
@@ -906,7 +1047,7 @@ impl<'de> DeserializeSeed<'de> for Page {
     }
 }
 
-impl<'de> Visitor<'de> for Page {
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for Page<T> {
     type Value = u64;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -915,9 +1056,9 @@ impl<'de> Visitor<'de> for Page {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         let mut records = 0;
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key == "value" {
-                records += map.next_value_seed(Records)?;
+                records += map.next_value_seed(Records::<T>(std::marker::PhantomData))?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -926,9 +1067,9 @@ impl<'de> Visitor<'de> for Page {
     }
 }
 
-struct Records;
+struct Records<T>(std::marker::PhantomData<T>);
 
-impl<'de> DeserializeSeed<'de> for Records {
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Records<T> {
     type Value = u64;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<u64, D::Error> {
@@ -936,7 +1077,7 @@ impl<'de> DeserializeSeed<'de> for Records {
     }
 }
 
-impl<'de> Visitor<'de> for Records {
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for Records<T> {
     type Value = u64;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -945,7 +1086,7 @@ impl<'de> Visitor<'de> for Records {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut records = 0;
-        while let Some(record) = seq.next_element::<Map<String, Value>>()? {
+        while let Some(record) = seq.next_element::<T>()? {
             std::hint::black_box(record);
             records += 1;
         }
@@ -1026,6 +1167,78 @@ mod tests {
                 assert_eq!(after["statecode"].as_u64().map(|s| s > 0), Some(true));
             }
         }
+    }
+
+    /// The four layouts hold the same records, and every in-memory reader
+    /// counts them all.
+    #[test]
+    fn every_layout_holds_the_same_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = Synthetic::new(23, 5).unwrap();
+        let pages = dir.path().join("pages");
+        let file = dir.path().join("export.json");
+        let lines = dir.path().join("export.jsonl");
+        let csv = dir.path().join("export.csv");
+        write_odata_pages(&export, 4, 10, &pages).unwrap();
+        write_odata_file(&export, 4, &file).unwrap();
+        write_jsonl(&export, 4, &lines).unwrap();
+        write_csv(&export, 4, &csv).unwrap();
+
+        let mut from_pages = Vec::new();
+        for page in export_files(&pages).unwrap() {
+            let page: Value = serde_json::from_slice(&fs::read(page).unwrap()).unwrap();
+            from_pages.extend(page["value"].as_array().unwrap().iter().cloned());
+        }
+        let whole: Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert_eq!(whole["@odata.context"], ODATA_CONTEXT);
+        assert_eq!(whole["value"].as_array().unwrap(), &from_pages);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 23 + 2, "one record per line");
+        let from_lines: Vec<Value> = fs::read_to_string(&lines)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(from_lines, from_pages);
+        assert_eq!(from_pages[0], export.opportunity(0, 4).odata());
+
+        for path in [&pages, &file, &lines] {
+            for build in [
+                InMemory::ValueTree,
+                InMemory::IgnoredAny,
+                InMemory::FieldMaps,
+            ] {
+                assert_eq!(
+                    read_in_memory(path, build).unwrap(),
+                    23,
+                    "{path:?} {build:?}"
+                );
+            }
+        }
+        assert_eq!(read_with_serde_json(&pages).unwrap(), 23);
+        assert_eq!(read_with_csv(&csv).unwrap(), 23);
+        assert_eq!(read_with_export(&file).unwrap(), 23);
+        assert_eq!(read_with_export(&lines).unwrap(), 23);
+    }
+
+    #[test]
+    fn in_memory_readers_reject_damaged_json() {
+        let bad = br#"{"value":[{"a":1},{"a":}]}"#;
+        for build in [
+            InMemory::ValueTree,
+            InMemory::IgnoredAny,
+            InMemory::FieldMaps,
+        ] {
+            assert!(parse_odata_slice(bad, build).is_err(), "{build:?}");
+            assert!(
+                parse_lines(b"{\"a\":1}\n{\"a\":\n", build).is_err(),
+                "{build:?}"
+            );
+        }
+        assert_eq!(
+            parse_lines(b"{\"a\":1}\n\n{\"b\":2}", InMemory::FieldMaps).unwrap(),
+            2
+        );
     }
 
     #[test]
