@@ -69,6 +69,22 @@ impl<R: Read> Blocks<R> {
         &self.buffer[self.start..self.checked]
     }
 
+    /// [`Self::data`] as text, when it starts on a character boundary (it
+    /// does wherever a reader consumed up to an ASCII token; a reader that
+    /// consumed into a character gets `None`).
+    pub fn text(&self) -> Option<&str> {
+        let data = self.data();
+        // A UTF-8 continuation byte is 0b10xx_xxxx.
+        if data.first().is_some_and(|&byte| byte & 0xC0 == 0x80) {
+            return None;
+        }
+        // SAFETY: `check` accepted `buffer[..checked]` piece by piece, each
+        // piece valid UTF-8 and ending on a character boundary, so the
+        // whole is valid UTF-8 and so is any part of it that starts on a
+        // character boundary, as this one was just seen to.
+        Some(unsafe { std::str::from_utf8_unchecked(data) })
+    }
+
     /// Mark the first `amount` bytes of [`Self::data`] as consumed.
     pub fn consume(&mut self, amount: usize) {
         self.start = (self.start + amount).min(self.checked);
@@ -156,6 +172,11 @@ impl<R: Read> Blocks<R> {
             }
         }
         let unchecked = &self.buffer[self.checked..self.end];
+        // The SIMD check first; where it fails, the exact one says where.
+        if simdutf8::basic::from_utf8(unchecked).is_ok() {
+            self.checked = self.end;
+            return;
+        }
         match std::str::from_utf8(unchecked) {
             Ok(_) => self.checked = self.end,
             Err(error) => {

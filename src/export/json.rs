@@ -38,15 +38,30 @@ impl<'de> Visitor<'de> for RecordFields {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if fields.contains_key(&key) {
-                return Err(de::Error::custom(format_args!(
-                    "key `{key}` occurs twice in one record"
-                )));
+            // One search of the map per key, before the value is read, so
+            // that a repeated key is reported where it stands.
+            match fields.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(map.next_value::<Value>()?);
+                }
+                serde_json::map::Entry::Occupied(taken) => {
+                    return Err(de::Error::custom(format_args!(
+                        "key `{}` occurs twice in one record",
+                        taken.key()
+                    )));
+                }
             }
-            let value = map.next_value::<Value>()?;
-            fields.insert(key, value);
         }
         Ok(fields)
+    }
+}
+
+/// One record object's fields, as a type serde_json can stream.
+pub(super) struct ParsedFields(pub Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for ParsedFields {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        RecordFields.deserialize(deserializer).map(ParsedFields)
     }
 }
 

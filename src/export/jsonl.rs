@@ -1,19 +1,169 @@
 //! JSON Lines: one record object per line, as ad-hoc scripts write them.
+//!
+//! Read as OData pages are (see `odata.rs`): in blocks, a line at a time
+//! found with `memchr`, each record offered to the prefilter by its id and
+//! the fingerprint of its line and parsed from the line's text only when it
+//! is not known. Anything amiss sends the file to [`stream_jsonl`], the
+//! exact reader, which names the problem.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use serde::de::DeserializeSeed;
 
+use super::blocks::{Blocks, Short};
 use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
-use super::{ExportError, FileOutcome, FinalLineEnd, RawFingerprint, Sink, input_error};
+use super::structure::{Members, Step, is_whitespace};
+use super::text::TextInput;
+use super::{
+    ExportError, FileOutcome, FinalLineEnd, Offer, RawFingerprint, Sink, input_error, io_error,
+};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
 /// skipped; `\n` and `\r\n` line ends are both accepted. With
 /// [`FinalLineEnd::Required`], a last line that holds anything but
 /// whitespace and has no line end is an error.
-pub(super) fn read_jsonl<R: BufRead>(
+pub(super) fn read_jsonl<R: Read + Seek>(
+    path: &Path,
+    mut input: R,
+    line_end: FinalLineEnd,
+    sink: &mut Sink<'_>,
+) -> FileOutcome {
+    let mut blocks = Blocks::new(&mut input);
+    let mut pass = LinePass {
+        path,
+        blocks: &mut blocks,
+        sink: &mut *sink,
+        line_end,
+        members: Members::default(),
+        id_column: None,
+        offered: 0,
+    };
+    pass.id_column = pass.sink.id_column();
+    let offered = match pass.run() {
+        Ok(flow) => return Ok(flow),
+        Err(Detour::Io(error)) => return Err(input_error(path, error)),
+        Err(Detour::Exact) => pass.offered,
+    };
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| io_error(path, source))?;
+    sink.skip = offered;
+    let outcome = stream_jsonl(path, TextInput::new(&mut input), line_end, sink);
+    sink.skip = 0;
+    outcome
+}
+
+/// Why the block pass stopped before the end of the file.
+enum Detour {
+    Io(std::io::Error),
+    /// Something the exact reader must look at.
+    Exact,
+}
+
+impl From<std::io::Error> for Detour {
+    fn from(error: std::io::Error) -> Detour {
+        Detour::Io(error)
+    }
+}
+
+struct LinePass<'p, 'b, 's, R> {
+    path: &'p Path,
+    blocks: &'b mut Blocks<R>,
+    sink: &'p mut Sink<'s>,
+    line_end: FinalLineEnd,
+    members: Members,
+    id_column: Option<String>,
+    offered: u64,
+}
+
+impl<R: Read> LinePass<'_, '_, '_, R> {
+    fn run(&mut self) -> Result<ControlFlow<()>, Detour> {
+        let mut line_number = 0;
+        loop {
+            let Some((len, terminated)) = self.next_line()? else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            line_number += 1;
+            let consumed = len + usize::from(terminated);
+            let line = &self.blocks.data()[..len];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(start) = line.iter().position(|&byte| !is_whitespace(byte)) else {
+                self.blocks.consume(consumed);
+                continue;
+            };
+            if !terminated && self.line_end == FinalLineEnd::Required || line[start] != b'{' {
+                return Err(Detour::Exact);
+            }
+            let text_len = line.len();
+            let flow = self.record(line_number, start, text_len)?;
+            self.blocks.consume(consumed);
+            if flow.is_break() {
+                return Ok(flow);
+            }
+        }
+    }
+
+    /// The length of the next line, without its `\n`, and whether it has
+    /// one; `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<(usize, bool)>, Detour> {
+        loop {
+            if let Some(at) = memchr::memchr(b'\n', self.blocks.data()) {
+                return Ok(Some((at, true)));
+            }
+            match self.blocks.fill()? {
+                Ok(()) => {}
+                Err(Short::End) if self.blocks.data().is_empty() => return Ok(None),
+                Err(Short::End) => return Ok(Some((self.blocks.data().len(), false))),
+                Err(_) => return Err(Detour::Exact),
+            }
+        }
+    }
+
+    /// The record on the line `data()[..len]`, whose `{` is at `start`.
+    fn record(
+        &mut self,
+        line_number: u64,
+        start: usize,
+        len: usize,
+    ) -> Result<ControlFlow<()>, Detour> {
+        let Some(text) = self.blocks.text().and_then(|text| text.get(..len)) else {
+            return Err(Detour::Exact);
+        };
+        let fingerprint = RawFingerprint::of_json(text.as_bytes());
+        if let Some(column) = self.id_column.as_deref() {
+            // The line must hold the whole record for its members to be
+            // found; a record spread over lines is the exact reader's.
+            if !matches!(self.members.scan(text.as_bytes(), start), Step::Done(_)) {
+                return Err(Detour::Exact);
+            }
+            let raw = self.members.of(text.as_bytes());
+            let id = raw.string(column);
+            let offer = self
+                .sink
+                .offer(self.path, line_number, fingerprint, id.as_deref(), &raw);
+            if offer == Offer::Known {
+                self.offered += 1;
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let Ok(mut fields) = RecordFields
+            .deserialize(&mut deserializer)
+            .and_then(|fields| deserializer.end().map(|()| fields))
+        else {
+            return Err(Detour::Exact);
+        };
+        keep_exact_numbers(text, &mut fields);
+        self.offered += 1;
+        Ok(self.sink.emit(self.path, line_number, fingerprint, fields))
+    }
+}
+
+/// The exact reader: read one JSON Lines file a line at a time from a
+/// reader, and name any problem at its line and column.
+pub(super) fn stream_jsonl<R: BufRead>(
     path: &Path,
     mut input: R,
     line_end: FinalLineEnd,
@@ -92,14 +242,32 @@ mod tests {
         read_with(content, stop_after, FinalLineEnd::Required)
     }
 
+    /// Read `content` both ways; they must agree on every record and on the
+    /// outcome.
     fn read_with(
         content: &[u8],
         stop_after: Option<u64>,
         line_end: FinalLineEnd,
     ) -> (FileOutcome, Vec<Record>) {
-        collect_records(stop_after, |sink| {
-            read_jsonl(Path::new(FILE), TextInput::new(content), line_end, sink)
-        })
+        let streamed = collect_records(stop_after, |sink| {
+            stream_jsonl(Path::new(FILE), TextInput::new(content), line_end, sink)
+        });
+        let in_blocks = collect_records(stop_after, |sink| {
+            read_jsonl(
+                Path::new(FILE),
+                std::io::Cursor::new(content),
+                line_end,
+                sink,
+            )
+        });
+        let shown = String::from_utf8_lossy(content);
+        assert_eq!(in_blocks.1, streamed.1, "records of {shown:?}");
+        assert_eq!(
+            format!("{:?}", in_blocks.0),
+            format!("{:?}", streamed.0),
+            "outcome of {shown:?}"
+        );
+        in_blocks
     }
 
     #[test]

@@ -461,7 +461,7 @@ pub fn read_export_with<'a>(
             FileFormat::Csv => {
                 read_csv(path, TextInput::new(&file), &aliases, line_end, &mut sink)?
             }
-            FileFormat::Jsonl => read_jsonl(path, TextInput::new(&file), line_end, &mut sink)?,
+            FileFormat::Jsonl => read_jsonl(path, &file, line_end, &mut sink)?,
         };
         if flow.is_break() {
             summary.records = sink.records;
@@ -653,7 +653,7 @@ pub fn read_export_bytes_with<'a>(
     let _flow = match format {
         FileFormat::OdataJson => read_odata(path, io::Cursor::new(bytes), &mut sink)?,
         FileFormat::Csv => read_csv(path, input, &aliases, line_end, &mut sink)?,
-        FileFormat::Jsonl => read_jsonl(path, input, line_end, &mut sink)?,
+        FileFormat::Jsonl => read_jsonl(path, io::Cursor::new(bytes), line_end, &mut sink)?,
     };
     Ok(ExportSummary {
         files: vec![FileFingerprint {
@@ -949,6 +949,71 @@ fn collect_records(
     let mut sink = Sink::new(&mut keep);
     let result = read(&mut sink);
     (result, records)
+}
+
+/// A prefilter for reader tests: it knows the records whose fingerprint is
+/// even (about half) among `valid`, and keeps what it was asked. As a store
+/// does, it knows only fingerprints of records that were parsed before.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct EvenPrefilter {
+    /// Fingerprints of records that parse; `None`: any.
+    valid: Option<std::collections::HashSet<RawFingerprint>>,
+    /// `(id, fingerprint, line, ordinal)` of every record it knew.
+    known: Vec<(String, RawFingerprint, u64, u64)>,
+}
+
+#[cfg(test)]
+impl Prefilter for EvenPrefilter {
+    fn id_column(&self) -> &str {
+        "id"
+    }
+
+    fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool {
+        let known = fingerprint.0 % 2 == 0
+            && self
+                .valid
+                .as_ref()
+                .is_none_or(|valid| valid.contains(&fingerprint));
+        if known {
+            self.known
+                .push((id.to_owned(), fingerprint, place.line, place.ordinal));
+        }
+        known
+    }
+}
+
+/// What a read with [`EvenPrefilter`] gave: the outcome, the records handed
+/// over, those it knew, and the columns seen.
+#[cfg(test)]
+type PrefilteredRead = (
+    FileOutcome,
+    Vec<Record>,
+    Vec<(String, RawFingerprint, u64, u64)>,
+    BTreeMap<String, ColumnSeen>,
+);
+
+/// Runs one file reader with an [`EvenPrefilter`].
+#[cfg(test)]
+fn collect_prefiltered(
+    valid: Option<std::collections::HashSet<RawFingerprint>>,
+    read: impl FnOnce(&mut Sink<'_>) -> FileOutcome,
+) -> PrefilteredRead {
+    let mut records = Vec::new();
+    let mut keep = |record: Record| {
+        records.push(record);
+        ControlFlow::Continue(())
+    };
+    let mut prefilter = EvenPrefilter {
+        valid,
+        known: Vec::new(),
+    };
+    let (result, columns) = {
+        let mut sink = Sink::with_prefilter(&mut keep, Some(&mut prefilter));
+        let result = read(&mut sink);
+        (result, sink.census.columns)
+    };
+    (result, records, prefilter.known, columns)
 }
 
 /// A table row of reader tests: file content, and the `(line, column,

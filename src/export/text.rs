@@ -301,7 +301,7 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 pub(super) fn count_newlines(bytes: &[u8]) -> u64 {
-    bytes.iter().filter(|&&byte| byte == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 #[cfg(test)]
