@@ -339,6 +339,10 @@ impl Engine {
             files = scan.export.files.len(),
             to_push = scan.work_count(),
             unchanged = scan.unchanged,
+            // Of the unchanged, those known by their bytes' fingerprint and
+            // not parsed; and fingerprints stored for the next cycle.
+            known_by_fingerprint = scan.known_by_fingerprint,
+            fingerprints_recorded = scan.fingerprinted,
             invalid = scan.record_errors.len() + scan.duplicates.len(),
             "export read"
         );

@@ -1370,4 +1370,329 @@ mod tests {
             "{error}"
         );
     }
+
+    /// Skipping records by their fingerprint must never change what pass
+    /// one decides: over random histories of exports (values changed in
+    /// mapped and unmapped columns, records re-formatted, re-ordered,
+    /// duplicated, dropped, broken), a scan that skips known records and
+    /// one that parses every record agree on every verdict, and a record
+    /// whose mapped value changed is always taken up.
+    mod fingerprints {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One record's text: its fields in a chosen order and layout.
+        fn text_of(record: &Value, pretty: bool, reversed: bool) -> String {
+            let Value::Object(fields) = record else {
+                return record.to_string();
+            };
+            let mut members: Vec<String> = fields
+                .iter()
+                .map(|(key, value)| format!("{}: {value}", Value::from(key.as_str())))
+                .collect();
+            if reversed {
+                members.reverse();
+            }
+            let separator = if pretty { ",\n    " } else { ", " };
+            format!("{{{}}}", members.join(separator))
+        }
+
+        fn write_pages(dir: &Path, texts: &[String]) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                std::fs::remove_file(entry.unwrap().path()).unwrap();
+            }
+            for (n, chunk) in texts.chunks(4).enumerate() {
+                let page = format!("{{\"value\": [\n{}\n]}}\n", chunk.join(",\n"));
+                std::fs::write(dir.join(format!("page-{}.json", n + 1)), page).unwrap();
+            }
+            if texts.is_empty() {
+                std::fs::write(dir.join("page-1.json"), "{\"value\": []}\n").unwrap();
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Edit {
+            /// A mapped column (the deal value) of record `n`.
+            Mapped(usize, u64),
+            /// A column the mapping does not read.
+            Unmapped(usize, u64),
+            /// Record `n` laid out another way, same values.
+            Reformat(usize),
+            /// A copy of record `n` appended.
+            Duplicate(usize),
+            /// Record `n` dropped from the export.
+            Drop(usize),
+            /// Record `n` given a status the mapping refuses.
+            Break(usize),
+            /// Record `n` back to how it was before its last edit.
+            Restore(usize),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                3 => (0..8usize, 1..4u64).prop_map(|(n, v)| Edit::Mapped(n, v)),
+                1 => (0..8usize, 1..4u64).prop_map(|(n, v)| Edit::Unmapped(n, v)),
+                1 => (0..8usize).prop_map(Edit::Reformat),
+                1 => (0..8usize).prop_map(Edit::Duplicate),
+                1 => (0..8usize).prop_map(Edit::Drop),
+                1 => (0..8usize).prop_map(Edit::Break),
+                3 => (0..8usize).prop_map(Edit::Restore),
+            ]
+        }
+
+        /// What a scan decided, in a form two scans can be compared by.
+        fn verdicts(scan: &mut Scan) -> impl PartialEq + std::fmt::Debug {
+            let mut work: Vec<(String, WorkReason)> = scan
+                .retained
+                .take()
+                .unwrap()
+                .into_iter()
+                .map(|(record, _, reason)| (record.external_id, reason))
+                .collect();
+            work.sort_by(|a, b| a.0.cmp(&b.0));
+            (
+                (
+                    scan.valid,
+                    scan.unchanged,
+                    scan.work_count(),
+                    scan.not_selected,
+                ),
+                (
+                    scan.known,
+                    scan.missing_from_export,
+                    scan.record_errors.len(),
+                ),
+                scan.duplicates.clone(),
+                scan.unchanged_ids.clone(),
+                work,
+                scan.export.columns.clone(),
+                scan.export.records,
+            )
+        }
+
+        fn scan(options: &ExportOptions, store: &Store, skip: bool, record: bool) -> Scan {
+            let mapper = mapper();
+            let scan_options = ScanOptions {
+                retain_budget: 100,
+                list_unchanged: true,
+                fingerprints: Fingerprints {
+                    context: fingerprint_context(&mapper, crate::diff::OnCleared::Null),
+                    skip,
+                    record,
+                },
+                ..ScanOptions::default()
+            };
+            scan_export(options, &mapper, store, &scan_options).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            #[test]
+            fn skipping_known_records_never_changes_a_verdict(
+                edits in proptest::collection::vec(proptest::collection::vec(edit(), 1..4), 1..8),
+                pushed in proptest::collection::vec(proptest::bool::weighted(0.8), 8),
+            ) {
+                let originals: Vec<Value> = (0..4u32)
+                    .map(|n| {
+                        let mut record = opportunity(&id(n), u64::from(n) * 100);
+                        record["description"] = json!("first");
+                        record
+                    })
+                    .collect();
+                // (record, layout) of every row of the export, in order.
+                let mut rows: Vec<(Value, bool, bool)> =
+                    originals.iter().map(|r| (r.clone(), false, false)).collect();
+                let mut earlier: HashMap<String, Vec<(Value, bool, bool)>> = HashMap::new();
+                let (dir, options) = export(&[]);
+                let store = Store::open_in_memory().unwrap();
+                for (step, step_edits) in edits.iter().enumerate() {
+                    for edit in step_edits {
+                        let at = |n: &usize| *n % rows.len().max(1);
+                        // What a row was before this edit, for a later
+                        // `Restore` to go back to.
+                        if let (Some(row), false) = (
+                            rows.get(match edit {
+                                Edit::Mapped(n, _) | Edit::Unmapped(n, _) | Edit::Reformat(n) | Edit::Break(n) => at(n),
+                                _ => usize::MAX,
+                            }),
+                            rows.is_empty(),
+                        ) {
+                            earlier
+                                .entry(row.0["opportunityid"].to_string())
+                                .or_default()
+                                .push(row.clone());
+                        }
+                        match edit {
+                            _ if rows.is_empty() => {}
+                            Edit::Mapped(n, v) => {
+                                let n = at(n);
+                                let value = rows[n].0["estimatedvalue"].as_u64().unwrap_or(0);
+                                rows[n].0["estimatedvalue"] = json!(value + v);
+                            }
+                            Edit::Unmapped(n, v) => {
+                                let n = at(n);
+                                rows[n].0["unmapped_column"] = json!(v);
+                            }
+                            Edit::Reformat(n) => {
+                                let n = at(n);
+                                rows[n].1 = !rows[n].1;
+                                rows[n].2 = !rows[n].2;
+                            }
+                            Edit::Duplicate(n) => {
+                                let n = at(n);
+                                rows.push(rows[n].clone());
+                            }
+                            Edit::Drop(n) => {
+                                let n = at(n);
+                                rows.remove(n);
+                            }
+                            Edit::Break(n) => {
+                                let n = at(n);
+                                rows[n].0["statuscode"] = json!(99);
+                            }
+                            Edit::Restore(n) => {
+                                let n = at(n);
+                                let external_id = rows[n].0["opportunityid"].to_string();
+                                if let Some(before) = earlier
+                                    .get_mut(&external_id)
+                                    .and_then(Vec::pop)
+                                {
+                                    rows[n] = before;
+                                }
+                            }
+                        }
+                    }
+                    let texts: Vec<String> = rows
+                        .iter()
+                        .map(|(record, pretty, reversed)| text_of(record, *pretty, *reversed))
+                        .collect();
+                    write_pages(dir.path(), &texts);
+
+                    let mut skipping = scan(&options, &store, true, true);
+                    let mut parsing = scan(&options, &store, false, false);
+                    let skipped = skipping.known_by_fingerprint;
+                    prop_assert_eq!(verdicts(&mut skipping), verdicts(&mut parsing), "step {}", step);
+                    prop_assert!(skipped <= parsing.export.records);
+
+                    // Records the scan took up were pushed (or, now and
+                    // then, their push failed and they stay outdated).
+                    if pushed[step] {
+                        let mut all = scan(&options, &store, false, false);
+                        let work: Vec<(MappedRecord, DocHash, WorkReason)> =
+                            all.retained.take().unwrap().into_iter().collect();
+                        for (record, hash, _) in work {
+                            applied(&store, &json!({"opportunityid": record.external_id}), &hash.to_hex());
+                        }
+                    }
+                }
+                drop(dir);
+            }
+        }
+
+        #[test]
+        fn a_known_record_is_not_parsed_and_a_changed_one_always_is() {
+            let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
+            let (dir, options) = export(std::slice::from_ref(&records));
+            let store = Store::open_in_memory().unwrap();
+            for record in &records {
+                applied(&store, record, &desired_hash(record));
+            }
+            // The first scan parses every record and records fingerprints;
+            // a dry run records none.
+            let dry = scan(&options, &store, true, false);
+            assert_eq!((dry.known_by_fingerprint, dry.fingerprinted), (0, 0));
+            let first = scan(&options, &store, true, true);
+            assert_eq!(
+                (
+                    first.unchanged,
+                    first.known_by_fingerprint,
+                    first.fingerprinted
+                ),
+                (3, 0, 3)
+            );
+            let second = scan(&options, &store, true, true);
+            assert_eq!(
+                (
+                    second.unchanged,
+                    second.known_by_fingerprint,
+                    second.fingerprinted
+                ),
+                (3, 3, 0)
+            );
+            // Without skipping (`check`) every record is parsed again.
+            let check = scan(&options, &store, false, false);
+            assert_eq!((check.unchanged, check.known_by_fingerprint), (3, 0));
+
+            // Another mapping context (say `sync.on_cleared` changed): no
+            // fingerprint is trusted.
+            let mapper = mapper();
+            let other = ScanOptions {
+                retain_budget: 10,
+                fingerprints: Fingerprints {
+                    context: fingerprint_context(&mapper, crate::diff::OnCleared::Skip),
+                    skip: true,
+                    record: false,
+                },
+                ..ScanOptions::default()
+            };
+            let changed_context = scan_export(&options, &mapper, &store, &other).unwrap();
+            assert_eq!(
+                (
+                    changed_context.unchanged,
+                    changed_context.known_by_fingerprint
+                ),
+                (3, 0)
+            );
+
+            // A changed deal value: the record is parsed and taken up.
+            let mut changed = records.clone();
+            changed[1]["estimatedvalue"] = json!(2);
+            let lines: Vec<String> = changed.iter().map(Value::to_string).collect();
+            std::fs::write(
+                dir.path().join("page-1.json"),
+                format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n")),
+            )
+            .unwrap();
+            let mut third = scan(&options, &store, true, true);
+            assert_eq!(
+                (
+                    third.unchanged,
+                    third.known_by_fingerprint,
+                    third.work_count()
+                ),
+                (2, 2, 1)
+            );
+            let taken: Vec<String> = third
+                .retained
+                .take()
+                .unwrap()
+                .into_iter()
+                .map(|(record, _, _)| record.external_id)
+                .collect();
+            assert_eq!(taken, [id(2)]);
+
+            // Pushed: its row's hash moves on, and the fingerprint recorded
+            // for the old hash is not trusted for the new one. The record
+            // changed back before any scan saw the new one: its old
+            // fingerprint is stale, and it is taken up.
+            applied(&store, &changed[1], &desired_hash(&changed[1]));
+            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+            std::fs::write(
+                dir.path().join("page-1.json"),
+                format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n")),
+            )
+            .unwrap();
+            let fifth = scan(&options, &store, true, true);
+            assert_eq!(
+                (
+                    fifth.unchanged,
+                    fifth.known_by_fingerprint,
+                    fifth.work_count()
+                ),
+                (2, 2, 1)
+            );
+        }
+    }
 }
