@@ -1,16 +1,13 @@
--- The fingerprint of the export record a settled row was last found
--- unchanged against: 16 bytes over the record's raw bytes and everything
--- that shapes its desired document (see ARCHITECTURE.md, "Skipping
--- unchanged records"), with the desired hash it was found to map to. A
--- record of the next export with the same fingerprint maps to that hash,
--- so while the row still holds it (`fingerprint_for = desired_hash`) the
--- record is unchanged without being parsed. A row whose desired hash moved
--- on leaves a stale pair behind that no query trusts.
-ALTER TABLE records ADD COLUMN export_fingerprint BLOB;
-ALTER TABLE records ADD COLUMN fingerprint_for TEXT;
-
--- Pass one reads the settled rows' ids, hashes and fingerprints from this
--- index alone, as it read ids and hashes from the one it replaces.
-DROP INDEX records_by_state_brief;
-CREATE INDEX records_by_state_brief
-    ON records (state, external_id, desired_hash, export_fingerprint, fingerprint_for);
+-- The fingerprint of the export record each record was last read from: 16
+-- bytes over the record's raw bytes and everything that shapes its desired
+-- document (see ARCHITECTURE.md, "Skipping unchanged records"), with the
+-- desired hash those bytes map to. While the record is settled with that
+-- very desired hash, a record of the next export with the same id and
+-- fingerprint is unchanged and is not parsed; once the record's hash moves
+-- on, the pair is stale and not trusted. Kept apart from `records`, whose
+-- rows are large: writing a fingerprint rewrites only this small row.
+CREATE TABLE export_fingerprints (
+    external_id  TEXT PRIMARY KEY,
+    fingerprint  BLOB NOT NULL,
+    desired_hash TEXT NOT NULL
+) STRICT, WITHOUT ROWID;

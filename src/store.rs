@@ -951,62 +951,58 @@ impl Store {
         Ok(())
     }
 
-    /// Call `visit` with the external id and export fingerprint of every
-    /// settled record whose fingerprint was recorded with the desired hash
-    /// it still holds: the records of an export with that id and
-    /// fingerprint are unchanged. Read from the same index as
-    /// [`Store::for_each_settled`].
-    pub fn for_each_fingerprinted(
+    /// Call `visit` with the external id, export fingerprint and the
+    /// desired hash it maps to of every record whose fingerprint is kept.
+    /// Whether a pair is trusted is for the caller to say: only while the
+    /// record is settled with that hash ([`Store::for_each_settled`]).
+    pub fn for_each_fingerprint(
         &self,
-        visit: &mut dyn FnMut(&str, &[u8]),
+        visit: &mut dyn FnMut(&str, &[u8], &str),
     ) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let mut stmt = self
             .conn
-            .prepare(&format!(
-                "SELECT external_id, export_fingerprint FROM records
-                 WHERE {SETTLED} AND export_fingerprint IS NOT NULL
-                   AND fingerprint_for = desired_hash"
-            ))
+            .prepare("SELECT external_id, fingerprint, desired_hash FROM export_fingerprints")
             .map_err(&err)?;
         let mut rows = stmt.query([]).map_err(&err)?;
         while let Some(row) = rows.next().map_err(&err)? {
             let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
             let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
-            // A fingerprint edited into another type keeps its record out.
-            if let (Ok(id), Ok(fingerprint)) = (id, fingerprint) {
-                visit(id, fingerprint);
+            let hash = row.get_ref(2).and_then(|v| Ok(v.as_str()?));
+            // A row edited into other types is not trusted: its record is
+            // parsed, and its fingerprint written anew.
+            if let (Ok(id), Ok(fingerprint), Ok(hash)) = (id, fingerprint, hash) {
+                visit(id, fingerprint, hash);
             }
         }
         Ok(())
     }
 
-    /// Record, for each `(external id, fingerprint, desired hash)`, that an
-    /// export record with that fingerprint maps to that hash — on rows that
-    /// hold that desired hash now, in one transaction. Returns how many
-    /// rows took one.
+    /// Keep, for each `(external id, fingerprint, desired hash)`, that the
+    /// export record with that fingerprint maps to that desired hash,
+    /// replacing what was kept for the id; in one transaction.
     pub fn record_fingerprints(
         &self,
         found: &[(String, [u8; 16], String)],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let tx = self.conn.unchecked_transaction().map_err(&err)?;
-        let mut recorded = 0;
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "UPDATE records SET export_fingerprint = ?2, fingerprint_for = ?3
-                     WHERE external_id = ?1 AND desired_hash = ?3",
+                    "INSERT INTO export_fingerprints (external_id, fingerprint, desired_hash)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (external_id) DO UPDATE SET
+                        fingerprint = excluded.fingerprint,
+                        desired_hash = excluded.desired_hash",
                 )
                 .map_err(&err)?;
             for (external_id, fingerprint, hash) in found {
-                recorded += stmt
-                    .execute(params![external_id, &fingerprint[..], hash])
-                    .map_err(&err)? as u64;
+                stmt.execute(params![external_id, &fingerprint[..], hash])
+                    .map_err(&err)?;
             }
         }
-        tx.commit().map_err(&err)?;
-        Ok(recorded)
+        tx.commit().map_err(&err)
     }
 
     /// Call `visit` with every external id the store knows.

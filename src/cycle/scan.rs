@@ -154,18 +154,22 @@ pub fn fingerprint_context(mapper: &Mapper, on_cleared: crate::diff::OnCleared) 
     xxhash_rust::xxh3::xxh3_128(&input)
 }
 
-/// The settled records whose stored fingerprint was taken with the desired
-/// hash they hold ([`Store::for_each_fingerprinted`]), each as one 128-bit
-/// key over its id and that fingerprint: an export record whose key is
-/// here is unchanged, and is not parsed.
+/// The records whose kept fingerprint maps to the desired hash they are
+/// settled with ([`Store::for_each_fingerprint`], trusted against
+/// [`Settled`]), each as one 128-bit key over its id and that fingerprint:
+/// an export record whose key is here is unchanged, and is not parsed.
 struct Fingerprinted(KeySet);
 
 impl Fingerprinted {
-    fn load(store: &Store) -> Result<Fingerprinted, StoreError> {
+    fn load(store: &Store, settled: &Settled) -> Result<Fingerprinted, StoreError> {
         let mut keys = Vec::new();
-        store.for_each_fingerprinted(&mut |external_id, fingerprint| {
-            if let Ok(fingerprint) = <[u8; 16]>::try_from(fingerprint) {
-                keys.push(Fingerprinted::key(IdKey::of(external_id), &fingerprint));
+        store.for_each_fingerprint(&mut |external_id, fingerprint, hash| {
+            let id = IdKey::of(external_id);
+            if let (Ok(fingerprint), Some(hash)) =
+                (<[u8; 16]>::try_from(fingerprint), DocHash::from_hex(hash))
+                && settled.contains(id, hash)
+            {
+                keys.push(Fingerprinted::key(id, &fingerprint));
             }
         })?;
         Ok(Fingerprinted(KeySet::new(keys)))
@@ -331,8 +335,8 @@ pub struct Fingerprints {
     /// parsing it. Off (`check`, which validates every record), or in a
     /// resync, every record is parsed and mapped.
     pub skip: bool,
-    /// Record the fingerprints of records found unchanged by their hash
-    /// (not in a dry run, which writes nothing).
+    /// Keep the fingerprints of the records parsed, with the hash each maps
+    /// to (not in a dry run, which writes nothing).
     pub record: bool,
 }
 
@@ -553,9 +557,8 @@ pub enum WorkFor {
     ChangedSinceScan,
 }
 
-/// Run pass one. `store` is only read, except that the fingerprints of
-/// records found unchanged by their hash are recorded when
-/// [`Fingerprints::record`] asks for it.
+/// Run pass one. `store` is only read, except that the fingerprints of the
+/// records parsed are kept when [`Fingerprints::record`] asks for it.
 pub fn scan_export(
     export_options: &ExportOptions,
     mapper: &Mapper,
@@ -576,7 +579,7 @@ pub fn scan_export(
         let _snapshot = read_snapshot(store)?;
         let settled = Settled::load(store)?;
         let known = if fingerprints.skip {
-            Fingerprinted::load(store)?
+            Fingerprinted::load(store, &settled)?
         } else {
             Fingerprinted(KeySet::default())
         };
@@ -657,16 +660,19 @@ pub fn scan_export(
                 } else if options.resync {
                     Some(WorkReason::Resync)
                 } else if settled.contains(id, hash) {
-                    let fingerprint = stored_fingerprint(record.fingerprint, fingerprints.context);
-                    if !known.contains(id, &fingerprint)
-                        && found.add(&mapped.external_id, fingerprint, hash).is_err()
-                    {
-                        break 'batches;
-                    }
                     None
                 } else {
                     Some(WorkReason::Outdated)
                 };
+                // What these bytes map to, kept for the next cycle: trusted
+                // once the record is settled with this hash — now, or after
+                // its push.
+                let fingerprint = stored_fingerprint(record.fingerprint, fingerprints.context);
+                if !known.contains(id, &fingerprint)
+                    && found.add(&mapped.external_id, fingerprint, hash).is_err()
+                {
+                    break 'batches;
+                }
                 seen.push(Seen {
                     id,
                     hash,
@@ -864,9 +870,10 @@ impl Prefilter for KnownRecords<'_> {
     }
 }
 
-/// Fingerprints of records found unchanged by their hash, written to the
-/// store in batches as they are found (each batch one short transaction),
-/// so that the next cycle knows these records without parsing them.
+/// Fingerprints of the records parsed, with the hash each maps to, written
+/// to the store in batches as they are found (each batch one short
+/// transaction), so that the next cycle knows them without parsing them
+/// once they are settled with that hash.
 struct FoundFingerprints<'a> {
     store: &'a Store,
     record: bool,
@@ -912,7 +919,7 @@ impl<'a> FoundFingerprints<'a> {
             return;
         }
         match self.store.record_fingerprints(&self.batch) {
-            Ok(recorded) => self.recorded += recorded,
+            Ok(()) => self.recorded += self.batch.len() as u64,
             Err(error) => self.failed = Some(error),
         }
         self.batch.clear();
