@@ -12,8 +12,9 @@
 //! - the quoting the csv crate would let pass (a quote inside an unquoted
 //!   field, text after a closing quote, an unclosed quote) is checked on the
 //!   rows that hold a `"` at all, jumping from quote to quote;
-//! - lines are counted from the bytes between row starts, and a problem is
-//!   placed at its line and column from its offset.
+//! - a row's line is csv-core's count of the line ends it has seen (plus
+//!   those of the blank lines skipped before csv-core sees them), and a
+//!   problem is placed at its line and column from its offset in the row.
 //!
 //! The input is checked text ([`super::text::TextInput`]): a byte that is
 //! not UTF-8 arrives as a read error after every byte before it, so rows
@@ -91,12 +92,9 @@ pub(super) fn read_csv<R: Read>(
         return Err(parse_error(path, 1, 1, "empty file: no header row".into()));
     };
     rows.check(path, &header, line_end)?;
-    let header_line = rows.line_at(header.start);
+    let header_line = header.line;
     let starts = header_field_starts(rows.raw(&header));
-    let places: Vec<(u64, u64)> = starts
-        .iter()
-        .map(|&at| rows.place(header.start + at))
-        .collect();
+    let places: Vec<(u64, u64)> = starts.iter().map(|&at| rows.place(&header, at)).collect();
     let columns = logical_columns(path, rows.cells(&header), header_line, &places, aliases)?;
     sink.name_columns(&columns);
     let header = Header::new(columns, sink.id_column().as_deref());
@@ -108,7 +106,7 @@ pub(super) fn read_csv<R: Read>(
             Err(error) => return Err(input_error(path, error)),
         };
         rows.check(path, &row, line_end)?;
-        let line = rows.line_at(row.start);
+        let line = row.line;
         if row.fields != header.names.len() {
             return Err(parse_error(
                 path,
@@ -260,7 +258,7 @@ impl RecordColumns for Cells<'_> {
 }
 
 /// Bytes asked of the input at a time, at least.
-const BLOCK: usize = 1024 * 1024;
+const BLOCK: usize = 256 * 1024;
 
 /// How a row's bytes end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +278,8 @@ enum RowEnd {
 struct Row {
     start: usize,
     end: usize,
+    /// The line the row starts on.
+    line: u64,
     /// The number of cells csv-core found, whose ends are in
     /// [`Rows::ends`].
     fields: usize,
@@ -310,10 +310,10 @@ struct Rows<R> {
     ends: Vec<usize>,
     /// Bytes of the file before `buffer[0]`.
     base: u64,
-    /// The line (1-based) of the byte at file offset `counted`, and the
-    /// file offset at which that line starts.
-    line: u64,
-    counted: u64,
+    /// Line ends csv-core has not seen: those of the blank lines skipped
+    /// before a row and the `\n` of a `\r\n` that ends one.
+    newlines_skipped: u64,
+    /// The file offset just past the last `\n` before `buffer[0]`.
     line_start: u64,
 }
 
@@ -333,8 +333,7 @@ impl<R: Read> Rows<R> {
             output: vec![0; 4096],
             ends: vec![0; 64],
             base: 0,
-            line: 1,
-            counted: 0,
+            newlines_skipped: 0,
             line_start: 0,
         }
     }
@@ -349,8 +348,10 @@ impl<R: Read> Rows<R> {
         }
         let mut shift = 0;
         if self.buffer.len() - self.end < BLOCK / 2 {
-            // The lines of the bytes dropped are counted before they go.
-            self.count_to(keep);
+            // Where the line of the bytes kept starts, for columns.
+            if let Some(last) = memchr::memrchr(b'\n', &self.buffer[..keep]) {
+                self.line_start = self.base + last as u64 + 1;
+            }
             shift = keep;
             self.buffer.copy_within(keep..self.end, 0);
             self.end -= keep;
@@ -397,10 +398,13 @@ impl<R: Read> Rows<R> {
                 .position(|&byte| byte != b'\n' && byte != b'\r')
             {
                 Some(blank) => {
+                    self.newlines_skipped +=
+                        count_newlines(&self.buffer[self.pos..self.pos + blank]);
                     self.pos += blank;
                     break;
                 }
                 None => {
+                    self.newlines_skipped += count_newlines(&self.buffer[self.pos..self.end]);
                     self.pos = self.end;
                     if !self.fill(self.pos).1 {
                         if let Some(error) = self.failed.take() {
@@ -413,6 +417,7 @@ impl<R: Read> Rows<R> {
             }
         }
         let mut start = self.pos;
+        let line = self.parser.line() + self.newlines_skipped;
         let mut feed = self.feed.max(start);
         let (mut out, mut fields) = (0, 0);
         let ending = loop {
@@ -435,6 +440,7 @@ impl<R: Read> Rows<R> {
                         return Ok(Some(Row {
                             start,
                             end: self.end,
+                            line,
                             fields,
                             ending: RowEnd::Failed,
                         }));
@@ -466,6 +472,7 @@ impl<R: Read> Rows<R> {
             }
             if feed < self.end && self.buffer[feed] == b'\n' {
                 feed += 1;
+                self.newlines_skipped += 1;
             }
         }
         self.pos = feed;
@@ -473,6 +480,7 @@ impl<R: Read> Rows<R> {
         Ok(Some(Row {
             start,
             end: feed,
+            line,
             fields,
             ending,
         }))
@@ -516,35 +524,16 @@ impl<R: Read> Rows<R> {
         })
     }
 
-    /// Count lines up to `buffer[at]`.
-    fn count_to(&mut self, at: usize) {
-        let target = self.base + at as u64;
-        if target <= self.counted {
-            return;
-        }
-        let from = (self.counted - self.base) as usize;
-        let bytes = &self.buffer[from..at];
-        let newlines = count_newlines(bytes);
-        if newlines > 0 {
-            self.line += newlines;
-            if let Some(last) = memchr::memrchr(b'\n', bytes) {
-                self.line_start = self.base + (from + last + 1) as u64;
-            }
-        }
-        self.counted = target;
-    }
-
-    /// The line of `buffer[at]`; places must be asked for in increasing
-    /// order.
-    fn line_at(&mut self, at: usize) -> u64 {
-        self.count_to(at);
-        self.line
-    }
-
-    /// The line and column (1-based, in bytes) of `buffer[at]`.
-    fn place(&mut self, at: usize) -> (u64, u64) {
-        self.count_to(at);
-        (self.line, self.base + at as u64 - self.line_start + 1)
+    /// The line and column (1-based, in bytes) of the byte `at` bytes into
+    /// `row`.
+    fn place(&self, row: &Row, at: usize) -> (u64, u64) {
+        let offset = row.start + at;
+        let line = row.line + count_newlines(&self.buffer[row.start..offset]);
+        let column = match memchr::memrchr(b'\n', &self.buffer[..offset]) {
+            Some(newline) => (offset - newline) as u64,
+            None => self.base + offset as u64 - self.line_start + 1,
+        };
+        (line, column)
     }
 
     /// Refuse a row whose quoting the csv crate would let pass, a row cut
@@ -559,7 +548,7 @@ impl<R: Read> Rows<R> {
             Some(first) => scan_quotes(raw, first),
         };
         let error = |rows: &mut Self, at: usize, message: String| {
-            let (line, column) = rows.place(row.start + at);
+            let (line, column) = rows.place(row, at);
             parse_error(path, line, column, message)
         };
         let ending = match quoting {
@@ -567,8 +556,8 @@ impl<R: Read> Rows<R> {
                 return Err(error(self, at, UNQUOTED_QUOTE.to_owned()));
             }
             Err(QuoteDefect::AfterClosing { open, at }) => {
-                let (open_line, open_column) = self.place(row.start + open);
-                let (line, column) = self.place(row.start + at);
+                let (open_line, open_column) = self.place(row, open);
+                let (line, column) = self.place(row, at);
                 let opened = if open_line == line {
                     format!("column {open_column}")
                 } else {
@@ -1468,7 +1457,10 @@ mod tests {
                 // blank lines around it, has the fingerprint it had.
                 let none = HeaderAliases::default();
                 let (result, records) = read_with(content.as_bytes(), &none, FinalLineEnd::Optional);
-                prop_assume!(result.is_ok());
+                if result.is_err() {
+                    // A ragged row: nothing to compare.
+                    return Ok(());
+                }
                 prop_assert_eq!(records.len(), rows.len());
                 for (record, row) in records.iter().zip(&rows) {
                     let alone = format!("{header}\r\n\n{row}");
