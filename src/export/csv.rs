@@ -100,7 +100,7 @@ pub(super) fn read_csv<R: Read>(
     let header = Header::new(columns, sink.id_column().as_deref());
 
     loop {
-        let row = match rows.next_row() {
+        let row = match rows.next_data_row() {
             Ok(Some(row)) => row,
             Ok(None) => return Ok(ControlFlow::Continue(())),
             Err(error) => return Err(input_error(path, error)),
@@ -260,6 +260,20 @@ impl RecordColumns for Cells<'_> {
 /// Bytes asked of the input at a time, at least.
 const BLOCK: usize = 256 * 1024;
 
+/// A row longer than this that [`Rows::scan_row`] has not found the end of
+/// yet is left to csv-core, which reads it incrementally.
+const SCAN_LIMIT: usize = 64 * 1024;
+
+/// What [`Rows::scan_row`] found.
+enum Scan {
+    Row(Row),
+    /// The window ends inside the row.
+    NeedMore,
+    /// Not a plain row: csv-core reads it and [`Rows::check`] says what is
+    /// wrong with it, if anything.
+    Unusual,
+}
+
 /// How a row's bytes end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RowEnd {
@@ -280,6 +294,9 @@ struct Row {
     end: usize,
     /// The line the row starts on.
     line: u64,
+    /// Found plain by [`Rows::scan_row`]: nothing for [`Rows::check`] to
+    /// refuse.
+    plain: bool,
     /// The number of cells csv-core found, whose ends are in
     /// [`Rows::ends`].
     fields: usize,
@@ -382,16 +399,12 @@ impl<R: Read> Rows<R> {
         }
     }
 
-    /// The next row, skipping blank lines; `None` at the end of the file.
-    /// A failed read before any byte of a row is returned as the error.
-    fn next_row(&mut self) -> io::Result<Option<Row>> {
-        if !self.started {
-            self.start()?;
-        }
+    /// Skip the blank lines before the next row, which csv-core would skip
+    /// too; `false` at the end of the file.
+    fn skip_blank_lines(&mut self) -> io::Result<bool> {
         if self.done {
-            return Ok(None);
+            return Ok(false);
         }
-        // Blank lines, which csv-core would skip too.
         loop {
             match self.buffer[self.pos..self.end]
                 .iter()
@@ -401,7 +414,7 @@ impl<R: Read> Rows<R> {
                     self.newlines_skipped +=
                         count_newlines(&self.buffer[self.pos..self.pos + blank]);
                     self.pos += blank;
-                    break;
+                    return Ok(true);
                 }
                 None => {
                     self.newlines_skipped += count_newlines(&self.buffer[self.pos..self.end]);
@@ -411,10 +424,142 @@ impl<R: Read> Rows<R> {
                             return Err(error);
                         }
                         self.done = true;
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
             }
+        }
+    }
+
+    /// The next row after the header: found by [`scan_row`] when it is
+    /// plain, else by csv-core, which also finds whatever is wrong with it.
+    fn next_data_row(&mut self) -> io::Result<Option<Row>> {
+        if !self.skip_blank_lines()? {
+            return Ok(None);
+        }
+        loop {
+            match self.scan_row() {
+                Scan::Row(row) => return Ok(Some(row)),
+                Scan::NeedMore if self.end - self.pos <= SCAN_LIMIT => {
+                    if !self.fill(self.pos).1 {
+                        break;
+                    }
+                }
+                Scan::NeedMore | Scan::Unusual => break,
+            }
+        }
+        self.next_row()
+    }
+
+    /// Find the row at `pos` with a scan of its structure, jumping from
+    /// delimiter to delimiter and from quote to quote, and unescape its
+    /// cells into [`Self::output`] as csv-core would. Only a plain row is
+    /// taken: cells either unquoted without a `"` or quoted with every
+    /// inner quote doubled and a delimiter after the closing one, and a
+    /// line end after the last cell. csv-core reads such a row exactly so;
+    /// anything else is left to it.
+    fn scan_row(&mut self) -> Scan {
+        let data = &self.buffer[self.pos..self.end];
+        let (mut out, mut fields, mut newlines) = (0, 0, 0);
+        let mut at = 0;
+        let end = loop {
+            let Some(&first) = data.get(at) else {
+                return Scan::NeedMore;
+            };
+            let (cell, doubled, delimiter) = if first == b'"' {
+                let mut from = at + 1;
+                let mut doubled = false;
+                let close = loop {
+                    let Some(found) = memchr::memchr(b'"', &data[from..]) else {
+                        return Scan::NeedMore;
+                    };
+                    let quote = from + found;
+                    match data.get(quote + 1) {
+                        None => return Scan::NeedMore,
+                        Some(b'"') => {
+                            doubled = true;
+                            from = quote + 2;
+                        }
+                        Some(b',' | b'\n' | b'\r') => break quote,
+                        Some(_) => return Scan::Unusual,
+                    }
+                };
+                let cell = &data[at + 1..close];
+                newlines += count_newlines(cell);
+                (cell, doubled, close + 1)
+            } else {
+                let Some(found) = memchr::memchr3(b',', b'\n', b'\r', &data[at..]) else {
+                    return Scan::NeedMore;
+                };
+                let cell = &data[at..at + found];
+                if memchr::memchr(b'"', cell).is_some() {
+                    return Scan::Unusual;
+                }
+                (cell, false, at + found)
+            };
+            if out + cell.len() > self.output.len() {
+                let grown = (out + cell.len()).max(self.output.len() * 2);
+                self.output.resize(grown, 0);
+            }
+            if doubled {
+                // Every `"` inside is the first of a pair.
+                let mut rest = cell;
+                while let Some(quote) = memchr::memchr(b'"', rest) {
+                    self.output[out..=out + quote].copy_from_slice(&rest[..=quote]);
+                    out += quote + 1;
+                    rest = &rest[quote + 2..];
+                }
+                self.output[out..out + rest.len()].copy_from_slice(rest);
+                out += rest.len();
+            } else {
+                self.output[out..out + cell.len()].copy_from_slice(cell);
+                out += cell.len();
+            }
+            if fields == self.ends.len() {
+                let grown = self.ends.len() * 2;
+                self.ends.resize(grown, 0);
+            }
+            self.ends[fields] = out;
+            fields += 1;
+            match data[delimiter] {
+                b',' => at = delimiter + 1,
+                b'\n' => {
+                    newlines += 1;
+                    break delimiter + 1;
+                }
+                _ => match data.get(delimiter + 1) {
+                    None => return Scan::NeedMore,
+                    Some(b'\n') => {
+                        newlines += 1;
+                        break delimiter + 2;
+                    }
+                    Some(_) => break delimiter + 1,
+                },
+            }
+        };
+        let row = Row {
+            start: self.pos,
+            end: self.pos + end,
+            line: self.parser.line() + self.newlines_skipped,
+            plain: true,
+            fields,
+            ending: RowEnd::LineEnd,
+        };
+        // csv-core does not see these bytes.
+        self.newlines_skipped += newlines;
+        self.pos = row.end;
+        self.feed = row.end;
+        Scan::Row(row)
+    }
+
+    /// The next row, skipping blank lines; `None` at the end of the file.
+    /// A failed read before any byte of a row is returned as the error.
+    fn next_row(&mut self) -> io::Result<Option<Row>> {
+        if !self.started {
+            self.start()?;
+        }
+        if !self.skip_blank_lines()? {
+            return Ok(None);
         }
         let mut start = self.pos;
         let line = self.parser.line() + self.newlines_skipped;
@@ -441,6 +586,7 @@ impl<R: Read> Rows<R> {
                             start,
                             end: self.end,
                             line,
+                            plain: false,
                             fields,
                             ending: RowEnd::Failed,
                         }));
@@ -481,6 +627,7 @@ impl<R: Read> Rows<R> {
             start,
             end: feed,
             line,
+            plain: false,
             fields,
             ending,
         }))
@@ -541,6 +688,9 @@ impl<R: Read> Rows<R> {
     /// cut off by a failed read, in the order a reader that checks every
     /// byte as it comes finds them.
     fn check(&mut self, path: &Path, row: &Row, line_end: FinalLineEnd) -> Result<(), ExportError> {
+        if row.plain {
+            return Ok(());
+        }
         let raw = self.raw(row);
         let last_byte = raw.last().copied();
         let quoting = match memchr::memchr(b'"', raw) {
