@@ -1574,6 +1574,70 @@ mod tests {
                 })
         }
 
+        /// Knows the rows whose id has an even length; notes the id, line
+        /// and ordinal of every row it is asked about.
+        struct EvenIds {
+            column: String,
+            asked: Vec<(String, u64, u64)>,
+        }
+
+        impl super::super::super::Prefilter for EvenIds {
+            fn id_column(&self) -> &str {
+                &self.column
+            }
+
+            fn known(
+                &mut self,
+                id: &str,
+                _fingerprint: RawFingerprint,
+                place: super::super::super::Place<'_>,
+            ) -> bool {
+                self.asked.push((id.to_owned(), place.line, place.ordinal));
+                id.len().is_multiple_of(2)
+            }
+        }
+
+        /// The outcome of a read with an [`EvenIds`] prefilter, the rows it
+        /// was asked about and the census.
+        fn read_knowing(
+            content: &[u8],
+            column: &str,
+            line_end: FinalLineEnd,
+            by_reference: bool,
+        ) -> (Outcome, Vec<(String, u64, u64)>, String) {
+            let mut prefilter = EvenIds {
+                column: column.to_owned(),
+                asked: Vec::new(),
+            };
+            let mut records = Vec::new();
+            let mut keep = |record: Record| {
+                records.push(record);
+                ControlFlow::Continue(())
+            };
+            let mut sink = Sink::with_prefilter(&mut keep, Some(&mut prefilter));
+            let none = HeaderAliases::default();
+            let result = if by_reference {
+                reference::read_csv(
+                    Path::new(FILE),
+                    TextInput::new(content),
+                    &none,
+                    line_end,
+                    &mut sink,
+                )
+            } else {
+                read_csv(
+                    Path::new(FILE),
+                    TextInput::new(content),
+                    &none,
+                    line_end,
+                    &mut sink,
+                )
+            };
+            let census = format!("{:?} {}", sink.census.columns, sink.records);
+            drop(sink);
+            (outcome((result, records)), prefilter.asked, census)
+        }
+
         proptest! {
             #[test]
             fn generated_files_read_as_the_reference_reads_them((content, _, _) in file()) {
@@ -1599,6 +1663,27 @@ mod tests {
                     }
                 }
                 assert_same_as_reference(&bytes, &HeaderAliases::default());
+            }
+
+            #[test]
+            fn with_a_prefilter_both_readers_hand_over_and_ask_about_the_same_rows(
+                (content, header, _) in file(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                // Rows whose id has an even length are known; a damaged
+                // file as well.
+                let column = header.split([',', '\r', '\n']).next().unwrap_or_default().to_owned();
+                let mut damaged = content.clone().into_bytes();
+                let index = at.index(damaged.len());
+                damaged[index] = byte;
+                for bytes in [content.as_bytes(), &damaged] {
+                    for line_end in [FinalLineEnd::Required, FinalLineEnd::Optional] {
+                        let new = read_knowing(bytes, &column, line_end, false);
+                        let old = read_knowing(bytes, &column, line_end, true);
+                        prop_assert_eq!(new, old);
+                    }
+                }
             }
 
             #[test]
