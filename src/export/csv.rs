@@ -1,25 +1,34 @@
 //! CSV exports of a Dynamics view: a header row of logical or display names,
 //! then one row per record. Cells become strings; an empty cell is `null`.
 //!
-//! The file is read in large blocks into a window that slides over it, and
-//! csv-core splits the window into rows, unescaping each row's cells into
-//! one reused buffer: no allocation per cell until a record is built. The
-//! raw bytes of each row stay in the window, so that
+//! The file is read in large blocks into a window that slides over it. A
+//! plain row — cells unquoted without a `"`, or quoted with every inner
+//! quote doubled, and a line end after the last — is found by a scan that
+//! jumps from delimiter to delimiter and from quote to quote
+//! ([`Rows::scan_row`]); every other row (the header, a row with a stray
+//! quote, one cut off by the end of the file or by a failed read, one
+//! longer than [`SCAN_LIMIT`]) is read by csv-core, as the csv crate would
+//! read it, and then checked for what the csv crate would let pass: a quote
+//! inside an unquoted field, text after a closing quote, an unclosed quote,
+//! a missing last line end. Either way the row's cells are unescaped into
+//! one reused buffer — no allocation per cell until a record is built — and
+//! its raw bytes stay in the window, so that
 //!
 //! - a row is fingerprinted from its bytes (seeded with the hash of the
 //!   file's resolved header) and offered to the prefilter with its id cell
 //!   before anything is built; a known row is counted and dropped;
-//! - the quoting the csv crate would let pass (a quote inside an unquoted
-//!   field, text after a closing quote, an unclosed quote) is checked on the
-//!   rows that hold a `"` at all, jumping from quote to quote;
-//! - a row's line is csv-core's count of the line ends it has seen (plus
-//!   those of the blank lines skipped before csv-core sees them), and a
-//!   problem is placed at its line and column from its offset in the row.
+//! - a row's line comes from the line ends before it (csv-core's count of
+//!   those it saw, plus those of the rows and blank lines it did not see),
+//!   and a problem is placed at its line and column from its offset in the
+//!   row.
 //!
 //! The input is checked text ([`super::text::TextInput`]): a byte that is
 //! not UTF-8 arrives as a read error after every byte before it, so rows
 //! and problems before it are handed over and reported first. Memory is
-//! bounded by the largest row, not by the file.
+//! bounded by the largest row, not by the file. The previous reader, the
+//! csv crate over a per-byte quote tracker, is kept as the reference the
+//! tests hold this one to (`reference.rs`): the same records, errors and
+//! positions on every table case and on generated and damaged files.
 
 #[cfg(test)]
 mod reference;
@@ -303,7 +312,8 @@ struct Row {
     ending: RowEnd,
 }
 
-/// A CSV file split into rows by csv-core over a window of the input.
+/// A CSV file split into rows over a window of the input: plain rows by
+/// [`Rows::scan_row`], the header and every other row by csv-core.
 struct Rows<R> {
     input: R,
     buffer: Vec<u8>,
