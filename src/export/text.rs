@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::{self, BufRead, Read};
 
 pub(super) const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-const BUFFER_SIZE: usize = 64 * 1024;
+const BUFFER_SIZE: usize = 256 * 1024;
 
 /// A problem in the bytes of a file, found by a reader wrapper rather than by
 /// the parser on top of it. Lines and columns are 1-based; columns count
@@ -109,9 +109,14 @@ impl<R: Read> TextInput<R> {
         }
 
         let unchecked = &self.buffer[self.valid_end..self.filled];
-        let (valid_len, invalid_len) = match std::str::from_utf8(unchecked) {
-            Ok(_) => (unchecked.len(), None),
-            Err(error) => (error.valid_up_to(), Some(error.error_len())),
+        // The SIMD check first; where it fails, the exact one says where.
+        let (valid_len, invalid_len) = if simdutf8::basic::from_utf8(unchecked).is_ok() {
+            (unchecked.len(), None)
+        } else {
+            match std::str::from_utf8(unchecked) {
+                Ok(_) => (unchecked.len(), None),
+                Err(error) => (error.valid_up_to(), Some(error.error_len())),
+            }
         };
         self.accept(self.valid_end + valid_len);
 
