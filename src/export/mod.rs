@@ -970,7 +970,7 @@ impl Prefilter for EvenPrefilter {
     }
 
     fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool {
-        let known = fingerprint.0 % 2 == 0
+        let known = fingerprint.0.is_multiple_of(2)
             && self
                 .valid
                 .as_ref()
