@@ -193,22 +193,8 @@ impl<R: Read> Blocks<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Trickle;
     use super::*;
-
-    /// Hands out at most `chunk` bytes per read.
-    struct Trickle<'a> {
-        bytes: &'a [u8],
-        chunk: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let amount = self.chunk.min(out.len()).min(self.bytes.len());
-            out[..amount].copy_from_slice(&self.bytes[..amount]);
-            self.bytes = &self.bytes[amount..];
-            Ok(amount)
-        }
-    }
 
     fn read_all(bytes: &[u8], chunk: usize) -> (Vec<u8>, Short) {
         let mut blocks = Blocks::new(Trickle { bytes, chunk });

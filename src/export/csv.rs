@@ -922,6 +922,7 @@ fn parse_error(path: &Path, line: u64, column: u64, message: String) -> ExportEr
 
 #[cfg(test)]
 mod tests {
+    use super::super::Trickle;
     use serde_json::json;
 
     use super::super::text::TextInput;
@@ -1191,22 +1192,6 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(records.len(), 2000);
-    }
-
-    /// Hands out at most `chunk` bytes per read, so that rows, quotes and
-    /// characters fall across the reader's refills.
-    struct Trickle<'a> {
-        bytes: &'a [u8],
-        chunk: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let amount = self.chunk.min(out.len()).min(self.bytes.len());
-            out[..amount].copy_from_slice(&self.bytes[..amount]);
-            self.bytes = &self.bytes[amount..];
-            Ok(amount)
-        }
     }
 
     /// What a read gave: the outcome (an error as its text), and each

@@ -951,6 +951,24 @@ fn collect_records(
     (result, records)
 }
 
+/// Hands out its bytes in chunks of at most `chunk` bytes, so that rows,
+/// records, quotes, characters and BOMs fall across a reader's refills.
+#[cfg(test)]
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    chunk: usize,
+}
+
+#[cfg(test)]
+impl io::Read for Trickle<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let amount = self.chunk.min(out.len()).min(self.bytes.len());
+        out[..amount].copy_from_slice(&self.bytes[..amount]);
+        self.bytes = &self.bytes[amount..];
+        Ok(amount)
+    }
+}
+
 /// A prefilter for reader tests: it knows the records whose fingerprint is
 /// even (about half) among `valid`, and keeps what it was asked. As a store
 /// does, it knows only fingerprints of records that were parsed before.

@@ -311,23 +311,8 @@ pub(super) fn count_newlines(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Trickle;
     use super::*;
-
-    /// Hands out its bytes in chunks of at most `chunk` bytes, to exercise
-    /// characters and BOMs split across reads.
-    struct Trickle<'a> {
-        bytes: &'a [u8],
-        chunk: usize,
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-            let amount = self.chunk.min(out.len()).min(self.bytes.len());
-            out[..amount].copy_from_slice(&self.bytes[..amount]);
-            self.bytes = &self.bytes[amount..];
-            Ok(amount)
-        }
-    }
 
     fn read_all(bytes: &[u8], chunk: usize) -> (Vec<u8>, Option<InputDefect>) {
         let mut input = TextInput::new(Trickle { bytes, chunk });
