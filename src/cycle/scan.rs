@@ -97,6 +97,16 @@ impl IdKey {
             external_id.as_bytes(),
         ))))
     }
+
+    /// The high and low 64 bits, as [`Seen`] keeps them.
+    fn halves(self) -> [u64; 2] {
+        // Truncation is the point: each half is 64 of the 128 bits.
+        [(self.0 >> 64) as u64, self.0 as u64]
+    }
+
+    fn from_halves([high, low]: [u64; 2]) -> IdKey {
+        IdKey((u128::from(high) << 64) | u128::from(low))
+    }
 }
 
 /// The records the store holds as settled (`synced` or `invalid`), each as
@@ -255,11 +265,16 @@ pub enum WorkReason {
     Resync,
 }
 
-/// One occurrence of an external id in the export.
+/// One occurrence of an external id in the export: every record of the
+/// export has one, so it is kept small. The id is held as two halves, which
+/// aligns the struct to 8 bytes instead of the 16 of a `u128` (40 bytes a
+/// record instead of 48), and the hash of a record taken up is kept apart,
+/// in [`Scan::work_hashes`], since the others never need it (64 bytes
+/// before: 64 MB at a million records, held twice while the two threads'
+/// lists were joined).
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    id: IdKey,
-    hash: DocHash,
+    id: [u64; 2],
     /// Index into [`Scan::files`].
     file: u32,
     line: u64,
@@ -268,6 +283,14 @@ struct Seen {
     /// Left out by `only` (a resync of some records): neither work nor
     /// unchanged.
     not_selected: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Seen>() == 40);
+
+impl Seen {
+    fn id(&self) -> IdKey {
+        IdKey::from_halves(self.id)
+    }
 }
 
 /// Everything pass one learnt.
@@ -304,6 +327,8 @@ pub struct Scan {
     pub schema: SchemaReport,
     /// Ids that occur once, sorted by key.
     seen: Vec<Seen>,
+    /// The hash each record taken up maps to, sorted by key.
+    work_hashes: Vec<(IdKey, DocHash)>,
     work_count: u64,
     files: Vec<PathBuf>,
 }
@@ -392,9 +417,13 @@ impl Scan {
     /// for records pass one did not take up (unchanged, invalid,
     /// duplicated, filtered out, or not seen).
     pub fn work_for(&self, external_id: &str, hash: DocHash) -> Option<WorkFor> {
-        let seen = self.find(IdKey::of(external_id))?;
-        let reason = seen.work?;
-        if seen.hash != hash {
+        let id = IdKey::of(external_id);
+        let reason = self.find(id)?.work?;
+        let at = self
+            .work_hashes
+            .binary_search_by_key(&id, |(id, _)| *id)
+            .ok()?;
+        if self.work_hashes.get(at).map(|(_, hash)| *hash) != Some(hash) {
             return Some(WorkFor::ChangedSinceScan);
         }
         Some(WorkFor::Push(reason))
@@ -406,7 +435,7 @@ impl Scan {
     }
 
     fn find(&self, id: IdKey) -> Option<&Seen> {
-        let at = self.seen.binary_search_by_key(&id, |s| s.id).ok()?;
+        let at = self.seen.binary_search_by_key(&id, Seen::id).ok()?;
         self.seen.get(at)
     }
 
@@ -567,6 +596,7 @@ pub fn scan_export(
 ) -> Result<Scan, ScanError> {
     let mut scan = Scan::default();
     let mut seen: Vec<Seen> = Vec::new();
+    let mut work_hashes: Vec<(IdKey, DocHash)> = Vec::new();
     let mut retained = Retained::default();
     let mut canonical = Vec::new();
     let mut over_budget = false;
@@ -673,9 +703,11 @@ pub fn scan_export(
                 {
                     break 'batches;
                 }
+                if work.is_some() {
+                    work_hashes.push((id, hash));
+                }
                 seen.push(Seen {
-                    id,
-                    hash,
+                    id: id.halves(),
                     file: file_index(&mut scan.files, &record.location.file),
                     line: record.location.line,
                     ordinal: record.location.ordinal,
@@ -713,14 +745,16 @@ pub fn scan_export(
         .iter()
         .map(|file| file_index(&mut scan.files, file))
         .collect();
-    seen.extend(prefilter.seen.iter().copied().map(|mut known| {
+    for known in &mut prefilter.seen {
         known.file = renumbered
             .get(known.file as usize)
             .copied()
             .unwrap_or(u32::MAX);
-        known
-    }));
+    }
     scan.known_by_fingerprint = prefilter.seen.len() as u64;
+    // The smaller list joins the larger one, so that a million records are
+    // not held twice on the way.
+    let mut seen = join(seen, std::mem::take(&mut prefilter.seen));
     unchanged_ids.append(&mut prefilter.unchanged_ids);
     unchanged_ids.sort_unstable_by_key(|(ordinal, _)| *ordinal);
     scan.unchanged_ids = unchanged_ids.into_iter().map(|(_, id)| id).collect();
@@ -740,9 +774,11 @@ pub fn scan_export(
     seen.sort_unstable_by_key(|s| (s.id, s.ordinal));
     let repeated = keep_unique(&mut seen);
     scan.seen = seen;
+    work_hashes.sort_unstable_by_key(|(id, _)| *id);
+    scan.work_hashes = work_hashes;
     if !repeated.is_empty() {
         scan.duplicates = name_duplicates(export_options, mapper, &scan, &repeated)?;
-        let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id).collect();
+        let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id()).collect();
         retained.retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
     }
     // An id that also occurs on a row that could not be mapped is
@@ -757,7 +793,7 @@ pub fn scan_export(
         .collect();
     if !unmappable.is_empty() {
         let mut also_unmappable = Vec::new();
-        scan.seen.retain(|s| match unmappable.get(&s.id) {
+        scan.seen.retain(|s| match unmappable.get(&s.id()) {
             Some((id, at)) => {
                 let here = RecordLocation {
                     file: scan.files.get(s.file as usize).cloned().unwrap_or_default(),
@@ -777,7 +813,7 @@ pub fn scan_export(
     }
     if !scan.unchanged_ids.is_empty() {
         // Duplicated or unmappable ids were taken out of `seen` above.
-        let valid: HashSet<IdKey> = scan.seen.iter().map(|s| s.id).collect();
+        let valid: HashSet<IdKey> = scan.seen.iter().map(Seen::id).collect();
         scan.unchanged_ids
             .retain(|id| valid.contains(&IdKey::of(id)));
     }
@@ -794,7 +830,7 @@ pub fn scan_export(
         .filter_map(|e| e.external_id.as_deref())
         .map(IdKey::of)
         .collect();
-    in_export.extend(repeated.iter().map(|run| run[0].id));
+    in_export.extend(repeated.iter().map(|run| run[0].id()));
     let (mut known, mut missing) = (0u64, 0u64);
     store.for_each_external_id(&mut |id| {
         known += 1;
@@ -854,9 +890,7 @@ impl Prefilter for KnownRecords<'_> {
         }
         let wanted = self.only.is_none_or(|only| only.contains(&external_id));
         self.seen.push(Seen {
-            id: key,
-            // Not needed: only records taken up are asked for their hash.
-            hash: DocHash([0; 16]),
+            id: key.halves(),
             file: file_index(&mut self.files, place.file),
             line: place.line,
             ordinal: place.ordinal,
@@ -949,6 +983,16 @@ fn file_index(files: &mut Vec<PathBuf>, file: &Path) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
+/// Both lists in one, grown to exactly their sum: the larger one keeps its
+/// allocation (a large one is grown in place by the allocator's remapping),
+/// and the smaller is copied after it.
+fn join(a: Vec<Seen>, b: Vec<Seen>) -> Vec<Seen> {
+    let (mut into, from) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    into.reserve_exact(from.len());
+    into.extend_from_slice(&from);
+    into
+}
+
 /// Leave in `seen` (sorted by id) the ids that occur once; return every
 /// occurrence of the others, one run per id.
 fn keep_unique(seen: &mut Vec<Seen>) -> Vec<Vec<Seen>> {
@@ -980,7 +1024,7 @@ fn name_duplicates(
     repeated: &[Vec<Seen>],
 ) -> Result<Vec<(String, Vec<RecordLocation>)>, ScanError> {
     let mut names: HashMap<IdKey, Option<String>> =
-        repeated.iter().map(|run| (run[0].id, None)).collect();
+        repeated.iter().map(|run| (run[0].id(), None)).collect();
     let summary = export::read_export(export_options, &mut |record| {
         if let Ok(mapped) = mapper.map(&record)
             && let Some(name @ None) = names.get_mut(&IdKey::of(&mapped.external_id))
@@ -1007,7 +1051,7 @@ fn name_duplicates(
     }
     let mut duplicates = Vec::with_capacity(repeated.len());
     for run in repeated {
-        let Some(Some(name)) = names.remove(&run[0].id) else {
+        let Some(Some(name)) = names.remove(&run[0].id()) else {
             return Err(changed());
         };
         let places = run.iter().map(|seen| scan.location(seen)).collect();
