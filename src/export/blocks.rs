@@ -6,9 +6,12 @@
 //! leading byte-order mark is dropped. Lines are counted on demand, from
 //! the last place counted, so a reader pays for them only once.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
+use std::path::Path;
 
-use super::text::{UTF8_BOM, count_newlines};
+use super::text::{TextInput, UTF8_BOM, count_newlines};
+use super::{FileOutcome, Sink, input_error, io_error};
 
 /// Bytes asked of the file at a time.
 const BLOCK: usize = 4 * 1024 * 1024;
@@ -26,6 +29,49 @@ pub(super) enum Short {
     NotUtf8,
     /// What is being scanned does not fit in [`MAX_WINDOW`].
     TooLong,
+}
+
+/// Why a block pass stopped before the end of its file.
+pub(super) enum Detour {
+    /// Reading the file failed.
+    Io(io::Error),
+    /// Something the exact reader must look at.
+    Exact,
+}
+
+impl From<io::Error> for Detour {
+    fn from(error: io::Error) -> Detour {
+        Detour::Io(error)
+    }
+}
+
+/// Read one file with a block pass, falling back to the exact reader.
+/// `pass` reads the file through [`Blocks`] and says how it ended and how
+/// many records it offered to the sink. Where it took a detour (the file is
+/// not well formed, or not in a way the pass reads), the file is read again
+/// from its start by `exact`, the reader that names what is wrong and
+/// where, which skips the records the pass offered already: none is handed
+/// over twice, and every error and position is the exact reader's.
+pub(super) fn read_with_fallback<'s, R: Read + Seek>(
+    path: &Path,
+    mut input: R,
+    sink: &mut Sink<'s>,
+    pass: impl FnOnce(&mut Blocks<&mut R>, &mut Sink<'s>) -> (Result<ControlFlow<()>, Detour>, u64),
+    exact: impl FnOnce(TextInput<&mut R>, &mut Sink<'s>) -> FileOutcome,
+) -> FileOutcome {
+    let mut blocks = Blocks::new(&mut input);
+    let offered = match pass(&mut blocks, sink) {
+        (Ok(flow), _) => return Ok(flow),
+        (Err(Detour::Io(error)), _) => return Err(input_error(path, error)),
+        (Err(Detour::Exact), offered) => offered,
+    };
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|source| io_error(path, source))?;
+    sink.skip = offered;
+    let outcome = exact(TextInput::new(&mut input), sink);
+    sink.skip = 0;
+    outcome
 }
 
 pub(super) struct Blocks<R> {

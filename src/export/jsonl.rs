@@ -6,19 +6,16 @@
 //! is not known. Anything amiss sends the file to [`stream_jsonl`], the
 //! exact reader, which names the problem.
 
-use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek};
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use serde::de::DeserializeSeed;
 
-use super::blocks::{Blocks, Short};
+use super::blocks::{Blocks, Detour, Short, read_with_fallback};
 use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::structure::{Members, Step, is_whitespace};
-use super::text::TextInput;
-use super::{
-    ExportError, FileOutcome, FinalLineEnd, Offer, RawFingerprint, Sink, input_error, io_error,
-};
+use super::{ExportError, FileOutcome, FinalLineEnd, Offer, RawFingerprint, Sink, input_error};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
 /// skipped; `\n` and `\r\n` line ends are both accepted. With
@@ -26,46 +23,28 @@ use super::{
 /// whitespace and has no line end is an error.
 pub(super) fn read_jsonl<R: Read + Seek>(
     path: &Path,
-    mut input: R,
+    input: R,
     line_end: FinalLineEnd,
     sink: &mut Sink<'_>,
 ) -> FileOutcome {
-    let mut blocks = Blocks::new(&mut input);
-    let mut pass = LinePass {
+    read_with_fallback(
         path,
-        blocks: &mut blocks,
-        sink: &mut *sink,
-        line_end,
-        members: Members::default(),
-        id_column: None,
-        offered: 0,
-    };
-    pass.id_column = pass.sink.id_column();
-    let offered = match pass.run() {
-        Ok(flow) => return Ok(flow),
-        Err(Detour::Io(error)) => return Err(input_error(path, error)),
-        Err(Detour::Exact) => pass.offered,
-    };
-    input
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| io_error(path, source))?;
-    sink.skip = offered;
-    let outcome = stream_jsonl(path, TextInput::new(&mut input), line_end, sink);
-    sink.skip = 0;
-    outcome
-}
-
-/// Why the block pass stopped before the end of the file.
-enum Detour {
-    Io(std::io::Error),
-    /// Something the exact reader must look at.
-    Exact,
-}
-
-impl From<std::io::Error> for Detour {
-    fn from(error: std::io::Error) -> Detour {
-        Detour::Io(error)
-    }
+        input,
+        sink,
+        |blocks, sink| {
+            let mut pass = LinePass {
+                path,
+                id_column: sink.id_column(),
+                blocks,
+                sink,
+                line_end,
+                members: Members::default(),
+                offered: 0,
+            };
+            (pass.run(), pass.offered)
+        },
+        |text, sink| stream_jsonl(path, text, line_end, sink),
+    )
 }
 
 struct LinePass<'p, 'b, 's, R> {

@@ -20,63 +20,41 @@
 //! prefilter hands over the same records the block pass would have.
 
 use std::fmt;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::blocks::{Blocks, Short};
+use super::blocks::{Blocks, Detour, Short, read_with_fallback};
 use super::json::{ParsedFields, RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::structure::{Members, Step, skip_whitespace, string_end, value_end};
-use super::text::{ProgressReader, ReadProgress, TextInput};
-use super::{ExportError, FileOutcome, Offer, RawFingerprint, Sink, input_error, io_error};
+use super::text::{ProgressReader, ReadProgress};
+use super::{ExportError, FileOutcome, Offer, RawFingerprint, Sink};
 
 /// Read one page file, handing each record to `sink`.
 pub(super) fn read_odata<R: Read + Seek>(
     path: &Path,
-    mut input: R,
+    input: R,
     sink: &mut Sink<'_>,
 ) -> FileOutcome {
-    let mut blocks = Blocks::new(&mut input);
-    let mut pass = BlockPass {
+    read_with_fallback(
         path,
-        blocks: &mut blocks,
-        sink: &mut *sink,
-        members: Members::default(),
-        id_column: None,
-        offered: 0,
-    };
-    pass.id_column = pass.sink.id_column();
-    let offered = match pass.run() {
-        Ok(flow) => return Ok(flow),
-        Err(Detour::Io(error)) => return Err(input_error(path, error)),
-        Err(Detour::Exact) => pass.offered,
-    };
-    // The page is not well formed, or not in a way the block pass reads:
-    // the exact reader finds what is wrong and where, handing over the
-    // records before the problem that this pass did not hand over yet.
-    input
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| io_error(path, source))?;
-    sink.skip = offered;
-    let outcome = stream_odata(path, TextInput::new(&mut input), sink);
-    sink.skip = 0;
-    outcome
-}
-
-/// Why the block pass stopped before the end of the page.
-enum Detour {
-    /// Reading the file failed.
-    Io(std::io::Error),
-    /// Something the exact reader must look at.
-    Exact,
-}
-
-impl From<std::io::Error> for Detour {
-    fn from(error: std::io::Error) -> Detour {
-        Detour::Io(error)
-    }
+        input,
+        sink,
+        |blocks, sink| {
+            let mut pass = BlockPass {
+                path,
+                id_column: sink.id_column(),
+                blocks,
+                sink,
+                members: Members::default(),
+                offered: 0,
+            };
+            (pass.run(), pass.offered)
+        },
+        |text, sink| stream_odata(path, text, sink),
+    )
 }
 
 struct BlockPass<'p, 'b, 's, R> {
