@@ -1092,13 +1092,18 @@ mod tests {
         format!("0b000000-0000-4000-8000-{n:012}")
     }
 
+    /// One OData page file holding `records`, one a line.
+    fn write_page(path: &Path, records: &[Value]) {
+        let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+        let text = format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n"));
+        std::fs::write(path, text).unwrap();
+    }
+
     /// A directory of OData pages, one record per line.
     fn export(pages: &[Vec<Value>]) -> (tempfile::TempDir, ExportOptions) {
         let dir = tempfile::tempdir().unwrap();
         for (n, records) in pages.iter().enumerate() {
-            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
-            let text = format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n"));
-            std::fs::write(dir.path().join(format!("page-{}.json", n + 1)), text).unwrap();
+            write_page(&dir.path().join(format!("page-{}.json", n + 1)), records);
         }
         let options = ExportOptions {
             path: dir.path().to_path_buf(),
@@ -1700,12 +1705,7 @@ mod tests {
             // A changed deal value: the record is parsed and taken up.
             let mut changed = records.clone();
             changed[1]["estimatedvalue"] = json!(2);
-            let lines: Vec<String> = changed.iter().map(Value::to_string).collect();
-            std::fs::write(
-                dir.path().join("page-1.json"),
-                format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n")),
-            )
-            .unwrap();
+            write_page(&dir.path().join("page-1.json"), &changed);
             let mut third = scan(&options, &store, true, true);
             assert_eq!(
                 (
@@ -1729,12 +1729,7 @@ mod tests {
             // changed back before any scan saw the new one: its old
             // fingerprint is stale, and it is taken up.
             applied(&store, &changed[1], &desired_hash(&changed[1]));
-            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
-            std::fs::write(
-                dir.path().join("page-1.json"),
-                format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n")),
-            )
-            .unwrap();
+            write_page(&dir.path().join("page-1.json"), &records);
             let fifth = scan(&options, &store, true, true);
             assert_eq!(
                 (
