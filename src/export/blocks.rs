@@ -59,8 +59,10 @@ pub(super) fn read_with_fallback<'s, R: Read + Seek>(
     pass: impl FnOnce(&mut Blocks<&mut R>, &mut Sink<'s>) -> (Result<ControlFlow<()>, Detour>, u64),
     exact: impl FnOnce(TextInput<&mut R>, &mut Sink<'s>) -> FileOutcome,
 ) -> FileOutcome {
-    let mut blocks = Blocks::new(&mut input);
-    let offered = match pass(&mut blocks, sink) {
+    let mut blocks = Blocks::with_buffer(&mut input, std::mem::take(&mut sink.window));
+    let ended = pass(&mut blocks, sink);
+    sink.window = blocks.into_buffer();
+    let offered = match ended {
         (Ok(flow), _) => return Ok(flow),
         (Err(Detour::Io(error)), _) => return Err(input_error(path, error)),
         (Err(Detour::Exact), offered) => offered,
@@ -95,9 +97,15 @@ pub(super) struct Blocks<R> {
 
 impl<R: Read> Blocks<R> {
     pub fn new(inner: R) -> Self {
+        Blocks::with_buffer(inner, Vec::new())
+    }
+
+    /// Read `inner` into `buffer`, an earlier window (see
+    /// [`Self::into_buffer`]): its bytes are overwritten, its size kept.
+    pub fn with_buffer(inner: R, buffer: Vec<u8>) -> Self {
         Blocks {
             inner,
-            buffer: Vec::new(),
+            buffer,
             start: 0,
             checked: 0,
             end: 0,
@@ -107,6 +115,16 @@ impl<R: Read> Blocks<R> {
             line: 1,
             counted: 0,
             offset: 0,
+        }
+    }
+
+    /// The window, for the next file. One grown past a block for a long
+    /// record is let go rather than held for the rest of the export.
+    pub fn into_buffer(self) -> Vec<u8> {
+        if self.buffer.len() > BLOCK {
+            Vec::new()
+        } else {
+            self.buffer
         }
     }
 
@@ -269,6 +287,26 @@ mod tests {
         }
         assert_eq!(read_all(b"ab\xffcd", 2), (b"ab".to_vec(), Short::NotUtf8));
         assert_eq!(read_all(b"ab\xe2\x82", 2), (b"ab".to_vec(), Short::NotUtf8));
+    }
+
+    #[test]
+    fn a_window_handed_on_reads_the_next_file_as_a_fresh_one() {
+        let first = "\u{feff}x€y\nz\n".repeat(1000);
+        let mut blocks = Blocks::new(first.as_bytes());
+        while blocks.fill().unwrap().is_ok() {}
+        let buffer = blocks.into_buffer();
+        assert_eq!(buffer.len(), BLOCK);
+        let second = "ab\ncd\n\u{feff}";
+        let mut blocks = Blocks::with_buffer(second.as_bytes(), buffer);
+        while blocks.fill().unwrap().is_ok() {}
+        assert_eq!(blocks.data(), second.as_bytes());
+        assert_eq!(blocks.line_at(second.len()), 3);
+        // One grown past a block is let go.
+        let long = "a".repeat(BLOCK + 1);
+        let mut blocks = Blocks::new(long.as_bytes());
+        while blocks.fill().unwrap().is_ok() {}
+        assert_eq!(blocks.data().len(), BLOCK + 1);
+        assert!(blocks.into_buffer().is_empty());
     }
 
     #[test]

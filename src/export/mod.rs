@@ -682,6 +682,9 @@ struct Sink<'s> {
     /// already, by a pass that stopped on a problem: the pass that reads the
     /// file again to report it drops them.
     skip: u64,
+    /// The block readers' window, handed on from file to file so that a
+    /// directory of pages allocates and clears it once.
+    window: Vec<u8>,
 }
 
 /// What becomes of a record offered before it is parsed.
@@ -709,6 +712,7 @@ impl<'s> Sink<'s> {
             records: 0,
             census: ColumnCensus::default(),
             skip: 0,
+            window: Vec::new(),
         }
     }
 
