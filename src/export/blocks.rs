@@ -96,6 +96,8 @@ pub(super) struct Blocks<R> {
 }
 
 impl<R: Read> Blocks<R> {
+    /// Read `inner` into a new window (the readers hand one on instead).
+    #[cfg(test)]
     pub fn new(inner: R) -> Self {
         Blocks::with_buffer(inner, Vec::new())
     }
