@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use crate::api::ApiClient;
@@ -422,26 +421,7 @@ impl Engine {
                         warn!(external_id = %item.mapped.external_id, error = %outcome.errors.join("; "), "record failed");
                         outcome
                     }
-                    // A task of its own, so that the records in flight are
-                    // worked on by every thread of the runtime, not only by
-                    // the one polling this stream; aborted with the cycle
-                    // when it is cut off, as it would be without a task.
-                    None => {
-                        let external_id = item.mapped.external_id.clone();
-                        let task = tokio::spawn(async move { pusher.sync_record(item).await });
-                        match AbortOnDropHandle::new(task).await {
-                            Ok(outcome) => outcome,
-                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                            Err(e) => {
-                                let mut outcome =
-                                    RecordOutcome::new(Some(external_id), Action::Failed);
-                                outcome
-                                    .errors
-                                    .push(format!("internal error: the record's task ended: {e}"));
-                                outcome
-                            }
-                        }
-                    }
+                    None => pusher.sync_record(item).await,
                 };
                 counters.count(outcome.action);
                 report(&outcome);
