@@ -18,5 +18,7 @@ export CRASH_TRIALS="${1:-${CRASH_TRIALS:-100}}"
 if [[ -n "${CRASH_SEED:-}" ]]; then
     export CRASH_SEED
 fi
+# The test runs the emulator binary, which `--test` does not build.
+cargo build --locked -p pc-emulator
 exec cargo test --locked --test reliability_crash -- \
     --ignored crash_trials_many --exact --nocapture

@@ -9,7 +9,6 @@ pub mod create_defaults;
 pub mod cycle;
 pub mod daemon;
 pub mod diff;
-pub mod emulator;
 pub mod export;
 pub mod lock;
 pub mod logging;

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use pc_emulator::{Emulator, EmulatorOptions};
 use referral_sync::config::Settings;
 use referral_sync::cycle::{Action, CycleRequest, Engine, RecordOutcome, Trigger};
-use referral_sync::emulator::{Emulator, EmulatorOptions};
 use referral_sync::mapping::Mapper;
 use referral_sync::store::Store;
 use serde_json::{Value, json};

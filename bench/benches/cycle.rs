@@ -1,21 +1,23 @@
 //! The cycle benchmark (see `support/harness.rs` and BENCHMARKS.md).
 //!
 //! ```text
-//! cargo bench --bench cycle -- [--sizes 50000,1000000]
+//! cargo bench -p referral-sync-bench --bench cycle -- [--sizes 50000,1000000]
 //!     [--layouts odata-file,odata,csv,jsonl] [--max-cycle-size N]
 //!     [--push-sizes N,…|none (default: the smallest size)] [--push-records 2000] [--concurrency 1,4,16]
 //!     [--latency 0,50] [--cycle-concurrency 16] [--repeats 3] [--page-size 5000]
 //!     [--seed 1] [--work DIR] [--out BENCHMARKS.md]
 //! ```
 //!
-//! Writes the results section of `--out` and prints it.
+//! Writes the results section of `--out` and prints it. Relative paths are
+//! taken from the workspace root, as `scripts/bench.sh` runs from there.
 
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use harness::{Binaries, Layout, Plan};
 
 fn main() -> ExitCode {
@@ -29,7 +31,9 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the bench crate is not inside the workspace")?;
     let mut plan = Plan::default_for(root.join("target/bench-work"));
     let mut out = root.join("BENCHMARKS.md");
 
@@ -70,9 +74,9 @@ fn run() -> anyhow::Result<()> {
             "--repeats" => plan.repeats = value()?.parse()?,
             "--page-size" => plan.page_size = value()?.parse()?,
             "--seed" => plan.seed = value()?.parse()?,
-            "--work" => plan.work_dir = PathBuf::from(value()?),
-            "--out" => out = PathBuf::from(value()?),
-            other => anyhow::bail!("unknown argument {other}; see benches/cycle.rs"),
+            "--work" => plan.work_dir = root.join(value()?),
+            "--out" => out = root.join(value()?),
+            other => anyhow::bail!("unknown argument {other}; see bench/benches/cycle.rs"),
         }
     }
 
@@ -80,11 +84,7 @@ fn run() -> anyhow::Result<()> {
         plan.push_sizes = plan.sizes.iter().min().copied().into_iter().collect();
     }
 
-    let bins = Binaries {
-        referral_sync: PathBuf::from(env!("CARGO_BIN_EXE_referral-sync")),
-        pc_emulator: PathBuf::from(env!("CARGO_BIN_EXE_pc-emulator")),
-        gen_export: PathBuf::from(env!("CARGO_BIN_EXE_gen-export")),
-    };
+    let bins = Binaries::find()?;
     let started = std::time::Instant::now();
     let report = harness::run(&plan, &bins, &mut |line| {
         eprintln!("{:>7.1}s {line}", started.elapsed().as_secs_f64());

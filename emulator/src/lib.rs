@@ -60,8 +60,6 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::model::Document;
-
 pub use faults::{FaultAction, FaultRule, FaultRuleError, parse_fault_rules};
 pub use journal::{JournalEntry, Outcome};
 pub use rejection::Rejection;
@@ -76,7 +74,7 @@ use tokens::TokenBook;
 pub struct EmulatorOptions {
     /// Referrals that already exist; missing ids, eTags and dates are
     /// generated.
-    pub seed: Vec<Document>,
+    pub seed: Vec<Value>,
     /// Access tokens accepted from the start; they never expire on their
     /// own.
     pub access_tokens: Vec<String>,
@@ -142,7 +140,7 @@ pub enum EmulatorError {
 
 /// Read a seed file: an array of referral documents, or `{"value": [...]}`
 /// (the shape of a list page and of `GET /_admin/referrals`).
-pub fn load_seed(path: &Path) -> Result<Vec<Document>, EmulatorError> {
+pub fn load_seed(path: &Path) -> Result<Vec<Value>, EmulatorError> {
     match read_json(path)? {
         Value::Array(referrals) => Ok(referrals),
         Value::Object(mut object) => match object.remove("value") {

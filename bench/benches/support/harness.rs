@@ -38,6 +38,45 @@ pub struct Binaries {
     pub gen_export: PathBuf,
 }
 
+impl Binaries {
+    /// `gen-export` of this package, and `referral-sync` and `pc-emulator`
+    /// of the workspace's other members. Cargo only hands a bench or test
+    /// the binaries of its own package, so those two are found where cargo
+    /// puts every binary of the profile: next to the `deps/` directory the
+    /// running executable is in.
+    pub fn find() -> anyhow::Result<Binaries> {
+        let running = std::env::current_exe().context("cannot find the running executable")?;
+        let profile = running
+            .parent()
+            .and_then(Path::parent)
+            .with_context(|| format!("{} is not in target/<profile>/deps", running.display()))?;
+        let member = |name: &str, package: &str| {
+            let bin = profile.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+            ensure!(
+                bin.is_file(),
+                "{} is missing: build it with `cargo build{} -p {package}`",
+                bin.display(),
+                profile_flag(profile)
+            );
+            Ok(bin)
+        };
+        Ok(Binaries {
+            referral_sync: member("referral-sync", "referral-sync")?,
+            pc_emulator: member("pc-emulator", "pc-emulator")?,
+            gen_export: PathBuf::from(env!("CARGO_BIN_EXE_gen-export")),
+        })
+    }
+}
+
+/// The cargo flag that builds into `target/<profile>`.
+fn profile_flag(profile: &Path) -> String {
+    match profile.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => String::new(),
+        Some("release") => " --release".to_owned(),
+        Some(name) => format!(" --profile {name}"),
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {

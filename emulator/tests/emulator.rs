@@ -25,7 +25,7 @@ struct Emulator {
 impl Emulator {
     /// Seeded from `examples/emulator-seed.json`.
     fn start(extra: &[&str]) -> Emulator {
-        let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/emulator-seed.json");
+        let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/emulator-seed.json");
         Self::start_with_seed_file(seed, extra, tempfile::tempdir().unwrap())
     }
 

@@ -2,7 +2,7 @@
 //! and for trying referral-sync without an account.
 //!
 //! Prints `listening on http://ADDR` once bound; point `api.base_url` at
-//! `http://ADDR/v1.0`. See `referral_sync::emulator` for the endpoints.
+//! `http://ADDR/v1.0`. See the `pc_emulator` library for the endpoints.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use referral_sync::emulator::{self, Emulator, EmulatorOptions};
+use pc_emulator::{Emulator, EmulatorOptions};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -88,11 +88,11 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let seed = match &flags.seed {
-        Some(path) => emulator::load_seed(path)?,
+        Some(path) => pc_emulator::load_seed(path)?,
         None => Vec::new(),
     };
     let faults = match &flags.faults {
-        Some(path) => emulator::load_faults(path)?,
+        Some(path) => pc_emulator::load_faults(path)?,
         None => Vec::new(),
     };
     let options = EmulatorOptions {

@@ -9,14 +9,6 @@ mod harness;
 
 use harness::{Binaries, Layout, Plan, RESULTS_BEGIN, RESULTS_END, Step};
 
-fn binaries() -> Binaries {
-    Binaries {
-        referral_sync: env!("CARGO_BIN_EXE_referral-sync").into(),
-        pc_emulator: env!("CARGO_BIN_EXE_pc-emulator").into(),
-        gen_export: env!("CARGO_BIN_EXE_gen-export").into(),
-    }
-}
-
 #[test]
 fn a_tiny_run_yields_every_row_of_the_table() {
     let work = tempfile::tempdir().unwrap();
@@ -37,7 +29,7 @@ fn a_tiny_run_yields_every_row_of_the_table() {
         work_dir: work.path().join("bench"),
     };
     let mut progress = Vec::new();
-    let report = harness::run(&plan, &binaries(), &mut |line| {
+    let report = harness::run(&plan, &Binaries::find().unwrap(), &mut |line| {
         progress.push(line.to_owned())
     })
     .unwrap_or_else(|e| panic!("{e:#}\nprogress:\n{}", progress.join("\n")));
