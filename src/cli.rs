@@ -1,10 +1,9 @@
 //! The command line: argument parsing, and one function per command. Every
-//! command returns an [`ExitCode`] from the documented table; errors are
-//! printed once, to standard error, with what and where.
+//! command returns an [`ExitCode`] from the documented table, or a
+//! [`Failure`], whose error is reported once, in [`run`], with what and where.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -14,36 +13,13 @@ use tokio::sync::watch;
 use crate::api::auth::{SecretFile, check_secret_file};
 use crate::config::Settings;
 use crate::cycle::scan::{self, ScanOptions};
-use crate::cycle::{Action, CycleError, CycleRequest, Engine, RecordOutcome, Trigger};
+use crate::cycle::{Action, CycleOutcome, CycleRequest, Engine, RecordOutcome, Trigger};
 use crate::diff::{self, DiffOptions};
-use crate::lock::{LockError, StoreLock};
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::lock::StoreLock;
 use crate::model::ManagedPaths;
 use crate::store::Store;
 use crate::{logging, service};
-
-/// Exit codes, as documented in the README.
-pub mod exit {
-    /// Everything synced or unchanged; the check found nothing.
-    pub const OK: u8 = 0;
-    /// The cycle ran, but some records failed, are invalid or unresolved;
-    /// or `check` found problems.
-    pub const RECORDS: u8 = 1;
-    /// Usage or configuration error: nothing started.
-    pub const CONFIG: u8 = 2;
-    /// The export could not be read: nothing was changed.
-    pub const EXPORT: u8 = 3;
-    /// Too many known records are missing from the export: nothing was
-    /// changed until confirmed with `--allow-missing` or a resync.
-    pub const MISSING: u8 = 4;
-    /// Another referral-sync process holds the store.
-    pub const LOCKED: u8 = 5;
-    /// The store or the service failed in a way that stopped the run.
-    pub const RUNTIME: u8 = 6;
-    /// The cycle was skipped: a file of the export was modified less than
-    /// `export.settle_secs` ago. Nothing was read or changed; the next cycle
-    /// tries again.
-    pub const SKIPPED: u8 = 7;
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -126,9 +102,9 @@ pub enum Output {
 }
 
 /// Parse the arguments and run the command.
-pub fn main() -> ExitCode {
+pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    ExitCode::from(run(cli))
+    run(cli).into()
 }
 
 /// Print a line of command output. Output cut short by a closed pipe
@@ -143,7 +119,15 @@ macro_rules! outln {
     }};
 }
 
-pub fn run(cli: Cli) -> u8 {
+/// Run the command; a failure is reported here.
+pub fn run(cli: Cli) -> ExitCode {
+    dispatch(cli).unwrap_or_else(|failure| {
+        failure.report();
+        failure.code()
+    })
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Diff { before, after } => diff_command(&before, &after),
         Command::Sync(args) => with_settings(&cli.config, |settings| sync_command(settings, &args)),
@@ -165,34 +149,29 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-fn with_settings(path: &Path, command: impl FnOnce(Settings) -> u8) -> u8 {
-    match Settings::load(path) {
-        Ok(settings) => {
-            logging::init(settings.log.format, &settings.log.level);
-            command(settings)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::CONFIG
-        }
-    }
+fn with_settings(
+    path: &Path,
+    command: impl FnOnce(Settings) -> Result<ExitCode, Failure>,
+) -> Result<ExitCode, Failure> {
+    let settings = Settings::load(path).or_exit(ExitCode::Config)?;
+    logging::init(settings.log.format, &settings.log.level);
+    command(settings)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, u8> {
+/// The async runtime of a command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     service::async_runtime().map_err(|e| {
-        eprintln!("error: cannot start the async runtime: {e}");
-        exit::RUNTIME
+        Failure::new(
+            ExitCode::Runtime,
+            format!("cannot start the async runtime: {e}"),
+        )
     })
-}
-
-fn print_error(e: &dyn std::fmt::Display) {
-    eprintln!("error: {e}");
 }
 
 // ---------------------------------------------------------------------------
 // sync
 
-fn sync_command(settings: Settings, args: &SyncArgs) -> u8 {
+fn sync_command(settings: Settings, args: &SyncArgs) -> Result<ExitCode, Failure> {
     manual_cycle(settings, args, CycleRequest::new(Trigger::Manual))
 }
 
@@ -203,7 +182,7 @@ pub fn resync_plan(
     only: Option<Vec<String>>,
     output: Output,
     verbose: bool,
-) -> u8 {
+) -> Result<ExitCode, Failure> {
     let args = SyncArgs {
         dry_run: true,
         offline: false,
@@ -220,15 +199,13 @@ pub fn resync_plan(
 
 /// A cycle run by hand: `request` as given, made a dry run and allowed
 /// missing records as `args` say.
-fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) -> u8 {
+fn manual_cycle(
+    settings: Settings,
+    args: &SyncArgs,
+    mut request: CycleRequest,
+) -> Result<ExitCode, Failure> {
     let settings = Arc::new(settings);
-    let mapper = match settings.mapper() {
-        Ok(m) => Arc::new(m),
-        Err(e) => {
-            print_error(&e);
-            return exit::CONFIG;
-        }
-    };
+    let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
     // A real cycle takes the lock and the store; a dry run only reads.
     let (_lock, store) = if args.dry_run {
         let store = match Store::open_read_only(&settings.store_path) {
@@ -238,35 +215,16 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         };
         (None, store)
     } else {
-        let lock = match StoreLock::acquire(&settings.store_path) {
-            Ok(lock) => lock,
-            Err(e @ LockError::Held { .. }) => {
-                print_error(&e);
-                return exit::LOCKED;
-            }
-            Err(e) => {
-                print_error(&e);
-                return exit::RUNTIME;
-            }
-        };
+        let lock =
+            StoreLock::acquire(&settings.store_path).map_err(|e| Failure::new(e.exit_code(), e))?;
         (Some(lock), Store::open(&settings.store_path))
     };
-    let store = match store {
-        Ok(store) => Arc::new(Mutex::new(store)),
-        Err(e) => {
-            print_error(&e);
-            return exit::RUNTIME;
-        }
-    };
-    let runtime = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+    let store = Arc::new(Mutex::new(store.or_exit(ExitCode::Runtime)?));
+    let runtime = runtime()?;
     let offline = args.dry_run && (args.offline || settings.auth.is_none());
     // A secret the client cannot use would fail every record one by one.
     if !offline && let Some(problem) = unusable_secret_file(&settings) {
-        print_error(&problem);
-        return exit::CONFIG;
+        return Err(Failure::new(ExitCode::Config, problem));
     }
     // A dry run changes nothing, and counts nothing.
     let metrics = (!args.dry_run && settings.metrics.enabled()).then(|| {
@@ -283,13 +241,7 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         let client = if offline {
             None
         } else {
-            match service::build_observed_client(&settings, observer) {
-                Ok(client) => Some(client),
-                Err(e) => {
-                    print_error(&e);
-                    return exit::CONFIG;
-                }
-            }
+            Some(service::build_observed_client(&settings, observer).or_exit(ExitCode::Config)?)
         };
         // Ctrl-C or SIGTERM: no new record starts, those in flight finish,
         // and a listing stops.
@@ -307,10 +259,12 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
         let output = args.output;
         let printer = RecordPrinter::new(std::io::stdout(), output, args.verbose);
         let report = |outcome: &RecordOutcome| printer.print(outcome);
-        if let Err(e) = crate::daemon::signals::stop_on_signal(stop_tx) {
-            print_error(&format!("cannot install the signal handlers: {e}"));
-            return exit::RUNTIME;
-        }
+        crate::daemon::signals::stop_on_signal(stop_tx).map_err(|e| {
+            Failure::new(
+                ExitCode::Runtime,
+                format!("cannot install the signal handlers: {e}"),
+            )
+        })?;
         let progress = crate::progress::Progress::for_manual_run(trigger);
         let report = progress.wrap(report);
         let result = engine.run_cycle(request, &report, stop_rx).await;
@@ -322,50 +276,29 @@ fn manual_cycle(settings: Settings, args: &SyncArgs, mut request: CycleRequest) 
                     "{}: {summary}",
                     if args.dry_run { "plan" } else { "synced" }
                 );
-                if summary.interrupted {
+                let outcome = CycleOutcome::of(&summary);
+                if outcome == CycleOutcome::Interrupted {
                     eprintln!("{line}");
-                    print_error(
-                        &"the cycle was interrupted; records not reached stay as they were",
-                    );
-                    return exit::RUNTIME;
+                    return Err(Failure::new(
+                        outcome.exit_code(),
+                        "the cycle was interrupted; records not reached stay as they were",
+                    ));
                 }
                 match output {
                     Output::Text => outln!("{line}"),
                     Output::Json => eprintln!("{line}"),
                 }
-                if summary.is_clean() {
-                    exit::OK
-                } else {
-                    exit::RECORDS
-                }
+                Ok(outcome.exit_code())
             }
-            Err(e @ CycleError::Scan(scan::ScanError::Unsettled(_))) => {
+            Err(e) if e.is_skip() => {
                 // Not a failure: cron can tell it by its exit code and line.
                 eprintln!("skipped: {}", printable(&e.to_string()));
-                exit::SKIPPED
+                Ok(e.exit_code())
             }
-            Err(e) => {
-                // It may quote a file name or a value from the export.
-                print_error(&printable(&e.to_string()));
-                cycle_exit_code(&e)
-            }
+            // It may quote a file name or a value from the export.
+            Err(e) => Err(Failure::new(e.exit_code(), printable(&e.to_string()))),
         }
     })
-}
-
-pub fn cycle_exit_code(e: &CycleError) -> u8 {
-    match e {
-        CycleError::Scan(scan::ScanError::Export(_) | scan::ScanError::SchemaChanged(_)) => {
-            exit::EXPORT
-        }
-        CycleError::Scan(scan::ScanError::Unsettled(_)) => exit::SKIPPED,
-        // Nothing was sent, but the export must be read again.
-        CycleError::Scan(scan::ScanError::Changed(_)) => exit::RUNTIME,
-        // The push phase had started: some records may have been sent.
-        CycleError::SecondRead(_) | CycleError::ExportChanged(_) => exit::RUNTIME,
-        CycleError::TooManyMissing { .. } => exit::MISSING,
-        _ => exit::RUNTIME,
-    }
 }
 
 /// One record, as a person reads it or as one JSON line.
@@ -553,11 +486,11 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 // ---------------------------------------------------------------------------
 // status
 
-fn status_command(settings: Settings, as_json: bool) -> u8 {
+fn status_command(settings: Settings, as_json: bool) -> Result<ExitCode, Failure> {
     let holder = StoreLock::holder(&settings.store_path);
-    let store = match Store::open_read_only(&settings.store_path) {
-        Ok(Some(store)) => store,
-        Ok(None) => {
+    let store = match Store::open_read_only(&settings.store_path).or_exit(ExitCode::Runtime)? {
+        Some(store) => store,
+        None => {
             if as_json {
                 outln!(
                     "{}",
@@ -569,27 +502,12 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
                     settings.store_path.display()
                 );
             }
-            return exit::OK;
-        }
-        Err(e) => {
-            print_error(&e);
-            return exit::RUNTIME;
+            return Ok(ExitCode::Ok);
         }
     };
-    let report = (|| -> Result<_, crate::store::StoreError> {
-        Ok((
-            store.state_counts()?,
-            store.recent_cycles(10)?,
-            store.problems(100)?,
-        ))
-    })();
-    let (counts, cycles, problems) = match report {
-        Ok(r) => r,
-        Err(e) => {
-            print_error(&e);
-            return exit::RUNTIME;
-        }
-    };
+    let counts = store.state_counts().or_exit(ExitCode::Runtime)?;
+    let cycles = store.recent_cycles(10).or_exit(ExitCode::Runtime)?;
+    let problems = store.problems(100).or_exit(ExitCode::Runtime)?;
     // The lock holder is a daemon when its pid is the one the daemon wrote.
     let daemon_pid = crate::daemon::daemon_pid(&settings.store_path)
         .filter(|pid| holder.as_deref() == Some(pid.to_string().as_str()));
@@ -608,7 +526,7 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
                 "problems": problems,
             })
         );
-        return exit::OK;
+        return Ok(ExitCode::Ok);
     }
     outln!("store      {}", settings.store_path.display());
     match (&holder, daemon_pid) {
@@ -663,13 +581,13 @@ fn status_command(settings: Settings, as_json: bool) -> u8 {
             );
         }
     }
-    exit::OK
+    Ok(ExitCode::Ok)
 }
 
 // ---------------------------------------------------------------------------
 // check
 
-fn check_command(settings: Settings) -> u8 {
+fn check_command(settings: Settings) -> Result<ExitCode, Failure> {
     let mut problems: Vec<String> = Vec::new();
     outln!("configuration {}: ok", settings.source.display());
     for (key, kind, path) in secret_files(&settings) {
@@ -685,13 +603,7 @@ fn check_command(settings: Settings) -> u8 {
     if settings.auth.is_none() {
         outln!("auth: none configured (only `sync --dry-run` can run)");
     }
-    let mapper = match settings.mapper() {
-        Ok(m) => m,
-        Err(e) => {
-            print_error(&e);
-            return exit::CONFIG;
-        }
-    };
+    let mapper = settings.mapper().or_exit(ExitCode::Config)?;
     let store = match Store::open_read_only(&settings.store_path) {
         Ok(Some(store)) => Ok(store),
         Ok(None) => Store::open_in_memory(),
@@ -701,13 +613,7 @@ fn check_command(settings: Settings) -> u8 {
         Ok(s) => s,
         Err(e) => {
             problems.push(e.to_string());
-            match Store::open_in_memory() {
-                Ok(s) => s,
-                Err(e) => {
-                    print_error(&e);
-                    return exit::RUNTIME;
-                }
-            }
+            Store::open_in_memory().or_exit(ExitCode::Runtime)?
         }
     };
     // Dropped columns are reported below with the rest, not in place of it.
@@ -758,10 +664,10 @@ fn check_command(settings: Settings) -> u8 {
     }
     if problems.is_empty() {
         outln!("no problems found");
-        exit::OK
+        Ok(ExitCode::Ok)
     } else {
         outln!("{} problem(s) found", problems.len());
-        exit::RECORDS
+        Ok(ExitCode::Records)
     }
 }
 
@@ -810,7 +716,7 @@ fn unusable_secret_file(settings: &Settings) -> Option<String> {
 // ---------------------------------------------------------------------------
 // diff
 
-fn diff_command(before: &Path, after: &Path) -> u8 {
+fn diff_command(before: &Path, after: &Path) -> Result<ExitCode, Failure> {
     let read = |path: &Path| -> Result<serde_json::Value, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text)
@@ -818,10 +724,7 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
     };
     let (before, after) = match (read(before), read(after)) {
         (Ok(b), Ok(a)) => (b, a),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
-            return exit::CONFIG;
-        }
+        (Err(e), _) | (_, Err(e)) => return Err(Failure::new(ExitCode::Config, e)),
     };
     let planned = diff::plan_patch(
         &before,
@@ -829,29 +732,21 @@ fn diff_command(before: &Path, after: &Path) -> u8 {
         &ManagedPaths::all(),
         &DiffOptions::default(),
     );
-    match serde_json::to_string_pretty(&planned.ops) {
-        Ok(text) => outln!("{text}"),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::RUNTIME;
-        }
-    }
+    let text = serde_json::to_string_pretty(&planned.ops).or_exit(ExitCode::Runtime)?;
+    outln!("{text}");
     for r in &planned.rejected {
         eprintln!("not sent: {}: {}", r.path, r.reason);
     }
     if planned.rejected.is_empty() {
-        exit::OK
+        Ok(ExitCode::Ok)
     } else {
-        exit::RECORDS
+        Ok(ExitCode::Records)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::export::{ExportError, FileChange};
 
     #[test]
     fn the_text_output_escapes_what_could_forge_a_line_or_drive_the_terminal() {
@@ -973,41 +868,5 @@ mod tests {
             .collect();
         let expected: Vec<String> = (1..=total).map(|n| format!("L-{n}")).collect();
         assert_eq!(ids, expected);
-    }
-
-    #[test]
-    fn export_problems_found_by_the_scan_have_their_own_exit_codes() {
-        let path = PathBuf::from("export/page-1.json");
-        let cases = [
-            (ExportError::Empty { path: path.clone() }, exit::EXPORT),
-            (
-                ExportError::NotAFile {
-                    path: path.clone(),
-                    kind: "a FIFO (named pipe)",
-                },
-                exit::EXPORT,
-            ),
-            (
-                ExportError::Changed {
-                    path: path.clone(),
-                    change: FileChange::Replaced,
-                },
-                exit::RUNTIME,
-            ),
-            (
-                ExportError::Unsettled {
-                    path: path.clone(),
-                    age: None,
-                    settle: std::time::Duration::from_secs(60),
-                },
-                exit::SKIPPED,
-            ),
-        ];
-        for (error, code) in cases {
-            let text = error.to_string();
-            let error = CycleError::Scan(scan::ScanError::from(error));
-            assert_eq!(cycle_exit_code(&error), code, "{text}");
-            assert_eq!(error.is_skip(), code == exit::SKIPPED, "{text}");
-        }
     }
 }

@@ -10,6 +10,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod diff;
 pub mod emulator;
+pub mod exit;
 pub mod export;
 pub mod lock;
 pub mod logging;

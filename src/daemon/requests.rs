@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::CycleSummary;
+use crate::cycle::{CycleOutcome, CycleSummary};
+use crate::exit::ExitCode;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +52,45 @@ pub struct ResyncRequest {
     pub requested_by_pid: Option<i64>,
 }
 
+/// How a resync request ended (`resync_requests.outcome`): as its cycle
+/// did, or withdrawn before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    Cycle(CycleOutcome),
+    Cancelled,
+}
+
+impl RequestOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOutcome::Cycle(outcome) => outcome.as_str(),
+            RequestOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// As stored; a request closed without a known outcome failed.
+    fn parse(text: Option<&str>) -> RequestOutcome {
+        match text {
+            Some("cancelled") => RequestOutcome::Cancelled,
+            Some(text) => RequestOutcome::Cycle(text.parse().unwrap_or(CycleOutcome::Failed)),
+            None => RequestOutcome::Cycle(CycleOutcome::Failed),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a resync came to, as the command that asked for it reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResyncResult {
-    /// As `cycles.outcome`: ok, partial, failed, interrupted.
-    pub outcome: String,
+    pub outcome: RequestOutcome,
     pub summary: CycleSummary,
-    /// The exit code `referral-sync resync` ends with (see `cli::exit`).
-    pub exit_code: u8,
+    /// The exit code `referral-sync resync` ends with.
+    pub exit_code: ExitCode,
     pub error: Option<String>,
 }
 
@@ -157,7 +189,7 @@ pub fn finish(store: &Store, ids: &[i64], result: &ResyncResult) -> Result<(), R
     let err = sqlite_error(store.path());
     let summary = serde_json::to_string(&StoredSummary {
         summary: result.summary,
-        exit_code: result.exit_code,
+        exit_code: result.exit_code.as_u8(),
     })
     .unwrap_or_default();
     let finished_at = now();
@@ -175,7 +207,7 @@ pub fn finish(store: &Store, ids: &[i64], result: &ResyncResult) -> Result<(), R
             stmt.execute(params![
                 id,
                 finished_at,
-                result.outcome,
+                result.outcome.as_str(),
                 summary,
                 result.error
             ])
@@ -239,11 +271,11 @@ pub fn state(store: &Store, id: i64) -> Result<RequestState, RequestError> {
     Ok(match (started_at, finished_at) {
         (_, Some(_)) => {
             let stored = summary.and_then(|s| serde_json::from_str::<StoredSummary>(&s).ok());
-            let outcome = outcome.unwrap_or_else(|| "failed".to_owned());
+            let outcome = RequestOutcome::parse(outcome.as_deref());
             let exit_code = match &stored {
-                Some(stored) => stored.exit_code,
-                None if outcome == "ok" => crate::cli::exit::OK,
-                None => crate::cli::exit::RUNTIME,
+                Some(stored) => ExitCode::from_u8(stored.exit_code).unwrap_or(ExitCode::Runtime),
+                None if outcome == RequestOutcome::Cycle(CycleOutcome::Ok) => ExitCode::Ok,
+                None => ExitCode::Runtime,
             };
             RequestState::Finished(ResyncResult {
                 outcome,
@@ -463,14 +495,14 @@ mod tests {
         assert!(queued(&store).unwrap().is_empty());
         assert_eq!(open_count(&store).unwrap(), 2);
         let result = ResyncResult {
-            outcome: "partial".to_owned(),
+            outcome: RequestOutcome::Cycle(CycleOutcome::Partial),
             summary: CycleSummary {
                 seen: 5,
                 updated: 2,
                 failed: 1,
                 ..CycleSummary::default()
             },
-            exit_code: crate::cli::exit::RECORDS,
+            exit_code: ExitCode::Records,
             error: None,
         };
         finish(&store, &[id, full], &result).unwrap();
@@ -488,13 +520,13 @@ mod tests {
         let (_dir, store) = store();
         let id = insert(&store, None, None).unwrap();
         let result = ResyncResult {
-            outcome: "ok".to_owned(),
+            outcome: RequestOutcome::Cycle(CycleOutcome::Ok),
             summary: CycleSummary {
                 seen: 3,
                 unchanged: 3,
                 ..CycleSummary::default()
             },
-            exit_code: 0,
+            exit_code: ExitCode::Ok,
             error: None,
         };
         finish(&store, &[id], &result).unwrap();
@@ -523,8 +555,8 @@ mod tests {
         assert!(!cancel_queued(&store, started_id, "gone").unwrap());
         match state(&store, queued_id).unwrap() {
             RequestState::Finished(r) => {
-                assert_eq!(r.outcome, "cancelled");
-                assert_eq!(r.exit_code, crate::cli::exit::RUNTIME);
+                assert_eq!(r.outcome, RequestOutcome::Cancelled);
+                assert_eq!(r.exit_code, ExitCode::Runtime);
                 assert_eq!(r.error.as_deref(), Some("gone"));
             }
             other => panic!("{other:?}"),
@@ -541,7 +573,7 @@ mod tests {
         assert_eq!(fail_abandoned(&store).unwrap(), 1);
         match state(&store, started).unwrap() {
             RequestState::Finished(r) => {
-                assert_eq!(r.outcome, "failed");
+                assert_eq!(r.outcome.to_string(), "failed");
                 assert_eq!(
                     r.error.as_deref(),
                     Some("the daemon stopped before this resync finished")

@@ -6,21 +6,21 @@
 //! ends with the exit codes of `sync`.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cli::{Output, RecordPrinter, cycle_exit_code, exit};
+use crate::cli::{Output, RecordPrinter};
 use crate::config::Settings;
-use crate::cycle::{Action, CycleRequest, Engine, RecordOutcome, Trigger};
+use crate::cycle::{Action, CycleOutcome, CycleRequest, Engine, RecordOutcome, Trigger};
+use crate::exit::{ExitCode, Failure, OrExit};
 use crate::lock::{LockError, StoreLock};
 use crate::progress::{self, Progress};
 use crate::service;
 use crate::store::Store;
 
-use super::requests::{self, RequestState, ResyncResult};
+use super::requests::{self, RequestOutcome, RequestState, ResyncResult};
 use super::{HOUSEKEEPING_INTERVAL, daemon_pid, signals};
 
 /// How often the command looks at its request while the daemon works.
@@ -93,11 +93,8 @@ pub fn unmatched_message(ids: &[&str]) -> String {
     )
 }
 
-pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
-    let only = match only_ids(args) {
-        Ok(only) => only,
-        Err(e) => return print_error(exit::CONFIG, &e),
-    };
+pub fn resync_command(settings: Settings, args: &ResyncArgs) -> Result<ExitCode, Failure> {
+    let only = only_ids(args).or_exit(ExitCode::Config)?;
     if args.dry_run {
         // Writes nothing, so it neither needs the lock nor the daemon.
         return crate::cli::resync_plan(settings, only, args.output, args.verbose);
@@ -105,13 +102,8 @@ pub fn resync_command(settings: Settings, args: &ResyncArgs) -> u8 {
     match StoreLock::acquire(&settings.store_path) {
         Ok(lock) => resync_here(settings, lock, only, args.verbose),
         Err(LockError::Held { pid, .. }) => resync_through_daemon(&settings, &pid, only),
-        Err(e) => print_error(exit::RUNTIME, &e),
+        Err(e) => Err(Failure::new(e.exit_code(), e)),
     }
-}
-
-fn print_error(code: u8, e: &dyn std::fmt::Display) -> u8 {
-    eprintln!("error: {e}");
-    code
 }
 
 // ---------------------------------------------------------------------------
@@ -122,25 +114,13 @@ fn resync_here(
     lock: StoreLock,
     only: Option<Vec<String>>,
     verbose: bool,
-) -> u8 {
+) -> Result<ExitCode, Failure> {
     let settings = Arc::new(settings);
-    let mapper = match settings.mapper() {
-        Ok(mapper) => Arc::new(mapper),
-        Err(e) => return print_error(exit::CONFIG, &e),
-    };
-    let store = match Store::open(&settings.store_path) {
-        Ok(store) => Arc::new(Mutex::new(store)),
-        Err(e) => return print_error(exit::RUNTIME, &e),
-    };
-    let runtime = match crate::service::async_runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return print_error(
-                exit::RUNTIME,
-                &format!("cannot start the async runtime: {e}"),
-            );
-        }
-    };
+    let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
+    let store = Arc::new(Mutex::new(
+        Store::open(&settings.store_path).or_exit(ExitCode::Runtime)?,
+    ));
+    let runtime = crate::cli::runtime()?;
     let metrics = settings.metrics.enabled().then(|| {
         let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
         if let Some(problem) = problem {
@@ -152,17 +132,15 @@ fn resync_here(
         let observer = metrics
             .clone()
             .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-        let client = match service::build_observed_client(&settings, observer) {
-            Ok(client) => client,
-            Err(e) => return print_error(exit::CONFIG, &e),
-        };
+        let client =
+            service::build_observed_client(&settings, observer).or_exit(ExitCode::Config)?;
         let (stop, stop_receiver) = watch::channel(false);
-        if let Err(e) = signals::stop_on_signal(stop) {
-            return print_error(
-                exit::RUNTIME,
-                &format!("cannot install signal handlers: {e}"),
-            );
-        }
+        signals::stop_on_signal(stop).map_err(|e| {
+            Failure::new(
+                ExitCode::Runtime,
+                format!("cannot install signal handlers: {e}"),
+            )
+        })?;
         client.interrupt_listings_on(stop_receiver.clone());
         let engine =
             Engine::new(Arc::clone(&settings), mapper, store, Some(client)).with_metrics(metrics);
@@ -191,31 +169,28 @@ fn resync_here(
             .await;
         progress.finish();
         printer.finish();
-        match result {
-            Ok(summary) if *stop_receiver.borrow() => {
-                crate::outln!("interrupted: {summary}");
-                eprintln!(
-                    "error: the resync was interrupted; records not reached stay as they were"
-                );
-                exit::RUNTIME
-            }
-            Ok(summary) => {
-                crate::outln!("resynced: {summary}");
-                let reported = reported.lock().map(|r| r.clone()).unwrap_or_default();
-                let unmatched = only
-                    .as_deref()
-                    .map(|only| unmatched_ids(only, &reported))
-                    .unwrap_or_default();
-                if !unmatched.is_empty() {
-                    eprintln!("error: {}", unmatched_message(&unmatched));
-                    exit::RECORDS
-                } else if summary.is_clean() {
-                    exit::OK
-                } else {
-                    exit::RECORDS
-                }
-            }
-            Err(e) => print_error(cycle_exit_code(&e), &e),
+        let summary = result.map_err(|e| Failure::new(e.exit_code(), &e))?;
+        let outcome = CycleOutcome::of(&summary);
+        if outcome == CycleOutcome::Interrupted {
+            crate::outln!("interrupted: {summary}");
+            return Err(Failure::new(
+                outcome.exit_code(),
+                "the resync was interrupted; records not reached stay as they were",
+            ));
+        }
+        crate::outln!("resynced: {summary}");
+        let reported = reported.lock().map(|r| r.clone()).unwrap_or_default();
+        let unmatched = only
+            .as_deref()
+            .map(|only| unmatched_ids(only, &reported))
+            .unwrap_or_default();
+        if unmatched.is_empty() {
+            Ok(outcome.exit_code())
+        } else {
+            Err(Failure::new(
+                ExitCode::Records,
+                unmatched_message(&unmatched),
+            ))
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -226,31 +201,30 @@ fn resync_here(
 // ---------------------------------------------------------------------------
 // A daemon holds the store: ask it.
 
-fn resync_through_daemon(settings: &Settings, holder: &str, only: Option<Vec<String>>) -> u8 {
+fn resync_through_daemon(
+    settings: &Settings,
+    holder: &str,
+    only: Option<Vec<String>>,
+) -> Result<ExitCode, Failure> {
     let store_path = &settings.store_path;
     let pid = match holder.parse::<u32>() {
         Ok(pid) if daemon_pid(store_path) == Some(pid) => pid,
         _ => {
-            return print_error(
-                exit::LOCKED,
-                &format!(
+            return Err(Failure::new(
+                ExitCode::Locked,
+                format!(
                     "store {} is in use by pid {holder}, which is not a referral-sync daemon \
                      (a `sync` or `resync` still running?); try again when it has finished",
                     store_path.display()
                 ),
-            );
+            ));
         }
     };
     // The daemon holds the store: write the request beside it without
     // migrating anything under it.
-    let store = match Store::open_shared(store_path) {
-        Ok(store) => store,
-        Err(e) => return print_error(exit::RUNTIME, &e),
-    };
-    let id = match requests::insert(&store, only.as_deref(), Some(std::process::id())) {
-        Ok(id) => id,
-        Err(e) => return print_error(exit::RUNTIME, &e),
-    };
+    let store = Store::open_shared(store_path).or_exit(ExitCode::Runtime)?;
+    let id = requests::insert(&store, only.as_deref(), Some(std::process::id()))
+        .or_exit(ExitCode::Runtime)?;
     match signals::send_hangup(pid) {
         Ok(()) => eprintln!("resync request {id} sent to the daemon (pid {pid})"),
         Err(e) => eprintln!(
@@ -260,9 +234,9 @@ fn resync_through_daemon(settings: &Settings, holder: &str, only: Option<Vec<Str
         ),
     }
     let spinner = progress::waiting_spinner(format!("resync request {id}: queued"));
-    let code = wait_for_answer(&store, id, pid, holder, &spinner);
+    let answer = wait_for_answer(&store, id, pid, holder, &spinner);
     spinner.finish_and_clear();
-    code
+    answer
 }
 
 fn wait_for_answer(
@@ -271,30 +245,29 @@ fn wait_for_answer(
     pid: u32,
     holder: &str,
     spinner: &indicatif::ProgressBar,
-) -> u8 {
+) -> Result<ExitCode, Failure> {
     loop {
         std::thread::sleep(POLL_INTERVAL);
-        match requests::state(store, id) {
-            Ok(RequestState::Finished(result)) => {
+        match requests::state(store, id).or_exit(ExitCode::Runtime)? {
+            RequestState::Finished(result) => {
                 spinner.finish_and_clear();
                 return print_result(&result);
             }
-            Ok(RequestState::Queued) => spinner.set_message(format!(
+            RequestState::Queued => spinner.set_message(format!(
                 "resync request {id}: queued behind the running cycle"
             )),
-            Ok(RequestState::Running) => spinner.set_message(format!(
+            RequestState::Running => spinner.set_message(format!(
                 "resync request {id}: the daemon (pid {pid}) is running it"
             )),
-            Ok(RequestState::Missing) => {
-                return print_error(
-                    exit::RUNTIME,
-                    &format!(
+            RequestState::Missing => {
+                return Err(Failure::new(
+                    ExitCode::Runtime,
+                    format!(
                         "resync request {id} is no longer in store {}",
                         store.path().display()
                     ),
-                );
+                ));
             }
-            Err(e) => return print_error(exit::RUNTIME, &e),
         }
         if StoreLock::holder(store.path()).as_deref() == Some(holder) {
             continue;
@@ -305,41 +278,39 @@ fn wait_for_answer(
             return print_result(&result);
         }
         let reason = format!("the daemon (pid {pid}) stopped before taking up the request");
-        return match requests::cancel_queued(store, id, &reason) {
-            Ok(true) => print_error(
-                exit::RUNTIME,
-                &format!("{reason}; resync request {id} was withdrawn and nothing was done"),
-            ),
-            Ok(false) => print_error(
-                exit::RUNTIME,
-                &format!(
-                    "the daemon (pid {pid}) stopped during resync request {id}; \
-                     see `referral-sync status` and the daemon's log"
-                ),
-            ),
-            Err(e) => print_error(exit::RUNTIME, &e),
+        let message = if requests::cancel_queued(store, id, &reason).or_exit(ExitCode::Runtime)? {
+            format!("{reason}; resync request {id} was withdrawn and nothing was done")
+        } else {
+            format!(
+                "the daemon (pid {pid}) stopped during resync request {id}; \
+                 see `referral-sync status` and the daemon's log"
+            )
         };
+        return Err(Failure::new(ExitCode::Runtime, message));
     }
 }
 
-fn print_result(result: &ResyncResult) -> u8 {
-    let mut out = std::io::stdout().lock();
-    match result.outcome.as_str() {
-        "ok" | "partial" => {
-            let _ = writeln!(out, "resynced: {}", result.summary);
-            if let Some(error) = &result.error {
-                eprintln!("error: {error}");
+/// The daemon's answer, as the command's own.
+fn print_result(result: &ResyncResult) -> Result<ExitCode, Failure> {
+    match result.outcome {
+        RequestOutcome::Cycle(CycleOutcome::Ok | CycleOutcome::Partial) => {
+            crate::outln!("resynced: {}", result.summary);
+            match &result.error {
+                Some(error) => Err(Failure::new(result.exit_code, error)),
+                None => Ok(result.exit_code),
             }
         }
         outcome => {
             if result.summary != Default::default() {
-                let _ = writeln!(out, "{outcome}: {}", result.summary);
+                crate::outln!("{outcome}: {}", result.summary);
             }
             let error = result.error.as_deref().unwrap_or("no reason recorded");
-            eprintln!("error: the resync {outcome}: {error}");
+            Err(Failure::new(
+                result.exit_code,
+                format!("the resync {outcome}: {error}"),
+            ))
         }
     }
-    result.exit_code
 }
 
 #[cfg(test)]
