@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod create_defaults;
+pub mod cron;
 pub mod cycle;
 pub mod daemon;
 pub mod diff;

@@ -194,5 +194,5 @@ fn show(value: &Value) -> String {
 }
 
 fn escape_for_terminal(text: &str) -> String {
-    crate::cli::printable(text).into_owned()
+    super::output::printable(text).into_owned()
 }

@@ -68,7 +68,7 @@ pub fn login_command(settings: Settings) -> Result<ExitCode, Failure> {
             );
         }
     };
-    let runtime = crate::cli::runtime()?;
+    let runtime = super::runtime()?;
     let path = refresh_token_file.clone();
     runtime.block_on(async move {
         let code = match flow.start(&http).await {

@@ -14,7 +14,6 @@
 
 pub mod notify;
 pub mod requests;
-pub mod resync;
 pub mod schedule;
 pub mod signals;
 
@@ -40,8 +39,6 @@ use notify::Notifier;
 use requests::{RequestOutcome, ResyncResult, plan_batches};
 use schedule::{Schedule, Tick};
 use signals::{SignalEvent, Signals};
-
-pub use resync::{ResyncArgs, resync_command};
 
 /// How often the daemon looks for resync requests whose SIGHUP did not
 /// arrive (the requester may not signal it) and checks the zone's offset.
@@ -454,13 +451,13 @@ impl Daemon {
                     .map(|reported| reported.clone())
                     .unwrap_or_default();
                 let unmatched = match &running.only {
-                    Some(only) if !summary.interrupted => resync::unmatched_ids(only, &reported),
+                    Some(only) if !summary.interrupted => requests::unmatched_ids(only, &reported),
                     _ => Vec::new(),
                 };
                 let error = if unmatched.is_empty() {
                     None
                 } else {
-                    let message = resync::unmatched_message(&unmatched);
+                    let message = requests::unmatched_message(&unmatched);
                     warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
                     if outcome == CycleOutcome::Ok {
                         outcome = CycleOutcome::Partial;

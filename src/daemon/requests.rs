@@ -401,6 +401,27 @@ pub fn open_count(store: &Store) -> Result<u64, RequestError> {
         .map_err(sqlite_error(store.path()))
 }
 
+/// The ids of `only` that no record of the cycle carried, in the order
+/// given.
+pub fn unmatched_ids<'a>(only: &'a [String], reported: &HashSet<String>) -> Vec<&'a str> {
+    only.iter()
+        .filter(|id| !reported.contains(*id))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The error for ids of `--only` that match no record.
+pub fn unmatched_message(ids: &[&str]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .map(|id| format!("`{}`", crate::api::cut_text(id, 120)))
+        .collect();
+    format!(
+        "--only: no record in the export has the external id {}",
+        shown.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +443,19 @@ mod tests {
 
     fn ids(list: &[&str]) -> Option<HashSet<String>> {
         Some(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn unmatched_ids_are_named_in_the_order_given() {
+        let only = ["b".to_owned(), "a".to_owned(), "c\n".to_owned()];
+        let reported = HashSet::from(["a".to_owned()]);
+        let unmatched = unmatched_ids(&only, &reported);
+        assert_eq!(unmatched, ["b", "c\n"]);
+        assert_eq!(
+            unmatched_message(&unmatched),
+            "--only: no record in the export has the external id `b`, `c\\n`"
+        );
+        assert!(unmatched_ids(&only[1..2], &reported).is_empty());
     }
 
     #[test]

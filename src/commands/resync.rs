@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cli::{Output, RecordPrinter};
 use crate::config::Settings;
 use crate::cycle::{Action, CycleOutcome, CycleRequest, Engine, RecordOutcome, Trigger};
 use crate::exit::{ExitCode, Failure, OrExit};
@@ -20,8 +19,12 @@ use crate::progress::{self, Progress};
 use crate::service;
 use crate::store::Store;
 
-use super::requests::{self, RequestOutcome, RequestState, ResyncResult};
-use super::{HOUSEKEEPING_INTERVAL, daemon_pid, signals};
+use crate::daemon::requests::{
+    self, RequestOutcome, RequestState, ResyncResult, unmatched_ids, unmatched_message,
+};
+use crate::daemon::{HOUSEKEEPING_INTERVAL, daemon_pid, signals};
+
+use super::output::{Output, RecordPrinter};
 
 /// How often the command looks at its request while the daemon works.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -72,32 +75,11 @@ pub fn only_ids(args: &ResyncArgs) -> Result<Option<Vec<String>>, EmptyExternalI
     Ok(Some(ids))
 }
 
-/// The ids of `only` that no record of the cycle carried, in the order
-/// given.
-pub fn unmatched_ids<'a>(only: &'a [String], reported: &HashSet<String>) -> Vec<&'a str> {
-    only.iter()
-        .filter(|id| !reported.contains(*id))
-        .map(String::as_str)
-        .collect()
-}
-
-/// The error for ids of `--only` that match no record.
-pub fn unmatched_message(ids: &[&str]) -> String {
-    let shown: Vec<String> = ids
-        .iter()
-        .map(|id| format!("`{}`", crate::api::cut_text(id, 120)))
-        .collect();
-    format!(
-        "--only: no record in the export has the external id {}",
-        shown.join(", ")
-    )
-}
-
 pub fn resync_command(settings: Settings, args: &ResyncArgs) -> Result<ExitCode, Failure> {
     let only = only_ids(args).or_exit(ExitCode::Config)?;
     if args.dry_run {
         // Writes nothing, so it neither needs the lock nor the daemon.
-        return crate::cli::resync_plan(settings, only, args.output, args.verbose);
+        return super::sync::resync_plan(settings, only, args.output, args.verbose);
     }
     match StoreLock::acquire(&settings.store_path) {
         Ok(lock) => resync_here(settings, lock, only, args.verbose),
@@ -120,7 +102,7 @@ fn resync_here(
     let store = Arc::new(Mutex::new(
         Store::open(&settings.store_path).or_exit(ExitCode::Runtime)?,
     ));
-    let runtime = crate::cli::runtime()?;
+    let runtime = super::runtime()?;
     let metrics = settings.metrics.enabled().then(|| {
         let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
         if let Some(problem) = problem {
@@ -324,19 +306,6 @@ mod tests {
             output: Output::Text,
             verbose: false,
         }
-    }
-
-    #[test]
-    fn unmatched_ids_are_named_in_the_order_given() {
-        let only = ["b".to_owned(), "a".to_owned(), "c\n".to_owned()];
-        let reported = HashSet::from(["a".to_owned()]);
-        let unmatched = unmatched_ids(&only, &reported);
-        assert_eq!(unmatched, ["b", "c\n"]);
-        assert_eq!(
-            unmatched_message(&unmatched),
-            "--only: no record in the export has the external id `b`, `c\\n`"
-        );
-        assert!(unmatched_ids(&only[1..2], &reported).is_empty());
     }
 
     #[test]
