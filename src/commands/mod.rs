@@ -1,12 +1,13 @@
 //! The commands, one file each (as mini-redis keeps `cmd/`): each takes the
 //! validated settings and returns its exit code or its [`Failure`].
 //! `output` is what they write; `sync` and `resync` run their cycle with
-//! `sync`'s runner.
+//! `manual`'s runner.
 
 pub mod check;
 pub mod diff;
 pub mod history;
 pub mod login;
+pub mod manual;
 pub mod output;
 pub mod resync;
 pub mod retry;

@@ -6,25 +6,21 @@
 //! ends with the exit codes of `sync`.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use crate::config::Settings;
-use crate::cycle::{Action, CycleOutcome, CycleRequest, Engine, RecordOutcome, Trigger};
-use crate::exit::{ExitCode, Failure, OrExit};
-use crate::lock::{LockError, StoreLock};
-use crate::progress::{self, Progress};
-use crate::service;
-use crate::store::Store;
-
+use crate::cycle::{CycleOutcome, CycleRequest, Trigger};
 use crate::daemon::requests::{
     self, RequestOutcome, RequestState, ResyncResult, unmatched_ids, unmatched_message,
 };
 use crate::daemon::{HOUSEKEEPING_INTERVAL, daemon_pid, signals};
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::lock::{LockError, StoreLock};
+use crate::progress;
+use crate::store::Store;
 
-use super::output::{Output, RecordPrinter};
+use super::manual::{ManualCycle, StoreAccess};
+use super::output::Output;
 
 /// How often the command looks at its request while the daemon works.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -97,87 +93,42 @@ fn resync_here(
     only: Option<Vec<String>>,
     verbose: bool,
 ) -> Result<ExitCode, Failure> {
-    let settings = Arc::new(settings);
-    let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
-    let store = Arc::new(Mutex::new(
-        Store::open(&settings.store_path).or_exit(ExitCode::Runtime)?,
-    ));
-    let runtime = super::runtime()?;
-    let metrics = settings.metrics.enabled().then(|| {
-        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
-        if let Some(problem) = problem {
-            eprintln!("warning: {problem}");
-        }
-        metrics
-    });
-    let code = runtime.block_on(async {
-        let observer = metrics
-            .clone()
-            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-        let client =
-            service::build_observed_client(&settings, observer).or_exit(ExitCode::Config)?;
-        let (stop, stop_receiver) = watch::channel(false);
-        signals::stop_on_signal(stop).map_err(|e| {
-            Failure::new(
-                ExitCode::Runtime,
-                format!("cannot install signal handlers: {e}"),
-            )
-        })?;
-        client.interrupt_listings_on(stop_receiver.clone());
-        let engine =
-            Engine::new(Arc::clone(&settings), mapper, store, Some(client)).with_metrics(metrics);
-        let mut request = CycleRequest::new(Trigger::Resync);
-        request.resync = true;
-        request.only = only.as_ref().map(|ids| ids.iter().cloned().collect());
-        let printer = RecordPrinter::new(std::io::stdout(), Output::Text, verbose);
-        let progress = Progress::for_manual_run(Trigger::Resync);
-        // Every record the cycle took up, to find the ids of --only that
-        // match none.
-        let reported = Mutex::new(HashSet::new());
+    let mut request = CycleRequest::new(Trigger::Resync);
+    request.resync = true;
+    request.only = only.as_ref().map(|ids| ids.iter().cloned().collect());
+    let cycle = ManualCycle {
+        request,
+        access: StoreAccess::Held(lock),
+        offline: false,
+        output: Output::Text,
+        verbose,
         // A resync takes up every record; the unchanged ones are only
         // counted.
-        let report = progress.wrap(|outcome: &RecordOutcome| {
-            if let Some(id) = &outcome.external_id
-                && let Ok(mut reported) = reported.lock()
-            {
-                reported.insert(id.clone());
-            }
-            if outcome.action != Action::Unchanged {
-                printer.print(outcome);
-            }
-        });
-        let result = engine
-            .run_cycle(request, &report, stop_receiver.clone())
-            .await;
-        progress.finish();
-        printer.finish();
-        let summary = result.map_err(|e| Failure::new(e.exit_code(), &e))?;
-        let outcome = CycleOutcome::of(&summary);
-        if outcome == CycleOutcome::Interrupted {
-            crate::outln!("interrupted: {summary}");
-            return Err(Failure::new(
-                outcome.exit_code(),
-                "the resync was interrupted; records not reached stay as they were",
-            ));
-        }
-        crate::outln!("resynced: {summary}");
-        let reported = reported.lock().map(|r| r.clone()).unwrap_or_default();
-        let unmatched = only
-            .as_deref()
-            .map(|only| unmatched_ids(only, &reported))
-            .unwrap_or_default();
-        if unmatched.is_empty() {
-            Ok(outcome.exit_code())
-        } else {
-            Err(Failure::new(
-                ExitCode::Records,
-                unmatched_message(&unmatched),
-            ))
-        }
-    });
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    drop(lock);
-    code
+        print_unchanged: false,
+    };
+    let ran = cycle.run(settings)?;
+    let summary = ran.result.map_err(|e| Failure::new(e.exit_code(), &e))?;
+    let outcome = CycleOutcome::of(&summary);
+    if outcome == CycleOutcome::Interrupted {
+        crate::outln!("interrupted: {summary}");
+        return Err(Failure::new(
+            outcome.exit_code(),
+            "the resync was interrupted; records not reached stay as they were",
+        ));
+    }
+    crate::outln!("resynced: {summary}");
+    let unmatched = only
+        .as_deref()
+        .map(|only| unmatched_ids(only, &ran.reported))
+        .unwrap_or_default();
+    if unmatched.is_empty() {
+        Ok(outcome.exit_code())
+    } else {
+        Err(Failure::new(
+            ExitCode::Records,
+            unmatched_message(&unmatched),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,19 +1,15 @@
 //! `referral-sync sync`: one cycle by hand — and `resync --dry-run`, the
 //! resync's plan, which runs the same way.
 
-use std::sync::{Arc, Mutex};
-
 use clap::Args;
-use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::cycle::{CycleOutcome, CycleRequest, Engine, RecordOutcome, Trigger};
-use crate::exit::{ExitCode, Failure, OrExit};
-use crate::lock::StoreLock;
-use crate::store::Store;
-use crate::{outln, service};
+use crate::cycle::{CycleOutcome, CycleRequest, Trigger};
+use crate::exit::{ExitCode, Failure};
+use crate::outln;
 
-use super::output::{Output, RecordPrinter, printable};
+use super::manual::{ManualCycle, StoreAccess};
+use super::output::{Output, printable};
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
@@ -77,99 +73,50 @@ fn manual_cycle(
     args: &SyncArgs,
     mut request: CycleRequest,
 ) -> Result<ExitCode, Failure> {
-    let settings = Arc::new(settings);
-    let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
+    request.dry_run = args.dry_run;
+    request.allow_missing |= args.allow_missing;
+    request.allow_schema_change = args.allow_schema_change;
+    request.list_unchanged = args.all;
     // A real cycle takes the lock and the store; a dry run only reads.
-    let (_lock, store) = if args.dry_run {
-        let store = match Store::open_read_only(&settings.store_path) {
-            Ok(Some(store)) => Ok(store),
-            Ok(None) => Store::open_in_memory(),
-            Err(e) => Err(e),
-        };
-        (None, store)
+    let access = if args.dry_run {
+        StoreAccess::ReadOnly
     } else {
-        let lock =
-            StoreLock::acquire(&settings.store_path).map_err(|e| Failure::new(e.exit_code(), e))?;
-        (Some(lock), Store::open(&settings.store_path))
+        StoreAccess::Lock
     };
-    let store = Arc::new(Mutex::new(store.or_exit(ExitCode::Runtime)?));
-    let runtime = super::runtime()?;
     let offline = args.dry_run && (args.offline || settings.auth.is_none());
-    // A secret the client cannot use would fail every record one by one.
-    if !offline {
-        service::check_secret_files(&settings).or_exit(ExitCode::Config)?;
+    let cycle = ManualCycle {
+        request,
+        access,
+        offline,
+        output: args.output,
+        verbose: args.verbose,
+        print_unchanged: true,
+    };
+    let summary = match cycle.run(settings)?.result {
+        Ok(summary) => summary,
+        Err(e) if e.is_skip() => {
+            // Not a failure: cron can tell it by its exit code and line.
+            eprintln!("skipped: {}", printable(&e.to_string()));
+            return Ok(e.exit_code());
+        }
+        // It may quote a file name or a value from the export.
+        Err(e) => return Err(Failure::new(e.exit_code(), printable(&e.to_string()))),
+    };
+    let line = format!(
+        "{}: {summary}",
+        if args.dry_run { "plan" } else { "synced" }
+    );
+    let outcome = CycleOutcome::of(&summary);
+    if outcome == CycleOutcome::Interrupted {
+        eprintln!("{line}");
+        return Err(Failure::new(
+            outcome.exit_code(),
+            "the cycle was interrupted; records not reached stay as they were",
+        ));
     }
-    // A dry run changes nothing, and counts nothing.
-    let metrics = (!args.dry_run && settings.metrics.enabled()).then(|| {
-        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
-        if let Some(problem) = problem {
-            eprintln!("warning: {problem}");
-        }
-        metrics
-    });
-    runtime.block_on(async {
-        let observer = metrics
-            .clone()
-            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-        let client = if offline {
-            None
-        } else {
-            Some(service::build_observed_client(&settings, observer).or_exit(ExitCode::Config)?)
-        };
-        // Ctrl-C or SIGTERM: no new record starts, those in flight finish,
-        // and a listing stops.
-        let (stop_tx, stop_rx) = watch::channel(false);
-        if let Some(client) = &client {
-            client.interrupt_listings_on(stop_rx.clone());
-        }
-        let engine =
-            Engine::new(Arc::clone(&settings), mapper, store, client).with_metrics(metrics);
-        request.dry_run = args.dry_run;
-        request.allow_missing |= args.allow_missing;
-        request.allow_schema_change = args.allow_schema_change;
-        request.list_unchanged = args.all;
-        let trigger = request.trigger;
-        let output = args.output;
-        let printer = RecordPrinter::new(std::io::stdout(), output, args.verbose);
-        let report = |outcome: &RecordOutcome| printer.print(outcome);
-        crate::daemon::signals::stop_on_signal(stop_tx).map_err(|e| {
-            Failure::new(
-                ExitCode::Runtime,
-                format!("cannot install the signal handlers: {e}"),
-            )
-        })?;
-        let progress = crate::progress::Progress::for_manual_run(trigger);
-        let report = progress.wrap(report);
-        let result = engine.run_cycle(request, &report, stop_rx).await;
-        progress.finish();
-        printer.finish();
-        match result {
-            Ok(summary) => {
-                let line = format!(
-                    "{}: {summary}",
-                    if args.dry_run { "plan" } else { "synced" }
-                );
-                let outcome = CycleOutcome::of(&summary);
-                if outcome == CycleOutcome::Interrupted {
-                    eprintln!("{line}");
-                    return Err(Failure::new(
-                        outcome.exit_code(),
-                        "the cycle was interrupted; records not reached stay as they were",
-                    ));
-                }
-                match output {
-                    Output::Text => outln!("{line}"),
-                    Output::Json => eprintln!("{line}"),
-                }
-                Ok(outcome.exit_code())
-            }
-            Err(e) if e.is_skip() => {
-                // Not a failure: cron can tell it by its exit code and line.
-                eprintln!("skipped: {}", printable(&e.to_string()));
-                Ok(e.exit_code())
-            }
-            // It may quote a file name or a value from the export.
-            Err(e) => Err(Failure::new(e.exit_code(), printable(&e.to_string()))),
-        }
-    })
+    match args.output {
+        Output::Text => outln!("{line}"),
+        Output::Json => eprintln!("{line}"),
+    }
+    Ok(outcome.exit_code())
 }
