@@ -936,12 +936,9 @@ fn validate_schedule(schedule: &ScheduleSettings) -> Result<(), ConfigError> {
 
 fn croner_check(expr: &str) -> Result<(), String> {
     // The scheduler's own parser, so that what passes here runs there.
-    crate::daemon::schedule::parse_cron(expr)
+    crate::cron::parse_cron(expr)
         .map(|_| ())
-        .map_err(|e| match e {
-            crate::daemon::schedule::ScheduleError::Cron { message, .. } => message,
-            other => other.to_string(),
-        })
+        .map_err(|e| e.message)
 }
 
 #[cfg(test)]

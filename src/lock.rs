@@ -13,6 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::exit::ExitCode;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("store {} is in use by another referral-sync process (pid {pid}); stop it or use it (`referral-sync resync` talks to a running daemon)", store.display())]
@@ -23,6 +25,16 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl LockError {
+    /// The code a command that cannot take the lock exits with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            LockError::Held { .. } => ExitCode::Locked,
+            LockError::Io { .. } => ExitCode::Runtime,
+        }
+    }
 }
 
 /// Held for as long as the value lives.

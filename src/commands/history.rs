@@ -7,8 +7,8 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::cli::exit;
 use crate::config::Settings;
+use crate::exit::{ExitCode, Failure, OrExit};
 use crate::mapping::normalise_external_id;
 use crate::store::{RecordEvent, Store};
 
@@ -24,35 +24,29 @@ pub struct HistoryArgs {
     pub limit: usize,
 }
 
-pub fn history_command(settings: Settings, args: &HistoryArgs) -> u8 {
-    let store = match Store::open_read_only(&settings.store_path) {
-        Ok(Some(store)) => store,
-        Ok(None) => {
-            eprintln!(
-                "error: no store at {} yet: no record has a history",
+pub fn history_command(settings: Settings, args: &HistoryArgs) -> Result<ExitCode, Failure> {
+    let Some(store) = Store::open_read_only(&settings.store_path).or_exit(ExitCode::Runtime)?
+    else {
+        return Err(Failure::new(
+            ExitCode::Runtime,
+            format!(
+                "no store at {} yet: no record has a history",
                 settings.store_path.display()
-            );
-            return exit::RUNTIME;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::RUNTIME;
-        }
+            ),
+        ));
     };
     let external_id = normalise_external_id(&args.external_id);
-    let events = match store.record_events(&external_id, args.limit) {
-        Ok(events) => events,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::RUNTIME;
-        }
-    };
+    let events = store
+        .record_events(&external_id, args.limit)
+        .or_exit(ExitCode::Runtime)?;
     if events.is_empty() {
-        eprintln!(
-            "error: no history for record {} (not synced yet, unknown, or older than store.history_days)",
-            escape_for_terminal(&external_id)
-        );
-        return exit::RECORDS;
+        return Err(Failure::new(
+            ExitCode::Records,
+            format!(
+                "no history for record {} (not synced yet, unknown, or older than store.history_days)",
+                escape_for_terminal(&external_id)
+            ),
+        ));
     }
     let mut out = std::io::stdout().lock();
     for event in &events {
@@ -66,10 +60,10 @@ pub fn history_command(settings: Settings, args: &HistoryArgs) -> u8 {
         };
         if written.is_err() {
             // A closed pipe (`| head`) ends the listing quietly.
-            return exit::OK;
+            return Ok(ExitCode::Ok);
         }
     }
-    exit::OK
+    Ok(ExitCode::Ok)
 }
 
 /// One event as a person reads it: time, kind, then what matters of it.
@@ -200,5 +194,5 @@ fn show(value: &Value) -> String {
 }
 
 fn escape_for_terminal(text: &str) -> String {
-    crate::cli::printable(text).into_owned()
+    super::output::printable(text).into_owned()
 }

@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use crate::api::auth::{self, SecretFile};
 use crate::api::device_login::{DeviceLogin, LoginError};
-use crate::cli::exit;
 use crate::config::{AuthSettings, Settings};
-use crate::{outln, service};
+use crate::exit::{ExitCode, Failure};
+use crate::outln;
 
 /// Run the sign-in. Exit codes: 0 signed in and written; 1 the person
 /// declined or let the code expire; 2 the configuration cannot sign in; 6
 /// the endpoint failed or the file cannot be written.
-pub fn login_command(settings: Settings) -> u8 {
+pub fn login_command(settings: Settings) -> Result<ExitCode, Failure> {
     let Some(AuthSettings::RefreshToken {
         client_id,
         client_secret_file,
@@ -28,21 +28,21 @@ pub fn login_command(settings: Settings) -> u8 {
     }) = &settings.auth
     else {
         return fail(
-            exit::CONFIG,
+            ExitCode::Config,
             "login writes auth.refresh_token_file: configure the refresh-token flow \
              (auth.tenant, auth.client_id, auth.refresh_token_file) instead of auth.token_file",
         );
     };
     let Some(endpoints) = login else {
         return fail(
-            exit::CONFIG,
+            ExitCode::Config,
             "auth.tenant is needed to sign in (or auth.device_code_url with a v2 auth.token_url)",
         );
     };
     let client_secret = match client_secret_file {
         Some(path) => match auth::read_secret_file(SecretFile::ClientSecret, path) {
             Ok(secret) => Some(secret),
-            Err(e) => return fail(exit::CONFIG, &format!("auth.client_secret_file: {e}")),
+            Err(e) => return fail(ExitCode::Config, format!("auth.client_secret_file: {e}")),
         },
         None => None,
     };
@@ -61,22 +61,19 @@ pub fn login_command(settings: Settings) -> u8 {
         .build()
     {
         Ok(http) => http,
-        Err(e) => return fail(exit::RUNTIME, &format!("cannot build the HTTP client: {e}")),
-    };
-    let runtime = match service::async_runtime() {
-        Ok(runtime) => runtime,
         Err(e) => {
             return fail(
-                exit::RUNTIME,
-                &format!("cannot start the async runtime: {e}"),
+                ExitCode::Runtime,
+                format!("cannot build the HTTP client: {e}"),
             );
         }
     };
+    let runtime = super::runtime()?;
     let path = refresh_token_file.clone();
     runtime.block_on(async move {
         let code = match flow.start(&http).await {
             Ok(code) => code,
-            Err(e) => return fail(exit::RUNTIME, &format!("cannot start the sign-in: {e}")),
+            Err(e) => return fail(ExitCode::Runtime, format!("cannot start the sign-in: {e}")),
         };
         outln!(
             "To sign in, open {} in a browser and enter the code {}",
@@ -91,11 +88,11 @@ pub fn login_command(settings: Settings) -> u8 {
             Ok(token) => token,
             Err(e) => {
                 let code = if e.is_unfinished() {
-                    exit::RECORDS
+                    ExitCode::Records
                 } else {
-                    exit::RUNTIME
+                    ExitCode::Runtime
                 };
-                return fail(code, &login_failure(&e));
+                return fail(code, login_failure(&e));
             }
         };
         let written = {
@@ -113,16 +110,16 @@ pub fn login_command(settings: Settings) -> u8 {
                     "Signed in. The refresh token is in {} (mode 0600); `referral-sync sync` and `run` use it from now on.",
                     path.display()
                 );
-                exit::OK
+                Ok(ExitCode::Ok)
             }
             Ok(Err(e)) => fail(
-                exit::RUNTIME,
-                &format!(
+                ExitCode::Runtime,
+                format!(
                     "auth.refresh_token_file: cannot write {}: {e}; sign in again once it is writable",
                     path.display()
                 ),
             ),
-            Err(e) => fail(exit::RUNTIME, &format!("the write task failed: {e}")),
+            Err(e) => fail(ExitCode::Runtime, format!("the write task failed: {e}")),
         }
     })
 }
@@ -140,9 +137,8 @@ fn minutes(duration: Duration) -> String {
     }
 }
 
-fn fail(code: u8, message: &str) -> u8 {
-    eprintln!("error: {message}");
-    code
+fn fail(code: ExitCode, message: impl std::fmt::Display) -> Result<ExitCode, Failure> {
+    Err(Failure::new(code, message))
 }
 
 #[cfg(test)]

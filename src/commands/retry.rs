@@ -1,8 +1,8 @@
 //! `referral-sync retry EXTERNAL_ID... | --all`: let held records — those
 //! the service refused for good — be tried again at the next cycle.
 
-use crate::cli::exit;
 use crate::config::Settings;
+use crate::exit::{ExitCode, Failure, OrExit};
 use crate::mapping::normalise_external_id;
 use crate::store::Store;
 
@@ -20,28 +20,18 @@ pub struct RetryArgs {
     pub all: bool,
 }
 
-pub fn retry_command(settings: Settings, args: &RetryArgs) -> u8 {
+pub fn retry_command(settings: Settings, args: &RetryArgs) -> Result<ExitCode, Failure> {
     // Beside a running daemon too: one short transaction.
-    let store = match Store::open_shared(&settings.store_path) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::RUNTIME;
-        }
-    };
+    let store = Store::open_shared(&settings.store_path).or_exit(ExitCode::Runtime)?;
     let asked: Option<Vec<String>> = (!args.all).then(|| {
         args.external_ids
             .iter()
             .map(|id| normalise_external_id(id))
             .collect()
     });
-    let released = match store.release_held(asked.as_deref()) {
-        Ok(released) => released,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::RUNTIME;
-        }
-    };
+    let released = store
+        .release_held(asked.as_deref())
+        .or_exit(ExitCode::Runtime)?;
     for id in &released {
         crate::outln!("released {id}: tried again at the next cycle");
     }
@@ -60,8 +50,8 @@ pub fn retry_command(settings: Settings, args: &RetryArgs) -> u8 {
         crate::outln!("no record is held");
     }
     if not_held.is_empty() {
-        exit::OK
+        Ok(ExitCode::Ok)
     } else {
-        exit::RECORDS
+        Ok(ExitCode::Records)
     }
 }

@@ -19,13 +19,14 @@ use tracing::{error, info, warn};
 
 use crate::api::ApiClient;
 use crate::config::Settings;
+use crate::exit::ExitCode;
 use crate::export::{self, ExportError};
 use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 use outcome::Counters;
-pub use outcome::{Action, CycleSummary, RecordOutcome};
+pub use outcome::{Action, CycleOutcome, CycleSummary, RecordOutcome};
 use push::{Pusher, ReferralIndex, WorkItem};
 use scan::{Scan, ScanError, ScanOptions, WorkFor};
 
@@ -121,6 +122,22 @@ impl CycleError {
     pub fn is_skip(&self) -> bool {
         matches!(self, CycleError::Scan(ScanError::Unsettled(_)))
     }
+
+    /// The code a command whose cycle ended on this error exits with.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CycleError::Scan(ScanError::Export(_) | ScanError::SchemaChanged(_)) => {
+                ExitCode::Export
+            }
+            CycleError::Scan(ScanError::Unsettled(_)) => ExitCode::Skipped,
+            // Nothing was sent, but the export must be read again.
+            CycleError::Scan(ScanError::Changed(_)) => ExitCode::Runtime,
+            // The push phase had started: some records may have been sent.
+            CycleError::SecondRead(_) | CycleError::ExportChanged(_) => ExitCode::Runtime,
+            CycleError::TooManyMissing { .. } => ExitCode::Missing,
+            _ => ExitCode::Runtime,
+        }
+    }
 }
 
 /// Runs cycles. Cheap to share: the daemon keeps one.
@@ -204,13 +221,12 @@ impl Engine {
             .await;
         let mut summary = counters.summary(started.elapsed());
         summary.interrupted = matches!(result, Ok(true));
-        let (outcome, error_text) = match &result {
-            Ok(interrupted) if *interrupted => ("interrupted", None),
-            Ok(_) if summary.is_clean() => ("ok", None),
-            Ok(_) => ("partial", None),
-            Err(e) if e.is_skip() => ("skipped", Some(e.to_string())),
-            Err(e) => ("failed", Some(e.to_string())),
+        let outcome = match &result {
+            Ok(_) => CycleOutcome::of(&summary),
+            Err(e) if e.is_skip() => CycleOutcome::Skipped,
+            Err(_) => CycleOutcome::Failed,
         };
+        let error_text = result.as_ref().err().map(ToString::to_string);
         if row.is_some() {
             // History older than `store.history_days`, in bounded batches.
             match lock_store(&self.store).and_then(|s| {
@@ -227,14 +243,18 @@ impl Engine {
         if let Some(row) = row {
             let summary_json = serde_json::to_value(summary).unwrap_or_default();
             if let Err(e) = lock_store(&self.store).and_then(|s| {
-                s.finish_cycle(row, outcome, &summary_json, error_text.as_deref())
+                s.finish_cycle(row, outcome.as_str(), &summary_json, error_text.as_deref())
                     .map_err(CycleError::from)
             }) {
                 error!(cycle_id = %cycle_id, error = %e, "could not record the cycle's end");
             }
         }
         if let Some(metrics) = metrics {
-            metrics.record_cycle(request.trigger.as_str(), outcome, started.elapsed());
+            metrics.record_cycle(
+                request.trigger.as_str(),
+                outcome.as_str(),
+                started.elapsed(),
+            );
             match lock_store(&self.store).and_then(|s| s.state_counts().map_err(CycleError::from)) {
                 Ok(counts) => metrics.set_record_states(&counts),
                 Err(e) => {
@@ -249,7 +269,7 @@ impl Engine {
             Ok(_) => info!(
                 cycle_id = %cycle_id,
                 trigger = request.trigger.as_str(),
-                outcome,
+                outcome = outcome.as_str(),
                 dry_run = request.dry_run,
                 seen = summary.seen,
                 unchanged = summary.unchanged,
@@ -268,14 +288,14 @@ impl Engine {
             Err(e) if e.is_skip() => warn!(
                 cycle_id = %cycle_id,
                 trigger = request.trigger.as_str(),
-                outcome,
+                outcome = outcome.as_str(),
                 reason = %e,
                 "cycle skipped"
             ),
             Err(e) => error!(
                 cycle_id = %cycle_id,
                 trigger = request.trigger.as_str(),
-                outcome,
+                outcome = outcome.as_str(),
                 error = %e,
                 duration_ms = summary.duration_ms,
                 "cycle failed"
@@ -560,4 +580,48 @@ pub(crate) fn lock_store(
     store
         .lock()
         .map_err(|_| CycleError::Internal("the store lock was poisoned by a panic".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::export::FileChange;
+
+    #[test]
+    fn export_problems_found_by_the_scan_have_their_own_exit_codes() {
+        let path = PathBuf::from("export/page-1.json");
+        let cases = [
+            (ExportError::Empty { path: path.clone() }, ExitCode::Export),
+            (
+                ExportError::NotAFile {
+                    path: path.clone(),
+                    kind: "a FIFO (named pipe)",
+                },
+                ExitCode::Export,
+            ),
+            (
+                ExportError::Changed {
+                    path: path.clone(),
+                    change: FileChange::Replaced,
+                },
+                ExitCode::Runtime,
+            ),
+            (
+                ExportError::Unsettled {
+                    path: path.clone(),
+                    age: None,
+                    settle: std::time::Duration::from_secs(60),
+                },
+                ExitCode::Skipped,
+            ),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            let error = CycleError::Scan(ScanError::from(error));
+            assert_eq!(error.exit_code(), code, "{text}");
+            assert_eq!(error.is_skip(), code == ExitCode::Skipped, "{text}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::exit::ExitCode;
 use crate::merge::{Conflict, Drift};
 use crate::model::Op;
 
@@ -198,9 +199,115 @@ impl std::fmt::Display for CycleSummary {
     }
 }
 
+/// How a cycle ended, as the store's `cycles.outcome`, the metrics and the
+/// logs spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleOutcome {
+    /// Every record reached, and synced or unchanged.
+    Ok,
+    /// Every record reached; some failed, are invalid or unresolved.
+    Partial,
+    /// A shutdown stopped the cycle before every record was reached.
+    Interrupted,
+    /// The export was not ready (`export.settle_secs`); nothing was read.
+    Skipped,
+    /// The cycle stopped on an error.
+    Failed,
+}
+
+impl CycleOutcome {
+    const ALL: [CycleOutcome; 5] = [
+        CycleOutcome::Ok,
+        CycleOutcome::Partial,
+        CycleOutcome::Interrupted,
+        CycleOutcome::Skipped,
+        CycleOutcome::Failed,
+    ];
+
+    /// The outcome of a cycle that ran to its end (or to a shutdown).
+    pub fn of(summary: &CycleSummary) -> CycleOutcome {
+        if summary.interrupted {
+            CycleOutcome::Interrupted
+        } else if summary.is_clean() {
+            CycleOutcome::Ok
+        } else {
+            CycleOutcome::Partial
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleOutcome::Ok => "ok",
+            CycleOutcome::Partial => "partial",
+            CycleOutcome::Interrupted => "interrupted",
+            CycleOutcome::Skipped => "skipped",
+            CycleOutcome::Failed => "failed",
+        }
+    }
+
+    /// The code a command that ran the cycle exits with. (A failed cycle's
+    /// code is its error's: [`super::CycleError::exit_code`].)
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            CycleOutcome::Ok => ExitCode::Ok,
+            CycleOutcome::Partial => ExitCode::Records,
+            CycleOutcome::Interrupted | CycleOutcome::Failed => ExitCode::Runtime,
+            CycleOutcome::Skipped => ExitCode::Skipped,
+        }
+    }
+}
+
+impl std::fmt::Display for CycleOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `cycles.outcome` this version does not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cycle outcome {0:?}")]
+pub struct UnknownOutcome(pub String);
+
+impl std::str::FromStr for CycleOutcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        CycleOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+            .ok_or_else(|| UnknownOutcome(text.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cycle_outcomes_keep_their_stored_spelling_and_exit_codes() {
+        let cases = [
+            (CycleOutcome::Ok, "ok", ExitCode::Ok),
+            (CycleOutcome::Partial, "partial", ExitCode::Records),
+            (CycleOutcome::Interrupted, "interrupted", ExitCode::Runtime),
+            (CycleOutcome::Skipped, "skipped", ExitCode::Skipped),
+            (CycleOutcome::Failed, "failed", ExitCode::Runtime),
+        ];
+        for (outcome, text, code) in cases {
+            assert_eq!(outcome.to_string(), text);
+            assert_eq!(text.parse::<CycleOutcome>(), Ok(outcome));
+            assert_eq!(outcome.exit_code(), code, "{text}");
+        }
+        assert_eq!(
+            "cancelled".parse::<CycleOutcome>(),
+            Err(UnknownOutcome("cancelled".to_owned()))
+        );
+        let mut summary = CycleSummary::default();
+        assert_eq!(CycleOutcome::of(&summary), CycleOutcome::Ok);
+        summary.invalid = 1;
+        assert_eq!(CycleOutcome::of(&summary), CycleOutcome::Partial);
+        summary.interrupted = true;
+        assert_eq!(CycleOutcome::of(&summary), CycleOutcome::Interrupted);
+    }
 
     #[test]
     fn the_summary_names_every_count_and_the_held_records_among_the_failed() {

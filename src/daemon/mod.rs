@@ -14,7 +14,6 @@
 
 pub mod notify;
 pub mod requests;
-pub mod resync;
 pub mod schedule;
 pub mod signals;
 
@@ -28,75 +27,53 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{error, info, warn};
 
-use crate::cli::{cycle_exit_code, exit};
 use crate::config::Settings;
-use crate::cycle::{CycleError, CycleRequest, CycleSummary, Engine, Trigger};
-use crate::lock::{LockError, StoreLock};
+use crate::cycle::{CycleError, CycleOutcome, CycleRequest, CycleSummary, Engine, Trigger};
+use crate::exit::{ExitCode, Failure, OrExit};
+use crate::lock::StoreLock;
 use crate::progress::{self, Progress};
 use crate::service;
 use crate::store::Store;
 
 use notify::Notifier;
-use requests::{ResyncResult, plan_batches};
+use requests::{RequestOutcome, ResyncResult, plan_batches};
 use schedule::{Schedule, Tick};
 use signals::{SignalEvent, Signals};
-
-pub use resync::{ResyncArgs, resync_command};
 
 /// How often the daemon looks for resync requests whose SIGHUP did not
 /// arrive (the requester may not signal it) and checks the zone's offset.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 
-/// `referral-sync run`. Returns the exit code: 0 after a graceful shutdown.
-pub fn run(settings: Settings) -> u8 {
+/// `referral-sync run`: 0 after a graceful shutdown. Its failures are
+/// reported in the log.
+pub fn run(settings: Settings) -> Result<ExitCode, Failure> {
     let settings = Arc::new(settings);
-    let mapper = match settings.mapper() {
-        Ok(mapper) => Arc::new(mapper),
-        Err(e) => return fail(exit::CONFIG, &e),
-    };
+    let mapper = Arc::new(settings.mapper().or_log(ExitCode::Config)?);
     // A secret the client cannot use would fail every cycle.
-    if let Err(problem) = service::check_secret_files(&settings) {
-        return fail(exit::CONFIG, &problem);
-    }
-    let lock = match StoreLock::acquire(&settings.store_path) {
-        Ok(lock) => lock,
-        Err(e @ LockError::Held { .. }) => return fail(exit::LOCKED, &e),
-        Err(e) => return fail(exit::RUNTIME, &e),
-    };
-    let (engine_store, daemon_store) = match Store::open(&settings.store_path)
-        .and_then(|a| Ok((a, Store::open(&settings.store_path)?)))
-    {
-        Ok(stores) => stores,
-        Err(e) => return fail(exit::RUNTIME, &e),
-    };
-    let runtime = match crate::service::async_runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            return fail(
-                exit::RUNTIME,
-                &format!("cannot start the async runtime: {e}"),
-            );
-        }
-    };
+    service::check_secret_files(&settings).or_log(ExitCode::Config)?;
+    let lock =
+        StoreLock::acquire(&settings.store_path).map_err(|e| Failure::logged(e.exit_code(), e))?;
+    let engine_store = Store::open(&settings.store_path).or_log(ExitCode::Runtime)?;
+    let daemon_store = Store::open(&settings.store_path).or_log(ExitCode::Runtime)?;
+    let runtime = crate::service::async_runtime().map_err(|e| {
+        Failure::logged(
+            ExitCode::Runtime,
+            format!("cannot start the async runtime: {e}"),
+        )
+    })?;
     // Before the pid file, which tells `referral-sync resync` whom to send
     // SIGHUP: from here on SIGTERM, SIGINT and SIGHUP are ours, so that a
     // resync asked for the moment the file appears does not kill us.
     let signals = {
         let _context = runtime.enter();
-        match Signals::install() {
-            Ok(signals) => signals,
-            Err(e) => {
-                return fail(
-                    exit::RUNTIME,
-                    &format!("cannot install signal handlers: {e}"),
-                );
-            }
-        }
+        Signals::install().map_err(|e| {
+            Failure::logged(
+                ExitCode::Runtime,
+                format!("cannot install signal handlers: {e}"),
+            )
+        })?
     };
-    let pid_file = match DaemonPidFile::create(&settings.store_path) {
-        Ok(file) => file,
-        Err(e) => return fail(exit::RUNTIME, &e),
-    };
+    let pid_file = DaemonPidFile::create(&settings.store_path).or_log(ExitCode::Runtime)?;
     let metrics = settings.metrics.enabled().then(|| {
         let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
         if let Some(problem) = problem {
@@ -105,27 +82,24 @@ pub fn run(settings: Settings) -> u8 {
         metrics
     });
     let code = runtime.block_on(async {
-        if let (Some(metrics), Some(addr)) = (&metrics, settings.metrics.listen)
-            && let Err(e) = crate::metrics::serve(addr, Arc::clone(metrics)).await
-        {
-            return fail(exit::CONFIG, &e);
+        if let (Some(metrics), Some(addr)) = (&metrics, settings.metrics.listen) {
+            crate::metrics::serve(addr, Arc::clone(metrics))
+                .await
+                .or_log(ExitCode::Config)?;
         }
         let observer = metrics
             .clone()
             .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-        let client = match service::build_observed_client(&settings, observer) {
-            Ok(client) => client,
-            Err(e) => return fail(exit::CONFIG, &e),
-        };
+        let client =
+            service::build_observed_client(&settings, observer).or_log(ExitCode::Config)?;
         // A listing (the referral index) stops at shutdown instead of
         // holding it for the grace period; writes in flight finish.
         let (shutdown, shutdown_receiver) = watch::channel(false);
         client.interrupt_listings_on(shutdown_receiver);
         let (tick_sender, ticks) = mpsc::unbounded_channel();
-        let schedule = match Schedule::start(&settings.schedule, tick_sender).await {
-            Ok(schedule) => schedule,
-            Err(e) => return fail(exit::RUNTIME, &e),
-        };
+        let schedule = Schedule::start(&settings.schedule, tick_sender)
+            .await
+            .or_log(ExitCode::Runtime)?;
         if let Some(metrics) = &metrics {
             // What the store holds, before the first cycle ends.
             match engine_store.state_counts() {
@@ -154,18 +128,13 @@ pub fn run(settings: Settings) -> u8 {
             running: None,
             last_announced_request: 0,
         };
-        daemon.serve().await
+        Ok(daemon.serve().await)
     });
     // The scan runs on a blocking thread that cannot be aborted; a cycle
     // cut off at shutdown must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(pid_file);
     drop(lock);
-    code
-}
-
-fn fail(code: u8, e: &dyn std::fmt::Display) -> u8 {
-    error!("{e}");
     code
 }
 
@@ -251,7 +220,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn serve(mut self) -> u8 {
+    async fn serve(mut self) -> ExitCode {
         self.clean_up_after_earlier_process();
         let now = Utc::now();
         let watchdog = notify::watchdog_interval();
@@ -468,59 +437,44 @@ impl Daemon {
 
     fn on_cycle_end(&mut self, running: RunningCycle, joined: CycleJoin) {
         let recorded = self.running_cycle_id(&running);
-        let stopped = *running.stop.borrow();
         let result = match joined {
             Ok(Ok(summary)) => {
-                let outcome = recorded
+                // The outcome the cycle recorded, else the one it came to.
+                let mut outcome = recorded
                     .as_ref()
-                    .and_then(|(_, outcome)| outcome.clone())
-                    .unwrap_or_else(|| {
-                        if stopped {
-                            "interrupted"
-                        } else if summary.is_clean() {
-                            "ok"
-                        } else {
-                            "partial"
-                        }
-                        .to_owned()
-                    });
-                let mut exit_code = match outcome.as_str() {
-                    "ok" => exit::OK,
-                    "partial" => exit::RECORDS,
-                    _ => exit::RUNTIME,
-                };
+                    .and_then(|(_, outcome)| outcome.as_deref())
+                    .and_then(|outcome| outcome.parse().ok())
+                    .unwrap_or_else(|| CycleOutcome::of(&summary));
                 let reported = running
                     .reported
                     .lock()
                     .map(|reported| reported.clone())
                     .unwrap_or_default();
                 let unmatched = match &running.only {
-                    Some(only) if !stopped => resync::unmatched_ids(only, &reported),
+                    Some(only) if !summary.interrupted => requests::unmatched_ids(only, &reported),
                     _ => Vec::new(),
                 };
-                let mut outcome = outcome;
                 let error = if unmatched.is_empty() {
                     None
                 } else {
-                    let message = resync::unmatched_message(&unmatched);
+                    let message = requests::unmatched_message(&unmatched);
                     warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
-                    exit_code = exit_code.max(exit::RECORDS);
-                    if outcome == "ok" {
-                        outcome = "partial".to_owned();
+                    if outcome == CycleOutcome::Ok {
+                        outcome = CycleOutcome::Partial;
                     }
                     Some(message)
                 };
                 ResyncResult {
-                    outcome,
+                    outcome: RequestOutcome::Cycle(outcome),
                     summary,
-                    exit_code,
+                    exit_code: outcome.exit_code(),
                     error,
                 }
             }
             Ok(Err(e)) => ResyncResult {
-                outcome: "failed".to_owned(),
+                outcome: RequestOutcome::Cycle(CycleOutcome::Failed),
                 summary: CycleSummary::default(),
-                exit_code: cycle_exit_code(&e),
+                exit_code: e.exit_code(),
                 error: Some(e.to_string()),
             },
             Err(e) => {
@@ -536,9 +490,9 @@ impl Daemon {
                     warn!(error = %e, "cannot close the cycle's row");
                 }
                 ResyncResult {
-                    outcome: "failed".to_owned(),
+                    outcome: RequestOutcome::Cycle(CycleOutcome::Failed),
                     summary: CycleSummary::default(),
-                    exit_code: exit::RUNTIME,
+                    exit_code: ExitCode::Runtime,
                     error: Some(message),
                 }
             }
@@ -565,7 +519,7 @@ impl Daemon {
             request_ids = ?request_ids,
             cycle_id = cycle_id.unwrap_or(""),
             outcome = %result.outcome,
-            exit_code = result.exit_code,
+            exit_code = result.exit_code.as_u8(),
             error = result.error.as_deref(),
             seen = s.seen,
             unchanged = s.unchanged,
@@ -617,7 +571,7 @@ impl Daemon {
         }
     }
 
-    async fn shutdown(mut self, signal: &'static str) -> u8 {
+    async fn shutdown(mut self, signal: &'static str) -> ExitCode {
         let grace = self.settings.shutdown_grace;
         info!(
             signal,
@@ -651,7 +605,7 @@ impl Daemon {
             }
         }
         info!(cut_off, "shutdown finished");
-        exit::OK
+        ExitCode::Ok
     }
 
     /// The grace period is over: drop the cycle where it stands. Records
@@ -678,10 +632,11 @@ impl Daemon {
             "cycle cut off by the shutdown grace period; records in flight stay pending"
         );
         if !running.request_ids.is_empty() {
+            let interrupted = CycleOutcome::Interrupted;
             let result = ResyncResult {
-                outcome: "interrupted".to_owned(),
+                outcome: RequestOutcome::Cycle(interrupted),
                 summary: CycleSummary::default(),
-                exit_code: exit::RUNTIME,
+                exit_code: interrupted.exit_code(),
                 error: Some(format!("the daemon shut down during the resync: {message}")),
             };
             self.answer(

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::cycle::CycleSummary;
+use crate::cycle::{CycleOutcome, CycleSummary};
+use crate::exit::ExitCode;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +52,45 @@ pub struct ResyncRequest {
     pub requested_by_pid: Option<i64>,
 }
 
+/// How a resync request ended (`resync_requests.outcome`): as its cycle
+/// did, or withdrawn before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    Cycle(CycleOutcome),
+    Cancelled,
+}
+
+impl RequestOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestOutcome::Cycle(outcome) => outcome.as_str(),
+            RequestOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// As stored; a request closed without a known outcome failed.
+    fn parse(text: Option<&str>) -> RequestOutcome {
+        match text {
+            Some("cancelled") => RequestOutcome::Cancelled,
+            Some(text) => RequestOutcome::Cycle(text.parse().unwrap_or(CycleOutcome::Failed)),
+            None => RequestOutcome::Cycle(CycleOutcome::Failed),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a resync came to, as the command that asked for it reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResyncResult {
-    /// As `cycles.outcome`: ok, partial, failed, interrupted.
-    pub outcome: String,
+    pub outcome: RequestOutcome,
     pub summary: CycleSummary,
-    /// The exit code `referral-sync resync` ends with (see `cli::exit`).
-    pub exit_code: u8,
+    /// The exit code `referral-sync resync` ends with.
+    pub exit_code: ExitCode,
     pub error: Option<String>,
 }
 
@@ -157,7 +189,7 @@ pub fn finish(store: &Store, ids: &[i64], result: &ResyncResult) -> Result<(), R
     let err = sqlite_error(store.path());
     let summary = serde_json::to_string(&StoredSummary {
         summary: result.summary,
-        exit_code: result.exit_code,
+        exit_code: result.exit_code.as_u8(),
     })
     .unwrap_or_default();
     let finished_at = now();
@@ -175,7 +207,7 @@ pub fn finish(store: &Store, ids: &[i64], result: &ResyncResult) -> Result<(), R
             stmt.execute(params![
                 id,
                 finished_at,
-                result.outcome,
+                result.outcome.as_str(),
                 summary,
                 result.error
             ])
@@ -239,11 +271,11 @@ pub fn state(store: &Store, id: i64) -> Result<RequestState, RequestError> {
     Ok(match (started_at, finished_at) {
         (_, Some(_)) => {
             let stored = summary.and_then(|s| serde_json::from_str::<StoredSummary>(&s).ok());
-            let outcome = outcome.unwrap_or_else(|| "failed".to_owned());
+            let outcome = RequestOutcome::parse(outcome.as_deref());
             let exit_code = match &stored {
-                Some(stored) => stored.exit_code,
-                None if outcome == "ok" => crate::cli::exit::OK,
-                None => crate::cli::exit::RUNTIME,
+                Some(stored) => ExitCode::from_u8(stored.exit_code).unwrap_or(ExitCode::Runtime),
+                None if outcome == RequestOutcome::Cycle(CycleOutcome::Ok) => ExitCode::Ok,
+                None => ExitCode::Runtime,
             };
             RequestState::Finished(ResyncResult {
                 outcome,
@@ -369,6 +401,27 @@ pub fn open_count(store: &Store) -> Result<u64, RequestError> {
         .map_err(sqlite_error(store.path()))
 }
 
+/// The ids of `only` that no record of the cycle carried, in the order
+/// given.
+pub fn unmatched_ids<'a>(only: &'a [String], reported: &HashSet<String>) -> Vec<&'a str> {
+    only.iter()
+        .filter(|id| !reported.contains(*id))
+        .map(String::as_str)
+        .collect()
+}
+
+/// The error for ids of `--only` that match no record.
+pub fn unmatched_message(ids: &[&str]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .map(|id| format!("`{}`", crate::api::cut_text(id, 120)))
+        .collect();
+    format!(
+        "--only: no record in the export has the external id {}",
+        shown.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +443,19 @@ mod tests {
 
     fn ids(list: &[&str]) -> Option<HashSet<String>> {
         Some(list.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn unmatched_ids_are_named_in_the_order_given() {
+        let only = ["b".to_owned(), "a".to_owned(), "c\n".to_owned()];
+        let reported = HashSet::from(["a".to_owned()]);
+        let unmatched = unmatched_ids(&only, &reported);
+        assert_eq!(unmatched, ["b", "c\n"]);
+        assert_eq!(
+            unmatched_message(&unmatched),
+            "--only: no record in the export has the external id `b`, `c\\n`"
+        );
+        assert!(unmatched_ids(&only[1..2], &reported).is_empty());
     }
 
     #[test]
@@ -463,14 +529,14 @@ mod tests {
         assert!(queued(&store).unwrap().is_empty());
         assert_eq!(open_count(&store).unwrap(), 2);
         let result = ResyncResult {
-            outcome: "partial".to_owned(),
+            outcome: RequestOutcome::Cycle(CycleOutcome::Partial),
             summary: CycleSummary {
                 seen: 5,
                 updated: 2,
                 failed: 1,
                 ..CycleSummary::default()
             },
-            exit_code: crate::cli::exit::RECORDS,
+            exit_code: ExitCode::Records,
             error: None,
         };
         finish(&store, &[id, full], &result).unwrap();
@@ -488,13 +554,13 @@ mod tests {
         let (_dir, store) = store();
         let id = insert(&store, None, None).unwrap();
         let result = ResyncResult {
-            outcome: "ok".to_owned(),
+            outcome: RequestOutcome::Cycle(CycleOutcome::Ok),
             summary: CycleSummary {
                 seen: 3,
                 unchanged: 3,
                 ..CycleSummary::default()
             },
-            exit_code: 0,
+            exit_code: ExitCode::Ok,
             error: None,
         };
         finish(&store, &[id], &result).unwrap();
@@ -523,8 +589,8 @@ mod tests {
         assert!(!cancel_queued(&store, started_id, "gone").unwrap());
         match state(&store, queued_id).unwrap() {
             RequestState::Finished(r) => {
-                assert_eq!(r.outcome, "cancelled");
-                assert_eq!(r.exit_code, crate::cli::exit::RUNTIME);
+                assert_eq!(r.outcome, RequestOutcome::Cancelled);
+                assert_eq!(r.exit_code, ExitCode::Runtime);
                 assert_eq!(r.error.as_deref(), Some("gone"));
             }
             other => panic!("{other:?}"),
@@ -541,7 +607,7 @@ mod tests {
         assert_eq!(fail_abandoned(&store).unwrap(), 1);
         match state(&store, started).unwrap() {
             RequestState::Finished(r) => {
-                assert_eq!(r.outcome, "failed");
+                assert_eq!(r.outcome.to_string(), "failed");
                 assert_eq!(
                     r.error.as_deref(),
                     Some("the daemon stopped before this resync finished")

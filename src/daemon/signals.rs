@@ -7,7 +7,7 @@ use std::io;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::cli::exit;
+use crate::exit::ExitCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalEvent {
@@ -82,7 +82,7 @@ pub fn stop_on_signal(stop: watch::Sender<bool>) -> std::io::Result<()> {
                 let _ = stop.send(true);
             } else {
                 eprintln!("stopped at once: records in flight stay pending");
-                std::process::exit(i32::from(exit::RUNTIME));
+                std::process::exit(i32::from(ExitCode::Runtime.as_u8()));
             }
         }
     });
