@@ -36,17 +36,15 @@ pub struct ManualCycle {
     pub access: StoreAccess,
     /// No client: a dry run that does not read the service either.
     pub offline: bool,
-    pub output: Output,
-    pub verbose: bool,
-    /// Print the unchanged records too (a resync only counts them).
-    pub print_unchanged: bool,
+    pub printing: Printing,
 }
 
 /// How the records are printed.
-struct Printing {
-    output: Output,
-    verbose: bool,
-    unchanged: bool,
+pub struct Printing {
+    pub output: Output,
+    pub verbose: bool,
+    /// Print the unchanged records too (a resync only counts them).
+    pub unchanged: bool,
 }
 
 /// What the cycle came to, and the ids of the records it took up when it
@@ -62,15 +60,8 @@ impl ManualCycle {
             request,
             access,
             offline,
-            output,
-            verbose,
-            print_unchanged,
+            printing,
         } = self;
-        let printing = Printing {
-            output,
-            verbose,
-            unchanged: print_unchanged,
-        };
         let settings = Arc::new(settings);
         let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
         let (lock, store) = open_store(&settings, access)?;
@@ -107,44 +98,44 @@ impl ManualCycle {
             }
             let engine =
                 Engine::new(Arc::clone(&settings), mapper, store, client).with_metrics(metrics);
-            Ok(ManualCycle::run_cycle(request, printing, &engine, stop_receiver).await)
+            Ok(run_cycle(request, &printing, &engine, stop_receiver).await)
         });
         // The scan runs on a blocking thread that cannot be aborted.
         runtime.shutdown_timeout(Duration::from_secs(1));
         drop(lock);
         ran
     }
+}
 
-    /// The cycle, its records printed and counted as they are decided.
-    async fn run_cycle(
-        request: CycleRequest,
-        printing: Printing,
-        engine: &Engine,
-        stop: watch::Receiver<bool>,
-    ) -> Ran {
-        let printer = RecordPrinter::new(std::io::stdout(), printing.output, printing.verbose);
-        let progress = Progress::for_manual_run(request.trigger);
-        let track = request.only.is_some();
-        let reported = Mutex::new(HashSet::new());
-        let report = progress.wrap(|outcome: &RecordOutcome| {
-            if track
-                && let Some(id) = &outcome.external_id
-                && let Ok(mut reported) = reported.lock()
-            {
-                reported.insert(id.clone());
-            }
-            if printing.unchanged || outcome.action != Action::Unchanged {
-                printer.print(outcome);
-            }
-        });
-        let result = engine.run_cycle(request, &report, stop).await;
-        drop(report);
-        progress.finish();
-        printer.finish();
-        Ran {
-            result,
-            reported: reported.into_inner().unwrap_or_default(),
+/// The cycle, its records printed and counted as they are decided.
+async fn run_cycle(
+    request: CycleRequest,
+    printing: &Printing,
+    engine: &Engine,
+    stop: watch::Receiver<bool>,
+) -> Ran {
+    let printer = RecordPrinter::new(std::io::stdout(), printing.output, printing.verbose);
+    let progress = Progress::for_manual_run(request.trigger);
+    let track = request.only.is_some();
+    let reported = Mutex::new(HashSet::new());
+    let report = progress.wrap(|outcome: &RecordOutcome| {
+        if track
+            && let Some(id) = &outcome.external_id
+            && let Ok(mut reported) = reported.lock()
+        {
+            reported.insert(id.clone());
         }
+        if printing.unchanged || outcome.action != Action::Unchanged {
+            printer.print(outcome);
+        }
+    });
+    let result = engine.run_cycle(request, &report, stop).await;
+    drop(report);
+    progress.finish();
+    printer.finish();
+    Ran {
+        result,
+        reported: reported.into_inner().unwrap_or_default(),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::lock::{LockError, StoreLock};
 use crate::progress;
 use crate::store::Store;
 
-use super::manual::{ManualCycle, StoreAccess};
+use super::manual::{ManualCycle, Printing, StoreAccess};
 use super::output::Output;
 
 /// How often the command looks at its request while the daemon works.
@@ -100,11 +100,13 @@ fn resync_here(
         request,
         access: StoreAccess::Held(lock),
         offline: false,
-        output: Output::Text,
-        verbose,
-        // A resync takes up every record; the unchanged ones are only
-        // counted.
-        print_unchanged: false,
+        printing: Printing {
+            output: Output::Text,
+            verbose,
+            // A resync takes up every record; the unchanged ones are only
+            // counted.
+            unchanged: false,
+        },
     };
     let ran = cycle.run(settings)?;
     let summary = ran.result.map_err(|e| Failure::new(e.exit_code(), &e))?;

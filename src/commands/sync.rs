@@ -8,7 +8,7 @@ use crate::cycle::{CycleOutcome, CycleRequest, Trigger};
 use crate::exit::{ExitCode, Failure};
 use crate::outln;
 
-use super::manual::{ManualCycle, StoreAccess};
+use super::manual::{ManualCycle, Printing, StoreAccess};
 use super::output::{Output, printable};
 
 #[derive(Debug, Args)]
@@ -88,9 +88,11 @@ fn manual_cycle(
         request,
         access,
         offline,
-        output: args.output,
-        verbose: args.verbose,
-        print_unchanged: true,
+        printing: Printing {
+            output: args.output,
+            verbose: args.verbose,
+            unchanged: true,
+        },
     };
     let summary = match cycle.run(settings)?.result {
         Ok(summary) => summary,
