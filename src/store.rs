@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::model::Op;
 use crate::ownership::Slot;
 
-/// The records [`Store::for_each_settled`] visits.
+/// The records [`Store::for_each_known`] gives as settled.
 const SETTLED: &str = "state IN ('synced', 'invalid') AND desired_hash IS NOT NULL";
 
 /// The schema, in order. `PRAGMA user_version` records how many are applied.
@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0007_export_fingerprints",
         include_str!("../migrations/0007_export_fingerprints.sql"),
+    ),
+    (
+        "0008_known_records_index",
+        include_str!("../migrations/0008_known_records_index.sql"),
     ),
 ];
 
@@ -257,6 +261,77 @@ pub struct StateCounts {
     /// Refused by the service for good and waiting (not counted in
     /// `invalid`).
     pub held: u64,
+}
+
+/// What the store knows of one record, as [`Store::for_each_known`] reads
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownRecord<'a> {
+    pub external_id: &'a str,
+    /// The desired hash the record is settled with, when it is settled.
+    pub settled: Option<&'a str>,
+    /// The export fingerprint kept for the record and the desired hash
+    /// those bytes map to.
+    pub fingerprint: Option<(&'a [u8], &'a str)>,
+}
+
+/// The kept fingerprints in id order, read alongside the records: `find`
+/// moves forward to an id and holds the row found, so that two cursors in
+/// step cost one pass over each.
+struct FingerprintCursor<'stmt> {
+    rows: rusqlite::Rows<'stmt>,
+    /// The row the cursor is on: id, fingerprint, desired hash.
+    id: String,
+    fingerprint: Vec<u8>,
+    hash: String,
+    on_row: bool,
+    done: bool,
+}
+
+impl<'stmt> FingerprintCursor<'stmt> {
+    fn new(rows: rusqlite::Rows<'stmt>) -> Self {
+        FingerprintCursor {
+            rows,
+            id: String::new(),
+            fingerprint: Vec::new(),
+            hash: String::new(),
+            on_row: false,
+            done: false,
+        }
+    }
+
+    /// The fingerprint kept for `external_id`; ids must come in increasing
+    /// order.
+    fn find(&mut self, external_id: &str) -> rusqlite::Result<Option<(&[u8], &str)>> {
+        while !self.done && (!self.on_row || self.id.as_str() < external_id) {
+            self.advance()?;
+        }
+        Ok((self.on_row && self.id == external_id)
+            .then_some((self.fingerprint.as_slice(), self.hash.as_str())))
+    }
+
+    fn advance(&mut self) -> rusqlite::Result<()> {
+        self.on_row = false;
+        let Some(row) = self.rows.next()? else {
+            self.done = true;
+            return Ok(());
+        };
+        let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
+        let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
+        let hash = row.get_ref(2).and_then(|v| Ok(v.as_str()?));
+        // A row edited into other types is passed over: its record is
+        // parsed, and its fingerprint written anew.
+        if let (Ok(id), Ok(fingerprint), Ok(hash)) = (id, fingerprint, hash) {
+            self.id.clear();
+            self.id.push_str(id);
+            self.fingerprint.clear();
+            self.fingerprint.extend_from_slice(fingerprint);
+            self.hash.clear();
+            self.hash.push_str(hash);
+            self.on_row = true;
+        }
+        Ok(())
+    }
 }
 
 pub struct Store {
@@ -919,61 +994,47 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
-    /// How many records [`Store::for_each_settled`] visits.
-    pub fn settled_count(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT COUNT(*) FROM records WHERE {SETTLED}"),
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-            .map_err(sqlite_error(&self.path))
-    }
-
-    /// Call `visit` with the external id and desired hash of every record
-    /// whose state is settled (`synced` or `invalid`): the records a cycle
-    /// leaves alone while their desired document stays the same. Read from
-    /// an index that holds these columns, not from the table.
-    pub fn for_each_settled(&self, visit: &mut dyn FnMut(&str, &str)) -> Result<(), StoreError> {
+    /// Call `visit` once for every record the store knows, in id order,
+    /// with whether it is settled (`synced` or `invalid`) and with which
+    /// desired hash, and with the export fingerprint kept for it, if any:
+    /// everything pass one needs of the store, in one pass. The records
+    /// (read from an index that holds exactly these columns in id order)
+    /// and the fingerprints (a table clustered by id) are merged as they are
+    /// read. Whether a fingerprint is trusted is for the caller to say: only
+    /// while the record is settled with the hash it maps to.
+    pub fn for_each_known(&self, visit: &mut dyn FnMut(KnownRecord<'_>)) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
-        let mut stmt = self
+        let mut records = self
             .conn
             .prepare(&format!(
-                "SELECT external_id, desired_hash FROM records WHERE {SETTLED}"
+                "SELECT external_id, {SETTLED}, desired_hash FROM records ORDER BY external_id"
             ))
             .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(row) = rows.next().map_err(&err)? {
-            let text = |column| row.get_ref(column).and_then(|v| Ok(v.as_str()?));
-            visit(text(0).map_err(&err)?, text(1).map_err(&err)?);
-        }
-        Ok(())
-    }
-
-    /// Call `visit` with the external id, export fingerprint and the
-    /// desired hash it maps to of every record whose fingerprint is kept.
-    /// Whether a pair is trusted is for the caller to say: only while the
-    /// record is settled with that hash ([`Store::for_each_settled`]).
-    pub fn for_each_fingerprint(
-        &self,
-        visit: &mut dyn FnMut(&str, &[u8], &str),
-    ) -> Result<(), StoreError> {
-        let err = sqlite_error(&self.path);
-        let mut stmt = self
+        let mut fingerprints = self
             .conn
-            .prepare("SELECT external_id, fingerprint, desired_hash FROM export_fingerprints")
+            .prepare(
+                "SELECT external_id, fingerprint, desired_hash FROM export_fingerprints
+                 ORDER BY external_id",
+            )
             .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(row) = rows.next().map_err(&err)? {
-            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
-            let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
-            let hash = row.get_ref(2).and_then(|v| Ok(v.as_str()?));
-            // A row edited into other types is not trusted: its record is
-            // parsed, and its fingerprint written anew.
-            if let (Ok(id), Ok(fingerprint), Ok(hash)) = (id, fingerprint, hash) {
-                visit(id, fingerprint, hash);
-            }
+        let mut records = records.query([]).map_err(&err)?;
+        let mut fingerprints = FingerprintCursor::new(fingerprints.query([]).map_err(&err)?);
+        while let Some(row) = records.next().map_err(&err)? {
+            let external_id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
+            let settled = row.get_ref(1).and_then(|v| Ok(v.as_i64()? != 0));
+            let hash = row.get_ref(2).and_then(|v| Ok(v.as_str_or_null()?));
+            // A hash edited into another type keeps its record out: it is
+            // taken up as outdated.
+            let settled = match (settled, hash) {
+                (Ok(true), Ok(Some(hash))) => Some(hash),
+                _ => None,
+            };
+            let fingerprint = fingerprints.find(external_id).map_err(&err)?;
+            visit(KnownRecord {
+                external_id,
+                settled,
+                fingerprint,
+            });
         }
         Ok(())
     }
@@ -1003,21 +1064,6 @@ impl Store {
             }
         }
         tx.commit().map_err(&err)
-    }
-
-    /// Call `visit` with every external id the store knows.
-    pub fn for_each_external_id(&self, visit: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
-        let err = sqlite_error(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT external_id FROM records")
-            .map_err(&err)?;
-        let mut rows = stmt.query([]).map_err(&err)?;
-        while let Some(row) = rows.next().map_err(&err)? {
-            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
-            visit(id.map_err(&err)?);
-        }
-        Ok(())
     }
 
     // -- the referral index ---------------------------------------------------
@@ -1267,7 +1313,7 @@ mod tests {
     }
 
     #[test]
-    fn settled_records_are_read_from_the_index_alone() {
+    fn known_records_are_read_in_id_order_with_their_fingerprints() {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
         for (id, hash) in [("ext-1", "aa"), ("ext-2", "bb"), ("ext-3", "cc")] {
@@ -1289,33 +1335,60 @@ mod tests {
             .record_invalid("ext-3", None, "dd", "refused")
             .unwrap();
         store.mark_pending("ext-4", None).unwrap();
-
-        assert_eq!(store.settled_count().unwrap(), 2);
-        let mut settled = Vec::new();
+        // Fingerprints for ids before, between and after the records, one
+        // of them for an id the records lack.
+        let fp = |n: u8| [n; 16];
         store
-            .for_each_settled(&mut |id, hash| settled.push((id.to_string(), hash.to_string())))
+            .record_fingerprints(&[
+                ("ext-0".into(), fp(0), "zz".into()),
+                ("ext-1".into(), fp(1), "aa".into()),
+                ("ext-25".into(), fp(2), "yy".into()),
+                ("ext-3".into(), fp(3), "old".into()),
+                ("ext-9".into(), fp(9), "xx".into()),
+            ])
             .unwrap();
-        settled.sort();
+
+        let mut known = Vec::new();
+        store
+            .for_each_known(&mut |record| {
+                known.push((
+                    record.external_id.to_owned(),
+                    record.settled.map(str::to_owned),
+                    record
+                        .fingerprint
+                        .map(|(fp, hash)| (fp.to_vec(), hash.to_owned())),
+                ))
+            })
+            .unwrap();
         assert_eq!(
-            settled,
-            [("ext-1".into(), "aa".into()), ("ext-3".into(), "dd".into())]
+            known,
+            [
+                (
+                    "ext-1".into(),
+                    Some("aa".into()),
+                    Some((vec![1; 16], "aa".into()))
+                ),
+                ("ext-2".into(), None, None),
+                (
+                    "ext-3".into(),
+                    Some("dd".into()),
+                    Some((vec![3; 16], "old".into()))
+                ),
+                ("ext-4".into(), None, None),
+            ]
         );
 
         let plan: Vec<String> = store
             .conn
             .prepare(&format!(
-                "EXPLAIN QUERY PLAN SELECT external_id, desired_hash FROM records WHERE {SETTLED}"
+                "EXPLAIN QUERY PLAN SELECT external_id, {SETTLED}, desired_hash FROM records ORDER BY external_id"
             ))
             .unwrap()
             .query_map([], |row| row.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(
-            plan.iter()
-                .any(|step| step.contains("USING COVERING INDEX records_by_state_brief")),
-            "{plan:?}"
-        );
+        assert_eq!(plan, ["SCAN records USING COVERING INDEX records_brief"]);
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //! record, and decide which records need work — before anything is sent.
 //!
 //! Memory stays flat as the export grows: per record only a 128-bit key of
-//! its id, a 128-bit hash of its desired document, where it occurred and
-//! whether it needs work are kept (56 bytes, in one vector sorted once the
-//! read is done), besides one 16-byte key per record the store holds as
-//! settled. Documents of records that need work are retained up to a
-//! budget; beyond it the push phase reads the export a second time.
+//! its id, where it occurred and its [`Verdict`] are kept (40 bytes, in one
+//! vector sorted once the read is done), besides 16-byte keys of what the
+//! store knows (each record's id, each settled record's id and desired
+//! hash, each trusted fingerprint). Documents of records that need work are
+//! retained up to a budget; beyond it the push phase reads the export a
+//! second time.
 //!
-//! The store's settled records are read first, in one pass over an index;
-//! then the export is parsed on one thread while the calling thread maps
-//! each record, hashes its document and looks its key up among the settled
-//! ones, all within one read transaction.
+//! What the store knows is read first, in one pass over it
+//! ([`StoreKnows`]); then the export is parsed on one thread, which settles
+//! the records known by their fingerprint unparsed, while the calling
+//! thread maps each other record, hashes its document and looks its key up
+//! among the settled ones.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -25,7 +27,7 @@ use crate::export::{
     self, ExportError, ExportOptions, ExportSummary, Place, Prefilter, RawFingerprint, Record,
     RecordLocation,
 };
-use crate::mapping::{MappedRecord, Mapper, RecordError, normalise_external_id};
+use crate::mapping::{MappedRecord, Mapper, RecordError};
 use crate::store::{Store, StoreError};
 use serde_json::Value;
 
@@ -84,18 +86,22 @@ impl DocHash {
     }
 }
 
-/// 128 bits of BLAKE3 over an external id: a fixed-size stand-in for the id
-/// that needs no allocation. Two ids of one export collide with probability
-/// about n² / 2¹²⁹ — for a million ids, 10⁻²⁷.
+/// 128 bits of XXH3 over an external id: a fixed-size stand-in for the id
+/// that needs no allocation, computed for every record of the export and
+/// every record of the store each cycle, so a hash built for speed (a
+/// tenth of BLAKE3's time on an id). Two ids of one export collide with
+/// probability about n² / 2¹²⁹ — for a million ids, 10⁻²⁷. XXH3 is not
+/// built to resist chosen collisions; ids are the CRM's GUIDs, not chosen
+/// by whoever writes a record, and a collision would still need the two
+/// records' desired documents (which carry the id) to hash alike by
+/// BLAKE3 before a record was wrongly taken as unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 /// Kept as one integer so that sorting and searching compare integers.
 struct IdKey(u128);
 
 impl IdKey {
     fn of(external_id: &str) -> IdKey {
-        IdKey(u128::from_be_bytes(first_128_bits(blake3::hash(
-            external_id.as_bytes(),
-        ))))
+        IdKey(xxhash_rust::xxh3::xxh3_128(external_id.as_bytes()))
     }
 
     /// The high and low 64 bits, as [`Seen`] keeps them.
@@ -112,32 +118,68 @@ impl IdKey {
 /// The records the store holds as settled (`synced` or `invalid`), each as
 /// one 128-bit key over its id and the hash of its desired document, sorted.
 /// A record of the export whose key is here is unchanged. Read in one pass
-/// over an index that holds exactly those columns instead of one lookup per
-/// record, and kept in 16 bytes per record.
+/// ([`StoreKnows`]) instead of one lookup per record, and kept in 16 bytes
+/// per record.
 struct Settled(KeySet);
 
 impl Settled {
-    fn load(store: &Store) -> Result<Settled, StoreError> {
-        let mut keys = Vec::with_capacity(usize::try_from(store.settled_count()?).unwrap_or(0));
-        store.for_each_settled(&mut |external_id, hash| {
-            // A hash that is not one (the store was edited by hand) keeps
-            // its record out: it is taken up as outdated.
-            if let Some(hash) = DocHash::from_hex(hash) {
-                keys.push(Settled::key(IdKey::of(external_id), hash));
-            }
-        })?;
-        Ok(Settled(KeySet::new(keys)))
-    }
-
     fn key(id: IdKey, hash: DocHash) -> u128 {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&id.0.to_be_bytes());
-        hasher.update(&hash.0);
-        u128::from_be_bytes(first_128_bits(hasher.finalize()))
+        let mut input = [0u8; 32];
+        input[..16].copy_from_slice(&id.0.to_be_bytes());
+        input[16..].copy_from_slice(&hash.0);
+        xxhash_rust::xxh3::xxh3_128(&input)
     }
 
     fn contains(&self, id: IdKey, hash: DocHash) -> bool {
         self.0.contains(Settled::key(id, hash))
+    }
+}
+
+/// Everything pass one needs of the store, read in one pass over it
+/// ([`Store::for_each_known`]) within one read transaction, so the three
+/// agree: the settled records, the fingerprints trusted, and every id the
+/// store knows (for the records missing from the export), sorted.
+struct StoreKnows {
+    settled: Settled,
+    fingerprinted: Fingerprinted,
+    ids: Vec<IdKey>,
+}
+
+impl StoreKnows {
+    /// A resync takes every record up whatever the store says: only the
+    /// ids are read. Without `skip`, no fingerprint is trusted.
+    fn load(store: &Store, resync: bool, skip: bool) -> Result<StoreKnows, StoreError> {
+        let _snapshot = read_snapshot(store)?;
+        let (mut ids, mut settled, mut fingerprinted) = (Vec::new(), Vec::new(), Vec::new());
+        store.for_each_known(&mut |record| {
+            let id = IdKey::of(record.external_id);
+            ids.push(id);
+            if resync {
+                return;
+            }
+            // A hash that is not one (the store was edited by hand) keeps
+            // its record out: it is taken up as outdated.
+            let Some((text, hash)) = record
+                .settled
+                .and_then(|text| Some((text, DocHash::from_hex(text)?)))
+            else {
+                return;
+            };
+            settled.push(Settled::key(id, hash));
+            if skip
+                && let Some((fingerprint, maps_to)) = record.fingerprint
+                && maps_to == text
+                && let Ok(fingerprint) = <[u8; 16]>::try_from(fingerprint)
+            {
+                fingerprinted.push(Fingerprinted::key(id, &fingerprint));
+            }
+        })?;
+        ids.sort_unstable();
+        Ok(StoreKnows {
+            settled: Settled(KeySet::new(settled)),
+            fingerprinted: Fingerprinted(KeySet::new(fingerprinted)),
+            ids,
+        })
     }
 }
 
@@ -165,26 +207,11 @@ pub fn fingerprint_context(mapper: &Mapper, on_cleared: crate::diff::OnCleared) 
 }
 
 /// The records whose kept fingerprint maps to the desired hash they are
-/// settled with ([`Store::for_each_fingerprint`], trusted against
-/// [`Settled`]), each as one 128-bit key over its id and that fingerprint:
+/// settled with, each as one 128-bit key over its id and that fingerprint:
 /// an export record whose key is here is unchanged, and is not parsed.
 struct Fingerprinted(KeySet);
 
 impl Fingerprinted {
-    fn load(store: &Store, settled: &Settled) -> Result<Fingerprinted, StoreError> {
-        let mut keys = Vec::new();
-        store.for_each_fingerprint(&mut |external_id, fingerprint, hash| {
-            let id = IdKey::of(external_id);
-            if let (Ok(fingerprint), Some(hash)) =
-                (<[u8; 16]>::try_from(fingerprint), DocHash::from_hex(hash))
-                && settled.contains(id, hash)
-            {
-                keys.push(Fingerprinted::key(id, &fingerprint));
-            }
-        })?;
-        Ok(Fingerprinted(KeySet::new(keys)))
-    }
-
     fn key(id: IdKey, fingerprint: &[u8; 16]) -> u128 {
         let mut input = [0u8; 32];
         input[..16].copy_from_slice(&id.0.to_be_bytes());
@@ -279,10 +306,39 @@ struct Seen {
     file: u32,
     line: u64,
     ordinal: u64,
-    work: Option<WorkReason>,
+    verdict: Verdict,
+}
+
+/// What pass one decides for a record that maps cleanly and occurs once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
     /// Left out by `only` (a resync of some records): neither work nor
     /// unchanged.
-    not_selected: bool,
+    NotSelected,
+    /// The store holds it as settled with this very desired document.
+    Unchanged,
+    Work(WorkReason),
+}
+
+impl Verdict {
+    /// The decision for a record: whether `only` selects it, whether this
+    /// is a resync, and whether the store holds it as settled with the
+    /// desired document it maps to now.
+    fn of(selected: bool, resync: bool, settled: bool) -> Verdict {
+        match (selected, resync, settled) {
+            (false, _, _) => Verdict::NotSelected,
+            (true, true, _) => Verdict::Work(WorkReason::Resync),
+            (true, false, true) => Verdict::Unchanged,
+            (true, false, false) => Verdict::Work(WorkReason::Outdated),
+        }
+    }
+
+    fn work(self) -> Option<WorkReason> {
+        match self {
+            Verdict::Work(reason) => Some(reason),
+            Verdict::NotSelected | Verdict::Unchanged => None,
+        }
+    }
 }
 
 const _: () = assert!(std::mem::size_of::<Seen>() == 40);
@@ -418,7 +474,7 @@ impl Scan {
     /// duplicated, filtered out, or not seen).
     pub fn work_for(&self, external_id: &str, hash: DocHash) -> Option<WorkFor> {
         let id = IdKey::of(external_id);
-        let reason = self.find(id)?.work?;
+        let reason = self.find(id)?.verdict.work()?;
         let at = self
             .work_hashes
             .binary_search_by_key(&id, |(id, _)| *id)
@@ -594,51 +650,196 @@ pub fn scan_export(
     store: &Store,
     options: &ScanOptions,
 ) -> Result<Scan, ScanError> {
-    let mut scan = Scan::default();
-    let mut seen: Vec<Seen> = Vec::new();
-    let mut work_hashes: Vec<(IdKey, DocHash)> = Vec::new();
-    let mut retained = Retained::default();
-    let mut canonical = Vec::new();
-    let mut over_budget = false;
-    let fingerprints = options.fingerprints;
-    // A resync takes every record up whatever the store says.
-    let (settled, known) = if options.resync {
-        (Settled(KeySet::default()), Fingerprinted(KeySet::default()))
-    } else {
-        // One read of both, so they agree.
-        let _snapshot = read_snapshot(store)?;
-        let settled = Settled::load(store)?;
-        let known = if fingerprints.skip {
-            Fingerprinted::load(store, &settled)?
-        } else {
-            Fingerprinted(KeySet::default())
-        };
-        (settled, known)
-    };
-    let mut prefilter = KnownRecords {
-        id_column: mapper.id_column(),
-        known: &known,
-        context: fingerprints.context,
-        only: options.only.as_ref(),
-        list_unchanged: options.list_unchanged,
-        seen: Vec::new(),
-        unchanged_ids: Vec::new(),
-        files: Vec::new(),
-    };
-    let mut unchanged_ids: Vec<(u64, String)> = Vec::new();
-    let mut found = FoundFingerprints::new(store, fingerprints.record);
+    let known = StoreKnows::load(store, options.resync, options.fingerprints.skip)?;
+    let mut deciding = Deciding::new(mapper, options, &known, store);
+    let prefilter = KnownRecords::new(mapper, options, &known.fingerprinted);
+    let (summary, prefilter) = read_and_decide(export_options, prefilter, &mut deciding);
+    deciding.found.finish()?;
+    let mut read = deciding.into_read(summary?, prefilter);
+    // The rest reads the store once more, in one snapshot.
+    let _snapshot = read_snapshot(store)?;
+    // Before anything is planned: a field fed before whose columns are
+    // gone would be cleared on every referral.
+    read.scan.schema = schema::compare(
+        mapper,
+        &read.scan.export.columns,
+        &schema::fed_before(store)?,
+    );
+    if !read.scan.schema.dropped.is_empty() && options.schema == SchemaPolicy::Guard {
+        return Err(SchemaChanged(read.scan.schema.dropped.clone()).into());
+    }
+    let repeated = read.keep_unique();
+    if !repeated.is_empty() {
+        read.scan.duplicates = name_duplicates(export_options, mapper, &read.scan, &repeated)?;
+        let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id()).collect();
+        read.retained
+            .retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
+    }
+    read.refuse_unmappable_twins();
+    read.count_missing(&known.ids, &repeated);
+    Ok(read.into_scan())
+}
 
-    // The export is parsed on a thread of its own while this one maps,
-    // hashes and decides. Parsing is about half the work, so with a second
-    // core free the pass costs little more than the parse. Records the
-    // store knows by their fingerprint are settled on the parsing thread,
-    // unparsed.
+/// The deciding half of pass one: each record the parsing thread hands
+/// over is mapped, hashed and decided here.
+struct Deciding<'a> {
+    mapper: &'a Mapper,
+    options: &'a ScanOptions,
+    settled: &'a Settled,
+    fingerprinted: &'a Fingerprinted,
+    found: FoundFingerprints<'a>,
+    /// The canonical JSON of the record being decided.
+    canonical: Vec<u8>,
+    record_errors: Vec<RecordError>,
+    files: Vec<PathBuf>,
+    seen: Vec<Seen>,
+    work_hashes: Vec<(IdKey, DocHash)>,
+    retained: Retained,
+    over_budget: bool,
+    /// `(ordinal, external id)`, when asked to list them.
+    unchanged_ids: Vec<(u64, String)>,
+}
+
+impl<'a> Deciding<'a> {
+    fn new(
+        mapper: &'a Mapper,
+        options: &'a ScanOptions,
+        known: &'a StoreKnows,
+        store: &'a Store,
+    ) -> Self {
+        Deciding {
+            mapper,
+            options,
+            settled: &known.settled,
+            fingerprinted: &known.fingerprinted,
+            found: FoundFingerprints::new(store, options.fingerprints.record),
+            canonical: Vec::new(),
+            record_errors: Vec::new(),
+            files: Vec::new(),
+            seen: Vec::new(),
+            work_hashes: Vec::new(),
+            retained: Retained::default(),
+            over_budget: false,
+            unchanged_ids: Vec::new(),
+        }
+    }
+
+    /// Map, hash and decide one record; stop once the store failed.
+    fn decide(&mut self, record: &Record) -> ControlFlow<()> {
+        let mapped = match self.mapper.map(record) {
+            Ok(mapped) => mapped,
+            Err(error) => {
+                self.record_errors.push(error);
+                return ControlFlow::Continue(());
+            }
+        };
+        let hash = canonical_hash(&mapped.document, &mut self.canonical);
+        let id = IdKey::of(&mapped.external_id);
+        let only = self.options.only.as_ref();
+        let verdict = Verdict::of(
+            only.is_none_or(|only| only.contains(&mapped.external_id)),
+            self.options.resync,
+            self.settled.contains(id, hash),
+        );
+        // What these bytes map to, kept for the next cycle: trusted once
+        // the record is settled with this hash — now, or after its push.
+        let fingerprint = stored_fingerprint(record.fingerprint, self.options.fingerprints.context);
+        if !self.fingerprinted.contains(id, &fingerprint)
+            && self
+                .found
+                .add(&mapped.external_id, fingerprint, hash)
+                .is_err()
+        {
+            return ControlFlow::Break(());
+        }
+        self.seen.push(Seen {
+            id: id.halves(),
+            file: file_index(&mut self.files, &record.location.file),
+            line: record.location.line,
+            ordinal: record.location.ordinal,
+            verdict,
+        });
+        match verdict {
+            Verdict::Unchanged if self.options.list_unchanged => self
+                .unchanged_ids
+                .push((record.location.ordinal, mapped.external_id)),
+            Verdict::Work(reason) => {
+                self.work_hashes.push((id, hash));
+                self.retain(mapped, hash, reason);
+            }
+            Verdict::Unchanged | Verdict::NotSelected => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Keep a record taken up for the push phase while the budget lasts;
+    /// past it, keep none (the push phase reads the export again).
+    fn retain(&mut self, mapped: MappedRecord, hash: DocHash, reason: WorkReason) {
+        if self.over_budget {
+            return;
+        }
+        if self.retained.len() < self.options.retain_budget {
+            self.retained.push(mapped, &self.canonical, hash, reason);
+        } else {
+            self.over_budget = true;
+            self.retained = Retained::default();
+        }
+    }
+
+    /// What both threads learnt, under one numbering of the files.
+    fn into_read(mut self, summary: ExportSummary, mut prefilter: KnownRecords<'_>) -> ReadExport {
+        let renumbered: Vec<u32> = prefilter
+            .files
+            .iter()
+            .map(|file| file_index(&mut self.files, file))
+            .collect();
+        for known in &mut prefilter.seen {
+            known.file = renumbered
+                .get(known.file as usize)
+                .copied()
+                .unwrap_or(u32::MAX);
+        }
+        let known_by_fingerprint = prefilter.seen.len() as u64;
+        // The smaller list joins the larger one, so that a million records
+        // are not held twice on the way.
+        let seen = join(self.seen, std::mem::take(&mut prefilter.seen));
+        let mut unchanged_ids = self.unchanged_ids;
+        unchanged_ids.append(&mut prefilter.unchanged_ids);
+        unchanged_ids.sort_unstable_by_key(|(ordinal, _)| *ordinal);
+        let scan = Scan {
+            export: summary,
+            record_errors: self.record_errors,
+            unchanged_ids: unchanged_ids.into_iter().map(|(_, id)| id).collect(),
+            fingerprinted: self.found.recorded,
+            known_by_fingerprint,
+            files: self.files,
+            ..Scan::default()
+        };
+        ReadExport {
+            scan,
+            seen,
+            work_hashes: self.work_hashes,
+            retained: self.retained,
+            over_budget: self.over_budget,
+        }
+    }
+}
+
+/// Parse the export on a thread of its own while this one maps, hashes and
+/// decides. Parsing is about half the work, so with a second core free the
+/// pass costs little more than the parse. Records the store knows by their
+/// fingerprint are settled on the parsing thread, unparsed.
+fn read_and_decide<'p>(
+    export_options: &ExportOptions,
+    mut prefilter: KnownRecords<'p>,
+    deciding: &mut Deciding<'_>,
+) -> (Result<ExportSummary, ExportError>, KnownRecords<'p>) {
     let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
     // Batches go back to the parsing thread once decided, so that records
     // are freed by the thread that allocated them (the allocator's fast
     // path) and batch buffers are reused.
     let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
-    let (summary, mut prefilter) = thread::scope(|scope| {
+    thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
             let use_prefilter = !prefilter.known.0.is_empty();
@@ -672,60 +873,8 @@ pub fn scan_export(
         });
         'batches: for batch in received {
             for record in &batch {
-                let mapped = match mapper.map(record) {
-                    Ok(mapped) => mapped,
-                    Err(error) => {
-                        scan.record_errors.push(error);
-                        continue;
-                    }
-                };
-                let hash = canonical_hash(&mapped.document, &mut canonical);
-                let id = IdKey::of(&mapped.external_id);
-                let wanted = options
-                    .only
-                    .as_ref()
-                    .is_none_or(|only| only.contains(&mapped.external_id));
-                let work = if !wanted {
-                    None
-                } else if options.resync {
-                    Some(WorkReason::Resync)
-                } else if settled.contains(id, hash) {
-                    None
-                } else {
-                    Some(WorkReason::Outdated)
-                };
-                // What these bytes map to, kept for the next cycle: trusted
-                // once the record is settled with this hash — now, or after
-                // its push.
-                let fingerprint = stored_fingerprint(record.fingerprint, fingerprints.context);
-                if !known.contains(id, &fingerprint)
-                    && found.add(&mapped.external_id, fingerprint, hash).is_err()
-                {
+                if deciding.decide(record).is_break() {
                     break 'batches;
-                }
-                if work.is_some() {
-                    work_hashes.push((id, hash));
-                }
-                seen.push(Seen {
-                    id: id.halves(),
-                    file: file_index(&mut scan.files, &record.location.file),
-                    line: record.location.line,
-                    ordinal: record.location.ordinal,
-                    work,
-                    not_selected: !wanted,
-                });
-                if options.list_unchanged && wanted && work.is_none() {
-                    unchanged_ids.push((record.location.ordinal, mapped.external_id.clone()));
-                }
-                if let Some(reason) = work
-                    && !over_budget
-                {
-                    if retained.len() < options.retain_budget {
-                        retained.push(mapped, &canonical, hash, reason);
-                    } else {
-                        over_budget = true;
-                        retained = Retained::default();
-                    }
                 }
             }
             // Once the parsing thread is done, it frees nothing more: the
@@ -735,114 +884,115 @@ pub fn scan_export(
         reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    });
-    found.finish()?;
-    let summary = summary?;
-    // The records known by their fingerprint, under this thread's file
-    // numbers.
-    let renumbered: Vec<u32> = prefilter
-        .files
-        .iter()
-        .map(|file| file_index(&mut scan.files, file))
-        .collect();
-    for known in &mut prefilter.seen {
-        known.file = renumbered
-            .get(known.file as usize)
-            .copied()
-            .unwrap_or(u32::MAX);
-    }
-    scan.known_by_fingerprint = prefilter.seen.len() as u64;
-    // The smaller list joins the larger one, so that a million records are
-    // not held twice on the way.
-    let mut seen = join(seen, std::mem::take(&mut prefilter.seen));
-    unchanged_ids.append(&mut prefilter.unchanged_ids);
-    unchanged_ids.sort_unstable_by_key(|(ordinal, _)| *ordinal);
-    scan.unchanged_ids = unchanged_ids.into_iter().map(|(_, id)| id).collect();
-    scan.fingerprinted = found.recorded;
-    scan.export = summary;
-    // The rest reads the store once more, in one snapshot.
-    let read_snapshot = read_snapshot(store)?;
-    // Before anything is planned: a field fed before whose columns are
-    // gone would be cleared on every referral.
-    scan.schema = schema::compare(mapper, &scan.export.columns, &schema::fed_before(store)?);
-    if !scan.schema.dropped.is_empty() && options.schema == SchemaPolicy::Guard {
-        return Err(SchemaChanged(scan.schema.dropped.clone()).into());
+    })
+}
+
+/// Pass one once the export is read: the scan so far, and what is still
+/// to be sorted, checked and counted before it is one.
+struct ReadExport {
+    scan: Scan,
+    seen: Vec<Seen>,
+    work_hashes: Vec<(IdKey, DocHash)>,
+    retained: Retained,
+    over_budget: bool,
+}
+
+impl ReadExport {
+    /// Sort the occurrences by id, keep in the scan the ids that occur
+    /// once, and return every occurrence of the others, one run per id.
+    fn keep_unique(&mut self) -> Vec<Vec<Seen>> {
+        let mut seen = std::mem::take(&mut self.seen);
+        // Sorted by id then place, an id's occurrences are neighbours: the
+        // first of a run is where it first occurred.
+        seen.sort_unstable_by_key(|s| (s.id, s.ordinal));
+        let repeated = keep_unique(&mut seen);
+        self.scan.seen = seen;
+        let mut work_hashes = std::mem::take(&mut self.work_hashes);
+        work_hashes.sort_unstable_by_key(|(id, _)| *id);
+        self.scan.work_hashes = work_hashes;
+        repeated
     }
 
-    // Sorted by id then place, an id's occurrences are neighbours: the
-    // first of a run is where it first occurred.
-    seen.sort_unstable_by_key(|s| (s.id, s.ordinal));
-    let repeated = keep_unique(&mut seen);
-    scan.seen = seen;
-    work_hashes.sort_unstable_by_key(|(id, _)| *id);
-    scan.work_hashes = work_hashes;
-    if !repeated.is_empty() {
-        scan.duplicates = name_duplicates(export_options, mapper, &scan, &repeated)?;
-        let repeated_ids: HashSet<IdKey> = repeated.iter().map(|run| run[0].id()).collect();
-        retained.retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
-    }
-    // An id that also occurs on a row that could not be mapped is
-    // duplicated too: none of its rows is sent.
-    let unmappable: HashMap<IdKey, (&str, &RecordLocation)> = scan
-        .record_errors
-        .iter()
-        .filter_map(|e| {
-            let id = e.external_id.as_deref()?;
-            Some((IdKey::of(id), (id, &e.location)))
-        })
-        .collect();
-    if !unmappable.is_empty() {
-        let mut also_unmappable = Vec::new();
+    /// An id that also occurs on a row that could not be mapped is
+    /// duplicated too: none of its rows is sent.
+    fn refuse_unmappable_twins(&mut self) {
+        let scan = &mut self.scan;
+        let unmappable: HashMap<IdKey, (&str, &RecordLocation)> = scan
+            .record_errors
+            .iter()
+            .filter_map(|e| {
+                let id = e.external_id.as_deref()?;
+                Some((IdKey::of(id), (id, &e.location)))
+            })
+            .collect();
+        if unmappable.is_empty() {
+            return;
+        }
+        let files = &scan.files;
+        let mut twins = Vec::new();
         scan.seen.retain(|s| match unmappable.get(&s.id()) {
             Some((id, at)) => {
                 let here = RecordLocation {
-                    file: scan.files.get(s.file as usize).cloned().unwrap_or_default(),
+                    file: files.get(s.file as usize).cloned().unwrap_or_default(),
                     line: s.line,
                     ordinal: s.ordinal,
                 };
                 let mut places = vec![(*at).clone(), here];
                 places.sort_by_key(|p| p.ordinal);
-                also_unmappable.push((id.to_string(), places));
+                twins.push((id.to_string(), places));
                 false
             }
             None => true,
         });
-        retained.retain_ids(|id| !unmappable.contains_key(&IdKey::of(id)));
-        scan.duplicates.extend(also_unmappable);
+        self.retained
+            .retain_ids(|id| !unmappable.contains_key(&IdKey::of(id)));
+        scan.duplicates.extend(twins);
         scan.duplicates.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    if !scan.unchanged_ids.is_empty() {
-        // Duplicated or unmappable ids were taken out of `seen` above.
-        let valid: HashSet<IdKey> = scan.seen.iter().map(Seen::id).collect();
-        scan.unchanged_ids
-            .retain(|id| valid.contains(&IdKey::of(id)));
-    }
-    scan.valid = scan.seen.len() as u64;
-    scan.work_count = scan.seen.iter().filter(|s| s.work.is_some()).count() as u64;
-    scan.not_selected = scan.seen.iter().filter(|s| s.not_selected).count() as u64;
-    scan.unchanged = scan.valid - scan.work_count - scan.not_selected;
-    scan.retained = (!over_budget).then_some(retained);
 
-    // Ids that are in the export, if not valid there, are not missing.
-    let mut in_export: HashSet<IdKey> = scan
-        .record_errors
-        .iter()
-        .filter_map(|e| e.external_id.as_deref())
-        .map(IdKey::of)
-        .collect();
-    in_export.extend(repeated.iter().map(|run| run[0].id()));
-    let (mut known, mut missing) = (0u64, 0u64);
-    store.for_each_external_id(&mut |id| {
-        known += 1;
-        let key = IdKey::of(id);
-        if scan.find(key).is_none() && !in_export.contains(&key) {
-            missing += 1;
+    /// The records the store knows (`known`, sorted) that this export
+    /// lacks. Ids that are in the export, if not valid there, are not
+    /// missing.
+    fn count_missing(&mut self, known: &[IdKey], repeated: &[Vec<Seen>]) {
+        let mut in_export: HashSet<IdKey> = self
+            .scan
+            .record_errors
+            .iter()
+            .filter_map(|e| e.external_id.as_deref())
+            .map(IdKey::of)
+            .collect();
+        in_export.extend(repeated.iter().map(|run| run[0].id()));
+        // Both sorted by id: one walk through each.
+        let mut valid = self.scan.seen.iter().map(Seen::id).peekable();
+        let mut missing = 0u64;
+        for &id in known {
+            while valid.next_if(|seen| *seen < id).is_some() {}
+            if valid.next_if_eq(&id).is_none() && !in_export.contains(&id) {
+                missing += 1;
+            }
         }
-    })?;
-    scan.known = known;
-    scan.missing_from_export = missing;
-    drop(read_snapshot);
-    Ok(scan)
+        self.scan.known = known.len() as u64;
+        self.scan.missing_from_export = missing;
+    }
+
+    fn into_scan(self) -> Scan {
+        let mut scan = self.scan;
+        if !scan.unchanged_ids.is_empty() {
+            // Duplicated or unmappable ids were taken out of `seen`.
+            let valid: HashSet<IdKey> = scan.seen.iter().map(Seen::id).collect();
+            scan.unchanged_ids
+                .retain(|id| valid.contains(&IdKey::of(id)));
+        }
+        let count = |verdict: fn(&Verdict) -> bool| {
+            scan.seen.iter().filter(|s| verdict(&s.verdict)).count() as u64
+        };
+        scan.valid = scan.seen.len() as u64;
+        scan.work_count = count(|v| matches!(v, Verdict::Work(_)));
+        scan.not_selected = count(|v| *v == Verdict::NotSelected);
+        scan.unchanged = count(|v| *v == Verdict::Unchanged);
+        scan.retained = (!self.over_budget).then_some(self.retained);
+        scan
+    }
 }
 
 /// A read transaction: every query in it sees one state of the store, and
@@ -874,33 +1024,76 @@ struct KnownRecords<'a> {
     files: Vec<PathBuf>,
 }
 
+impl<'a> KnownRecords<'a> {
+    fn new(mapper: &Mapper, options: &'a ScanOptions, known: &'a Fingerprinted) -> Self {
+        KnownRecords {
+            id_column: mapper.id_column(),
+            known,
+            context: options.fingerprints.context,
+            only: options.only.as_ref(),
+            list_unchanged: options.list_unchanged,
+            seen: Vec::new(),
+            unchanged_ids: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+}
+
 impl Prefilter for KnownRecords<'_> {
     fn id_column(&self) -> &str {
         self.id_column
     }
 
     fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool {
-        let external_id = normalise_external_id(id);
-        let key = IdKey::of(&external_id);
+        with_normalised_id(id, |external_id| {
+            self.known_as(external_id, fingerprint, place)
+        })
+    }
+}
+
+impl KnownRecords<'_> {
+    fn known_as(
+        &mut self,
+        external_id: &str,
+        fingerprint: RawFingerprint,
+        place: Place<'_>,
+    ) -> bool {
+        let key = IdKey::of(external_id);
         if !self
             .known
             .contains(key, &stored_fingerprint(fingerprint, self.context))
         {
             return false;
         }
-        let wanted = self.only.is_none_or(|only| only.contains(&external_id));
+        let wanted = self.only.is_none_or(|only| only.contains(external_id));
         self.seen.push(Seen {
             id: key.halves(),
             file: file_index(&mut self.files, place.file),
             line: place.line,
             ordinal: place.ordinal,
-            work: None,
-            not_selected: !wanted,
+            verdict: if wanted {
+                Verdict::Unchanged
+            } else {
+                Verdict::NotSelected
+            },
         });
         if self.list_unchanged && wanted {
-            self.unchanged_ids.push((place.ordinal, external_id));
+            self.unchanged_ids
+                .push((place.ordinal, external_id.to_owned()));
         }
         true
+    }
+}
+
+/// `f` of the normalised form of the id `text`, as
+/// [`crate::mapping::normalise_external_id`] gives it, without allocating it: the prefilter
+/// asks for every record of the export.
+fn with_normalised_id<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
+    match uuid::Uuid::try_parse(text.trim()) {
+        Ok(guid) => f(guid
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())),
+        Err(_) => f(text.trim()),
     }
 }
 
@@ -1152,6 +1345,78 @@ mod tests {
             retain_budget,
             ..ScanOptions::default()
         }
+    }
+
+    #[test]
+    fn the_verdict_on_a_record_follows_selection_then_resync_then_the_store() {
+        use Verdict::*;
+        use WorkReason::*;
+        // (selected by `only`, resync, settled with this document) → verdict
+        let table = [
+            ((false, false, false), NotSelected),
+            ((false, false, true), NotSelected),
+            ((false, true, false), NotSelected),
+            ((false, true, true), NotSelected),
+            ((true, true, false), Work(Resync)),
+            ((true, true, true), Work(Resync)),
+            ((true, false, true), Unchanged),
+            ((true, false, false), Work(Outdated)),
+        ];
+        for ((selected, resync, settled), expected) in table {
+            assert_eq!(
+                Verdict::of(selected, resync, settled),
+                expected,
+                "selected {selected}, resync {resync}, settled {settled}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_prefilter_normalises_an_id_as_the_mapping_does() {
+        use crate::mapping::normalise_external_id;
+        for text in [
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "3F2504E0-4F89-11D3-9A0C-0305E82C3301",
+            " {3f2504e0-4f89-11d3-9a0c-0305e82c3301} ",
+            "3f2504e04f8911d39a0c0305e82c3301",
+            "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "  L-17 ",
+            "",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c330",
+        ] {
+            assert_eq!(
+                with_normalised_id(text, str::to_owned),
+                normalise_external_id(text),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_missing_from_the_export_are_counted_in_one_walk() {
+        let keys: Vec<IdKey> = (0..6).map(|n| IdKey::of(&id(n))).collect();
+        let seen = |n: usize| Seen {
+            id: keys[n].halves(),
+            file: 0,
+            line: 1,
+            ordinal: n as u64,
+            verdict: Verdict::Unchanged,
+        };
+        let mut read = ReadExport {
+            scan: Scan::default(),
+            seen: vec![seen(1), seen(4), seen(5)],
+            work_hashes: Vec::new(),
+            retained: Retained::default(),
+            over_budget: false,
+        };
+        assert!(read.keep_unique().is_empty());
+        // 3 is in the export on a row that could not be read well: not missing.
+        read.scan.record_errors = Vec::new();
+        let repeated = vec![vec![seen(3), seen(3)]];
+        let mut known = keys.clone();
+        known.sort_unstable();
+        read.count_missing(&known, &repeated);
+        assert_eq!((read.scan.known, read.scan.missing_from_export), (6, 2));
     }
 
     #[test]
