@@ -115,71 +115,131 @@ impl IdKey {
     }
 }
 
-/// The records the store holds as settled (`synced` or `invalid`), each as
-/// one 128-bit key over its id and the hash of its desired document, sorted.
-/// A record of the export whose key is here is unchanged. Read in one pass
-/// ([`StoreKnows`]) instead of one lookup per record, and kept in 16 bytes
-/// per record.
-struct Settled(KeySet);
-
-impl Settled {
-    fn key(id: IdKey, hash: DocHash) -> u128 {
-        let mut input = [0u8; 32];
-        input[..16].copy_from_slice(&id.0.to_be_bytes());
-        input[16..].copy_from_slice(&hash.0);
-        xxhash_rust::xxh3::xxh3_128(&input)
-    }
-
-    fn contains(&self, id: IdKey, hash: DocHash) -> bool {
-        self.0.contains(Settled::key(id, hash))
-    }
+/// One record the store knows, as pass one looks it up: what the store
+/// holds as settled (`synced` or `invalid`) and trusts of its export
+/// fingerprint. 56 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    id: [u64; 2],
+    /// The desired hash it is settled with, when it is settled.
+    settled: Option<DocHash>,
+    /// The stored fingerprint of the export record it was last parsed
+    /// from, when that record maps to the settled hash: a record of the
+    /// export with this id and fingerprint is unchanged, and is not parsed.
+    fingerprint: Option<[u8; 16]>,
 }
 
-/// Everything pass one needs of the store, read in one pass over it
-/// ([`Store::for_each_known`]) within one read transaction, so the three
-/// agree: the settled records, the fingerprints trusted, and every id the
-/// store knows (for the records missing from the export), sorted.
+const _: () = assert!(std::mem::size_of::<Known>() == 56);
+
+/// Everything pass one needs of the store: every record it knows, sorted by
+/// id key, read in one pass over the store ([`Store::for_each_known`])
+/// within one read transaction, with where each run of keys sharing their
+/// top bits starts. Keys are uniformly spread hashes, so a lookup reads
+/// one start and searches a handful of entries instead of halving a
+/// million; one lookup answers both "settled with this hash?" and "known by
+/// this fingerprint?".
+#[derive(Debug, Default)]
 struct StoreKnows {
-    settled: Settled,
-    fingerprinted: Fingerprinted,
-    ids: Vec<IdKey>,
+    records: Vec<Known>,
+    /// `starts[p]`: the index of the first record whose key's top `bits`
+    /// bits are at least `p`; one more entry holds the length.
+    starts: Vec<u32>,
+    bits: u32,
+    /// Records with a trusted fingerprint.
+    fingerprinted: usize,
 }
 
 impl StoreKnows {
     /// A resync takes every record up whatever the store says: only the
-    /// ids are read. Without `skip`, no fingerprint is trusted.
+    /// ids are kept. Without `skip`, no fingerprint is trusted.
     fn load(store: &Store, resync: bool, skip: bool) -> Result<StoreKnows, StoreError> {
         let _snapshot = read_snapshot(store)?;
-        let (mut ids, mut settled, mut fingerprinted) = (Vec::new(), Vec::new(), Vec::new());
+        let mut records = Vec::new();
         store.for_each_known(&mut |record| {
-            let id = IdKey::of(record.external_id);
-            ids.push(id);
-            if resync {
-                return;
-            }
+            let id = IdKey::of(record.external_id).halves();
             // A hash that is not one (the store was edited by hand) keeps
             // its record out: it is taken up as outdated.
-            let Some((text, hash)) = record
-                .settled
-                .and_then(|text| Some((text, DocHash::from_hex(text)?)))
-            else {
-                return;
-            };
-            settled.push(Settled::key(id, hash));
-            if skip
-                && let Some((fingerprint, maps_to)) = record.fingerprint
-                && maps_to == text
-                && let Ok(fingerprint) = <[u8; 16]>::try_from(fingerprint)
-            {
-                fingerprinted.push(Fingerprinted::key(id, &fingerprint));
-            }
+            let settled = record.settled.filter(|_| !resync).and_then(|text| {
+                let hash = DocHash::from_hex(text)?;
+                Some((text, hash))
+            });
+            let fingerprint = record
+                .fingerprint
+                .filter(|_| skip)
+                .zip(settled)
+                .filter(|((_, maps_to), (text, _))| maps_to == text)
+                .and_then(|((fingerprint, _), _)| <[u8; 16]>::try_from(fingerprint).ok());
+            records.push(Known {
+                id,
+                settled: settled.map(|(_, hash)| hash),
+                fingerprint,
+            });
         })?;
-        ids.sort_unstable();
-        Ok(StoreKnows {
-            settled: Settled(KeySet::new(settled)),
-            fingerprinted: Fingerprinted(KeySet::new(fingerprinted)),
-            ids,
-        })
+        Ok(StoreKnows::new(records))
+    }
+
+    fn new(mut records: Vec<Known>) -> StoreKnows {
+        records.sort_unstable_by_key(|known| known.id);
+        // About one record per bucket, at most 2¹⁶ buckets (256 KiB of starts).
+        let bits = records.len().max(1).ilog2().min(16);
+        let buckets = 1usize << bits;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut at = 0;
+        for bucket in 0..buckets {
+            while at < records.len() && StoreKnows::bucket(records[at].id, bits) < bucket {
+                at += 1;
+            }
+            starts.push(u32::try_from(at).unwrap_or(u32::MAX));
+        }
+        starts.push(u32::try_from(records.len()).unwrap_or(u32::MAX));
+        let fingerprinted = records.iter().filter(|k| k.fingerprint.is_some()).count();
+        StoreKnows {
+            records,
+            starts,
+            bits,
+            fingerprinted,
+        }
+    }
+
+    fn bucket([high, _]: [u64; 2], bits: u32) -> usize {
+        if bits == 0 {
+            0
+        } else {
+            (high >> (64 - bits)) as usize
+        }
+    }
+
+    fn get(&self, id: IdKey) -> Option<&Known> {
+        let id = id.halves();
+        let bucket = StoreKnows::bucket(id, self.bits);
+        let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
+        else {
+            return None;
+        };
+        let run = self.records.get(start as usize..end as usize)?;
+        let at = run.binary_search_by_key(&id, |known| known.id).ok()?;
+        run.get(at)
+    }
+
+    /// Whether the store holds the record as settled with this desired
+    /// document: unchanged.
+    fn settled_with(&self, id: IdKey, hash: DocHash) -> bool {
+        self.get(id)
+            .is_some_and(|known| known.settled == Some(hash))
+    }
+
+    /// Whether these bytes are the record's trusted fingerprint: unchanged
+    /// without being parsed.
+    fn known_by(&self, id: IdKey, fingerprint: &[u8; 16]) -> bool {
+        self.get(id)
+            .is_some_and(|known| known.fingerprint.as_ref() == Some(fingerprint))
+    }
+
+    /// Every id the store knows, sorted.
+    fn ids(&self) -> impl Iterator<Item = IdKey> + '_ {
+        self.records
+            .iter()
+            .map(|known| IdKey::from_halves(known.id))
     }
 }
 
@@ -204,79 +264,6 @@ pub fn fingerprint_context(mapper: &Mapper, on_cleared: crate::diff::OnCleared) 
     let mut input = mapper.fingerprint().to_le_bytes().to_vec();
     input.extend_from_slice(format!("{on_cleared:?}").as_bytes());
     xxhash_rust::xxh3::xxh3_128(&input)
-}
-
-/// The records whose kept fingerprint maps to the desired hash they are
-/// settled with, each as one 128-bit key over its id and that fingerprint:
-/// an export record whose key is here is unchanged, and is not parsed.
-struct Fingerprinted(KeySet);
-
-impl Fingerprinted {
-    fn key(id: IdKey, fingerprint: &[u8; 16]) -> u128 {
-        let mut input = [0u8; 32];
-        input[..16].copy_from_slice(&id.0.to_be_bytes());
-        input[16..].copy_from_slice(fingerprint);
-        xxhash_rust::xxh3::xxh3_128(&input)
-    }
-
-    fn contains(&self, id: IdKey, fingerprint: &[u8; 16]) -> bool {
-        self.0.contains(Fingerprinted::key(id, fingerprint))
-    }
-}
-
-/// Sorted, uniformly spread 128-bit keys (hashes), with where each run of
-/// keys sharing their top bits starts: a lookup reads one start and
-/// searches a handful of keys instead of halving a million.
-#[derive(Debug, Default)]
-struct KeySet {
-    keys: Vec<u128>,
-    /// `starts[p]`: the index of the first key whose top `bits` bits are at
-    /// least `p`; one more entry holds the length.
-    starts: Vec<u32>,
-    bits: u32,
-}
-
-impl KeySet {
-    fn new(mut keys: Vec<u128>) -> KeySet {
-        keys.sort_unstable();
-        keys.dedup();
-        // About one key per bucket, at most 2¹⁶ buckets (256 KiB of starts).
-        let bits = keys.len().max(1).ilog2().min(16);
-        let buckets = 1usize << bits;
-        let mut starts = Vec::with_capacity(buckets + 1);
-        let mut at = 0;
-        for bucket in 0..buckets {
-            while at < keys.len() && KeySet::bucket(keys[at], bits) < bucket {
-                at += 1;
-            }
-            starts.push(u32::try_from(at).unwrap_or(u32::MAX));
-        }
-        starts.push(u32::try_from(keys.len()).unwrap_or(u32::MAX));
-        KeySet { keys, starts, bits }
-    }
-
-    fn bucket(key: u128, bits: u32) -> usize {
-        if bits == 0 {
-            0
-        } else {
-            (key >> (128 - bits)) as usize
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    fn contains(&self, key: u128) -> bool {
-        let bucket = KeySet::bucket(key, self.bits);
-        let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
-        else {
-            return false;
-        };
-        self.keys
-            .get(start as usize..end as usize)
-            .is_some_and(|run| run.binary_search(&key).is_ok())
-    }
 }
 
 /// Why a record is taken up by the push phase. Which of new, changed or
@@ -652,7 +639,7 @@ pub fn scan_export(
 ) -> Result<Scan, ScanError> {
     let known = StoreKnows::load(store, options.resync, options.fingerprints.skip)?;
     let mut deciding = Deciding::new(mapper, options, &known, store);
-    let prefilter = KnownRecords::new(mapper, options, &known.fingerprinted);
+    let prefilter = KnownRecords::new(mapper, options, &known);
     let (summary, prefilter) = read_and_decide(export_options, prefilter, &mut deciding);
     deciding.found.finish()?;
     let mut read = deciding.into_read(summary?, prefilter);
@@ -676,7 +663,7 @@ pub fn scan_export(
             .retain_ids(|id| !repeated_ids.contains(&IdKey::of(id)));
     }
     read.refuse_unmappable_twins();
-    read.count_missing(&known.ids, &repeated);
+    read.count_missing(&known, &repeated);
     Ok(read.into_scan())
 }
 
@@ -685,8 +672,7 @@ pub fn scan_export(
 struct Deciding<'a> {
     mapper: &'a Mapper,
     options: &'a ScanOptions,
-    settled: &'a Settled,
-    fingerprinted: &'a Fingerprinted,
+    known: &'a StoreKnows,
     found: FoundFingerprints<'a>,
     /// The canonical JSON of the record being decided.
     canonical: Vec<u8>,
@@ -710,8 +696,7 @@ impl<'a> Deciding<'a> {
         Deciding {
             mapper,
             options,
-            settled: &known.settled,
-            fingerprinted: &known.fingerprinted,
+            known,
             found: FoundFingerprints::new(store, options.fingerprints.record),
             canonical: Vec::new(),
             record_errors: Vec::new(),
@@ -739,12 +724,12 @@ impl<'a> Deciding<'a> {
         let verdict = Verdict::of(
             only.is_none_or(|only| only.contains(&mapped.external_id)),
             self.options.resync,
-            self.settled.contains(id, hash),
+            self.known.settled_with(id, hash),
         );
         // What these bytes map to, kept for the next cycle: trusted once
         // the record is settled with this hash — now, or after its push.
         let fingerprint = stored_fingerprint(record.fingerprint, self.options.fingerprints.context);
-        if !self.fingerprinted.contains(id, &fingerprint)
+        if !self.known.known_by(id, &fingerprint)
             && self
                 .found
                 .add(&mapped.external_id, fingerprint, hash)
@@ -842,7 +827,7 @@ fn read_and_decide<'p>(
     thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
-            let use_prefilter = !prefilter.known.0.is_empty();
+            let use_prefilter = prefilter.known.fingerprinted > 0;
             let summary = export::read_export_with(
                 export_options,
                 use_prefilter.then_some(&mut prefilter as &mut dyn Prefilter),
@@ -953,7 +938,7 @@ impl ReadExport {
     /// The records the store knows (`known`, sorted) that this export
     /// lacks. Ids that are in the export, if not valid there, are not
     /// missing.
-    fn count_missing(&mut self, known: &[IdKey], repeated: &[Vec<Seen>]) {
+    fn count_missing(&mut self, known: &StoreKnows, repeated: &[Vec<Seen>]) {
         let mut in_export: HashSet<IdKey> = self
             .scan
             .record_errors
@@ -965,13 +950,13 @@ impl ReadExport {
         // Both sorted by id: one walk through each.
         let mut valid = self.scan.seen.iter().map(Seen::id).peekable();
         let mut missing = 0u64;
-        for &id in known {
+        for id in known.ids() {
             while valid.next_if(|seen| *seen < id).is_some() {}
             if valid.next_if_eq(&id).is_none() && !in_export.contains(&id) {
                 missing += 1;
             }
         }
-        self.scan.known = known.len() as u64;
+        self.scan.known = known.records.len() as u64;
         self.scan.missing_from_export = missing;
     }
 
@@ -1013,7 +998,7 @@ fn read_snapshot(store: &Store) -> Result<rusqlite::Transaction<'_>, StoreError>
 /// records missing from the export, for `only` — under its normalised id.
 struct KnownRecords<'a> {
     id_column: &'static str,
-    known: &'a Fingerprinted,
+    known: &'a StoreKnows,
     context: u128,
     only: Option<&'a HashSet<String>>,
     list_unchanged: bool,
@@ -1025,7 +1010,7 @@ struct KnownRecords<'a> {
 }
 
 impl<'a> KnownRecords<'a> {
-    fn new(mapper: &Mapper, options: &'a ScanOptions, known: &'a Fingerprinted) -> Self {
+    fn new(mapper: &Mapper, options: &'a ScanOptions, known: &'a StoreKnows) -> Self {
         KnownRecords {
             id_column: mapper.id_column(),
             known,
@@ -1061,7 +1046,7 @@ impl KnownRecords<'_> {
         let key = IdKey::of(external_id);
         if !self
             .known
-            .contains(key, &stored_fingerprint(fingerprint, self.context))
+            .known_by(key, &stored_fingerprint(fingerprint, self.context))
         {
             return false;
         }
@@ -1393,6 +1378,31 @@ mod tests {
     }
 
     #[test]
+    fn what_the_store_knows_is_found_by_id_and_nothing_else_is() {
+        for count in [0u32, 1, 2, 3, 1000, 70_000] {
+            let records: Vec<Known> = (0..count)
+                .map(|n| Known {
+                    id: IdKey::of(&id(n)).halves(),
+                    settled: (n % 3 != 0).then_some(DocHash([n as u8; 16])),
+                    fingerprint: (n % 2 == 0).then_some([n as u8 ^ 0xff; 16]),
+                })
+                .collect();
+            let known = StoreKnows::new(records);
+            assert_eq!(known.ids().count(), count as usize);
+            for n in 0..count {
+                let key = IdKey::of(&id(n));
+                assert_eq!(known.settled_with(key, DocHash([n as u8; 16])), n % 3 != 0);
+                assert!(!known.settled_with(key, DocHash([n as u8 ^ 1; 16])));
+                assert_eq!(known.known_by(key, &[n as u8 ^ 0xff; 16]), n % 2 == 0);
+                assert!(!known.known_by(key, &[n as u8; 16]));
+            }
+            for n in count..count + 100 {
+                assert_eq!(known.get(IdKey::of(&id(n))), None, "{n} of {count}");
+            }
+        }
+    }
+
+    #[test]
     fn records_missing_from_the_export_are_counted_in_one_walk() {
         let keys: Vec<IdKey> = (0..6).map(|n| IdKey::of(&id(n))).collect();
         let seen = |n: usize| Seen {
@@ -1413,8 +1423,15 @@ mod tests {
         // 3 is in the export on a row that could not be read well: not missing.
         read.scan.record_errors = Vec::new();
         let repeated = vec![vec![seen(3), seen(3)]];
-        let mut known = keys.clone();
-        known.sort_unstable();
+        let known = StoreKnows::new(
+            keys.iter()
+                .map(|id| Known {
+                    id: id.halves(),
+                    settled: None,
+                    fingerprint: None,
+                })
+                .collect(),
+        );
         read.count_missing(&known, &repeated);
         assert_eq!((read.scan.known, read.scan.missing_from_export), (6, 2));
     }
