@@ -605,17 +605,18 @@ fn after_a_204_no_etag_is_kept_and_the_next_change_is_merged_against_the_live_re
     }
 }
 
-#[test]
-fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
-    struct Case {
-        policy: Option<&'static str>,
-        resolution: &'static str,
-        winner: &'static str,
-        live_value: i64,
-        second_patch: Value,
-    }
-    let cases = [
-        Case {
+/// How a conflict on `/details/dealValue` ends under a `conflict` policy.
+struct PolicyCase {
+    policy: Option<&'static str>,
+    resolution: &'static str,
+    winner: &'static str,
+    live_value: i64,
+    second_patch: Value,
+}
+
+fn policy_cases() -> [PolicyCase; 2] {
+    [
+        PolicyCase {
             policy: None,
             resolution: "crm-wins",
             winner: "crm",
@@ -625,30 +626,41 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
                 replace("/name", json!("Renamed in the CRM")),
             ]),
         },
-        Case {
+        PolicyCase {
             policy: Some("remote-wins"),
             resolution: "remote-wins",
             winner: "partner-center",
             live_value: 99999,
             second_patch: json!([replace("/name", json!("Renamed in the CRM"))]),
         },
-    ];
-    for case in cases {
-        let (emulator, ws) = adopted(1, |ws| {
-            if let Some(policy) = case.policy {
-                ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"{policy}\"\n"));
-            }
-        });
-        emulator.seller_edit(
-            "ref-1",
-            json!([replace("/details/dealValue", json!(99999))]),
-        );
-        let mut deal = open_deal("opp-1", 1500);
-        deal["name"] = json!("Renamed in the CRM");
-        write_deals(&ws, &[deal]);
+    ]
+}
 
-        let run = ws.run(&["sync", "--output", "json"]);
-        run.assert_code(0);
+/// One adopted deal whose value a seller and the CRM both changed (and the
+/// CRM its name), synced under the case's policy: the shared set-up of the
+/// conflict policy tests.
+fn changed_on_both_sides(case: &PolicyCase) -> (Emulator, Workspace, Run) {
+    let (emulator, ws) = adopted(1, |ws| {
+        if let Some(policy) = case.policy {
+            ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"{policy}\"\n"));
+        }
+    });
+    emulator.seller_edit(
+        "ref-1",
+        json!([replace("/details/dealValue", json!(99999))]),
+    );
+    let mut deal = open_deal("opp-1", 1500);
+    deal["name"] = json!("Renamed in the CRM");
+    write_deals(&ws, &[deal]);
+    let run = ws.run(&["sync", "--output", "json"]);
+    run.assert_code(0);
+    (emulator, ws, run)
+}
+
+#[test]
+fn a_field_changed_on_both_sides_is_merged_after_the_412_as_the_conflict_policy_says() {
+    for case in policy_cases() {
+        let (emulator, _ws, _run) = changed_on_both_sides(&case);
         let patches = emulator.requests_with_method("PATCH");
         assert_eq!(patches.len(), 2, "{}: {patches:?}", case.resolution);
         assert_eq!(patches[0]["status"], 412);
@@ -660,7 +672,13 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
             case.resolution
         );
         assert_eq!(live["name"], "Renamed in the CRM");
+    }
+}
 
+#[test]
+fn a_conflict_is_in_the_record_outcome_and_logged_with_its_winner() {
+    for case in policy_cases() {
+        let (_emulator, _ws, run) = changed_on_both_sides(&case);
         let outcome = outcome_for(&run, "opp-1");
         assert_eq!(
             outcome["conflicts"],
@@ -681,8 +699,13 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
                 && line.contains(&format!("winner=\"{}\"", case.winner))
         });
         assert!(logged, "{}: {log}", case.resolution);
+    }
+}
 
-        // Settled: the next cycle sends nothing, whoever won.
+#[test]
+fn after_a_conflict_the_next_cycle_sends_nothing_whoever_won() {
+    for case in policy_cases() {
+        let (emulator, ws, _run) = changed_on_both_sides(&case);
         emulator.clear_requests();
         ws.run(&["sync"]).assert_code(0);
         assert_eq!(
