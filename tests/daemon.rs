@@ -55,6 +55,7 @@ fn example_workspace(emulator: &Emulator, cron: &str, extra: &str) -> Workspace 
 struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -73,13 +74,17 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line);
             }
         });
-        Daemon { child, lines }
+        Daemon {
+            child,
+            lines,
+            reader: Some(reader),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -154,8 +159,11 @@ impl Daemon {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
+                if let Some(reader) = self.reader.take() {
+                    wait_until(WAIT, "the daemon's standard error read to its end", || {
+                        reader.is_finished()
+                    });
+                }
                 return status;
             }
             assert!(
@@ -615,6 +623,16 @@ fn twelve_new_records(ws: &Workspace) -> Vec<String> {
     ids
 }
 
+/// Until the emulator holds a create (its POSTs are delayed).
+fn wait_for_a_create_in_flight(emulator: &Emulator) {
+    wait_until(WAIT, "a create in flight", || {
+        emulator
+            .requests_with_method("POST")
+            .iter()
+            .any(|r| r["outcome"] == "in_progress")
+    });
+}
+
 #[test]
 fn sigterm_lets_records_in_flight_finish_within_the_grace_period() {
     let emulator = Emulator::start(&json!([]), &[]);
@@ -623,7 +641,7 @@ fn sigterm_lets_records_in_flight_finish_within_the_grace_period() {
     let ids = twelve_new_records(&ws);
     let mut daemon = Daemon::start(&ws, &[("REFERRAL_SYNC__API__CONCURRENCY", "2")]);
     daemon.wait_for_line("referral index built");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_a_create_in_flight(&emulator);
 
     let status = daemon.terminate();
     assert_eq!(status.code(), Some(0), "{}", daemon.raw_log());
@@ -661,7 +679,7 @@ fn sigterm_past_the_grace_period_leaves_records_pending_and_loses_nothing() {
     let ids = twelve_new_records(&ws);
     let mut daemon = Daemon::start(&ws, &[("REFERRAL_SYNC__API__CONCURRENCY", "2")]);
     daemon.wait_for_line("referral index built");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_a_create_in_flight(&emulator);
 
     let status = daemon.terminate();
     assert_eq!(status.code(), Some(0), "{}", daemon.raw_log());

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -91,83 +91,148 @@ fn start_login(ws: &Workspace) -> Login {
 }
 
 fn finish(mut login: Login) -> (i32, String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = login.child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            use std::io::Read;
-            login
-                .child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            return (status.code().unwrap_or(-1), stderr);
-        }
-        assert!(Instant::now() < deadline, "login did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut status = None;
+    wait_until(Duration::from_secs(60), "login to end", || {
+        status = login.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    use std::io::Read;
+    login
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status.and_then(|s| s.code()).unwrap_or(-1), stderr)
 }
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-#[test]
-fn login_writes_a_refresh_token_with_mode_0600_that_sync_and_run_then_use() {
+/// The requests to the v2 token endpoint, in the order they came.
+fn v2_token_requests(emulator: &Emulator) -> Vec<Value> {
+    emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == json!("/contoso/oauth2/v2.0/token"))
+        .collect()
+}
+
+/// A sign-in approved after `login` has polled at least once, and what
+/// was seen on the way: the shared set-up of the tests below.
+struct SignedIn {
+    emulator: Emulator,
+    ws: Workspace,
+    refresh_file: PathBuf,
+    first_line: String,
+    user_code: String,
+    written_before_approval: bool,
+    pending: Value,
+    code: i32,
+    stderr: String,
+    /// The refresh token `login` wrote.
+    written: String,
+    polls: Vec<Value>,
+}
+
+fn sign_in() -> SignedIn {
     let emulator = Emulator::start(&json!([]), &["--device-code-interval-secs", "1"]);
     let (ws, refresh_file) = login_workspace(&emulator);
-
     let login = start_login(&ws);
-    assert!(
-        login.first_line.starts_with(&format!(
-            "To sign in, open {}/devicelogin in a browser and enter the code ",
-            emulator.base
-        )),
-        "{}",
-        login.first_line
+    wait_until(
+        Duration::from_secs(30),
+        "a poll answered while the sign-in is pending",
+        || {
+            v2_token_requests(&emulator)
+                .iter()
+                .any(|r| r["status"] == 400)
+        },
     );
-    assert_eq!(login.user_code.len(), 8, "{}", login.first_line);
-    // Not signed in yet: it polls, and writes nothing.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(!refresh_file.exists());
+    let written_before_approval = refresh_file.exists();
     let (status, pending) = admin(&emulator, reqwest::Method::GET, "/_admin/device-codes");
     assert_eq!(status, 200);
-    assert_eq!(pending["value"][0]["user_code"], json!(login.user_code));
-    assert_eq!(
-        pending["value"][0]["scope"],
-        "https://api.partner.microsoft.com/.default offline_access"
-    );
     let (status, _) = admin(
         &emulator,
         reqwest::Method::POST,
         &format!("/_admin/device-codes/{}/approve", login.user_code),
     );
     assert_eq!(status, 200);
-
+    let first_line = login.first_line.clone();
+    let user_code = login.user_code.clone();
     let (code, stderr) = finish(login);
-    assert_eq!(code, 0, "{stderr}");
-    assert_eq!(mode(&refresh_file), 0o600);
-    let written = std::fs::read_to_string(&refresh_file).unwrap();
+    let written = std::fs::read_to_string(&refresh_file).unwrap_or_default();
+    let polls = v2_token_requests(&emulator);
+    SignedIn {
+        emulator,
+        ws,
+        refresh_file,
+        first_line,
+        user_code,
+        written_before_approval,
+        pending,
+        code,
+        stderr,
+        written,
+        polls,
+    }
+}
+
+#[test]
+fn login_prints_where_to_sign_in_and_an_eight_character_code() {
+    let signed_in = sign_in();
+    assert!(
+        signed_in.first_line.starts_with(&format!(
+            "To sign in, open {}/devicelogin in a browser and enter the code ",
+            signed_in.emulator.base
+        )),
+        "{}",
+        signed_in.first_line
+    );
+    assert_eq!(signed_in.user_code.len(), 8, "{}", signed_in.first_line);
+}
+
+#[test]
+fn login_writes_nothing_while_the_sign_in_is_pending() {
+    let signed_in = sign_in();
+    assert!(!signed_in.written_before_approval);
+    assert_eq!(
+        signed_in.pending["value"][0]["user_code"],
+        json!(signed_in.user_code)
+    );
+    assert_eq!(
+        signed_in.pending["value"][0]["scope"],
+        "https://api.partner.microsoft.com/.default offline_access"
+    );
+}
+
+#[test]
+fn an_approved_login_writes_one_refresh_token_line_with_mode_0600_and_prints_it_nowhere() {
+    let signed_in = sign_in();
+    assert_eq!(signed_in.code, 0, "{}", signed_in.stderr);
+    assert_eq!(mode(&signed_in.refresh_file), 0o600);
+    let written = &signed_in.written;
     assert!(
         written.starts_with("emulator-refresh-") && written.ends_with('\n'),
         "{written}"
     );
     assert_eq!(written.lines().count(), 1);
     assert!(
-        !stderr.contains(written.trim()),
-        "the refresh token leaked: {stderr}"
+        !signed_in.stderr.contains(written.trim()),
+        "the refresh token leaked: {}",
+        signed_in.stderr
     );
-    // Every poll went to the v2 token endpoint with the device-code grant,
-    // none faster than the interval (no slow_down).
-    let polls: Vec<Value> = emulator
-        .requests()
-        .into_iter()
-        .filter(|r| r["path"] == json!("/contoso/oauth2/v2.0/token"))
-        .collect();
+}
+
+#[test]
+fn login_polls_the_v2_endpoint_with_the_device_code_grant_until_approved() {
+    let signed_in = sign_in();
+    let polls = &signed_in.polls;
+    // None faster than the interval: no slow_down.
     assert!(polls.len() >= 2, "{polls:?}");
-    for poll in &polls {
+    for poll in polls {
         assert_eq!(
             poll["body"]["grant_type"],
             "urn:ietf:params:oauth:grant-type:device_code"
@@ -176,29 +241,39 @@ fn login_writes_a_refresh_token_with_mode_0600_that_sync_and_run_then_use() {
     }
     assert_eq!(polls.last().unwrap()["status"], 200);
     assert!(polls[..polls.len() - 1].iter().all(|p| p["status"] == 400));
+}
 
-    // sync refreshes with it at the v2 endpoint (scope, not resource).
+#[test]
+fn sync_refreshes_with_the_written_token_at_the_v2_endpoint_and_keeps_the_rotated_one_private() {
+    let signed_in = sign_in();
+    let emulator = &signed_in.emulator;
     emulator.clear_requests();
-    ws.run(&["sync"]).assert_code(0);
+    signed_in.ws.run(&["sync"]).assert_code(0);
     assert_eq!(emulator.referral_for(CONTOSO)["name"], "Contoso");
-    let grants: Vec<Value> = emulator
-        .requests()
-        .into_iter()
-        .filter(|r| r["path"] == json!("/contoso/oauth2/v2.0/token"))
-        .collect();
+    let grants = v2_token_requests(emulator);
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(grants[0]["body"]["grant_type"], "refresh_token");
     assert_eq!(
         grants[0]["body"]["scope"],
         "https://api.partner.microsoft.com/.default offline_access"
     );
-    assert_eq!(grants[0]["body"]["refresh_token"], json!(written.trim()));
+    assert_eq!(
+        grants[0]["body"]["refresh_token"],
+        json!(signed_in.written.trim())
+    );
     assert_eq!(grants[0]["status"], 200);
-    // Rotated and written back, still private.
-    assert_ne!(std::fs::read_to_string(&refresh_file).unwrap(), written);
-    assert_eq!(mode(&refresh_file), 0o600);
+    assert_ne!(
+        std::fs::read_to_string(&signed_in.refresh_file).unwrap(),
+        signed_in.written
+    );
+    assert_eq!(mode(&signed_in.refresh_file), 0o600);
+}
 
-    // And the daemon.
+#[test]
+fn the_daemon_runs_on_the_written_token_after_a_sync_rotated_it() {
+    let signed_in = sign_in();
+    let ws = &signed_in.ws;
+    ws.run(&["sync"]).assert_code(0);
     ws.write_export(&odata_page(&[opportunity(
         CONTOSO,
         "Contoso renamed",
@@ -216,7 +291,10 @@ fn login_writes_a_refresh_token_with_mode_0600_that_sync_and_run_then_use() {
     unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) };
     let status = daemon.child.wait().unwrap();
     assert!(status.success(), "{}", daemon.stderr());
-    assert_eq!(emulator.referral_for(CONTOSO)["name"], "Contoso renamed");
+    assert_eq!(
+        signed_in.emulator.referral_for(CONTOSO)["name"],
+        "Contoso renamed"
+    );
 }
 
 #[test]

@@ -102,34 +102,101 @@ fn metrics_workspace(emulator: &Emulator, metrics: &str) -> Workspace {
     ws
 }
 
-#[test]
-fn the_textfile_counts_every_sync_and_carries_on() {
+type Samples = BTreeMap<String, f64>;
+
+/// The example synced once with the textfile on, and what that first
+/// cycle sent: the shared set-up of the textfile tests.
+struct SyncedOnce {
+    emulator: Emulator,
+    ws: Workspace,
+    /// Seconds since the epoch before the first sync.
+    started: f64,
+    types: BTreeMap<String, String>,
+    first: Samples,
+    patches: f64,
+    posts: f64,
+    sent: f64,
+}
+
+fn synced_once() -> SyncedOnce {
     let emulator = Emulator::start(&example_seed(), &[]);
     let ws = metrics_workspace(&emulator, "textfile = \"textfile/referral-sync.prom\"");
-    let before = std::time::SystemTime::now()
+    let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-
     ws.run(&["sync"]).assert_code(0);
     let (types, first) = read_textfile(&ws);
-    let declared: BTreeSet<&str> = types.keys().map(String::as_str).collect();
-    assert_eq!(declared, FAMILIES.into_iter().collect(), "{types:?}");
+    let patches = emulator.requests_with_method("PATCH").len() as f64;
+    let posts = emulator.requests_with_method("POST").len() as f64;
+    let sent = emulator.requests().len() as f64;
+    SyncedOnce {
+        emulator,
+        ws,
+        started,
+        types,
+        first,
+        patches,
+        posts,
+        sent,
+    }
+}
+
+impl SyncedOnce {
+    /// A change in the CRM synced: one more PATCH. The emulator's journal
+    /// then holds this cycle's requests only.
+    fn sync_a_change(&self) -> Samples {
+        let export = std::fs::read_to_string(&self.ws.export).unwrap();
+        assert!(export.contains("50000"), "the example export changed");
+        self.ws.write_export(&export.replacen("50000", "50100", 1));
+        self.emulator.clear_requests();
+        self.ws.run(&["sync"]).assert_code(0);
+        assert_eq!(self.emulator.requests_with_method("PATCH").len(), 1);
+        read_textfile(&self.ws).1
+    }
+
+    fn dry_run(&self) {
+        self.ws.run(&["sync", "--dry-run"]).assert_code(0);
+    }
+
+    /// A cycle that fails on an export that is not JSON.
+    fn fail_a_sync(&self) -> Samples {
+        std::fs::write(&self.ws.export, "{ not json").unwrap();
+        let run = self.ws.run(&["sync"]);
+        assert_ne!(run.code(), 0);
+        read_textfile(&self.ws).1
+    }
+}
+
+#[test]
+fn the_textfile_declares_every_family() {
+    let synced = synced_once();
+    let declared: BTreeSet<&str> = synced.types.keys().map(String::as_str).collect();
+    assert_eq!(
+        declared,
+        FAMILIES.into_iter().collect(),
+        "{:?}",
+        synced.types
+    );
+}
+
+#[test]
+fn the_textfile_counts_the_cycle_the_requests_and_the_records_of_a_sync() {
+    let synced = synced_once();
+    let first = &synced.first;
     assert_eq!(
         first["referral_sync_cycles_total{outcome=\"ok\",trigger=\"manual\"}"],
         1.0
     );
     // Two adopted referrals patched, three created: what the emulator saw.
-    let patches = emulator.requests_with_method("PATCH").len() as f64;
-    let posts = emulator.requests_with_method("POST").len() as f64;
-    assert_eq!(patches, 2.0);
+    assert_eq!(synced.patches, 2.0);
     assert_eq!(
         first["referral_sync_requests_total{method=\"PATCH\",status=\"200\"}"],
-        patches
+        synced.patches
     );
     assert_eq!(
         first["referral_sync_requests_total{method=\"POST\",status=\"201\"}"],
-        posts
+        synced.posts
     );
     assert_eq!(first["referral_sync_records{state=\"synced\"}"], 5.0);
     for state in ["pending", "failed", "invalid", "held"] {
@@ -139,54 +206,64 @@ fn the_textfile_counts_every_sync_and_carries_on() {
             "{state}"
         );
     }
-    let sent = emulator.requests().len() as f64;
-    assert_eq!(first["referral_sync_request_duration_seconds_count"], sent);
+    assert_eq!(
+        first["referral_sync_request_duration_seconds_count"],
+        synced.sent
+    );
     assert_eq!(
         first["referral_sync_request_duration_seconds_bucket{le=\"+Inf\"}"],
-        sent
+        synced.sent
     );
     assert_eq!(first["referral_sync_throttled_seconds_total"], 0.0);
     let success = first["referral_sync_last_success_timestamp_seconds"];
-    assert!(success >= before.floor(), "{success} < {before}");
+    assert!(
+        success >= synced.started.floor(),
+        "{success} < {}",
+        synced.started
+    );
+}
 
-    // A change in the CRM: one more PATCH, and the counters go on from the
-    // first run's.
-    let export = std::fs::read_to_string(&ws.export).unwrap();
-    assert!(export.contains("50000"), "the example export changed");
-    ws.write_export(&export.replacen("50000", "50100", 1));
-    emulator.clear_requests();
-    ws.run(&["sync"]).assert_code(0);
-    assert_eq!(emulator.requests_with_method("PATCH").len(), 1);
-    let (_, second) = read_textfile(&ws);
+#[test]
+fn the_counters_of_a_second_sync_go_on_from_the_first_ones() {
+    let synced = synced_once();
+    let second = synced.sync_a_change();
     assert_eq!(
         second["referral_sync_cycles_total{outcome=\"ok\",trigger=\"manual\"}"],
         2.0
     );
     assert_eq!(
         second["referral_sync_requests_total{method=\"PATCH\",status=\"200\"}"],
-        patches + 1.0
+        synced.patches + 1.0
     );
     assert_eq!(
         second["referral_sync_requests_total{method=\"POST\",status=\"201\"}"],
-        posts
+        synced.posts
     );
     assert_eq!(second["referral_sync_records{state=\"synced\"}"], 5.0);
     assert_eq!(
         second["referral_sync_request_duration_seconds_count"],
-        sent + emulator.requests().len() as f64
+        synced.sent + synced.emulator.requests().len() as f64
     );
-    assert!(second["referral_sync_last_success_timestamp_seconds"] >= success);
+    assert!(
+        second["referral_sync_last_success_timestamp_seconds"]
+            >= synced.first["referral_sync_last_success_timestamp_seconds"]
+    );
+}
 
-    // A dry run counts nothing and leaves the file alone.
-    let text = std::fs::read_to_string(textfile(&ws)).unwrap();
-    ws.run(&["sync", "--dry-run"]).assert_code(0);
-    assert_eq!(std::fs::read_to_string(textfile(&ws)).unwrap(), text);
+#[test]
+fn a_dry_run_counts_nothing_and_leaves_the_textfile_alone() {
+    let synced = synced_once();
+    synced.sync_a_change();
+    let text = std::fs::read_to_string(textfile(&synced.ws)).unwrap();
+    synced.dry_run();
+    assert_eq!(std::fs::read_to_string(textfile(&synced.ws)).unwrap(), text);
+}
 
-    // A failed cycle is counted, and the last success stays.
-    std::fs::write(&ws.export, "{ not json").unwrap();
-    let run = ws.run(&["sync"]);
-    assert_ne!(run.code(), 0);
-    let (_, third) = read_textfile(&ws);
+#[test]
+fn a_failed_cycle_is_counted_and_the_last_success_stays() {
+    let synced = synced_once();
+    let second = synced.sync_a_change();
+    let third = synced.fail_a_sync();
     assert_eq!(
         third["referral_sync_cycles_total{outcome=\"failed\",trigger=\"manual\"}"],
         1.0
@@ -199,9 +276,16 @@ fn the_textfile_counts_every_sync_and_carries_on() {
         third["referral_sync_last_success_timestamp_seconds"],
         second["referral_sync_last_success_timestamp_seconds"]
     );
+}
 
-    // Nothing but the file in its directory: no temporary file left.
-    let names: Vec<String> = std::fs::read_dir(ws.dir.path().join("textfile"))
+#[test]
+fn the_textfile_is_the_only_file_in_its_directory_after_every_kind_of_cycle() {
+    let synced = synced_once();
+    synced.sync_a_change();
+    synced.dry_run();
+    synced.fail_a_sync();
+    // No temporary file left.
+    let names: Vec<String> = std::fs::read_dir(synced.ws.dir.path().join("textfile"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

@@ -638,6 +638,8 @@ fn seller_thread(
                     .entry(id.clone())
                     .or_default()
                     .push(SellerEdit { etag, ..edit });
+                // A pause on purpose: the edits are spread over the cycle
+                // they race, not all made before its first patch.
                 std::thread::sleep(Duration::from_millis(7));
             }
         }
@@ -645,8 +647,18 @@ fn seller_thread(
     })
 }
 
-#[test]
-fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_should_not() {
+/// A cycle pushing a CRM rename of eight referrals while a seller edits
+/// them: the shared set-up of the seller-race tests.
+struct SellerRace {
+    scene: Scene,
+    /// (external id, referral id) of every record.
+    ids: Vec<(String, String)>,
+    /// The seller's edits, by referral id.
+    edits: BTreeMap<String, Vec<SellerEdit>>,
+    run: Run,
+}
+
+fn a_seller_racing_a_cycle() -> SellerRace {
     // Latency widens the window between the planning of a patch and its
     // arrival, where the seller's edits land.
     let mut scene = Scene::new(8, &["--latency-ms", "30"], "max_conflict_retries = 10");
@@ -683,8 +695,18 @@ fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_sho
     stop.store(true, Ordering::SeqCst);
     let edits = writer.join().unwrap();
     run.assert_code(0);
+    SellerRace {
+        scene,
+        ids,
+        edits,
+        run,
+    }
+}
 
-    let stderr = run.stderr();
+#[test]
+fn a_seller_editing_while_the_cycle_pushes_makes_conflicts_that_are_logged_and_counted() {
+    let race = a_seller_racing_a_cycle();
+    let stderr = race.run.stderr();
     assert!(
         stderr.contains("412: the referral changed in Partner Center"),
         "{stderr}"
@@ -694,20 +716,31 @@ fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_sho
         "{stderr}"
     );
     assert!(stderr.contains("path=/name"), "{stderr}");
-    let cycle = last_cycle(&scene.status());
+    let cycle = last_cycle(&race.scene.status());
     assert!(
-        cycle["summary"]["conflicts"].as_u64().unwrap() >= ids.len() as u64,
+        cycle["summary"]["conflicts"].as_u64().unwrap() >= race.ids.len() as u64,
         "{cycle}"
     );
+}
 
-    assert_eq!(scene.ws.integrity_check(), "ok");
-    assert_no_duplicates(&scene.emulator);
-    let desired = scene.ws.desired();
-    for (external_id, referral_id) in &ids {
-        let live = scene.emulator.referral(referral_id);
-        let row = scene.ws.stored(external_id).unwrap();
-        assert_eq!(row.state, "synced");
-        let seller = edits[referral_id].last().unwrap();
+#[test]
+fn a_seller_editing_while_the_cycle_pushes_leaves_one_synced_referral_per_record() {
+    let race = a_seller_racing_a_cycle();
+    assert_eq!(race.scene.ws.integrity_check(), "ok");
+    assert_no_duplicates(&race.scene.emulator);
+    for (external_id, _) in &race.ids {
+        assert_eq!(race.scene.ws.stored(external_id).unwrap().state, "synced");
+    }
+}
+
+#[test]
+fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_should_not() {
+    let race = a_seller_racing_a_cycle();
+    let desired = race.scene.ws.desired();
+    for (external_id, referral_id) in &race.ids {
+        let live = race.scene.emulator.referral(referral_id);
+        let row = race.scene.ws.stored(external_id).unwrap();
+        let seller = race.edits[referral_id].last().unwrap();
         let want = &desired.documents[external_id];
         // Not managed: the seller's last word.
         assert_eq!(live["customerProfile"]["size"], json!(seller.size));
@@ -718,7 +751,7 @@ fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_sho
         let we_wrote_last = row.etag.as_deref() == live["eTag"].as_str();
         eprintln!(
             "{external_id}: {} seller edits, the {} wrote last",
-            edits[referral_id].len(),
+            race.edits[referral_id].len(),
             if we_wrote_last { "cycle" } else { "seller" }
         );
         if we_wrote_last {
@@ -744,15 +777,19 @@ fn a_seller_editing_while_the_cycle_pushes_loses_nothing_and_wins_nothing_it_sho
             );
         }
     }
+}
 
+#[test]
+fn after_a_seller_race_the_next_crm_change_lands_and_the_sellers_other_edits_survive() {
+    let mut race = a_seller_racing_a_cycle();
     // The CRM renames again with no seller about: every managed member the
     // CRM changed holds the CRM's value, the seller's others survive.
-    scene.change_crm(2, 0);
-    scene.ws.run(&["sync"]).assert_code(0);
-    let desired = scene.ws.desired();
-    for (external_id, referral_id) in &ids {
-        let live = scene.emulator.referral(referral_id);
-        let seller = edits[referral_id].last().unwrap();
+    race.scene.change_crm(2, 0);
+    race.scene.ws.run(&["sync"]).assert_code(0);
+    let desired = race.scene.ws.desired();
+    for (external_id, referral_id) in &race.ids {
+        let live = race.scene.emulator.referral(referral_id);
+        let seller = race.edits[referral_id].last().unwrap();
         let mut want = desired.documents[external_id].clone();
         want["details"]["notes"] = json!(seller.notes);
         let differences = mapped_differences(&live, &want, &desired.managed);

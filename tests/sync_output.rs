@@ -201,15 +201,34 @@ fn verbose_and_json_output_list_every_record() {
     assert_eq!(ids, all_ids());
 }
 
-#[test]
-fn per_record_lines_are_logged_at_debug_and_conflicts_at_the_default_level() {
+/// Every lead created by a first sync run with `env`: the shared set-up of
+/// the log level tests.
+fn created_with_env(env: &[(&str, &str)]) -> (Emulator, Workspace, Run) {
     let emulator = Emulator::start(&json!([]), &[]);
     let ws = creating_workspace(&emulator);
     ws.write_export(&jsonl(&leads(|n| 1000 + i64::from(n))));
-
-    // `RUST_LOG` at debug for the crate: one line per created record.
-    let run = ws.run_with_env(&["sync"], &[("RUST_LOG", "referral_sync=debug")]);
+    let run = ws.run_with_env(&["sync"], env);
     run.assert_code(0);
+    (emulator, ws, run)
+}
+
+/// A sync at the default level where a seller and the CRM changed the same
+/// field of lead 1, and every other record changes too.
+fn sync_with_one_conflict(emulator: &Emulator, ws: &Workspace) -> Run {
+    let referral = emulator.referral_for(&lead_id(1));
+    emulator.seller_edit(
+        referral["id"].as_str().unwrap(),
+        json!([{"op": "replace", "path": "/details/dealValue", "value": 9999}]),
+    );
+    ws.write_export(&jsonl(&leads(|n| 3000 + i64::from(n))));
+    let run = ws.run(&["sync"]);
+    run.assert_code(0);
+    run
+}
+
+#[test]
+fn rust_log_at_debug_logs_one_line_per_created_record() {
+    let (_emulator, _ws, run) = created_with_env(&[("RUST_LOG", "referral_sync=debug")]);
     let stderr = run.stderr();
     let created = log_lines(&stderr, "referral created");
     assert_eq!(created.len(), RECORDS as usize, "{stderr}");
@@ -224,10 +243,13 @@ fn per_record_lines_are_logged_at_debug_and_conflicts_at_the_default_level() {
             "{id}: {stderr}"
         );
     }
+}
 
-    // `log.level` at debug (here from the environment): one line per
-    // updated record.
+#[test]
+fn log_level_at_debug_logs_one_line_per_updated_record() {
+    let (_emulator, ws, _) = created_with_env(&[]);
     ws.write_export(&jsonl(&leads(|n| 2000 + i64::from(n))));
+    // `log.level`, here from the environment.
     let run = ws.run_with_env(&["sync"], &[("REFERRAL_SYNC__LOG__LEVEL", "debug")]);
     run.assert_code(0);
     assert_eq!(
@@ -236,18 +258,12 @@ fn per_record_lines_are_logged_at_debug_and_conflicts_at_the_default_level() {
         "{}",
         run.stderr()
     );
+}
 
-    // At the default level: a seller and the CRM changed the same field of
-    // lead 1, and every other record changes too. The 412, the three-way
-    // merge and its conflict are logged; the routine updates are not.
-    let referral = emulator.referral_for(&lead_id(1));
-    emulator.seller_edit(
-        referral["id"].as_str().unwrap(),
-        json!([{"op": "replace", "path": "/details/dealValue", "value": 9999}]),
-    );
-    ws.write_export(&jsonl(&leads(|n| 3000 + i64::from(n))));
-    let run = ws.run(&["sync"]);
-    run.assert_code(0);
+#[test]
+fn at_the_default_level_the_412_and_its_conflict_are_logged_and_routine_writes_are_not() {
+    let (emulator, ws, _) = created_with_env(&[]);
+    let run = sync_with_one_conflict(&emulator, &ws);
     let stderr = run.stderr();
     assert_eq!(log_lines(&stderr, "referral updated"), Vec::<&str>::new());
     assert_eq!(log_lines(&stderr, "referral created"), Vec::<&str>::new());
@@ -274,8 +290,13 @@ fn per_record_lines_are_logged_at_debug_and_conflicts_at_the_default_level() {
         emulator.referral_for(&lead_id(1))["details"]["dealValue"],
         3001
     );
-    // The text output lists the conflict's record only if it is among the
-    // first; the count says how many were left out.
+}
+
+#[test]
+fn the_text_output_of_a_cycle_with_a_conflict_lists_the_first_records_and_counts_the_rest() {
+    let (emulator, ws, _) = created_with_env(&[]);
+    let run = sync_with_one_conflict(&emulator, &ws);
+    // The conflict's record is listed only if it is among the first.
     assert_eq!(blocks(&run.stdout()).len(), LIMIT, "{}", run.stdout());
     assert!(
         run.stdout()

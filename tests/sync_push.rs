@@ -605,17 +605,18 @@ fn after_a_204_no_etag_is_kept_and_the_next_change_is_merged_against_the_live_re
     }
 }
 
-#[test]
-fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
-    struct Case {
-        policy: Option<&'static str>,
-        resolution: &'static str,
-        winner: &'static str,
-        live_value: i64,
-        second_patch: Value,
-    }
-    let cases = [
-        Case {
+/// How a conflict on `/details/dealValue` ends under a `conflict` policy.
+struct PolicyCase {
+    policy: Option<&'static str>,
+    resolution: &'static str,
+    winner: &'static str,
+    live_value: i64,
+    second_patch: Value,
+}
+
+fn policy_cases() -> [PolicyCase; 2] {
+    [
+        PolicyCase {
             policy: None,
             resolution: "crm-wins",
             winner: "crm",
@@ -625,30 +626,41 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
                 replace("/name", json!("Renamed in the CRM")),
             ]),
         },
-        Case {
+        PolicyCase {
             policy: Some("remote-wins"),
             resolution: "remote-wins",
             winner: "partner-center",
             live_value: 99999,
             second_patch: json!([replace("/name", json!("Renamed in the CRM"))]),
         },
-    ];
-    for case in cases {
-        let (emulator, ws) = adopted(1, |ws| {
-            if let Some(policy) = case.policy {
-                ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"{policy}\"\n"));
-            }
-        });
-        emulator.seller_edit(
-            "ref-1",
-            json!([replace("/details/dealValue", json!(99999))]),
-        );
-        let mut deal = open_deal("opp-1", 1500);
-        deal["name"] = json!("Renamed in the CRM");
-        write_deals(&ws, &[deal]);
+    ]
+}
 
-        let run = ws.run(&["sync", "--output", "json"]);
-        run.assert_code(0);
+/// One adopted deal whose value a seller and the CRM both changed (and the
+/// CRM its name), synced under the case's policy: the shared set-up of the
+/// conflict policy tests.
+fn changed_on_both_sides(case: &PolicyCase) -> (Emulator, Workspace, Run) {
+    let (emulator, ws) = adopted(1, |ws| {
+        if let Some(policy) = case.policy {
+            ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"{policy}\"\n"));
+        }
+    });
+    emulator.seller_edit(
+        "ref-1",
+        json!([replace("/details/dealValue", json!(99999))]),
+    );
+    let mut deal = open_deal("opp-1", 1500);
+    deal["name"] = json!("Renamed in the CRM");
+    write_deals(&ws, &[deal]);
+    let run = ws.run(&["sync", "--output", "json"]);
+    run.assert_code(0);
+    (emulator, ws, run)
+}
+
+#[test]
+fn a_field_changed_on_both_sides_is_merged_after_the_412_as_the_conflict_policy_says() {
+    for case in policy_cases() {
+        let (emulator, _ws, _run) = changed_on_both_sides(&case);
         let patches = emulator.requests_with_method("PATCH");
         assert_eq!(patches.len(), 2, "{}: {patches:?}", case.resolution);
         assert_eq!(patches[0]["status"], 412);
@@ -660,7 +672,13 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
             case.resolution
         );
         assert_eq!(live["name"], "Renamed in the CRM");
+    }
+}
 
+#[test]
+fn a_conflict_is_in_the_record_outcome_and_logged_with_its_winner() {
+    for case in policy_cases() {
+        let (_emulator, _ws, run) = changed_on_both_sides(&case);
         let outcome = outcome_for(&run, "opp-1");
         assert_eq!(
             outcome["conflicts"],
@@ -681,8 +699,13 @@ fn a_field_changed_on_both_sides_follows_the_conflict_policy_and_is_logged() {
                 && line.contains(&format!("winner=\"{}\"", case.winner))
         });
         assert!(logged, "{}: {log}", case.resolution);
+    }
+}
 
-        // Settled: the next cycle sends nothing, whoever won.
+#[test]
+fn after_a_conflict_the_next_cycle_sends_nothing_whoever_won() {
+    for case in policy_cases() {
+        let (emulator, ws, _run) = changed_on_both_sides(&case);
         emulator.clear_requests();
         ws.run(&["sync"]).assert_code(0);
         assert_eq!(
@@ -790,8 +813,17 @@ fn a_reset_after_an_applied_append_does_not_duplicate_the_team_member() {
 // ---------------------------------------------------------------------------
 // 6. A permanent refusal fails one record only.
 
-#[test]
-fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
+/// Three adopted deals changed, the PATCH of the second refused for good
+/// with a 400, synced once: the shared set-up of the held-record tests.
+struct HeldBy400 {
+    emulator: Emulator,
+    ws: Workspace,
+    /// The refused record's row before the cycle.
+    before: StoredRow,
+    run: Run,
+}
+
+fn held_by_a_permanent_400() -> HeldBy400 {
     let (emulator, ws) = adopted(3, |_| {});
     let before = ws.stored("opp-2").unwrap();
     emulator.add_faults(json!({
@@ -810,8 +842,26 @@ fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
         .map(|i| open_deal(&external_id(i), base_value(i) + 5))
         .collect();
     write_deals(&ws, &deals);
-
     let run = ws.run(&["sync", "--output", "json"]);
+    HeldBy400 {
+        emulator,
+        ws,
+        before,
+        run,
+    }
+}
+
+/// The error stored and shown for the held record.
+fn held_error() -> String {
+    let refusal = "PATCH /v1.0/engagements/referrals/ref-2: HTTP 400 rejected: InvalidDealValue: dealValue exceeds the partner's limit (target: details.dealValue)";
+    format!(
+        "held: {refusal}; tried again when the record changes, on a resync or on `referral-sync retry opp-2`"
+    )
+}
+
+#[test]
+fn a_permanent_400_fails_its_record_and_the_summary_counts_it_held() {
+    let HeldBy400 { run, .. } = held_by_a_permanent_400();
     run.assert_code(1);
     assert_eq!(outcome_for(&run, "opp-2")["action"], "failed");
     // The summary and the cycle's log line count the held record.
@@ -836,6 +886,13 @@ fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
         "{}",
         run.stdout()
     );
+}
+
+#[test]
+fn the_other_records_of_a_cycle_with_a_permanent_400_land() {
+    let HeldBy400 {
+        emulator, ws, run, ..
+    } = held_by_a_permanent_400();
     for i in [1, 3] {
         assert_eq!(outcome_for(&run, &external_id(i))["action"], "update");
         assert_eq!(
@@ -844,19 +901,27 @@ fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
         );
         assert_eq!(ws.stored(&external_id(i)).unwrap().state, "synced");
     }
-    // Refused for good: sent once, not repeated.
+}
+
+#[test]
+fn a_permanent_400_is_sent_once_and_leaves_the_snapshot_and_etag_as_they_were() {
+    let HeldBy400 {
+        emulator,
+        ws,
+        before,
+        ..
+    } = held_by_a_permanent_400();
     assert_eq!(requests_to(&emulator, "PATCH", "ref-2").len(), 1);
     assert_eq!(emulator.referral("ref-2")["details"]["dealValue"], 2000);
-
     let row = ws.stored("opp-2").unwrap();
     assert_eq!(row.snapshot, before.snapshot);
     assert_eq!(row.etag, before.etag);
-    let refusal = "PATCH /v1.0/engagements/referrals/ref-2: HTTP 400 rejected: InvalidDealValue: dealValue exceeds the partner's limit (target: details.dealValue)";
-    let held_error = format!(
-        "held: {refusal}; tried again when the record changes, on a resync or on `referral-sync retry opp-2`"
-    );
-    assert_eq!(row.last_error.as_deref(), Some(held_error.as_str()));
+    assert_eq!(row.last_error.as_deref(), Some(held_error().as_str()));
+}
 
+#[test]
+fn status_lists_the_held_record_as_the_one_problem() {
+    let HeldBy400 { ws, .. } = held_by_a_permanent_400();
     let status = ws.status();
     assert_eq!(status["counts"]["held"], 1);
     assert_eq!(status["counts"]["synced"], 2);
@@ -867,15 +932,28 @@ fn a_permanent_400_holds_only_its_record_until_it_changes_or_a_retry_asks() {
     assert_eq!(problems[0]["state"], "held");
     assert_eq!(problems[0]["held"]["status"], 400);
     assert_eq!(problems[0]["held"]["code"], "InvalidDealValue");
-    assert_eq!(problems[0]["last_error"], json!(held_error));
+    assert_eq!(problems[0]["last_error"], json!(held_error()));
+}
 
-    // Unchanged, it is not sent again.
+#[test]
+fn a_held_record_left_unchanged_is_not_sent_again() {
+    let HeldBy400 { emulator, ws, .. } = held_by_a_permanent_400();
     emulator.clear_faults();
     emulator.clear_requests();
     ws.run(&["sync"]).assert_code(0);
     assert_eq!(writes(&emulator), Vec::<Value>::new());
+}
 
-    // `retry` asks: the same minimal patch under the same eTag, once.
+#[test]
+fn retry_releases_a_held_record_and_the_next_sync_sends_its_patch_once_under_the_same_etag() {
+    let HeldBy400 {
+        emulator,
+        ws,
+        before,
+        ..
+    } = held_by_a_permanent_400();
+    emulator.clear_faults();
+    emulator.clear_requests();
     let retry = ws.run(&["retry", "opp-2", "opp-9"]);
     retry.assert_code(1);
     assert!(
@@ -1099,88 +1177,161 @@ fn assert_no_token_in(output: &str, known: &[String]) {
     }
 }
 
-#[test]
-fn tokens_are_refreshed_on_expiry_and_the_rotated_refresh_token_is_kept_private() {
-    let emulator = Emulator::start(
-        &json!([
-            seeded_deal("ref-1", "opp-1", 1000),
-            seeded_deal("ref-2", "opp-2", 2000),
-        ]),
-        &["--refresh-token", INITIAL_REFRESH_TOKEN],
-    );
-    let ws = Workspace::new(&emulator, "opportunity", "export.json", "");
-    // One request at a time, so that the tokens can expire between two.
-    ws.set_in_table("api", "concurrency = 1");
-    let refresh_file = use_refresh_token(&emulator, &ws);
-    write_deals(&ws, &base_deals(2));
+/// Traced cycles on the refresh-token flow over two deals, one request at
+/// a time so that the tokens can expire between two: the shared set-up of
+/// the token tests. Every refresh token seen is kept, for the test that
+/// looks for them in the output.
+struct TokenCycles {
+    emulator: Emulator,
+    ws: Workspace,
+    refresh_file: std::path::PathBuf,
+    outputs: Vec<std::process::Output>,
+    known_tokens: Vec<String>,
+}
 
-    let traced = |ws: &Workspace| {
-        let mut command = ws.command(&["sync"]);
+impl TokenCycles {
+    fn start() -> TokenCycles {
+        let emulator = Emulator::start(
+            &json!([
+                seeded_deal("ref-1", "opp-1", 1000),
+                seeded_deal("ref-2", "opp-2", 2000),
+            ]),
+            &["--refresh-token", INITIAL_REFRESH_TOKEN],
+        );
+        let ws = Workspace::new(&emulator, "opportunity", "export.json", "");
+        ws.set_in_table("api", "concurrency = 1");
+        let refresh_file = use_refresh_token(&emulator, &ws);
+        write_deals(&ws, &base_deals(2));
+        TokenCycles {
+            emulator,
+            ws,
+            refresh_file,
+            outputs: Vec::new(),
+            known_tokens: vec![INITIAL_REFRESH_TOKEN.to_owned()],
+        }
+    }
+
+    fn traced_sync(&self) -> std::process::Command {
+        let mut command = self.ws.command(&["sync"]);
         command.env("RUST_LOG", "trace");
         command
-    };
-    let first = traced(&ws).output().unwrap();
-    assert_eq!(
-        first.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let first_grants = grants(&emulator);
+    }
+
+    fn refresh_token_on_file(&self) -> String {
+        std::fs::read_to_string(&self.refresh_file).unwrap()
+    }
+
+    fn finished(&mut self, output: std::process::Output) {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.outputs.push(output);
+        self.known_tokens.push(self.refresh_token_on_file());
+        for grant in grants(&self.emulator) {
+            if let Some(token) = grant["body"]["refresh_token"].as_str() {
+                self.known_tokens.push(token.to_owned());
+            }
+        }
+    }
+
+    /// The initial refresh token exchanged for the first access token.
+    fn first_cycle(&mut self) {
+        let output = self.traced_sync().output().unwrap();
+        self.finished(output);
+    }
+
+    /// The access token expires while the cycle's first PATCH is held.
+    fn cycle_expiring_mid_patch(&mut self) {
+        self.emulator.clear_requests();
+        self.emulator
+            .add_faults(json!({"method": "PATCH", "kind": "delay", "ms": 1000}));
+        write_deals(
+            &self.ws,
+            &[open_deal("opp-1", 1001), open_deal("opp-2", 2002)],
+        );
+        let cycle = self
+            .traced_sync()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the first PATCH to be held",
+            || {
+                self.emulator
+                    .requests_with_method("PATCH")
+                    .iter()
+                    .any(|r| r["outcome"] == "in_progress")
+            },
+        );
+        self.emulator.expire_tokens();
+        let output = cycle.wait_with_output().unwrap();
+        self.finished(output);
+    }
+
+    /// The access token expired before the cycle starts.
+    fn cycle_after_expiry(&mut self) {
+        self.emulator.clear_faults();
+        self.emulator.clear_requests();
+        self.emulator.expire_tokens();
+        write_deals(
+            &self.ws,
+            &[open_deal("opp-1", 1003), open_deal("opp-2", 2002)],
+        );
+        let output = self.traced_sync().output().unwrap();
+        self.finished(output);
+    }
+}
+
+#[test]
+fn the_first_cycle_exchanges_the_configured_refresh_token_once_and_authorizes_every_call() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    let first_grants = grants(&cycles.emulator);
     assert_eq!(first_grants.len(), 1, "{first_grants:?}");
     assert_eq!(first_grants[0]["body"]["grant_type"], "refresh_token");
     assert_eq!(
         first_grants[0]["body"]["refresh_token"],
         INITIAL_REFRESH_TOKEN
     );
-    let rotated = std::fs::read_to_string(&refresh_file).unwrap();
-    assert_ne!(rotated.trim(), INITIAL_REFRESH_TOKEN);
-    assert!(rotated.starts_with("emulator-refresh-"), "{rotated}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&refresh_file)
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-    }
-    let api: Vec<Value> = emulator
+    let api: Vec<Value> = cycles
+        .emulator
         .requests()
         .into_iter()
         .filter(|r| r["path"].as_str().unwrap().starts_with("/v1.0/"))
         .collect();
     assert!(!api.is_empty());
     assert!(api.iter().all(|r| r["authorized"] == true), "{api:?}");
+}
 
-    // The second cycle: its token expires while its first PATCH is held.
-    emulator.clear_requests();
-    emulator.add_faults(json!({"method": "PATCH", "kind": "delay", "ms": 1000}));
-    write_deals(&ws, &[open_deal("opp-1", 1001), open_deal("opp-2", 2002)]);
-    let second = traced(&ws)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_until(
-        Duration::from_secs(10),
-        "the first PATCH to be held",
-        || {
-            emulator
-                .requests_with_method("PATCH")
-                .iter()
-                .any(|r| r["outcome"] == "in_progress")
-        },
-    );
-    emulator.expire_tokens();
-    let second = second.wait_with_output().unwrap();
-    assert_eq!(
-        second.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    let journal = emulator.requests();
+#[test]
+fn the_rotated_refresh_token_is_written_back_with_mode_0600() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    let rotated = cycles.refresh_token_on_file();
+    assert_ne!(rotated.trim(), INITIAL_REFRESH_TOKEN);
+    assert!(rotated.starts_with("emulator-refresh-"), "{rotated}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cycles.refresh_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+}
+
+#[test]
+fn a_token_expiring_mid_cycle_is_refreshed_and_the_refused_patch_sent_again() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    cycles.cycle_expiring_mid_patch();
+    let journal = cycles.emulator.requests();
     let steps: Vec<(String, Option<bool>, u64)> = journal
         .iter()
         .map(|r| {
@@ -1208,39 +1359,53 @@ fn tokens_are_refreshed_on_expiry_and_the_rotated_refresh_token_is_kept_private(
         ],
         "{journal:?}"
     );
-    let second_grants = grants(&emulator);
+    assert_eq!(
+        cycles.emulator.referral("ref-2")["details"]["dealValue"],
+        2002
+    );
+}
+
+#[test]
+fn a_refresh_mid_cycle_exchanges_the_token_on_file_and_keeps_the_one_it_rotated_to() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    let rotated = cycles.refresh_token_on_file();
+    cycles.cycle_expiring_mid_patch();
+    let second_grants = grants(&cycles.emulator);
     assert_eq!(second_grants[0]["body"]["refresh_token"], rotated.trim());
-    let newest = std::fs::read_to_string(&refresh_file).unwrap();
+    let newest = cycles.refresh_token_on_file();
     let used: Vec<&str> = second_grants
         .iter()
         .map(|g| g["body"]["refresh_token"].as_str().unwrap())
         .collect();
     assert_ne!(used[0], used[1], "the refresh token was not rotated");
     assert!(!used.contains(&newest.trim()), "{newest} {used:?}");
-    assert_eq!(emulator.referral("ref-2")["details"]["dealValue"], 2002);
+}
 
-    // Expired between cycles: the next cycle exchanges the newest refresh
-    // token and succeeds.
-    emulator.clear_faults();
-    emulator.clear_requests();
-    emulator.expire_tokens();
-    write_deals(&ws, &[open_deal("opp-1", 1003), open_deal("opp-2", 2002)]);
-    let third = traced(&ws).output().unwrap();
-    assert_eq!(
-        third.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&third.stderr)
-    );
-    let third_grants = grants(&emulator);
+#[test]
+fn a_token_expired_between_cycles_is_refreshed_with_the_newest_refresh_token() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    cycles.cycle_expiring_mid_patch();
+    let newest = cycles.refresh_token_on_file();
+    cycles.cycle_after_expiry();
+    let third_grants = grants(&cycles.emulator);
     assert_eq!(third_grants.len(), 1);
     assert_eq!(third_grants[0]["body"]["refresh_token"], newest.trim());
-    assert_eq!(emulator.referral("ref-1")["details"]["dealValue"], 1003);
-    let last = std::fs::read_to_string(&refresh_file).unwrap();
+    assert_eq!(
+        cycles.emulator.referral("ref-1")["details"]["dealValue"],
+        1003
+    );
+}
 
-    let mut known = vec![INITIAL_REFRESH_TOKEN.to_owned(), rotated, newest, last];
-    known.extend(used.iter().map(|s| s.to_string()));
-    for output in [&first, &second, &third] {
+#[test]
+fn no_token_is_printed_by_a_traced_cycle() {
+    let mut cycles = TokenCycles::start();
+    cycles.first_cycle();
+    cycles.cycle_expiring_mid_patch();
+    cycles.cycle_after_expiry();
+    assert_eq!(cycles.outputs.len(), 3);
+    for output in &cycles.outputs {
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -1250,7 +1415,7 @@ fn tokens_are_refreshed_on_expiry_and_the_rotated_refresh_token_is_kept_private(
             text.contains("TRACE") || text.contains("DEBUG"),
             "not traced"
         );
-        assert_no_token_in(&text, &known);
+        assert_no_token_in(&text, &cycles.known_tokens);
     }
 }
 

@@ -10,39 +10,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod sibling_bin;
+pub use sibling_bin::sibling_bin;
+
 pub const TOKEN: &str = "integration-test-token-5f0c2a";
 
 pub fn referral_sync_bin() -> &'static str {
     env!("CARGO_BIN_EXE_referral-sync")
 }
 
-/// The `pc-emulator` binary of the workspace's `emulator` member. Cargo
-/// only hands a test the binaries of its own package, so it is found where
-/// cargo puts every binary of the profile: next to the `deps/` directory
-/// this test runs from. `cargo test` at the root builds it.
+/// The `pc-emulator` binary of the workspace's `emulator` member;
+/// `cargo test` at the root builds it.
 pub fn emulator_bin() -> PathBuf {
-    let test = std::env::current_exe().expect("the path of the running test");
-    let profile = test
-        .parent()
-        .and_then(Path::parent)
-        .expect("a test runs from target/<profile>/deps");
-    let bin = profile.join(format!("pc-emulator{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build{} -p pc-emulator` (`cargo test` at the workspace root builds it)",
-        bin.display(),
-        profile_flag(profile)
-    );
-    bin
-}
-
-/// The cargo flag that builds into `target/<profile>`.
-fn profile_flag(profile: &Path) -> String {
-    match profile.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => String::new(),
-        Some("release") => " --release".to_owned(),
-        Some(name) => format!(" --profile {name}"),
-    }
+    sibling_bin("pc-emulator", "pc-emulator").unwrap_or_else(|missing| {
+        panic!("{missing} (`cargo test` at the workspace root builds it)")
+    })
 }
 
 /// Path of a file under `tests/fixtures` or the repository root.

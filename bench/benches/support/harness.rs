@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail, ensure};
 use serde_json::Value;
 
+#[path = "../../../tests/common/sibling_bin.rs"]
+mod sibling_bin;
+use sibling_bin::sibling_bin;
+
 pub const RESULTS_BEGIN: &str = "<!-- results:begin -->";
 pub const RESULTS_END: &str = "<!-- results:end -->";
 
@@ -40,40 +44,13 @@ pub struct Binaries {
 
 impl Binaries {
     /// `gen-export` of this package, and `referral-sync` and `pc-emulator`
-    /// of the workspace's other members. Cargo only hands a bench or test
-    /// the binaries of its own package, so those two are found where cargo
-    /// puts every binary of the profile: next to the `deps/` directory the
-    /// running executable is in.
+    /// of the workspace's other members.
     pub fn find() -> anyhow::Result<Binaries> {
-        let running = std::env::current_exe().context("cannot find the running executable")?;
-        let profile = running
-            .parent()
-            .and_then(Path::parent)
-            .with_context(|| format!("{} is not in target/<profile>/deps", running.display()))?;
-        let member = |name: &str, package: &str| {
-            let bin = profile.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-            ensure!(
-                bin.is_file(),
-                "{} is missing: build it with `cargo build{} -p {package}`",
-                bin.display(),
-                profile_flag(profile)
-            );
-            Ok(bin)
-        };
         Ok(Binaries {
-            referral_sync: member("referral-sync", "referral-sync")?,
-            pc_emulator: member("pc-emulator", "pc-emulator")?,
+            referral_sync: sibling_bin("referral-sync", "referral-sync").map_err(|e| anyhow!(e))?,
+            pc_emulator: sibling_bin("pc-emulator", "pc-emulator").map_err(|e| anyhow!(e))?,
             gen_export: PathBuf::from(env!("CARGO_BIN_EXE_gen-export")),
         })
-    }
-}
-
-/// The cargo flag that builds into `target/<profile>`.
-fn profile_flag(profile: &Path) -> String {
-    match profile.file_name().and_then(|name| name.to_str()) {
-        Some("debug") | None => String::new(),
-        Some("release") => " --release".to_owned(),
-        Some(name) => format!(" --profile {name}"),
     }
 }
 
