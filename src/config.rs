@@ -5,8 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono_tz::Tz;
+use croner::Cron;
 use serde::Deserialize;
 
 use crate::api::retry::RetryPolicy;
@@ -436,10 +439,59 @@ pub struct SyncSettings {
     pub create_confirm_secs: u64,
 }
 
+/// `[schedule]`, parsed: the expression as written (what the scheduler is
+/// given and the log shows), what it parses to, and the zone it runs in.
 #[derive(Debug, Clone)]
 pub struct ScheduleSettings {
-    pub cron: String,
-    pub timezone: String,
+    expression: String,
+    cron: Cron,
+    timezone: Tz,
+}
+
+impl ScheduleSettings {
+    /// Six fields, seconds first, parsed as the scheduler parses them, in
+    /// an IANA time zone.
+    pub fn parse(expression: &str, timezone: &str) -> Result<ScheduleSettings, ConfigError> {
+        let fields = expression.split_whitespace().count();
+        if fields != 6 {
+            return Err(invalid(
+                "schedule.cron",
+                format!(
+                    "{expression:?} has {fields} fields; six are needed (seconds first), e.g. \"0 */5 * * * *\""
+                ),
+            ));
+        }
+        let cron = crate::cron::parse_cron(expression).map_err(|e| {
+            invalid(
+                "schedule.cron",
+                format!("{expression:?} is not a valid expression: {}", e.message),
+            )
+        })?;
+        let timezone = timezone.parse::<Tz>().map_err(|_| {
+            invalid(
+                "schedule.timezone",
+                format!("{timezone:?} is not an IANA time zone"),
+            )
+        })?;
+        Ok(ScheduleSettings {
+            expression: expression.to_owned(),
+            cron,
+            timezone,
+        })
+    }
+
+    /// `schedule.cron` as written.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    pub fn cron(&self) -> &Cron {
+        &self.cron
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -461,14 +513,15 @@ pub struct Settings {
     /// `None` when no credentials are configured: a dry run still works.
     pub auth: Option<AuthSettings>,
     pub sync: SyncSettings,
-    pub create: RawCreate,
-    /// `create`, validated, for [`crate::create_defaults::apply`].
+    /// `[create]`, validated, for [`crate::create_defaults::apply`].
     pub create_defaults: crate::create_defaults::CreateDefaults,
     pub schedule: ScheduleSettings,
     pub shutdown_grace: Duration,
     pub log: LogSettings,
     /// The shipped default for the entity with the file's overrides on top.
     pub mapping: MappingSpec,
+    /// `mapping`, built; see [`Settings::mapper`].
+    mapper: Arc<Mapper>,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
 }
@@ -527,113 +580,20 @@ impl Settings {
         };
         let credential = |p: &Path| -> PathBuf { resolve_credential(p, base_dir) };
 
-        if raw.export.path.as_os_str().is_empty() {
-            return Err(invalid("export.path", "must not be empty"));
-        }
-        let settle_secs = raw.export.settle_secs;
-        if !(settle_secs.is_finite() && (0.0..=86_400.0).contains(&settle_secs)) {
-            return Err(invalid(
-                "export.settle_secs",
-                "must be a number of seconds between 0 and 86400",
-            ));
-        }
-        let export_checks = ExportChecks {
-            final_line_end: if raw.export.require_final_newline {
-                FinalLineEnd::Required
-            } else {
-                FinalLineEnd::Optional
-            },
-            settle: Duration::from_secs_f64(settle_secs),
-        };
-
-        let history_days = raw.store.history_days.unwrap_or(90);
-        if history_days == 0 {
-            return Err(invalid(
-                "store.history_days",
-                "must be at least 1 (a record's history is what explains it)",
-            ));
-        }
-        let store_path = match raw.store.path {
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(invalid("store.path", "must not be empty"));
-            }
-            Some(p) => resolve(&p),
-            None => default_store_path(),
-        };
-
+        let export_checks = validate_export(&raw.export)?;
+        let (store_path, history_days) = validate_store(raw.store, resolve)?;
         let api = validate_api(raw.api)?;
         let auth = validate_auth(raw.auth, &credential, api.allow_insecure)?;
-
-        let sync = raw.sync;
-        let currency = sync.default_currency.trim().to_ascii_uppercase();
-        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(invalid(
-                "sync.default_currency",
-                format!("{:?} is not an ISO 4217 code", sync.default_currency),
-            ));
-        }
-        if !(0.0..=1.0).contains(&sync.max_missing_ratio) {
-            return Err(invalid("sync.max_missing_ratio", "must be between 0 and 1"));
-        }
-        if sync.max_conflict_retries == 0 {
-            return Err(invalid("sync.max_conflict_retries", "must be at least 1"));
-        }
-
-        let create = raw.create;
-        const TYPES: [&str; 2] = ["Independent", "Shared"];
-        if !TYPES.contains(&create.referral_type.as_str()) {
-            return Err(invalid(
-                "create.type",
-                format!("{:?} is not one of {TYPES:?}", create.referral_type),
-            ));
-        }
-        const QUALIFICATIONS: [&str; 4] =
-            ["None", "Direct", "MarketingQualified", "SalesQualified"];
-        if !QUALIFICATIONS.contains(&create.qualification.as_str()) {
-            return Err(invalid(
-                "create.qualification",
-                format!(
-                    "{:?} is not one of {QUALIFICATIONS:?}",
-                    create.qualification
-                ),
-            ));
-        }
-        if create.referral_type == "Shared" && create.target.is_empty() && sync.create_missing {
-            return Err(invalid(
-                "create.target",
-                "a Shared referral needs at least one target",
-            ));
-        }
-        let create_defaults = crate::create_defaults::CreateDefaults::new(&create.defaults())
-            .map_err(|e| ConfigError::Invalid {
-                key: e.key,
-                message: e.message,
-            })?;
-
-        let schedule = ScheduleSettings {
-            cron: raw.schedule.cron,
-            timezone: raw.schedule.timezone,
-        };
-        validate_schedule(&schedule)?;
-
-        if !(raw.daemon.shutdown_grace_secs.is_finite() && raw.daemon.shutdown_grace_secs >= 0.0) {
-            return Err(invalid(
-                "daemon.shutdown_grace_secs",
-                "must be a non-negative number",
-            ));
-        }
-
-        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!("{:?} is not a level or filter directive", raw.log.level),
-            ));
-        }
-
+        let sync = validate_sync(raw.sync)?;
+        let create_defaults = validate_create(&raw.create, sync.create_missing)?;
+        let schedule = ScheduleSettings::parse(&raw.schedule.cron, &raw.schedule.timezone)?;
+        check_shutdown_grace(raw.daemon.shutdown_grace_secs)?;
+        let log = validate_log(raw.log)?;
         let metrics = metrics_settings(raw.metrics, resolve)?;
         let mapping = MappingSpec::default_for(raw.export.entity).overlay(raw.mapping);
-        // Validate now so that a bad mapping stops start-up.
-        Mapper::new(&mapping, raw.export.entity, &currency)?;
+        // Built here so that a bad mapping stops start-up, and kept so that
+        // nothing builds it again.
+        let mapper = Mapper::new(&mapping, raw.export.entity, &sync.default_currency)?;
 
         Ok(Settings {
             source: source.to_owned(),
@@ -647,35 +607,21 @@ impl Settings {
             history_days,
             api,
             auth,
-            sync: SyncSettings {
-                default_currency: currency,
-                on_cleared: sync.on_cleared,
-                conflict: sync.conflict,
-                max_conflict_retries: sync.max_conflict_retries,
-                create_missing: sync.create_missing,
-                max_missing_ratio: sync.max_missing_ratio,
-                create_confirm_secs: sync.create_confirm_secs,
-            },
-            create,
+            sync,
             create_defaults,
             schedule,
             shutdown_grace: Duration::from_secs_f64(raw.daemon.shutdown_grace_secs),
-            log: LogSettings {
-                format: raw.log.format,
-                level: raw.log.level,
-            },
+            log,
             mapping,
+            mapper: Arc::new(mapper),
             metrics,
         })
     }
 
-    /// The mapper for this configuration.
-    pub fn mapper(&self) -> Result<Mapper, ConfigError> {
-        Ok(Mapper::new(
-            &self.mapping,
-            self.export.entity,
-            &self.sync.default_currency,
-        )?)
+    /// The mapping, built at validation: the daemon's cycles and a manual
+    /// cycle share it.
+    pub fn mapper(&self) -> Arc<Mapper> {
+        Arc::clone(&self.mapper)
     }
 
     /// The export reader options for this configuration.
@@ -688,6 +634,135 @@ impl Settings {
             checks: self.export.checks,
         }
     }
+}
+
+fn validate_export(raw: &RawExport) -> Result<ExportChecks, ConfigError> {
+    if raw.path.as_os_str().is_empty() {
+        return Err(invalid("export.path", "must not be empty"));
+    }
+    let settle_secs = raw.settle_secs;
+    if !(settle_secs.is_finite() && (0.0..=86_400.0).contains(&settle_secs)) {
+        return Err(invalid(
+            "export.settle_secs",
+            "must be a number of seconds between 0 and 86400",
+        ));
+    }
+    Ok(ExportChecks {
+        final_line_end: if raw.require_final_newline {
+            FinalLineEnd::Required
+        } else {
+            FinalLineEnd::Optional
+        },
+        settle: Duration::from_secs_f64(settle_secs),
+    })
+}
+
+/// The store's path and how many days of history it keeps.
+fn validate_store(
+    raw: RawStore,
+    resolve: impl Fn(&Path) -> PathBuf,
+) -> Result<(PathBuf, u32), ConfigError> {
+    let history_days = raw.history_days.unwrap_or(90);
+    if history_days == 0 {
+        return Err(invalid(
+            "store.history_days",
+            "must be at least 1 (a record's history is what explains it)",
+        ));
+    }
+    let store_path = match raw.path {
+        Some(p) if p.as_os_str().is_empty() => {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        Some(p) => resolve(&p),
+        None => default_store_path(),
+    };
+    Ok((store_path, history_days))
+}
+
+fn validate_sync(sync: RawSync) -> Result<SyncSettings, ConfigError> {
+    let currency = sync.default_currency.trim().to_ascii_uppercase();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(invalid(
+            "sync.default_currency",
+            format!("{:?} is not an ISO 4217 code", sync.default_currency),
+        ));
+    }
+    if !(0.0..=1.0).contains(&sync.max_missing_ratio) {
+        return Err(invalid("sync.max_missing_ratio", "must be between 0 and 1"));
+    }
+    if sync.max_conflict_retries == 0 {
+        return Err(invalid("sync.max_conflict_retries", "must be at least 1"));
+    }
+    Ok(SyncSettings {
+        default_currency: currency,
+        on_cleared: sync.on_cleared,
+        conflict: sync.conflict,
+        max_conflict_retries: sync.max_conflict_retries,
+        create_missing: sync.create_missing,
+        max_missing_ratio: sync.max_missing_ratio,
+        create_confirm_secs: sync.create_confirm_secs,
+    })
+}
+
+/// `[create]`: the type and qualification Partner Center knows, a target
+/// for a Shared referral the sync may create, then the rest of the
+/// defaults.
+fn validate_create(
+    create: &RawCreate,
+    create_missing: bool,
+) -> Result<crate::create_defaults::CreateDefaults, ConfigError> {
+    const TYPES: [&str; 2] = ["Independent", "Shared"];
+    if !TYPES.contains(&create.referral_type.as_str()) {
+        return Err(invalid(
+            "create.type",
+            format!("{:?} is not one of {TYPES:?}", create.referral_type),
+        ));
+    }
+    const QUALIFICATIONS: [&str; 4] = ["None", "Direct", "MarketingQualified", "SalesQualified"];
+    if !QUALIFICATIONS.contains(&create.qualification.as_str()) {
+        return Err(invalid(
+            "create.qualification",
+            format!(
+                "{:?} is not one of {QUALIFICATIONS:?}",
+                create.qualification
+            ),
+        ));
+    }
+    if create.referral_type == "Shared" && create.target.is_empty() && create_missing {
+        return Err(invalid(
+            "create.target",
+            "a Shared referral needs at least one target",
+        ));
+    }
+    crate::create_defaults::CreateDefaults::new(&create.defaults()).map_err(|e| {
+        ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        }
+    })
+}
+
+fn check_shutdown_grace(secs: f64) -> Result<(), ConfigError> {
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(invalid(
+            "daemon.shutdown_grace_secs",
+            "must be a non-negative number",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
+    if tracing_subscriber::EnvFilter::try_new(&raw.level).is_err() {
+        return Err(invalid(
+            "log.level",
+            format!("{:?} is not a level or filter directive", raw.level),
+        ));
+    }
+    Ok(LogSettings {
+        format: raw.format,
+        level: raw.level,
+    })
 }
 
 /// `$STATE_DIRECTORY/referral-sync.db` under systemd, else `./referral-sync.db`.
@@ -817,84 +892,8 @@ fn validate_auth(
         )),
         (Some(token_file), None) => Ok(Some(AuthSettings::TokenFile(credential(token_file)))),
         (None, Some(refresh_token_file)) => {
-            let client_id = raw
-                .client_id
-                .filter(|s| !s.trim().is_empty())
-                .ok_or_else(|| {
-                    invalid("auth.client_id", "required with auth.refresh_token_file")
-                })?;
-            let authority = raw
-                .authority
-                .as_deref()
-                .unwrap_or(DEFAULT_AUTHORITY)
-                .trim()
-                .trim_end_matches('/')
-                .to_owned();
-            if raw.authority.is_some() {
-                secure_url("auth.authority", &authority, allow_insecure)?;
-            }
-            let tenant = raw
-                .tenant
-                .as_deref()
-                .map(str::trim)
-                .filter(|tenant| !tenant.is_empty());
-            if let Some(tenant) = tenant
-                && !tenant
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            {
-                return Err(invalid(
-                    "auth.tenant",
-                    format!("{tenant:?} is not a tenant id or domain name"),
-                ));
-            }
-            let v2 = |endpoint: &str| {
-                tenant.map(|tenant| format!("{authority}/{tenant}/oauth2/v2.0/{endpoint}"))
-            };
-            let token_url = match (raw.token_url, v2("token")) {
-                (Some(url), _) => url,
-                (None, Some(url)) => url,
-                (None, None) => {
-                    return Err(invalid(
-                        "auth.tenant",
-                        "required with auth.refresh_token_file (or set auth.token_url)",
-                    ));
-                }
-            };
-            // The refresh token and the client secret travel there.
-            secure_url("auth.token_url", &token_url, allow_insecure)?;
-            let login_token_url = if crate::api::auth::is_v2_endpoint(&token_url) {
-                Some(token_url.clone())
-            } else {
-                v2("token")
-            };
-            let device_code_url = raw.device_code_url.or_else(|| v2("devicecode"));
-            if let Some(url) = &device_code_url {
-                secure_url("auth.device_code_url", url, allow_insecure)?;
-            }
-            let login = match (device_code_url, login_token_url) {
-                (Some(device_code_url), Some(token_url)) => Some(LoginEndpoints {
-                    device_code_url,
-                    token_url,
-                }),
-                _ => None,
-            };
-            let resource = raw
-                .resource
-                .as_deref()
-                .unwrap_or(PARTNER_CENTER_RESOURCE)
-                .trim()
-                .trim_end_matches('/')
-                .to_owned();
-            secure_url("auth.resource", &resource, true)?;
-            Ok(Some(AuthSettings::RefreshToken {
-                token_url,
-                client_id,
-                client_secret_file: raw.client_secret_file.as_deref().map(credential),
-                refresh_token_file: credential(refresh_token_file),
-                resource,
-                login,
-            }))
+            let refresh_token_file = credential(refresh_token_file);
+            refresh_token_flow(raw, refresh_token_file, credential, allow_insecure).map(Some)
         }
         (None, None) => {
             if raw.client_id.is_some() || raw.tenant.is_some() || raw.client_secret_file.is_some() {
@@ -908,37 +907,109 @@ fn validate_auth(
     }
 }
 
-fn validate_schedule(schedule: &ScheduleSettings) -> Result<(), ConfigError> {
-    let fields = schedule.cron.split_whitespace().count();
-    if fields != 6 {
-        return Err(invalid(
-            "schedule.cron",
-            format!(
-                "{:?} has {fields} fields; six are needed (seconds first), e.g. \"0 */5 * * * *\"",
-                schedule.cron
-            ),
-        ));
-    }
-    if let Err(e) = croner_check(&schedule.cron) {
-        return Err(invalid(
-            "schedule.cron",
-            format!("{:?} is not a valid expression: {e}", schedule.cron),
-        ));
-    }
-    if schedule.timezone.parse::<chrono_tz::Tz>().is_err() {
-        return Err(invalid(
-            "schedule.timezone",
-            format!("{:?} is not an IANA time zone", schedule.timezone),
-        ));
-    }
-    Ok(())
+/// `auth.refresh_token_file` is set: the client, where its tokens come
+/// from, and where `referral-sync login` signs in.
+fn refresh_token_flow(
+    raw: RawAuth,
+    refresh_token_file: PathBuf,
+    credential: &dyn Fn(&Path) -> PathBuf,
+    allow_insecure: bool,
+) -> Result<AuthSettings, ConfigError> {
+    let client_id = raw
+        .client_id
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| invalid("auth.client_id", "required with auth.refresh_token_file"))?;
+    let authority = authority(raw.authority.as_deref(), allow_insecure)?;
+    let tenant = tenant(raw.tenant.as_deref())?;
+    let v2 = |endpoint: &str| {
+        tenant.map(|tenant| format!("{authority}/{tenant}/oauth2/v2.0/{endpoint}"))
+    };
+    let token_url = match (raw.token_url, v2("token")) {
+        (Some(url), _) => url,
+        (None, Some(url)) => url,
+        (None, None) => {
+            return Err(invalid(
+                "auth.tenant",
+                "required with auth.refresh_token_file (or set auth.token_url)",
+            ));
+        }
+    };
+    // The refresh token and the client secret travel there.
+    secure_url("auth.token_url", &token_url, allow_insecure)?;
+    let login = login_endpoints(&token_url, raw.device_code_url, v2, allow_insecure)?;
+    let resource = raw
+        .resource
+        .as_deref()
+        .unwrap_or(PARTNER_CENTER_RESOURCE)
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    secure_url("auth.resource", &resource, true)?;
+    Ok(AuthSettings::RefreshToken {
+        token_url,
+        client_id,
+        client_secret_file: raw.client_secret_file.as_deref().map(credential),
+        refresh_token_file,
+        resource,
+        login,
+    })
 }
 
-fn croner_check(expr: &str) -> Result<(), String> {
-    // The scheduler's own parser, so that what passes here runs there.
-    crate::cron::parse_cron(expr)
-        .map(|_| ())
-        .map_err(|e| e.message)
+/// `auth.authority` without its trailing slash, or the public cloud's.
+fn authority(configured: Option<&str>, allow_insecure: bool) -> Result<String, ConfigError> {
+    let authority = configured
+        .unwrap_or(DEFAULT_AUTHORITY)
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+    if configured.is_some() {
+        secure_url("auth.authority", &authority, allow_insecure)?;
+    }
+    Ok(authority)
+}
+
+/// `auth.tenant`, when set: it becomes part of the endpoints' paths.
+fn tenant(configured: Option<&str>) -> Result<Option<&str>, ConfigError> {
+    let tenant = configured
+        .map(str::trim)
+        .filter(|tenant| !tenant.is_empty());
+    if let Some(tenant) = tenant
+        && !tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(invalid(
+            "auth.tenant",
+            format!("{tenant:?} is not a tenant id or domain name"),
+        ));
+    }
+    Ok(tenant)
+}
+
+/// The device-code sign-in signs in at v2: the refresh flow's token
+/// endpoint when it is one, else the tenant's.
+fn login_endpoints(
+    token_url: &str,
+    device_code_url: Option<String>,
+    v2: impl Fn(&str) -> Option<String>,
+    allow_insecure: bool,
+) -> Result<Option<LoginEndpoints>, ConfigError> {
+    let login_token_url = if crate::api::auth::is_v2_endpoint(token_url) {
+        Some(token_url.to_owned())
+    } else {
+        v2("token")
+    };
+    let device_code_url = device_code_url.or_else(|| v2("devicecode"));
+    if let Some(url) = &device_code_url {
+        secure_url("auth.device_code_url", url, allow_insecure)?;
+    }
+    Ok(match (device_code_url, login_token_url) {
+        (Some(device_code_url), Some(token_url)) => Some(LoginEndpoints {
+            device_code_url,
+            token_url,
+        }),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -968,9 +1039,9 @@ mod tests {
     fn the_shipped_files_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for file in ["config/referral-sync.toml", "examples/referral-sync.toml"] {
-            let settings = Settings::load_with_env(&root.join(file), Some(HashMap::new()))
+            // Loading builds the mapping too.
+            Settings::load_with_env(&root.join(file), Some(HashMap::new()))
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
-            settings.mapper().unwrap();
         }
     }
 

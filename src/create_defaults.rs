@@ -83,49 +83,24 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> CreateDefaults
     }
 }
 
+/// A place in the create body: `["consent", "consentToContact"]`.
+type Place = &'static [&'static str];
+
 /// The validated defaults: each a place in the body and its value, in the
 /// order they are applied.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CreateDefaults {
-    members: Vec<(&'static [&'static str], Value)>,
+    members: Vec<(Place, Value)>,
 }
 
 impl CreateDefaults {
     /// Validate the configured defaults once, at start-up.
     pub fn new(raw: &RawCreateDefaults<'_>) -> Result<CreateDefaults, CreateDefaultsError> {
-        let mut members: Vec<(&'static [&'static str], Value)> = vec![
-            (&["type"], Value::from(raw.referral_type)),
-            (&["qualification"], Value::from(raw.qualification)),
-            (
-                &["consent", "consentToToShareInfoWithOthers"],
-                Value::Bool(raw.consent_to_share_info_with_others),
-            ),
-            (
-                &["consent", "consentToContact"],
-                Value::Bool(raw.consent_to_contact),
-            ),
-        ];
-        if let Some(share) = raw.consent_to_share_referral_with_microsoft_sellers {
-            members.push((
-                &["consent", "consentToShareReferralWithMicrosoftSellers"],
-                Value::Bool(share),
-            ));
-        }
+        let mut members = always_sent(raw);
         if !raw.target.is_empty() {
-            let targets = raw
-                .target
-                .iter()
-                .map(|target| {
-                    let fields: Map<String, Value> = target
-                        .iter()
-                        .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
-                        .collect();
-                    Value::Object(fields)
-                })
-                .collect();
-            members.push((&["target"], Value::Array(targets)));
+            members.push((&["target"], targets(raw.target)));
         }
-        let texts: [(&'static [&'static str], &str, Option<&str>); 3] = [
+        let texts: [(Place, &str, Option<&str>); 3] = [
             (&["partnerRole"], "create.partner_role", raw.partner_role),
             (&["solutionArea"], "create.solution_area", raw.solution_area),
             (&["solutionPlay"], "create.solution_play", raw.solution_play),
@@ -136,22 +111,10 @@ impl CreateDefaults {
             }
         }
         if !raw.customer_ids.is_empty() {
-            let mut ids = Vec::new();
-            for (index, profile) in raw.customer_ids.iter().enumerate() {
-                let key = format!("create.customer_ids[{index}]");
-                if !PROFILE_TYPES.contains(&profile.profile_type.as_str()) {
-                    return Err(invalid(
-                        format!("{key}.profile_type"),
-                        format!("{:?} is not one of {PROFILE_TYPES:?}", profile.profile_type),
-                    ));
-                }
-                let id = text(&format!("{key}.id"), &profile.id)?;
-                ids.push(serde_json::json!({"profileType": profile.profile_type, "id": id}));
-            }
-            members.push((&["customerProfile", "ids"], Value::Array(ids)));
+            members.push((&["customerProfile", "ids"], customer_ids(raw.customer_ids)?));
         }
         let requirements = raw.requirements;
-        let lists: [(&'static [&'static str], &str, &[RawRequirement]); 3] = [
+        let lists: [(Place, &str, &[RawRequirement]); 3] = [
             (
                 &["details", "requirements", "industries"],
                 "industries",
@@ -169,49 +132,110 @@ impl CreateDefaults {
             ),
         ];
         for (place, name, list) in lists {
-            if list.is_empty() {
-                continue;
+            if !list.is_empty() {
+                members.push((place, requirement_ids(name, list)?));
             }
-            let mut elements = Vec::new();
-            for (index, requirement) in list.iter().enumerate() {
-                let id = text(
-                    &format!("create.requirements.{name}[{index}].id"),
-                    &requirement.id,
-                )?;
-                elements.push(serde_json::json!({ "id": id }));
-            }
-            members.push((place, Value::Array(elements)));
         }
         if !requirements.solutions.is_empty() {
-            let mut solutions = Vec::new();
-            for (index, solution) in requirements.solutions.iter().enumerate() {
-                let key = format!("create.requirements.solutions[{index}]");
-                let mut element = Map::new();
-                element.insert(
-                    "id".to_owned(),
-                    Value::from(text(&format!("{key}.id"), &solution.id)?),
-                );
-                if let Some(name) = &solution.name {
-                    element.insert(
-                        "name".to_owned(),
-                        Value::from(text(&format!("{key}.name"), name)?),
-                    );
-                }
-                if let Some(kind) = &solution.kind {
-                    element.insert(
-                        "type".to_owned(),
-                        Value::from(text(&format!("{key}.type"), kind)?),
-                    );
-                }
-                solutions.push(Value::Object(element));
-            }
             members.push((
                 &["details", "requirements", "solutions"],
-                Value::Array(solutions),
+                solutions(&requirements.solutions)?,
             ));
         }
         Ok(CreateDefaults { members })
     }
+}
+
+/// The type, the qualification and the consent: every create sends them.
+fn always_sent(raw: &RawCreateDefaults<'_>) -> Vec<(Place, Value)> {
+    let mut members: Vec<(Place, Value)> = vec![
+        (&["type"], Value::from(raw.referral_type)),
+        (&["qualification"], Value::from(raw.qualification)),
+        (
+            &["consent", "consentToToShareInfoWithOthers"],
+            Value::Bool(raw.consent_to_share_info_with_others),
+        ),
+        (
+            &["consent", "consentToContact"],
+            Value::Bool(raw.consent_to_contact),
+        ),
+    ];
+    if let Some(share) = raw.consent_to_share_referral_with_microsoft_sellers {
+        members.push((
+            &["consent", "consentToShareReferralWithMicrosoftSellers"],
+            Value::Bool(share),
+        ));
+    }
+    members
+}
+
+fn targets(targets: &[BTreeMap<String, String>]) -> Value {
+    let targets = targets
+        .iter()
+        .map(|target| {
+            let fields: Map<String, Value> = target
+                .iter()
+                .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
+                .collect();
+            Value::Object(fields)
+        })
+        .collect();
+    Value::Array(targets)
+}
+
+fn customer_ids(profiles: &[RawProfileId]) -> Result<Value, CreateDefaultsError> {
+    let mut ids = Vec::new();
+    for (index, profile) in profiles.iter().enumerate() {
+        let key = format!("create.customer_ids[{index}]");
+        if !PROFILE_TYPES.contains(&profile.profile_type.as_str()) {
+            return Err(invalid(
+                format!("{key}.profile_type"),
+                format!("{:?} is not one of {PROFILE_TYPES:?}", profile.profile_type),
+            ));
+        }
+        let id = text(&format!("{key}.id"), &profile.id)?;
+        ids.push(serde_json::json!({"profileType": profile.profile_type, "id": id}));
+    }
+    Ok(Value::Array(ids))
+}
+
+/// `industries`, `products` or `services`: their ids.
+fn requirement_ids(name: &str, list: &[RawRequirement]) -> Result<Value, CreateDefaultsError> {
+    let mut elements = Vec::new();
+    for (index, requirement) in list.iter().enumerate() {
+        let id = text(
+            &format!("create.requirements.{name}[{index}].id"),
+            &requirement.id,
+        )?;
+        elements.push(serde_json::json!({ "id": id }));
+    }
+    Ok(Value::Array(elements))
+}
+
+fn solutions(list: &[RawSolution]) -> Result<Value, CreateDefaultsError> {
+    let mut solutions = Vec::new();
+    for (index, solution) in list.iter().enumerate() {
+        let key = format!("create.requirements.solutions[{index}]");
+        let mut element = Map::new();
+        element.insert(
+            "id".to_owned(),
+            Value::from(text(&format!("{key}.id"), &solution.id)?),
+        );
+        if let Some(name) = &solution.name {
+            element.insert(
+                "name".to_owned(),
+                Value::from(text(&format!("{key}.name"), name)?),
+            );
+        }
+        if let Some(kind) = &solution.kind {
+            element.insert(
+                "type".to_owned(),
+                Value::from(text(&format!("{key}.type"), kind)?),
+            );
+        }
+        solutions.push(Value::Object(element));
+    }
+    Ok(Value::Array(solutions))
 }
 
 /// A configured text: trimmed, not empty, no control characters.

@@ -1,6 +1,6 @@
 //! `schedule.cron`: six fields, seconds first, parsed as
-//! tokio-cron-scheduler parses them — below both `config`, which validates
-//! the expression with it, and the daemon's schedule, which runs it.
+//! tokio-cron-scheduler parses them — below `config`, which parses the
+//! expression with it once, into the schedule the daemon runs.
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};

@@ -715,7 +715,7 @@ fn a_full_store_stops_the_push_phase_once_as_the_store_failed() {
     let rows_before = ws.all_stored();
 
     let settings = Arc::new(referral_sync::config::Settings::load(&ws.config).unwrap());
-    let mapper = Arc::new(settings.mapper().unwrap());
+    let mapper = settings.mapper();
     let store = referral_sync::store::Store::open(&ws.store).unwrap();
     let pages: i64 = store
         .connection()

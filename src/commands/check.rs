@@ -28,7 +28,7 @@ pub fn check_command(settings: Settings) -> Result<ExitCode, Failure> {
     if settings.auth.is_none() {
         outln!("auth: none configured (only `sync --dry-run` can run)");
     }
-    let mapper = settings.mapper().or_exit(ExitCode::Config)?;
+    let mapper = settings.mapper();
     let store = match Store::open_read_only(&settings.store_path) {
         Ok(Some(store)) => Ok(store),
         Ok(None) => Store::open_in_memory(),

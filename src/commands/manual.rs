@@ -63,7 +63,7 @@ impl ManualCycle {
             printing,
         } = self;
         let settings = Arc::new(settings);
-        let mapper = Arc::new(settings.mapper().or_exit(ExitCode::Config)?);
+        let mapper = settings.mapper();
         let (lock, store) = open_store(&settings, access)?;
         let runtime = super::runtime()?;
         // A secret the client cannot use would fail every record one by one.

@@ -48,7 +48,7 @@ pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(2);
 /// reported in the log.
 pub fn run(settings: Settings) -> Result<ExitCode, Failure> {
     let settings = Arc::new(settings);
-    let mapper = Arc::new(settings.mapper().or_log(ExitCode::Config)?);
+    let mapper = settings.mapper();
     // A secret the client cannot use would fail every cycle.
     service::check_secret_files(&settings).or_log(ExitCode::Config)?;
     let lock =

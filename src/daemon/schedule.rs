@@ -15,14 +15,9 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
 use crate::config::ScheduleSettings;
-use crate::cron::{CronError, parse_cron};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error(transparent)]
-    Cron(#[from] CronError),
-    #[error("schedule.timezone {0:?} is not an IANA time zone")]
-    Timezone(String),
     #[error("the cycle scheduler failed: {0}")]
     Scheduler(#[from] JobSchedulerError),
 }
@@ -36,9 +31,7 @@ pub struct Tick {
 pub struct Schedule {
     scheduler: JobScheduler,
     job: Uuid,
-    expression: String,
-    cron: Cron,
-    timezone: Tz,
+    settings: ScheduleSettings,
     /// The offset the current job was created with.
     offset_seconds: i32,
     ticks: mpsc::UnboundedSender<Tick>,
@@ -50,39 +43,30 @@ impl Schedule {
         settings: &ScheduleSettings,
         ticks: mpsc::UnboundedSender<Tick>,
     ) -> Result<Schedule, ScheduleError> {
-        let cron = parse_cron(&settings.cron)?;
-        let timezone: Tz = settings
-            .timezone
-            .parse()
-            .map_err(|_| ScheduleError::Timezone(settings.timezone.clone()))?;
         let scheduler = JobScheduler::new().await?;
         let now = Utc::now();
-        let job = scheduler
-            .add(tick_job(&settings.cron, timezone, ticks.clone())?)
-            .await?;
+        let job = scheduler.add(tick_job(settings, ticks.clone())?).await?;
         scheduler.start().await?;
         Ok(Schedule {
             scheduler,
             job,
-            expression: settings.cron.clone(),
-            cron,
-            timezone,
-            offset_seconds: utc_offset_seconds(timezone, now),
+            settings: settings.clone(),
+            offset_seconds: utc_offset_seconds(settings.timezone(), now),
             ticks,
         })
     }
 
     pub fn expression(&self) -> &str {
-        &self.expression
+        self.settings.expression()
     }
 
     pub fn timezone(&self) -> Tz {
-        self.timezone
+        self.settings.timezone()
     }
 
     /// The first tick after `after`, in the schedule's zone.
     pub fn next_tick(&self, after: DateTime<Utc>) -> Option<DateTime<Tz>> {
-        next_tick(&self.cron, self.timezone, after)
+        next_tick(self.settings.cron(), self.settings.timezone(), after)
     }
 
     /// Recreate the job when the zone's UTC offset is no longer the one it
@@ -91,11 +75,11 @@ impl Schedule {
         &mut self,
         now: DateTime<Utc>,
     ) -> Result<Option<i32>, ScheduleError> {
-        let offset = utc_offset_seconds(self.timezone, now);
+        let offset = utc_offset_seconds(self.settings.timezone(), now);
         if offset == self.offset_seconds {
             return Ok(None);
         }
-        let job = tick_job(&self.expression, self.timezone, self.ticks.clone())?;
+        let job = tick_job(&self.settings, self.ticks.clone())?;
         let new_job = self.scheduler.add(job).await?;
         self.scheduler.remove(&self.job).await?;
         self.job = new_job;
@@ -111,14 +95,14 @@ impl Schedule {
     }
 }
 
+/// The scheduler parses the expression again: it takes no parsed one.
 fn tick_job(
-    expression: &str,
-    timezone: Tz,
+    settings: &ScheduleSettings,
     ticks: mpsc::UnboundedSender<Tick>,
 ) -> Result<Job, ScheduleError> {
     Ok(Job::new_tz(
-        expression,
-        timezone,
+        settings.expression(),
+        settings.timezone(),
         move |_job, _scheduler| {
             // The receiver is gone only while the daemon shuts down.
             let _ = ticks.send(Tick { at: Utc::now() });
@@ -141,6 +125,7 @@ pub fn utc_offset_seconds(timezone: Tz, at: DateTime<Utc>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cron::parse_cron;
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -192,10 +177,7 @@ mod tests {
     #[tokio::test]
     async fn ticks_arrive_on_a_seconds_schedule() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let settings = ScheduleSettings {
-            cron: "* * * * * *".to_owned(),
-            timezone: "UTC".to_owned(),
-        };
+        let settings = ScheduleSettings::parse("* * * * * *", "UTC").unwrap();
         let mut schedule = Schedule::start(&settings, tx).await.unwrap();
         let tick = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
             .await

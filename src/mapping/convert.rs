@@ -4,7 +4,7 @@
 //! value (null, a blank string, or — for a currency — an amount that names
 //! no currency), so that the next column, the default or nothing is used.
 
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 use super::amount::{self, AmountError};
 use super::country::{self, CountryError};
@@ -102,86 +102,151 @@ pub(super) fn convert(
     value: &Value,
     context: &Context,
 ) -> Result<Option<Value>, ConversionError> {
-    let text = match value {
+    let scalar = match value {
         Value::Null => return Ok(None),
         Value::String(text) if text.trim().is_empty() => return Ok(None),
-        Value::String(text) => Some(text.trim()),
-        Value::Object(_) | Value::Array(_) => {
-            return Err(ConversionError::WrongKind {
-                expected: expected(kind),
-                found: found(value),
-            });
-        }
-        Value::Number(_) | Value::Bool(_) => None,
+        Value::String(text) => Scalar::Text(text.trim()),
+        Value::Number(number) => Scalar::Number(number),
+        Value::Bool(flag) => Scalar::Bool(*flag),
+        Value::Object(_) | Value::Array(_) => return Err(wrong_kind(kind, value)),
     };
-    let converted = match (kind, value, text) {
-        (FieldType::Text, _, Some(text)) => Value::from(text),
-        (FieldType::Text, Value::Number(number), _) => Value::from(number.to_string()),
-        (FieldType::Text, Value::Bool(flag), _) => Value::from(flag.to_string()),
+    let converted = match kind {
+        FieldType::Text => text_value(scalar),
+        FieldType::Number | FieldType::Money => amount_value(kind, scalar)?,
+        FieldType::Integer => integer_value(scalar)?,
+        FieldType::Date => match scalar {
+            Scalar::Text(text) => Converted::Value(Value::from(date::to_utc_date(text)?)),
+            _ => Converted::WrongKind,
+        },
+        FieldType::DateTime => match scalar {
+            Scalar::Text(text) => Converted::Value(Value::from(date::to_utc_datetime(text)?)),
+            _ => Converted::WrongKind,
+        },
+        FieldType::Country => country_value(scalar)?,
+        FieldType::Currency => currency_value(scalar, context)?,
+        FieldType::Email => email_value(scalar)?,
+        FieldType::Bool => bool_value(scalar)?,
+        FieldType::Guid => match scalar {
+            Scalar::Text(text) => Converted::Value(Value::from(normalise_guid(text)?)),
+            _ => Converted::WrongKind,
+        },
+    };
+    match converted {
+        Converted::Value(converted) => Ok(Some(converted)),
+        Converted::Empty => Ok(None),
+        Converted::WrongKind => Err(wrong_kind(kind, value)),
+    }
+}
 
+/// A value that is neither empty nor a list or an object; text trimmed.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    Text(&'a str),
+    Number(&'a Number),
+    Bool(bool),
+}
+
+/// What a type makes of a scalar it did not refuse.
+enum Converted {
+    Value(Value),
+    /// An empty value: a currency field's amount that names no currency.
+    Empty,
+    /// The type does not hold this kind of value at all.
+    WrongKind,
+}
+
+fn wrong_kind(kind: FieldType, value: &Value) -> ConversionError {
+    ConversionError::WrongKind {
+        expected: expected(kind),
+        found: found(value),
+    }
+}
+
+/// Numbers and booleans as JSON writes them.
+fn text_value(scalar: Scalar<'_>) -> Converted {
+    Converted::Value(match scalar {
+        Scalar::Text(text) => Value::from(text),
+        Scalar::Number(number) => Value::from(number.to_string()),
+        Scalar::Bool(flag) => Value::from(flag.to_string()),
+    })
+}
+
+/// A `number` or a `money` field.
+fn amount_value(kind: FieldType, scalar: Scalar<'_>) -> Result<Converted, ConversionError> {
+    let amount = match scalar {
         // An integer serde_json held exactly may still have more digits
         // than the referral's number holds: read like text, it is refused
         // as text is. (A JSON number a double would round reaches here as
         // text: the export readers keep it so.)
-        (FieldType::Number | FieldType::Money, Value::Number(number), _)
-            if number.is_i64() || number.is_u64() =>
-        {
+        Scalar::Number(number) if number.is_i64() || number.is_u64() => {
             amount::parse_number(&number.to_string())?.to_json()?
         }
-        (FieldType::Number | FieldType::Money, Value::Number(number), _) => {
-            amount::normalise_number(number)
-        }
-        (FieldType::Number, _, Some(text)) => amount::parse_number(text)?.to_json()?,
-        (FieldType::Money, _, Some(text)) => amount::parse_money_label(text)?.amount.to_json()?,
+        Scalar::Number(number) => amount::normalise_number(number),
+        Scalar::Text(text) if kind == FieldType::Number => amount::parse_number(text)?.to_json()?,
+        Scalar::Text(text) => amount::parse_money_label(text)?.amount.to_json()?,
+        Scalar::Bool(_) => return Ok(Converted::WrongKind),
+    };
+    Ok(Converted::Value(amount))
+}
 
-        (FieldType::Integer, Value::Number(number), _) => match amount::normalise_number(number) {
+fn integer_value(scalar: Scalar<'_>) -> Result<Converted, ConversionError> {
+    let whole = match scalar {
+        Scalar::Number(number) => match amount::normalise_number(number) {
             whole @ Value::Number(_) if whole.is_i64() || whole.is_u64() => whole,
             _ => return Err(AmountError::NotWhole.into()),
         },
-        (FieldType::Integer, _, Some(text)) => {
+        Scalar::Text(text) => {
             let amount = amount::parse_number(text)?;
             if !amount.is_whole() {
                 return Err(AmountError::NotWhole.into());
             }
             amount.to_json()?
         }
+        Scalar::Bool(_) => return Ok(Converted::WrongKind),
+    };
+    Ok(Converted::Value(whole))
+}
 
-        (FieldType::Date, _, Some(text)) => Value::from(date::to_utc_date(text)?),
-        (FieldType::DateTime, _, Some(text)) => Value::from(date::to_utc_datetime(text)?),
+fn country_value(scalar: Scalar<'_>) -> Result<Converted, ConversionError> {
+    let alpha2 = match scalar {
+        Scalar::Text(text) => country::country_alpha2(text)?,
+        Scalar::Number(number) => country::country_alpha2(&number.to_string())?,
+        Scalar::Bool(_) => return Ok(Converted::WrongKind),
+    };
+    Ok(Converted::Value(Value::from(alpha2)))
+}
 
-        (FieldType::Country, _, Some(text)) => Value::from(country::country_alpha2(text)?),
-        (FieldType::Country, Value::Number(number), _) => {
-            Value::from(country::country_alpha2(&number.to_string())?)
-        }
-
-        (FieldType::Currency, _, Some(text)) => match currency_of(text, context)? {
-            Some(code) => Value::from(code),
-            None => return Ok(None),
-        },
+fn currency_value(scalar: Scalar<'_>, context: &Context) -> Result<Converted, ConversionError> {
+    match scalar {
+        Scalar::Text(text) => Ok(match currency_of(text, context)? {
+            Some(code) => Converted::Value(Value::from(code)),
+            None => Converted::Empty,
+        }),
         // An amount alone names no currency.
-        (FieldType::Currency, Value::Number(_), _) => return Ok(None),
+        Scalar::Number(_) => Ok(Converted::Empty),
+        Scalar::Bool(_) => Ok(Converted::WrongKind),
+    }
+}
 
-        (FieldType::Email, _, Some(text)) if is_email(text) => Value::from(text),
-        (FieldType::Email, _, Some(_)) => return Err(ConversionError::NotAnEmail),
+fn email_value(scalar: Scalar<'_>) -> Result<Converted, ConversionError> {
+    match scalar {
+        Scalar::Text(text) if is_email(text) => Ok(Converted::Value(Value::from(text))),
+        Scalar::Text(_) => Err(ConversionError::NotAnEmail),
+        Scalar::Number(_) | Scalar::Bool(_) => Ok(Converted::WrongKind),
+    }
+}
 
-        (FieldType::Bool, Value::Bool(flag), _) => Value::from(*flag),
-        (FieldType::Bool, Value::Number(number), _) => match number.as_f64() {
-            Some(0.0) => Value::from(false),
-            Some(1.0) => Value::from(true),
+fn bool_value(scalar: Scalar<'_>) -> Result<Converted, ConversionError> {
+    let flag = match scalar {
+        Scalar::Bool(flag) => flag,
+        Scalar::Number(number) => match number.as_f64() {
+            Some(0.0) => false,
+            Some(1.0) => true,
             _ => return Err(ConversionError::NotABool),
         },
-        (FieldType::Bool, _, Some(text)) => Value::from(parse_bool(text)?),
-
-        (FieldType::Guid, _, Some(text)) => Value::from(normalise_guid(text)?),
-
-        _ => {
-            return Err(ConversionError::WrongKind {
-                expected: expected(kind),
-                found: found(value),
-            });
-        }
+        Scalar::Text(text) => parse_bool(text)?,
     };
-    Ok(Some(converted))
+    Ok(Converted::Value(Value::from(flag)))
 }
 
 /// A GUID in its canonical form: lower case, hyphenated, no braces.

@@ -723,12 +723,50 @@ impl Mapper {
     }
 }
 
+/// How a field's problems are named: `fields."details.dealValue".type`.
+type FieldError<'a> = &'a dyn Fn(&str, String) -> MappingConfigError;
+
 fn compile_field(
     path_text: &str,
     spec: &FieldSpec,
     context: &Context,
     error: impl Fn(&str, String) -> MappingConfigError,
 ) -> Result<Field, MappingConfigError> {
+    let (kind, kind_name) = field_type(spec, &error)?;
+    let columns = spec
+        .from
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            ColumnRef::parse(text).map_err(|message| error(&format!(".from[{index}]"), message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let default = field_default(kind, spec, context, &error)?;
+    check_type_options(spec, kind, kind_name, &error)?;
+    let empty_dates = empty_dates(spec, &error)?;
+    if columns.is_empty() && default.is_none() {
+        return Err(error(
+            ".from",
+            "no column to read: give `from`, or a `default` for a constant, or set `enabled = false`"
+                .to_owned(),
+        ));
+    }
+    Ok(Field {
+        path: path_text.to_owned(),
+        columns,
+        kind,
+        default,
+        required: spec.required,
+        allow_negative: spec.allow_negative,
+        empty_dates,
+    })
+}
+
+/// The field's `type`, and its name as written.
+fn field_type<'s>(
+    spec: &'s FieldSpec,
+    error: FieldError<'_>,
+) -> Result<(FieldType, &'s str), MappingConfigError> {
     let known = || {
         let names: Vec<&str> = FieldType::NAMES.iter().map(|(name, _)| *name).collect();
         names.join(", ")
@@ -747,23 +785,37 @@ fn compile_field(
             format!("unknown type `{kind_name}`; expected one of {}", known()),
         )
     })?;
-    let columns = spec
-        .from
-        .iter()
-        .enumerate()
-        .map(|(index, text)| {
-            ColumnRef::parse(text).map_err(|message| error(&format!(".from[{index}]"), message))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let default = match &spec.default {
+    Ok((kind, kind_name))
+}
+
+/// The `default`, converted as a value from the export would be; a
+/// currency field without one falls back to the default currency.
+fn field_default(
+    kind: FieldType,
+    spec: &FieldSpec,
+    context: &Context,
+    error: FieldError<'_>,
+) -> Result<Option<Value>, MappingConfigError> {
+    match &spec.default {
         Some(written) => {
             let converted = convert::convert(kind, written, context)
                 .map_err(|problem| error(".default", format!("{written}: {problem}")))?;
-            Some(converted.ok_or_else(|| error(".default", "is empty".to_owned()))?)
+            Ok(Some(
+                converted.ok_or_else(|| error(".default", "is empty".to_owned()))?,
+            ))
         }
-        None if kind == FieldType::Currency => Some(Value::from(context.default_currency)),
-        None => None,
-    };
+        None if kind == FieldType::Currency => Ok(Some(Value::from(context.default_currency))),
+        None => Ok(None),
+    }
+}
+
+/// `allow_negative` and `empty_dates` only where the type has a use for them.
+fn check_type_options(
+    spec: &FieldSpec,
+    kind: FieldType,
+    kind_name: &str,
+    error: FieldError<'_>,
+) -> Result<(), MappingConfigError> {
     if spec.allow_negative && kind != FieldType::Money {
         return Err(error(
             ".allow_negative",
@@ -776,8 +828,14 @@ fn compile_field(
             format!("applies to `date` and `datetime` fields only, not `{kind_name}`"),
         ));
     }
-    let empty_dates = spec
-        .empty_dates
+    Ok(())
+}
+
+fn empty_dates(
+    spec: &FieldSpec,
+    error: FieldError<'_>,
+) -> Result<Vec<NaiveDate>, MappingConfigError> {
+    spec.empty_dates
         .iter()
         .enumerate()
         .map(|(index, text)| {
@@ -788,23 +846,7 @@ fn compile_field(
                 )
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    if columns.is_empty() && default.is_none() {
-        return Err(error(
-            ".from",
-            "no column to read: give `from`, or a `default` for a constant, or set `enabled = false`"
-                .to_owned(),
-        ));
-    }
-    Ok(Field {
-        path: path_text.to_owned(),
-        columns,
-        kind,
-        default,
-        required: spec.required,
-        allow_negative: spec.allow_negative,
-        empty_dates,
-    })
+        .collect()
 }
 
 fn check_headers(headers: &BTreeMap<String, String>) -> Result<(), MappingConfigError> {

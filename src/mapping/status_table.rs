@@ -82,92 +82,116 @@ struct Reading {
     given: Given,
 }
 
+fn rule_error(code: i64, member: &str, message: String) -> MappingConfigError {
+    MappingConfigError {
+        key: format!("status[code={code}]{member}"),
+        message,
+    }
+}
+
+/// One rule, checked on its own and then against the rules before it.
+fn compile_rule(rule: &StatusRule, earlier: &[Rule]) -> Result<Rule, MappingConfigError> {
+    let error = |member: &str, message: String| rule_error(rule.code, member, message);
+    if earlier.iter().any(|other| other.code == rule.code) {
+        return Err(error(
+            "",
+            format!("two rules have status code {}", rule.code),
+        ));
+    }
+    let label = rule.label.trim();
+    if label.is_empty() {
+        return Err(error(".label", "is empty".to_owned()));
+    }
+    let state_label = rule.state_label.trim();
+    if state_label.is_empty() {
+        return Err(error(".state_label", "is empty".to_owned()));
+    }
+    let compiled = Rule {
+        code: rule.code,
+        label: label.to_owned(),
+        state: rule.state,
+        state_label: state_label.to_owned(),
+        outcome: rule_outcome(rule, label)?,
+    };
+    for other in earlier {
+        tell_apart(&compiled, other)?;
+    }
+    Ok(compiled)
+}
+
+/// What a rule sets: a status Partner Center can move to, a substatus
+/// that goes with it, and the status reason.
+fn rule_outcome(rule: &StatusRule, label: &str) -> Result<ReferralStatus, MappingConfigError> {
+    let error = |member: &str, message: String| rule_error(rule.code, member, message);
+    let status =
+        canonical(&rule.status, STATUSES, "status").map_err(|message| error(".status", message))?;
+    if status == "None" {
+        return Err(error(
+            ".status",
+            "a referral cannot be moved to `None`; expected New, Active or Closed".to_owned(),
+        ));
+    }
+    let substatus = canonical(&rule.substatus, SUBSTATUSES, "substatus")
+        .map_err(|message| error(".substatus", message))?;
+    let allowed = substatuses_of(status);
+    if !allowed.contains(&substatus) {
+        return Err(error(
+            ".substatus",
+            format!(
+                "`{substatus}` does not go with status `{status}`, which allows {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    let reason = match &rule.status_reason {
+        None => None,
+        Some(StatusReason::Label) => Some(label.to_owned()),
+        Some(StatusReason::Text(text)) if text.trim().is_empty() => {
+            return Err(error(".status_reason.text", "is empty".to_owned()));
+        }
+        Some(StatusReason::Text(text)) => Some(text.trim().to_owned()),
+    };
+    Ok(ReferralStatus {
+        status,
+        substatus,
+        reason,
+    })
+}
+
+/// A state has one label, and within a state a label names one status
+/// reason: a record that gives only labels must still find one rule.
+fn tell_apart(rule: &Rule, other: &Rule) -> Result<(), MappingConfigError> {
+    let same_state = other.state == rule.state;
+    let same_state_label = other.state_label.to_lowercase() == rule.state_label.to_lowercase();
+    if same_state != same_state_label {
+        return Err(rule_error(
+            rule.code,
+            ".state_label",
+            format!(
+                "state {} is `{}` here, but the rule for status code {} has state {} as `{}`",
+                rule.state, rule.state_label, other.code, other.state, other.state_label
+            ),
+        ));
+    }
+    if same_state && other.label.to_lowercase() == rule.label.to_lowercase() {
+        return Err(rule_error(
+            rule.code,
+            ".label",
+            format!(
+                "status code {} in the same state has the label `{}` too, so a label alone could not tell them apart",
+                other.code, other.label
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl StatusTable {
     pub(super) fn compile(rules: &[StatusRule]) -> Result<StatusTable, MappingConfigError> {
         let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
         for rule in rules {
-            let key = |member: &str| format!("status[code={}]{member}", rule.code);
-            let error = |member: &str, message: String| MappingConfigError {
-                key: key(member),
-                message,
-            };
-            if compiled.iter().any(|other| other.code == rule.code) {
-                return Err(error(
-                    "",
-                    format!("two rules have status code {}", rule.code),
-                ));
-            }
-            let label = rule.label.trim();
-            if label.is_empty() {
-                return Err(error(".label", "is empty".to_owned()));
-            }
-            let state_label = rule.state_label.trim();
-            if state_label.is_empty() {
-                return Err(error(".state_label", "is empty".to_owned()));
-            }
-            let status = canonical(&rule.status, STATUSES, "status")
-                .map_err(|message| error(".status", message))?;
-            if status == "None" {
-                return Err(error(
-                    ".status",
-                    "a referral cannot be moved to `None`; expected New, Active or Closed"
-                        .to_owned(),
-                ));
-            }
-            let substatus = canonical(&rule.substatus, SUBSTATUSES, "substatus")
-                .map_err(|message| error(".substatus", message))?;
-            let allowed = substatuses_of(status);
-            if !allowed.contains(&substatus) {
-                return Err(error(
-                    ".substatus",
-                    format!(
-                        "`{substatus}` does not go with status `{status}`, which allows {}",
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-            let reason = match &rule.status_reason {
-                None => None,
-                Some(StatusReason::Label) => Some(label.to_owned()),
-                Some(StatusReason::Text(text)) if text.trim().is_empty() => {
-                    return Err(error(".status_reason.text", "is empty".to_owned()));
-                }
-                Some(StatusReason::Text(text)) => Some(text.trim().to_owned()),
-            };
-            for other in &compiled {
-                let same_state = other.state == rule.state;
-                let same_state_label =
-                    other.state_label.to_lowercase() == state_label.to_lowercase();
-                if same_state != same_state_label {
-                    return Err(error(
-                        ".state_label",
-                        format!(
-                            "state {} is `{state_label}` here, but the rule for status code {} has state {} as `{}`",
-                            rule.state, other.code, other.state, other.state_label
-                        ),
-                    ));
-                }
-                if same_state && other.label.to_lowercase() == label.to_lowercase() {
-                    return Err(error(
-                        ".label",
-                        format!(
-                            "status code {} in the same state has the label `{}` too, so a label alone could not tell them apart",
-                            other.code, other.label
-                        ),
-                    ));
-                }
-            }
-            compiled.push(Rule {
-                code: rule.code,
-                label: label.to_owned(),
-                state: rule.state,
-                state_label: state_label.to_owned(),
-                outcome: ReferralStatus {
-                    status,
-                    substatus,
-                    reason,
-                },
-            });
+            let rule = compile_rule(rule, &compiled)?;
+            compiled.push(rule);
         }
         Ok(StatusTable { rules: compiled })
     }

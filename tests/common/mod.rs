@@ -533,7 +533,7 @@ impl Workspace {
     /// that do not map are left out.
     pub fn desired(&self) -> Desired {
         let settings = referral_sync::config::Settings::load(&self.config).unwrap();
-        let mapper = settings.mapper().unwrap();
+        let mapper = settings.mapper();
         let mut documents = std::collections::BTreeMap::new();
         referral_sync::export::read_export(&settings.export_options(), &mut |record| {
             if let Ok(mapped) = mapper.map(&record) {

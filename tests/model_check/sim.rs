@@ -298,7 +298,7 @@ max_missing_ratio = 1.0
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let settings = Settings::load_with_env(&config, Some(Default::default()))
             .map_err(|e| format!("settings: {e}"))?;
-        let mapper = settings.mapper().map_err(|e| format!("mapping: {e}"))?;
+        let mapper = settings.mapper();
         let leads: Vec<Lead> = history.starts.iter().map(|s| s.lead.clone()).collect();
         let mut models: Vec<RecordModel> = leads
             .iter()
@@ -321,7 +321,7 @@ max_missing_ratio = 1.0
             export,
             store_path,
             settings: Arc::new(settings),
-            mapper: Arc::new(mapper),
+            mapper,
             leads,
             models,
             time: 1,
