@@ -515,38 +515,17 @@ impl ApiClient {
             let Some(link) = next_link else {
                 return Ok(items);
             };
-            let shown = cut_text(&link, 200);
-            if link.chars().count() > MAX_NEXT_LINK_CHARS {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
-                    ),
-                ));
-            }
             empty_in_a_row = if empty { empty_in_a_row + 1 } else { 0 };
-            if empty_in_a_row >= inner.max_empty_list_pages {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {})",
-                        inner.max_empty_list_pages
-                    ),
-                ));
-            }
-            if pages >= inner.max_list_pages {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "api.max_list_pages = {} reached and the last page still points further",
-                        inner.max_list_pages
-                    ),
-                ));
+            let (max_pages, max_empty) = (inner.max_list_pages, inner.max_empty_list_pages);
+            if let Some(reason) = abandon_reason(&link, pages, empty_in_a_row, max_pages, max_empty)
+            {
+                return Err(abandon(pages, reason));
             }
             let next = self
                 .next_page_url(&call.url, &link)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
             if fetched.contains(&blake3::hash(next.as_str().as_bytes())) {
+                let shown = cut_text(&link, 200);
                 return Err(abandon(
                     pages,
                     format!("@odata.nextLink `{shown}` leads back to a page already fetched"),
@@ -1361,6 +1340,35 @@ pub fn check_referral_id(id: &str) -> Result<(), String> {
         "referral id `{}` cannot be used: a GUID, or up to {MAX_REFERRAL_ID_CHARS} letters, digits and `-._~` other than `.` and `..`, is expected",
         cut_text(id, 100)
     ))
+}
+
+/// Why a listing is given up after `pages` pages, the last of them
+/// pointing further to `link` and the last `empty_in_a_row` bringing no
+/// referral; `None` while it may go on.
+fn abandon_reason(
+    link: &str,
+    pages: u64,
+    empty_in_a_row: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
+) -> Option<String> {
+    if link.chars().count() > MAX_NEXT_LINK_CHARS {
+        let shown = cut_text(link, 200);
+        return Some(format!(
+            "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
+        ));
+    }
+    if empty_in_a_row >= max_empty_list_pages {
+        return Some(format!(
+            "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {max_empty_list_pages})"
+        ));
+    }
+    if pages >= max_list_pages {
+        return Some(format!(
+            "api.max_list_pages = {max_list_pages} reached and the last page still points further"
+        ));
+    }
+    None
 }
 
 /// The items and the next link of one list page.
