@@ -336,15 +336,41 @@ impl TokenProvider {
         }
 
         let requested_at = Instant::now();
+        let grant = self.request_grant(token_url, &form).await?;
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            valid_seconds = grant.lifetime.as_secs(),
+            "access token refreshed, valid for {} s",
+            grant.lifetime.as_secs()
+        );
+        if let Some(rotated) = grant.refresh_token
+            && rotated.expose_secret() != refresh_token.expose_secret()
+        {
+            remember_rotated(state, refresh_token_file, rotated).await;
+        }
+        state.access = Some(AccessToken {
+            bearer: grant.access_token.clone(),
+            valid: Validity::Until(requested_at + refresh_deadline(grant.lifetime)),
+        });
+        Ok(grant.access_token)
+    }
+
+    /// POST the refresh-token grant `form` to `token_url` and read the
+    /// grant from the answer.
+    async fn request_grant(
+        &self,
+        token_url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenGrant, AuthError> {
         let transport = |error: reqwest::Error| AuthError::Transport {
-            url: token_url.clone(),
+            url: token_url.to_owned(),
             reason: error_chain(&error),
         };
         let response = self
             .http
             .post(token_url)
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
+            .form(form)
             .send()
             .await
             .map_err(transport)?;
@@ -353,41 +379,28 @@ impl TokenProvider {
         if !status.is_success() {
             let (error, description) = oauth_error(&body);
             return Err(AuthError::Refused {
-                url: token_url.clone(),
+                url: token_url.to_owned(),
                 status: status.as_u16(),
                 error,
                 description,
             });
         }
-        let grant =
-            parse_grant(&body, unix_now()).map_err(|reason| AuthError::InvalidResponse {
-                url: token_url.clone(),
-                status: status.as_u16(),
-                reason,
-            })?;
-        self.exchanges.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            valid_seconds = grant.lifetime.as_secs(),
-            "access token refreshed, valid for {} s",
-            grant.lifetime.as_secs()
-        );
-
-        if let Some(rotated) = grant.refresh_token
-            && rotated.expose_secret() != refresh_token.expose_secret()
-        {
-            store_refresh_token(refresh_token_file, &rotated).await;
-            state.refresh = Some(RememberedRefreshToken {
-                secret: rotated,
-                file_stamp: file_stamp(refresh_token_file).await.ok(),
-            });
-        }
-
-        state.access = Some(AccessToken {
-            bearer: grant.access_token.clone(),
-            valid: Validity::Until(requested_at + refresh_deadline(grant.lifetime)),
-        });
-        Ok(grant.access_token)
+        parse_grant(&body, unix_now()).map_err(|reason| AuthError::InvalidResponse {
+            url: token_url.to_owned(),
+            status: status.as_u16(),
+            reason,
+        })
     }
+}
+
+/// The token endpoint rotated the refresh token: write it back, and keep
+/// it with the stamp of the file it now lives in.
+async fn remember_rotated(state: &mut State, refresh_token_file: &Path, rotated: SecretString) {
+    store_refresh_token(refresh_token_file, &rotated).await;
+    state.refresh = Some(RememberedRefreshToken {
+        secret: rotated,
+        file_stamp: file_stamp(refresh_token_file).await.ok(),
+    });
 }
 
 async fn bearer_from_file(state: &mut State, path: &Path) -> Result<SecretString, AuthError> {

@@ -17,6 +17,7 @@ pub mod device_login;
 mod error;
 pub mod gate;
 pub mod retry;
+mod verdict;
 
 #[cfg(test)]
 mod test_support;
@@ -46,6 +47,7 @@ pub use retry::{RetryPolicy, RetrySchedule};
 use crate::model::Op;
 use auth::error_chain;
 use error::ServiceError;
+use verdict::{CallKind, Failed, Failure, Pace, Pause, Retry, Verdict, classify, pace};
 
 /// Header carrying the id of the sync cycle, for support cases.
 pub const MS_CORRELATION_ID: &str = "MS-CorrelationId";
@@ -245,6 +247,16 @@ impl Call {
     fn is_read(&self) -> bool {
         self.method == Method::GET
     }
+
+    fn kind(&self) -> CallKind {
+        if self.is_read() {
+            CallKind::Read
+        } else if self.if_match.is_some() {
+            CallKind::GuardedWrite
+        } else {
+            CallKind::UnguardedWrite
+        }
+    }
 }
 
 /// The service's answer.
@@ -267,6 +279,8 @@ fn service_request_id(headers: &HeaderMap) -> Option<Box<str>> {
 
 /// Why one attempt brought no usable answer.
 enum AttemptError {
+    /// An answer other than a success.
+    Refused(Answer),
     Http(reqwest::Error),
     /// The body is larger than `max_response_bytes`: reading stopped.
     TooLarge {
@@ -275,25 +289,39 @@ enum AttemptError {
     },
 }
 
-impl fmt::Display for AttemptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl AttemptError {
+    /// What [`classify`] decides on; a `Retry-After` date is read as of
+    /// `now`.
+    fn facts(&self, now: DateTime<Utc>) -> Failed {
         match self {
-            AttemptError::Http(error) => f.write_str(&error_chain(error)),
-            AttemptError::TooLarge { status, .. } => write!(
-                f,
+            AttemptError::Refused(answer) => Failed::Answer {
+                status: answer.status.as_u16(),
+                retry_after: retry_after(&answer.headers, now),
+            },
+            AttemptError::TooLarge { status, .. } => Failed::TooLarge {
+                status: status.as_u16(),
+            },
+            AttemptError::Http(error) if error.is_builder() => Failed::Unbuildable,
+            AttemptError::Http(error) if error.is_connect() => Failed::NotConnected,
+            AttemptError::Http(_) => Failed::NoAnswer,
+        }
+    }
+
+    /// What went wrong, in words, for the log and the error after retries.
+    fn reason(&self) -> String {
+        match self {
+            AttemptError::Refused(answer) => format!(
+                "HTTP {}: {}",
+                answer.status,
+                ServiceError::parse(&answer.body).message
+            ),
+            AttemptError::Http(error) => error_chain(error),
+            AttemptError::TooLarge { status, .. } => format!(
                 "HTTP {} answer larger than api.max_response_bytes; reading stopped",
                 status.as_u16()
             ),
         }
     }
-}
-
-/// Why an attempt is worth repeating.
-enum Retry {
-    /// The service asked us to slow down: pause every worker.
-    Throttled { retry_after: Option<Duration> },
-    /// A passing failure: this request waits alone.
-    Transient,
 }
 
 impl ApiClient {
@@ -487,38 +515,17 @@ impl ApiClient {
             let Some(link) = next_link else {
                 return Ok(items);
             };
-            let shown = cut_text(&link, 200);
-            if link.chars().count() > MAX_NEXT_LINK_CHARS {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
-                    ),
-                ));
-            }
             empty_in_a_row = if empty { empty_in_a_row + 1 } else { 0 };
-            if empty_in_a_row >= inner.max_empty_list_pages {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {})",
-                        inner.max_empty_list_pages
-                    ),
-                ));
-            }
-            if pages >= inner.max_list_pages {
-                return Err(abandon(
-                    pages,
-                    format!(
-                        "api.max_list_pages = {} reached and the last page still points further",
-                        inner.max_list_pages
-                    ),
-                ));
+            let (max_pages, max_empty) = (inner.max_list_pages, inner.max_empty_list_pages);
+            if let Some(reason) = abandon_reason(&link, pages, empty_in_a_row, max_pages, max_empty)
+            {
+                return Err(abandon(pages, reason));
             }
             let next = self
                 .next_page_url(&call.url, &link)
                 .map_err(|reason| invalid_response(&call, &answer, reason))?;
             if fetched.contains(&blake3::hash(next.as_str().as_bytes())) {
+                let shown = cut_text(&link, 200);
                 return Err(abandon(
                     pages,
                     format!("@odata.nextLink `{shown}` leads back to a page already fetched"),
@@ -722,231 +729,178 @@ impl ApiClient {
     }
 
     /// Send `call` until it succeeds or must not be repeated: through the
-    /// gate, with a bearer token, retrying per the policy.
+    /// gate, with a bearer token, as [`classify`] and [`pace`] decide.
     async fn send(&self, ctx: &RequestContext, call: &Call) -> Result<Answer, ApiError> {
-        let inner = &*self.inner;
         if let Some(held) = self.still_held_back() {
             return Err(self.held_back_error(call, &held));
         }
-        let mut schedule = RetrySchedule::new(&inner.retry);
+        let max_retry_after = self.inner.retry.max_retry_after;
+        let mut schedule = RetrySchedule::new(&self.inner.retry);
         let mut token_refreshed = false;
         let mut attempt = 0u32;
         // The service's id of the last answer, for an error after retries.
         let mut last_service_request_id: Option<Box<str>> = None;
         loop {
             attempt += 1;
-            let (outcome, bearer) = {
-                let _permit = inner.gate.acquire().await;
-                let bearer = inner.tokens.bearer().await?;
-                (self.attempt(ctx, call, &bearer, attempt).await, bearer)
+            let (outcome, bearer) = self.attempt_through_gate(ctx, call, attempt).await?;
+            let failed = match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(failed) => failed,
             };
-            let (retry, reason) = match outcome {
-                Ok(answer) if answer.status.is_success() => return Ok(answer),
-                Ok(answer) => {
-                    let status = answer.status;
-                    let service_request_id = answer.service_request_id.clone();
-                    last_service_request_id.clone_from(&service_request_id);
-                    let retry_after = retry_after(&answer.headers, Utc::now());
-                    let service = ServiceError::parse(&answer.body);
-                    let reason = format!("HTTP {status}: {}", service.message);
-                    match status.as_u16() {
-                        401 if !token_refreshed => {
-                            token_refreshed = true;
-                            inner
-                                .counters
-                                .token_refreshes
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                method = %call.method,
-                                path = call.url.path(),
-                                correlation_id = %ctx.correlation_id,
-                                "HTTP 401: refreshing the token and retrying once"
-                            );
-                            inner.tokens.invalidate_rejected(&bearer).await;
-                            continue;
-                        }
-                        401 => {
-                            return Err(ApiError::Unauthorized {
-                                method: call.method.clone(),
-                                path: call.path(),
-                                message: service.message,
-                                service_request_id,
-                            });
-                        }
-                        412 => {
-                            return Err(ApiError::PreconditionFailed {
-                                method: call.method.clone(),
-                                path: call.path(),
-                                message: service.message,
-                                service_request_id,
-                            });
-                        }
-                        429 => (Retry::Throttled { retry_after }, reason),
-                        // A gateway's 503 may come after the backend acted;
-                        // only a write guarded by If-Match is safe to resend
-                        // (a repeat meets a 412). A create is not: its caller
-                        // looks the referral up before creating again.
-                        503 if retry_after.is_some()
-                            && call.if_match.is_none()
-                            && !call.is_read() =>
-                        {
-                            if let Some(wait) = retry_after {
-                                if wait > inner.retry.max_retry_after {
-                                    self.hold_back(ctx, call, wait);
-                                } else {
-                                    self.pause_for(wait);
-                                }
-                            }
-                            return Err(ApiError::OutcomeUnknown {
-                                method: call.method.clone(),
-                                path: call.path(),
-                                reason,
-                                service_request_id,
-                            });
-                        }
-                        503 if retry_after.is_some() => (Retry::Throttled { retry_after }, reason),
-                        // The service did not receive a whole request.
-                        408 => (Retry::Transient, reason),
-                        500..=599 if call.is_read() => (Retry::Transient, reason),
-                        500..=599 => {
-                            return Err(ApiError::OutcomeUnknown {
-                                method: call.method.clone(),
-                                path: call.path(),
-                                reason,
-                                service_request_id,
-                            });
-                        }
-                        400..=499 => {
-                            return Err(ApiError::Rejected {
-                                method: call.method.clone(),
-                                path: call.path(),
-                                status: status.as_u16(),
-                                code: service.code,
-                                message: service.message.into_boxed_str(),
-                                target: service.target.map(String::into_boxed_str),
-                                service_request_id,
-                            });
-                        }
-                        _ => {
-                            return Err(invalid_response(
-                                call,
-                                &answer,
-                                format!("unexpected {reason}"),
-                            ));
-                        }
-                    }
+            if let AttemptError::Refused(answer) = &failed {
+                last_service_request_id.clone_from(&answer.service_request_id);
+            }
+            let facts = failed.facts(Utc::now());
+            let retry = match classify(facts, call.kind(), token_refreshed, max_retry_after) {
+                Verdict::Retry(retry) => retry,
+                Verdict::RefreshToken => {
+                    token_refreshed = true;
+                    self.refresh_token(ctx, call, &bearer).await;
+                    continue;
                 }
-                Err(AttemptError::TooLarge {
-                    status,
-                    service_request_id,
-                }) => {
-                    let limit = inner.max_response_bytes;
-                    // A write answered with success (or a server error) may
-                    // have been applied: the caller finds out with a GET.
-                    if !call.is_read() && (status.is_success() || status.is_server_error()) {
-                        return Err(ApiError::OutcomeUnknown {
-                            method: call.method.clone(),
-                            path: call.path(),
-                            reason: format!(
-                                "HTTP {} but the answer is larger than api.max_response_bytes = {limit} bytes; reading stopped there",
-                                status.as_u16()
-                            ),
-                            service_request_id,
-                        });
+                Verdict::HoldBack { asked } => {
+                    self.count_throttle();
+                    return Err(self.hold_back(ctx, call, asked));
+                }
+                Verdict::Fail(failure) => return Err(self.failure_error(call, failure, failed)),
+                Verdict::FailPausing(failure, pause) => {
+                    self.honour(ctx, call, pause);
+                    return Err(self.failure_error(call, failure, failed));
+                }
+            };
+            if let Retry::Throttled { .. } = retry {
+                self.count_throttle();
+            }
+            let reason = failed.reason();
+            match pace(retry, schedule.next_delay()) {
+                Pace::Everyone(wait) => self.wait_throttled(ctx, call, attempt, &reason, wait),
+                Pace::Alone(delay) => self.wait_alone(ctx, call, attempt, &reason, delay).await,
+                Pace::GiveUp { pause } => {
+                    if let Some(pause) = pause {
+                        self.pause_for(pause);
                     }
-                    return Err(ApiError::ResponseTooLarge {
+                    return Err(ApiError::Unavailable {
                         method: call.method.clone(),
                         path: call.path(),
-                        status: status.as_u16(),
-                        limit,
-                        service_request_id,
+                        attempts: attempt,
+                        reason,
+                        service_request_id: last_service_request_id,
                     });
-                }
-                Err(AttemptError::Http(error)) => {
-                    let reason = error_chain(&error);
-                    if error.is_builder() {
-                        return Err(ApiError::InvalidRequest {
-                            method: call.method.clone(),
-                            path: call.path(),
-                            reason,
-                        });
-                    }
-                    // A connect error means nothing was sent; anything later
-                    // may have reached the service.
-                    if !error.is_connect() && !call.is_read() {
-                        return Err(ApiError::OutcomeUnknown {
-                            method: call.method.clone(),
-                            path: call.path(),
-                            reason,
-                            service_request_id: None,
-                        });
-                    }
-                    (Retry::Transient, reason)
-                }
-            };
-
-            // Retry-After is honoured as sent, up to max_retry_after; past
-            // that the service is left alone until the time it named.
-            let asked = match retry {
-                Retry::Throttled { retry_after } => {
-                    inner.counters.throttles.fetch_add(1, Ordering::Relaxed);
-                    retry_after
-                }
-                Retry::Transient => None,
-            };
-            if let Some(asked) = asked
-                && asked > inner.retry.max_retry_after
-            {
-                return Err(self.hold_back(ctx, call, asked));
-            }
-            let Some(delay) = schedule.next_delay() else {
-                // Giving up here does not release the other workers: the
-                // service's pause holds for them too.
-                if let Some(asked) = asked {
-                    self.pause_for(asked);
-                }
-                return Err(ApiError::Unavailable {
-                    method: call.method.clone(),
-                    path: call.path(),
-                    attempts: attempt,
-                    reason,
-                    service_request_id: last_service_request_id,
-                });
-            };
-            inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-            match retry {
-                Retry::Throttled { .. } => {
-                    // At least what the service asked, and never less than
-                    // the backoff, so that repeated throttling slows down.
-                    let wait = asked.map_or(delay, |asked| asked.max(delay));
-                    tracing::info!(
-                        method = %call.method,
-                        path = call.url.path(),
-                        correlation_id = %ctx.correlation_id,
-                        attempt,
-                        wait_seconds = wait.as_secs_f64(),
-                        "throttled ({reason}); every request waits {:.1} s",
-                        wait.as_secs_f64()
-                    );
-                    self.pause_for(wait);
-                }
-                Retry::Transient => {
-                    tracing::info!(
-                        method = %call.method,
-                        path = call.url.path(),
-                        correlation_id = %ctx.correlation_id,
-                        attempt,
-                        wait_seconds = delay.as_secs_f64(),
-                        "{reason}; retrying in {:.1} s",
-                        delay.as_secs_f64()
-                    );
-                    tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
-    /// One attempt: send, read the whole answer, log one debug line.
+    fn count_throttle(&self) {
+        self.inner
+            .counters
+            .throttles
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One attempt holding a permit of the gate, and the token it carried.
+    async fn attempt_through_gate(
+        &self,
+        ctx: &RequestContext,
+        call: &Call,
+        attempt: u32,
+    ) -> Result<(Result<Answer, AttemptError>, SecretString), ApiError> {
+        let _permit = self.inner.gate.acquire().await;
+        let bearer = self.inner.tokens.bearer().await?;
+        let outcome = self.attempt(ctx, call, &bearer, attempt).await;
+        Ok((outcome, bearer))
+    }
+
+    /// The service refused `bearer`: forget it, so that the next attempt
+    /// carries a fresh token.
+    async fn refresh_token(&self, ctx: &RequestContext, call: &Call, bearer: &SecretString) {
+        let inner = &*self.inner;
+        inner
+            .counters
+            .token_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            method = %call.method,
+            path = call.url.path(),
+            correlation_id = %ctx.correlation_id,
+            "HTTP 401: refreshing the token and retrying once"
+        );
+        inner.tokens.invalidate_rejected(bearer).await;
+    }
+
+    /// The service's pause, honoured by every worker although `call` fails.
+    fn honour(&self, ctx: &RequestContext, call: &Call, pause: Pause) {
+        match pause {
+            Pause::Wait(wait) => self.pause_for(wait),
+            Pause::HoldBack(asked) => {
+                self.hold_back(ctx, call, asked);
+            }
+        }
+    }
+
+    /// A throttled `call` is repeated after `wait`, which every worker waits.
+    fn wait_throttled(
+        &self,
+        ctx: &RequestContext,
+        call: &Call,
+        attempt: u32,
+        reason: &str,
+        wait: Duration,
+    ) {
+        self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            method = %call.method,
+            path = call.url.path(),
+            correlation_id = %ctx.correlation_id,
+            attempt,
+            wait_seconds = wait.as_secs_f64(),
+            "throttled ({reason}); every request waits {:.1} s",
+            wait.as_secs_f64()
+        );
+        self.pause_for(wait);
+    }
+
+    /// `call` is repeated after `delay`, which it waits alone.
+    async fn wait_alone(
+        &self,
+        ctx: &RequestContext,
+        call: &Call,
+        attempt: u32,
+        reason: &str,
+        delay: Duration,
+    ) {
+        self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            method = %call.method,
+            path = call.url.path(),
+            correlation_id = %ctx.correlation_id,
+            attempt,
+            wait_seconds = delay.as_secs_f64(),
+            "{reason}; retrying in {:.1} s",
+            delay.as_secs_f64()
+        );
+        tokio::time::sleep(delay).await;
+    }
+
+    /// The error `call` ends with, as `failure` names it, in the words of
+    /// what its last attempt brought. A failure [`classify`] never gives
+    /// for that kind of attempt falls to the nearest error.
+    fn failure_error(&self, call: &Call, failure: Failure, failed: AttemptError) -> ApiError {
+        match failed {
+            AttemptError::Refused(answer) => refusal_error(call, failure, &answer),
+            AttemptError::TooLarge {
+                status,
+                service_request_id,
+            } => {
+                let limit = self.inner.max_response_bytes;
+                too_large_error(call, failure, status, service_request_id, limit)
+            }
+            AttemptError::Http(error) => transport_error(call, failure, &error),
+        }
+    }
+
+    /// One attempt: send, read the whole answer, tell the observer, log one
+    /// line.
     async fn attempt(
         &self,
         ctx: &RequestContext,
@@ -957,7 +911,37 @@ impl ApiClient {
         let inner = &*self.inner;
         let request_id = Uuid::new_v4();
         let client_request_id = Uuid::new_v4();
-        let mut request = inner
+        let request = self.request(ctx, call, bearer, request_id, client_request_id);
+        let started = std::time::Instant::now();
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let outcome = read_answer(request, inner.max_response_bytes).await;
+        let elapsed = started.elapsed();
+        if let Some(observer) = inner.observer.get() {
+            observer.request(&call.method, answered_status(&outcome), elapsed);
+        }
+        let log = AttemptLog {
+            ctx,
+            call,
+            attempt,
+            request_id,
+            client_request_id,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        };
+        log.write(&outcome);
+        outcome
+    }
+
+    /// The HTTP request of one attempt of `call`, with its ids.
+    fn request(
+        &self,
+        ctx: &RequestContext,
+        call: &Call,
+        bearer: &SecretString,
+        request_id: Uuid,
+        client_request_id: Uuid,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .inner
             .http
             .request(call.method.clone(), call.url.clone())
             .bearer_auth(bearer.expose_secret())
@@ -976,124 +960,248 @@ impl ApiClient {
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
+        request
+    }
+}
 
-        let started = std::time::Instant::now();
-        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let limit = inner.max_response_bytes;
-        let outcome = async {
-            let mut response = request.send().await.map_err(AttemptError::Http)?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let service_request_id = service_request_id(&headers);
-            if response
-                .content_length()
-                .is_some_and(|length| length > limit)
-            {
-                return Err(AttemptError::TooLarge {
-                    status,
-                    service_request_id,
-                });
-            }
-            // Chunk by chunk, so that no more than the limit is ever held;
-            // dropping the response closes the connection.
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
-                if body.len() as u64 + chunk.len() as u64 > limit {
-                    return Err(AttemptError::TooLarge {
-                        status,
-                        service_request_id,
-                    });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(Answer {
+/// Send `request` and read the whole answer, chunk by chunk so that no
+/// more than `limit` bytes are ever held; dropping the response closes the
+/// connection. An answer other than a success is [`AttemptError::Refused`].
+async fn read_answer(request: reqwest::RequestBuilder, limit: u64) -> Result<Answer, AttemptError> {
+    let mut response = request.send().await.map_err(AttemptError::Http)?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let service_request_id = service_request_id(&headers);
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(AttemptError::TooLarge {
+            status,
+            service_request_id,
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(AttemptError::TooLarge {
                 status,
-                headers,
-                body,
                 service_request_id,
-            })
+            });
         }
-        .await;
-        let elapsed = started.elapsed();
-        if let Some(observer) = inner.observer.get() {
-            let status = match &outcome {
-                Ok(answer) => Some(answer.status.as_u16()),
-                Err(AttemptError::TooLarge { status, .. }) => Some(status.as_u16()),
-                Err(AttemptError::Http(_)) => None,
-            };
-            observer.request(&call.method, status, elapsed);
+        body.extend_from_slice(&chunk);
+    }
+    let answer = Answer {
+        status,
+        headers,
+        body,
+        service_request_id,
+    };
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(AttemptError::Refused(answer))
+    }
+}
+
+/// The status of an attempt's answer; `None` when no answer came.
+fn answered_status(outcome: &Result<Answer, AttemptError>) -> Option<u16> {
+    match outcome {
+        Ok(answer) | Err(AttemptError::Refused(answer)) => Some(answer.status.as_u16()),
+        Err(AttemptError::TooLarge { status, .. }) => Some(status.as_u16()),
+        Err(AttemptError::Http(_)) => None,
+    }
+}
+
+/// The error for `call` after the answer `answer`, as `failure` names it.
+fn refusal_error(call: &Call, failure: Failure, answer: &Answer) -> ApiError {
+    let service = ServiceError::parse(&answer.body);
+    let reason = format!("HTTP {}: {}", answer.status, service.message);
+    let method = call.method.clone();
+    let path = call.path();
+    let service_request_id = answer.service_request_id.clone();
+    match failure {
+        Failure::Unauthorized => ApiError::Unauthorized {
+            method,
+            path,
+            message: service.message,
+            service_request_id,
+        },
+        Failure::PreconditionFailed => ApiError::PreconditionFailed {
+            method,
+            path,
+            message: service.message,
+            service_request_id,
+        },
+        Failure::OutcomeUnknown => ApiError::OutcomeUnknown {
+            method,
+            path,
+            reason,
+            service_request_id,
+        },
+        Failure::Rejected => ApiError::Rejected {
+            method,
+            path,
+            status: answer.status.as_u16(),
+            code: service.code,
+            message: service.message.into_boxed_str(),
+            target: service.target.map(String::into_boxed_str),
+            service_request_id,
+        },
+        Failure::Unexpected | Failure::ResponseTooLarge | Failure::InvalidRequest => {
+            invalid_response(call, answer, format!("unexpected {reason}"))
         }
-        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        match &outcome {
-            Ok(answer) if answer.status.is_success() => tracing::debug!(
-                method = %call.method,
-                path = call.url.path(),
-                status = answer.status.as_u16(),
-                elapsed_ms,
-                correlation_id = %ctx.correlation_id,
-                request_id = %request_id,
-                client_request_id = %client_request_id,
-                service_request_id = answer.service_request_id.as_deref(),
-                external_id = ctx.external_id.as_deref(),
-                attempt,
-                "{} {} -> {} in {elapsed_ms} ms",
-                call.method,
-                call.url.path(),
-                answer.status.as_u16()
+    }
+}
+
+/// The error for `call` after an answer larger than `limit` bytes.
+fn too_large_error(
+    call: &Call,
+    failure: Failure,
+    status: StatusCode,
+    service_request_id: Option<Box<str>>,
+    limit: u64,
+) -> ApiError {
+    if failure == Failure::OutcomeUnknown {
+        return ApiError::OutcomeUnknown {
+            method: call.method.clone(),
+            path: call.path(),
+            reason: format!(
+                "HTTP {} but the answer is larger than api.max_response_bytes = {limit} bytes; reading stopped there",
+                status.as_u16()
             ),
-            // Every error answer, with the ids a support case needs.
-            Ok(answer) => tracing::warn!(
-                method = %call.method,
-                path = call.url.path(),
-                status = answer.status.as_u16(),
-                elapsed_ms,
-                correlation_id = %ctx.correlation_id,
-                request_id = %request_id,
-                client_request_id = %client_request_id,
-                service_request_id = answer.service_request_id.as_deref(),
-                external_id = ctx.external_id.as_deref(),
-                attempt,
-                "{} {} -> HTTP {} (request-id {}, MS-RequestId {request_id})",
-                call.method,
-                call.url.path(),
-                answer.status.as_u16(),
-                answer.service_request_id.as_deref().unwrap_or("none")
-            ),
+            service_request_id,
+        };
+    }
+    ApiError::ResponseTooLarge {
+        method: call.method.clone(),
+        path: call.path(),
+        status: status.as_u16(),
+        limit,
+        service_request_id,
+    }
+}
+
+/// The error for `call` after a transport failure.
+fn transport_error(call: &Call, failure: Failure, error: &reqwest::Error) -> ApiError {
+    let reason = error_chain(error);
+    if failure == Failure::InvalidRequest {
+        return ApiError::InvalidRequest {
+            method: call.method.clone(),
+            path: call.path(),
+            reason,
+        };
+    }
+    ApiError::OutcomeUnknown {
+        method: call.method.clone(),
+        path: call.path(),
+        reason,
+        service_request_id: None,
+    }
+}
+
+/// The log line of one attempt: what a support case needs to find it.
+struct AttemptLog<'a> {
+    ctx: &'a RequestContext,
+    call: &'a Call,
+    attempt: u32,
+    request_id: Uuid,
+    client_request_id: Uuid,
+    elapsed_ms: u64,
+}
+
+impl AttemptLog<'_> {
+    fn write(&self, outcome: &Result<Answer, AttemptError>) {
+        match outcome {
+            Ok(answer) => self.succeeded(answer),
+            Err(AttemptError::Refused(answer)) => self.refused(answer),
             Err(AttemptError::TooLarge {
                 status,
                 service_request_id,
-            }) => tracing::warn!(
-                method = %call.method,
-                path = call.url.path(),
-                status = status.as_u16(),
-                elapsed_ms,
-                correlation_id = %ctx.correlation_id,
-                request_id = %request_id,
-                client_request_id = %client_request_id,
-                service_request_id = service_request_id.as_deref(),
-                external_id = ctx.external_id.as_deref(),
-                attempt,
-                "{} {} -> HTTP {} larger than api.max_response_bytes (request-id {}, MS-RequestId {request_id})",
-                call.method,
-                call.url.path(),
-                status.as_u16(),
-                service_request_id.as_deref().unwrap_or("none")
-            ),
-            Err(error) => tracing::debug!(
-                method = %call.method,
-                path = call.url.path(),
-                elapsed_ms,
-                correlation_id = %ctx.correlation_id,
-                request_id = %request_id,
-                client_request_id = %client_request_id,
-                external_id = ctx.external_id.as_deref(),
-                attempt,
-                "{} {} failed in {elapsed_ms} ms: {error}",
-                call.method,
-                call.url.path(),
-            ),
+            }) => self.too_large(*status, service_request_id.as_deref()),
+            Err(AttemptError::Http(error)) => self.failed(error),
         }
-        outcome
+    }
+
+    fn succeeded(&self, answer: &Answer) {
+        let (ctx, call, elapsed_ms) = (self.ctx, self.call, self.elapsed_ms);
+        tracing::debug!(
+            method = %call.method,
+            path = call.url.path(),
+            status = answer.status.as_u16(),
+            elapsed_ms,
+            correlation_id = %ctx.correlation_id,
+            request_id = %self.request_id,
+            client_request_id = %self.client_request_id,
+            service_request_id = answer.service_request_id.as_deref(),
+            external_id = ctx.external_id.as_deref(),
+            attempt = self.attempt,
+            "{} {} -> {} in {elapsed_ms} ms",
+            call.method,
+            call.url.path(),
+            answer.status.as_u16()
+        );
+    }
+
+    /// Every error answer, with the ids a support case needs.
+    fn refused(&self, answer: &Answer) {
+        let (ctx, call, request_id) = (self.ctx, self.call, self.request_id);
+        tracing::warn!(
+            method = %call.method,
+            path = call.url.path(),
+            status = answer.status.as_u16(),
+            elapsed_ms = self.elapsed_ms,
+            correlation_id = %ctx.correlation_id,
+            request_id = %request_id,
+            client_request_id = %self.client_request_id,
+            service_request_id = answer.service_request_id.as_deref(),
+            external_id = ctx.external_id.as_deref(),
+            attempt = self.attempt,
+            "{} {} -> HTTP {} (request-id {}, MS-RequestId {request_id})",
+            call.method,
+            call.url.path(),
+            answer.status.as_u16(),
+            answer.service_request_id.as_deref().unwrap_or("none")
+        );
+    }
+
+    fn too_large(&self, status: StatusCode, service_request_id: Option<&str>) {
+        let (ctx, call, request_id) = (self.ctx, self.call, self.request_id);
+        tracing::warn!(
+            method = %call.method,
+            path = call.url.path(),
+            status = status.as_u16(),
+            elapsed_ms = self.elapsed_ms,
+            correlation_id = %ctx.correlation_id,
+            request_id = %request_id,
+            client_request_id = %self.client_request_id,
+            service_request_id,
+            external_id = ctx.external_id.as_deref(),
+            attempt = self.attempt,
+            "{} {} -> HTTP {} larger than api.max_response_bytes (request-id {}, MS-RequestId {request_id})",
+            call.method,
+            call.url.path(),
+            status.as_u16(),
+            service_request_id.unwrap_or("none")
+        );
+    }
+
+    fn failed(&self, error: &reqwest::Error) {
+        let (ctx, call, elapsed_ms) = (self.ctx, self.call, self.elapsed_ms);
+        tracing::debug!(
+            method = %call.method,
+            path = call.url.path(),
+            elapsed_ms,
+            correlation_id = %ctx.correlation_id,
+            request_id = %self.request_id,
+            client_request_id = %self.client_request_id,
+            external_id = ctx.external_id.as_deref(),
+            attempt = self.attempt,
+            "{} {} failed in {elapsed_ms} ms: {}",
+            call.method,
+            call.url.path(),
+            error_chain(error)
+        );
     }
 }
 
@@ -1232,6 +1340,35 @@ pub fn check_referral_id(id: &str) -> Result<(), String> {
         "referral id `{}` cannot be used: a GUID, or up to {MAX_REFERRAL_ID_CHARS} letters, digits and `-._~` other than `.` and `..`, is expected",
         cut_text(id, 100)
     ))
+}
+
+/// Why a listing is given up after `pages` pages, the last of them
+/// pointing further to `link` and the last `empty_in_a_row` bringing no
+/// referral; `None` while it may go on.
+fn abandon_reason(
+    link: &str,
+    pages: u64,
+    empty_in_a_row: u64,
+    max_list_pages: u64,
+    max_empty_list_pages: u64,
+) -> Option<String> {
+    if link.chars().count() > MAX_NEXT_LINK_CHARS {
+        let shown = cut_text(link, 200);
+        return Some(format!(
+            "@odata.nextLink `{shown}` is longer than {MAX_NEXT_LINK_CHARS} characters"
+        ));
+    }
+    if empty_in_a_row >= max_empty_list_pages {
+        return Some(format!(
+            "{empty_in_a_row} page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = {max_empty_list_pages})"
+        ));
+    }
+    if pages >= max_list_pages {
+        return Some(format!(
+            "api.max_list_pages = {max_list_pages} reached and the last page still points further"
+        ));
+    }
+    None
 }
 
 /// The items and the next link of one list page.

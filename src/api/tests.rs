@@ -1396,6 +1396,63 @@ async fn empty_pages_between_full_ones_are_followed() {
     assert_eq!(service.seen().len(), 35);
 }
 
+#[test]
+fn a_listing_is_given_up_at_the_first_limit_it_reaches() {
+    let link = "/v1.0/engagements/referrals?$skiptoken=2";
+    let long_link = "x".repeat(MAX_NEXT_LINK_CHARS + 1);
+    // (link, pages, empty pages in a row, the reason it is given up)
+    let cases: [(&str, u64, u64, Option<String>); 7] = [
+        (link, 1, 0, None),
+        (link, 34, 9, None),
+        (&long_link[..MAX_NEXT_LINK_CHARS], 1, 0, None),
+        (
+            &long_link,
+            1,
+            0,
+            Some(format!(
+                "@odata.nextLink `{}` is longer than {MAX_NEXT_LINK_CHARS} characters",
+                cut_text(&long_link, 200)
+            )),
+        ),
+        (
+            link,
+            10,
+            10,
+            Some(
+                "10 page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = 10)"
+                    .to_owned(),
+            ),
+        ),
+        (
+            link,
+            35,
+            0,
+            Some(
+                "api.max_list_pages = 35 reached and the last page still points further"
+                    .to_owned(),
+            ),
+        ),
+        // The empty pages are named before the page count.
+        (
+            link,
+            35,
+            10,
+            Some(
+                "10 page(s) in a row brought no referral yet pointed further (api.max_empty_list_pages = 10)"
+                    .to_owned(),
+            ),
+        ),
+    ];
+    for (link, pages, empty_in_a_row, expected) in cases {
+        assert_eq!(
+            abandon_reason(link, pages, empty_in_a_row, 35, 10),
+            expected,
+            "{} characters, {pages} page(s), {empty_in_a_row} empty",
+            link.len()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_shutdown_interrupts_a_listing_between_and_during_pages() {
     // Each page takes 200 ms; the shutdown comes during the third.
