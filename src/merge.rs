@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::diff::{DiffOptions, Edit, OnCleared, Rejection, render, same};
 use crate::model::{ManagedPaths, Op};
-use crate::ownership::{ListProblem, Slot, Slots};
+use crate::ownership::{ElementSlot, ListProblem, Slot, Slots};
 use crate::status::{ReferralStatus, ReferralSubstatus, check_transition, read_status};
 
 /// Who wins a path changed both in the CRM and in Partner Center.
@@ -369,23 +369,18 @@ fn settle_status(
         return;
     }
     let status_slot = Slot::leaf(&["status"]);
-    let substatus_slot = Slot::leaf(&["substatus"]);
     let sends_status = targets.contains_key(&status_slot);
-    let sends_substatus = targets.contains_key(&substatus_slot);
+    let sends_move = sends_status || targets.contains_key(&Slot::leaf(&["substatus"]));
     let Ok(from) = read_status(current) else {
-        if sends_status || sends_substatus {
-            targets.remove(&status_slot);
-            targets.remove(&substatus_slot);
-            out.rejected.push(Rejection {
-                path: "/status".into(),
-                reason: "cannot read the referral's current status".into(),
-            });
+        if sends_move {
+            withdraw_status(
+                targets,
+                out,
+                "cannot read the referral's current status".into(),
+            );
         }
         return;
     };
-    let pair_of = |doc: &Value| read_status(doc).ok().flatten();
-    let crm_pair = pair_of(input.crm);
-
     if sends_status && !input.managed.contains(&["substatus"]) {
         targets.remove(&status_slot);
         out.rejected.push(Rejection {
@@ -396,48 +391,72 @@ fn settle_status(
         });
         return;
     }
-    if sends_status || sends_substatus {
+    if sends_move {
         if sends_status {
-            // The status carries the CRM's substatus, whatever else was
-            // decided for it.
-            let substatus = input.crm.get("substatus").cloned().unwrap_or(Value::Null);
-            targets.insert(substatus_slot.clone(), substatus);
+            carry_crm_substatus(input.crm, targets);
         }
-        let mut to = Map::new();
-        for (slot, name) in [(&status_slot, "status"), (&substatus_slot, "substatus")] {
-            let value = targets
-                .get(slot)
-                .cloned()
-                .or_else(|| current.get(name).cloned())
-                .unwrap_or(Value::Null);
-            to.insert(name.into(), value);
-        }
-        let to = Value::Object(to);
-        let refused = match read_status(&to) {
-            Ok(Some(pair)) => check_transition(from, pair)
-                .err()
-                .map(|e| refusal(from, pair, &e.to_string())),
-            Ok(None) => Some("a referral's status cannot be cleared".to_owned()),
-            Err(e) => Some(format!("invalid desired status: {e}")),
-        };
-        if let Some(reason) = refused {
-            targets.remove(&status_slot);
-            targets.remove(&substatus_slot);
-            out.rejected.push(Rejection {
-                path: "/status".into(),
-                reason,
-            });
+        if let Some(reason) = refused_move(current, from, targets) {
+            withdraw_status(targets, out, reason);
             return;
         }
     }
+    report_standing_refusal(input, from, targets, out);
+}
 
-    // A CRM status refused at an earlier sync is reported until the two
-    // agree. A seller's move the CRM did not contradict is no refusal.
+/// The status carries the CRM's substatus, whatever else was decided for it.
+fn carry_crm_substatus(crm: &Value, targets: &mut BTreeMap<Slot, Value>) {
+    let substatus = crm.get("substatus").cloned().unwrap_or(Value::Null);
+    targets.insert(Slot::leaf(&["substatus"]), substatus);
+}
+
+/// Why the status and substatus the targets leave the referral with may
+/// not follow `from`, if they may not.
+fn refused_move(
+    current: &Value,
+    from: Option<(ReferralStatus, ReferralSubstatus)>,
+    targets: &BTreeMap<Slot, Value>,
+) -> Option<String> {
+    let mut to = Map::new();
+    for name in ["status", "substatus"] {
+        let value = targets
+            .get(&Slot::leaf(&[name]))
+            .cloned()
+            .or_else(|| current.get(name).cloned())
+            .unwrap_or(Value::Null);
+        to.insert(name.into(), value);
+    }
+    match read_status(&Value::Object(to)) {
+        Ok(Some(pair)) => check_transition(from, pair)
+            .err()
+            .map(|e| refusal(from, pair, &e.to_string())),
+        Ok(None) => Some("a referral's status cannot be cleared".to_owned()),
+        Err(e) => Some(format!("invalid desired status: {e}")),
+    }
+}
+
+/// Neither status nor substatus is sent, and the plan says why.
+fn withdraw_status(targets: &mut BTreeMap<Slot, Value>, out: &mut Plan, reason: String) {
+    targets.remove(&Slot::leaf(&["status"]));
+    targets.remove(&Slot::leaf(&["substatus"]));
+    out.rejected.push(Rejection {
+        path: "/status".into(),
+        reason,
+    });
+}
+
+/// A CRM status refused at an earlier sync is reported until the two
+/// agree. A seller's move the CRM did not contradict is no refusal.
+fn report_standing_refusal(
+    input: &PlanInput<'_>,
+    from: Option<(ReferralStatus, ReferralSubstatus)>,
+    targets: &BTreeMap<Slot, Value>,
+    out: &mut Plan,
+) {
     if input.status_refused
-        && let Some(crm_pair) = crm_pair
+        && let Some(crm_pair) = read_status(input.crm).ok().flatten()
         && from != Some(crm_pair)
-        && !targets.contains_key(&status_slot)
-        && !targets.contains_key(&substatus_slot)
+        && !targets.contains_key(&Slot::leaf(&["status"]))
+        && !targets.contains_key(&Slot::leaf(&["substatus"]))
         && let Err(e) = check_transition(from, crm_pair)
     {
         out.rejected.push(Rejection {
@@ -474,56 +493,102 @@ fn render_targets(
     targets: &BTreeMap<Slot, Value>,
     managed: &ManagedPaths,
 ) -> (Vec<Op>, Vec<Rejection>) {
-    // Token lists that edits borrow: leaf tokens, element positions, and
-    // the new elements per list.
-    struct Planned {
-        tokens: Vec<String>,
-        value: Value,
-        append: bool,
-    }
-    let mut planned: Vec<Planned> = Vec::new();
-    let mut new_elements: BTreeMap<Vec<String>, Vec<Value>> = BTreeMap::new();
-    let mut new_index: BTreeMap<(Vec<String>, String), usize> = BTreeMap::new();
-
+    let mut planned: Vec<PlannedEdit> = Vec::new();
+    let mut new_elements = NewElements::default();
     for (slot, value) in targets {
         let Some(element) = &slot.element else {
-            planned.push(Planned {
-                tokens: slot.tokens.clone(),
-                value: value.clone(),
-                append: false,
-            });
+            planned.push(PlannedEdit::set(slot.tokens.clone(), value));
             continue;
         };
-        let pointer = slot.pointer();
-        if let Some(found) = live.element(&pointer, &element.key) {
-            let mut tokens = slot.tokens.clone();
-            tokens.push(found.index.to_string());
-            tokens.push(element.member.clone());
-            planned.push(Planned {
-                tokens,
-                value: value.clone(),
-                append: false,
-            });
-            continue;
+        match live.element(&slot.pointer(), &element.key) {
+            Some(found) => {
+                let mut tokens = slot.tokens.clone();
+                tokens.push(found.index.to_string());
+                tokens.push(element.member.clone());
+                planned.push(PlannedEdit::set(tokens, value));
+            }
+            None => new_elements.add_member(slot, element, value, crm, managed),
         }
-        // A new element: its key as the CRM writes it, and its members.
-        let list = new_elements.entry(slot.tokens.clone()).or_default();
-        let index = *new_index
+    }
+    // Elements whose every member is cleared are not worth adding; an
+    // element the CRM adds with only its key has no slot and no target.
+    planned.extend(new_elements.into_appends());
+    planned.sort_by(|a, b| a.tokens.cmp(&b.tokens));
+    let rendered = render(current, planned.iter().map(PlannedEdit::edit));
+    (rendered.ops, rendered.rejected)
+}
+
+/// An edit with tokens of its own, for the [`Edit`] that borrows them: a
+/// member set, or new elements appended to a list.
+struct PlannedEdit {
+    tokens: Vec<String>,
+    value: Value,
+    append: bool,
+}
+
+impl PlannedEdit {
+    fn set(tokens: Vec<String>, value: &Value) -> PlannedEdit {
+        PlannedEdit {
+            tokens,
+            value: value.clone(),
+            append: false,
+        }
+    }
+
+    fn edit(&self) -> Edit<'_> {
+        let tokens: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        if !self.append {
+            return Edit::Set {
+                tokens,
+                value: &self.value,
+            };
+        }
+        let elements = match &self.value {
+            Value::Array(elements) => elements.iter().collect(),
+            _ => Vec::new(),
+        };
+        Edit::Append {
+            tokens,
+            elements,
+            whole: &self.value,
+        }
+    }
+}
+
+/// The elements the CRM adds to keyed lists Partner Center holds without
+/// them: per list (its tokens), each element where its first member put it.
+#[derive(Default)]
+struct NewElements {
+    lists: BTreeMap<Vec<String>, Vec<Value>>,
+    index: BTreeMap<(Vec<String>, String), usize>,
+}
+
+impl NewElements {
+    /// A member of a new element: the element starts with its key as the
+    /// CRM writes it; a member cleared, or the key itself, adds nothing.
+    fn add_member(
+        &mut self,
+        slot: &Slot,
+        element: &ElementSlot,
+        value: &Value,
+        crm: &Slots,
+        managed: &ManagedPaths,
+    ) {
+        let pointer = slot.pointer();
+        let list_key = managed.list_key(&pointer);
+        let list = self.lists.entry(slot.tokens.clone()).or_default();
+        let index = *self
+            .index
             .entry((slot.tokens.clone(), element.key.clone()))
             .or_insert_with(|| {
                 let mut fresh = Map::new();
-                if let (Some(key), Some(found)) = (
-                    managed.list_key(&pointer),
-                    crm.element(&pointer, &element.key),
-                ) {
+                if let (Some(key), Some(found)) = (list_key, crm.element(&pointer, &element.key)) {
                     fresh.insert(key.member.clone(), found.key_value.clone());
                 }
                 list.push(Value::Object(fresh));
                 list.len() - 1
             });
-        let is_key = managed
-            .list_key(&pointer)
-            .is_some_and(|key| key.member == element.member);
+        let is_key = list_key.is_some_and(|key| key.member == element.member);
         if let Some(Value::Object(fresh)) = list.get_mut(index)
             && !value.is_null()
             && !is_key
@@ -531,38 +596,16 @@ fn render_targets(
             fresh.insert(element.member.clone(), value.clone());
         }
     }
-    // Elements whose every member is cleared are not worth adding; an
-    // element the CRM adds with only its key has no slot and no target.
-    for (tokens, elements) in new_elements {
-        planned.push(Planned {
-            tokens,
-            value: Value::Array(elements),
-            append: true,
-        });
-    }
-    planned.sort_by(|a, b| a.tokens.cmp(&b.tokens));
 
-    let edits = planned.iter().map(|p| {
-        let tokens: Vec<&str> = p.tokens.iter().map(String::as_str).collect();
-        if p.append {
-            let elements = match &p.value {
-                Value::Array(elements) => elements.iter().collect(),
-                _ => Vec::new(),
-            };
-            Edit::Append {
+    fn into_appends(self) -> impl Iterator<Item = PlannedEdit> {
+        self.lists
+            .into_iter()
+            .map(|(tokens, elements)| PlannedEdit {
                 tokens,
-                elements,
-                whole: &p.value,
-            }
-        } else {
-            Edit::Set {
-                tokens,
-                value: &p.value,
-            }
-        }
-    });
-    let rendered = render(current, edits);
-    (rendered.ops, rendered.rejected)
+                value: Value::Array(elements),
+                append: true,
+            })
+    }
 }
 
 #[cfg(test)]

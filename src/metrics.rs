@@ -137,89 +137,90 @@ impl Metrics {
     }
 
     fn empty(textfile: Option<PathBuf>) -> Metrics {
-        let mut registry = Registry::default();
-        let cycles = Family::<CycleLabels, Counter>::default();
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            cycles: Family::default(),
+            last_success: Gauge::default(),
+            cycle_duration: Gauge::default(),
+            records: Family::default(),
+            requests: Family::default(),
+            request_duration: DurationHistogram::default(),
+            throttled: Counter::default(),
+            conflicts: Family::default(),
+            drift: Family::default(),
+            textfile,
+        };
+        metrics.register_series();
+        metrics.create_zero_series();
+        metrics
+    }
+
+    /// Every series in the registry, in the order they are written out.
+    fn register_series(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "referral_sync_cycles",
             "Cycles finished, by what started them and how they ended (ok, partial, interrupted, failed)",
-            cycles.clone(),
+            self.cycles.clone(),
         );
-        let last_success = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_last_success_timestamp_seconds",
             "When the last cycle that reached every record (outcome ok or partial) finished, in seconds since the Unix epoch",
-            last_success.clone(),
+            self.last_success.clone(),
         );
-        let cycle_duration = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_cycle_duration_seconds",
             "How long the last cycle took",
-            cycle_duration.clone(),
+            self.cycle_duration.clone(),
         );
-        let records = Family::<StateLabels, Gauge>::default();
         registry.register(
             "referral_sync_records",
             "Records in the store by state, as the last cycle left them",
-            records.clone(),
+            self.records.clone(),
         );
-        let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "referral_sync_requests",
             "Requests sent to Partner Center (every attempt), by method and HTTP status (\"error\" when no answer came)",
-            requests.clone(),
+            self.requests.clone(),
         );
-        let request_duration = DurationHistogram::default();
         registry.register(
             "referral_sync_request_duration_seconds",
             "How long each request to Partner Center took, to the end of its answer",
-            request_duration.clone(),
+            self.request_duration.clone(),
         );
-        let throttled = Counter::<f64, AtomicU64>::default();
         registry.register(
             "referral_sync_throttled_seconds",
             "Seconds of pause Partner Center asked for with Retry-After (429, 503), during which no request is sent",
-            throttled.clone(),
+            self.throttled.clone(),
         );
-        let conflicts = Family::<ResolutionLabels, Counter>::default();
         registry.register(
             "referral_sync_conflicts",
             "Paths changed both in the CRM and in Partner Center, by who won (crm-wins, remote-wins)",
-            conflicts.clone(),
+            self.conflicts.clone(),
         );
-        let drift = Family::<ActionLabels, Counter>::default();
         registry.register(
             "referral_sync_drift",
             "Paths a resync found changed in Partner Center, by what was done (repaired, kept)",
-            drift.clone(),
+            self.drift.clone(),
         );
+    }
+
+    /// Every series an alert may name is there from the start, at zero.
+    fn create_zero_series(&self) {
         for state in ["synced", "pending", "failed", "invalid", "held"] {
-            drop(records.get_or_create(&StateLabels {
+            drop(self.records.get_or_create(&StateLabels {
                 state: state.to_owned(),
             }));
         }
-        // Every series an alert may name is there from the start, at zero.
         for resolution in ["crm-wins", "remote-wins"] {
-            drop(conflicts.get_or_create(&ResolutionLabels {
+            drop(self.conflicts.get_or_create(&ResolutionLabels {
                 resolution: resolution.to_owned(),
             }));
         }
         for action in ["repaired", "kept"] {
-            drop(drift.get_or_create(&ActionLabels {
+            drop(self.drift.get_or_create(&ActionLabels {
                 action: action.to_owned(),
             }));
-        }
-        Metrics {
-            registry,
-            cycles,
-            last_success,
-            cycle_duration,
-            records,
-            requests,
-            request_duration,
-            throttled,
-            conflicts,
-            drift,
-            textfile,
         }
     }
 
@@ -301,82 +302,100 @@ impl Metrics {
     /// Carry on the counters and the last success from `text`, a textfile
     /// this process wrote before.
     fn seed(&self, text: &str) -> Result<(), String> {
-        let mut buckets: Vec<(f64, u64)> = Vec::new();
-        let (mut sum, mut count) = (0.0, 0u64);
+        let mut durations = DurationSeed::default();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let sample = parse_sample(line).map_err(|e| format!("line {}: {e}", index + 1))?;
-            let label = |name: &str| sample.labels.get(name).cloned().unwrap_or_default();
-            let whole = || -> Result<u64, String> {
-                if sample.value >= 0.0 && sample.value.fract() == 0.0 {
-                    Ok(sample.value as u64)
-                } else {
-                    Err(format!(
-                        "line {}: {} is not a count",
-                        index + 1,
-                        sample.value
-                    ))
-                }
-            };
-            match sample.name.as_str() {
-                "referral_sync_cycles_total" => {
-                    self.cycles
-                        .get_or_create(&CycleLabels {
-                            trigger: label("trigger"),
-                            outcome: label("outcome"),
-                        })
-                        .inc_by(whole()?);
-                }
-                "referral_sync_requests_total" => {
-                    self.requests
-                        .get_or_create(&RequestLabels {
-                            method: label("method"),
-                            status: label("status"),
-                        })
-                        .inc_by(whole()?);
-                }
-                "referral_sync_conflicts_total" => {
-                    self.conflicts
-                        .get_or_create(&ResolutionLabels {
-                            resolution: label("resolution"),
-                        })
-                        .inc_by(whole()?);
-                }
-                "referral_sync_drift_total" => {
-                    self.drift
-                        .get_or_create(&ActionLabels {
-                            action: label("action"),
-                        })
-                        .inc_by(whole()?);
-                }
-                "referral_sync_throttled_seconds_total" if sample.value >= 0.0 => {
-                    self.throttled.inc_by(sample.value);
-                }
-                "referral_sync_last_success_timestamp_seconds" => {
-                    self.last_success.set(sample.value);
-                }
-                "referral_sync_request_duration_seconds_sum" => sum = sample.value,
-                "referral_sync_request_duration_seconds_count" => count = whole()?,
-                "referral_sync_request_duration_seconds_bucket" => {
-                    let le = label("le");
-                    let bound = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse::<f64>()
-                            .map_err(|_| format!("line {}: le {le:?}", index + 1))?
-                    };
-                    buckets.push((bound, whole()?));
-                }
-                _ => {}
-            }
+            let at_line = |e: String| format!("line {}: {e}", index + 1);
+            let sample = parse_sample(line).map_err(at_line)?;
+            self.seed_sample(&sample, &mut durations).map_err(at_line)?;
         }
-        if !buckets.is_empty() {
-            self.request_duration.seed(sum, count, &buckets)?;
+        if !durations.buckets.is_empty() {
+            self.request_duration
+                .seed(durations.sum, durations.count, &durations.buckets)?;
         }
         Ok(())
+    }
+
+    /// Carry on one sample; those of the request durations are collected
+    /// in `durations`, to seed the histogram once all are read.
+    fn seed_sample(&self, sample: &Sample, durations: &mut DurationSeed) -> Result<(), String> {
+        let label = |name: &str| sample.labels.get(name).cloned().unwrap_or_default();
+        let whole = || whole_count(sample.value);
+        match sample.name.as_str() {
+            "referral_sync_cycles_total" => {
+                self.cycles
+                    .get_or_create(&CycleLabels {
+                        trigger: label("trigger"),
+                        outcome: label("outcome"),
+                    })
+                    .inc_by(whole()?);
+            }
+            "referral_sync_requests_total" => {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        method: label("method"),
+                        status: label("status"),
+                    })
+                    .inc_by(whole()?);
+            }
+            "referral_sync_conflicts_total" => {
+                self.conflicts
+                    .get_or_create(&ResolutionLabels {
+                        resolution: label("resolution"),
+                    })
+                    .inc_by(whole()?);
+            }
+            "referral_sync_drift_total" => {
+                self.drift
+                    .get_or_create(&ActionLabels {
+                        action: label("action"),
+                    })
+                    .inc_by(whole()?);
+            }
+            "referral_sync_throttled_seconds_total" if sample.value >= 0.0 => {
+                self.throttled.inc_by(sample.value);
+            }
+            "referral_sync_last_success_timestamp_seconds" => {
+                self.last_success.set(sample.value);
+            }
+            "referral_sync_request_duration_seconds_sum" => durations.sum = sample.value,
+            "referral_sync_request_duration_seconds_count" => durations.count = whole()?,
+            "referral_sync_request_duration_seconds_bucket" => {
+                let bound = bucket_bound(&label("le"))?;
+                durations.buckets.push((bound, whole()?));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The request-duration histogram as a textfile holds it, gathered line by line.
+#[derive(Default)]
+struct DurationSeed {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+/// A counter's value, which the textfile writes as a float.
+fn whole_count(value: f64) -> Result<u64, String> {
+    if value >= 0.0 && value.fract() == 0.0 {
+        Ok(value as u64)
+    } else {
+        Err(format!("{value} is not a count"))
+    }
+}
+
+/// A bucket's upper bound, its `le` label.
+fn bucket_bound(le: &str) -> Result<f64, String> {
+    if le == "+Inf" {
+        Ok(f64::INFINITY)
+    } else {
+        le.parse::<f64>().map_err(|_| format!("le {le:?}"))
     }
 }
 

@@ -69,117 +69,140 @@ pub fn history_command(settings: Settings, args: &HistoryArgs) -> Result<ExitCod
 /// One event as a person reads it: time, kind, then what matters of it.
 fn write_event(out: &mut dyn Write, event: &RecordEvent) -> std::io::Result<()> {
     let d = &event.detail;
-    let text = |key: &str| d.get(key).map(show).unwrap_or_default();
     let cycle = event.cycle_id.as_deref().unwrap_or("-");
     writeln!(out, "{}  {:<22} cycle {cycle}", event.at, event.kind)?;
     match event.kind.as_str() {
-        "planned" | "replanned" => {
-            writeln!(
-                out,
-                "    against {} (eTag {}) of referral {}{}",
-                text("against"),
-                text("eTag"),
-                text("referralId"),
-                if d["adopting"] == Value::Bool(true) {
-                    ", adopting"
-                } else {
-                    ""
-                }
-            )?;
-            for op in d["ops"].as_array().into_iter().flatten() {
-                writeln!(
-                    out,
-                    "    {} {} {}",
-                    show(&op["op"]),
-                    show(&op["path"]),
-                    op["value"]
-                )?;
-            }
-            for c in d["conflicts"].as_array().into_iter().flatten() {
-                writeln!(
-                    out,
-                    "    conflict {}: base {}, Partner Center {}, CRM {} → {}",
-                    show(&c["path"]),
-                    c["snapshot"],
-                    c["live"],
-                    c["desired"],
-                    show(&c["resolution"])
-                )?;
-            }
-            for drift in d["drift"].as_array().into_iter().flatten() {
-                writeln!(
-                    out,
-                    "    drift {} {}: Partner Center {}, CRM {}",
-                    show(&drift["action"]),
-                    show(&drift["path"]),
-                    drift["partnerCenter"],
-                    drift["crm"]
-                )?;
-            }
-            for r in d["refused"].as_array().into_iter().flatten() {
-                writeln!(
-                    out,
-                    "    refused {}: {}",
-                    show(&r["path"]),
-                    show(&r["reason"])
-                )?;
-            }
-            for element in d["leftInPlace"].as_array().into_iter().flatten() {
-                writeln!(out, "    left in Partner Center: {}", show(element))?;
-            }
-        }
-        "sent" => {
-            let ops = d["ops"].as_array().map_or(0, Vec::len);
-            writeln!(
-                out,
-                "    {} {} (If-Match {}, {ops} ops) → {}",
-                text("method"),
-                text("referralId"),
-                text("ifMatch"),
-                d["answer"]
-            )?;
-        }
-        "settled" => writeln!(
-            out,
-            "    {} at eTag {} of referral {}{}",
-            text("state"),
-            text("eTag"),
-            text("referralId"),
-            match d.get("error").map(show) {
-                Some(error) if error != "-" => format!(": {error}"),
-                _ => String::new(),
-            }
-        )?,
+        "planned" | "replanned" => write_plan(out, d),
+        "sent" => write_sent(out, d),
+        "settled" => write_settled(out, d),
         "adopted" => writeln!(
             out,
             "    referral {} (eTag {}): {}",
-            text("referralId"),
-            text("eTag"),
-            text("how")
-        )?,
+            text(d, "referralId"),
+            text(d, "eTag"),
+            text(d, "how")
+        ),
         "failed" => writeln!(
             out,
             "    HTTP {} {}: {}",
-            text("status"),
-            text("code"),
-            text("error")
-        )?,
-        "intent settled" => writeln!(
+            text(d, "status"),
+            text(d, "code"),
+            text(d, "error")
+        ),
+        "intent settled" => write_intent_settled(out, d),
+        "held" => writeln!(out, "    {}", text(d, "reason")),
+        _ => writeln!(out, "    {}", show(d)),
+    }
+}
+
+/// A plan: what it was made against, then each op, conflict, drift,
+/// refusal and element left in place, one line each.
+fn write_plan(out: &mut dyn Write, d: &Value) -> std::io::Result<()> {
+    let adopting = if d["adopting"] == Value::Bool(true) {
+        ", adopting"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "    against {} (eTag {}) of referral {}{adopting}",
+        text(d, "against"),
+        text(d, "eTag"),
+        text(d, "referralId"),
+    )?;
+    for op in items(d, "ops") {
+        writeln!(
             out,
-            "    the write started {} (If-Match {}) {} (live eTag {})",
-            text("startedAt"),
-            text("ifMatch"),
-            if d["applied"] == Value::Bool(true) {
-                "had been applied"
-            } else {
-                "had not been applied"
-            },
-            text("liveETag")
-        )?,
-        "held" => writeln!(out, "    {}", text("reason"))?,
-        _ => writeln!(out, "    {}", show(d))?,
+            "    {} {} {}",
+            show(&op["op"]),
+            show(&op["path"]),
+            op["value"]
+        )?;
+    }
+    for c in items(d, "conflicts") {
+        writeln!(
+            out,
+            "    conflict {}: base {}, Partner Center {}, CRM {} → {}",
+            show(&c["path"]),
+            c["snapshot"],
+            c["live"],
+            c["desired"],
+            show(&c["resolution"])
+        )?;
+    }
+    for drift in items(d, "drift") {
+        writeln!(
+            out,
+            "    drift {} {}: Partner Center {}, CRM {}",
+            show(&drift["action"]),
+            show(&drift["path"]),
+            drift["partnerCenter"],
+            drift["crm"]
+        )?;
+    }
+    for r in items(d, "refused") {
+        writeln!(
+            out,
+            "    refused {}: {}",
+            show(&r["path"]),
+            show(&r["reason"])
+        )?;
+    }
+    for element in items(d, "leftInPlace") {
+        writeln!(out, "    left in Partner Center: {}", show(element))?;
     }
     Ok(())
+}
+
+fn write_sent(out: &mut dyn Write, d: &Value) -> std::io::Result<()> {
+    let ops = d["ops"].as_array().map_or(0, Vec::len);
+    writeln!(
+        out,
+        "    {} {} (If-Match {}, {ops} ops) → {}",
+        text(d, "method"),
+        text(d, "referralId"),
+        text(d, "ifMatch"),
+        d["answer"]
+    )
+}
+
+fn write_settled(out: &mut dyn Write, d: &Value) -> std::io::Result<()> {
+    let error = match d.get("error").map(show) {
+        Some(error) if error != "-" => format!(": {error}"),
+        _ => String::new(),
+    };
+    writeln!(
+        out,
+        "    {} at eTag {} of referral {}{error}",
+        text(d, "state"),
+        text(d, "eTag"),
+        text(d, "referralId"),
+    )
+}
+
+fn write_intent_settled(out: &mut dyn Write, d: &Value) -> std::io::Result<()> {
+    let outcome = if d["applied"] == Value::Bool(true) {
+        "had been applied"
+    } else {
+        "had not been applied"
+    };
+    writeln!(
+        out,
+        "    the write started {} (If-Match {}) {outcome} (live eTag {})",
+        text(d, "startedAt"),
+        text(d, "ifMatch"),
+        text(d, "liveETag")
+    )
+}
+
+/// A field of the detail as shown; a missing one shows as nothing.
+fn text(detail: &Value, key: &str) -> String {
+    detail.get(key).map(show).unwrap_or_default()
+}
+
+/// The elements of an array field; a missing or non-array field has none.
+fn items<'a>(detail: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    detail[key].as_array().into_iter().flatten()
 }
 
 /// A JSON value for a person: strings without quotes, control characters

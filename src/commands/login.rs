@@ -6,7 +6,10 @@
 //! atomically with mode 0600. From then on `sync` and `run` refresh access
 //! tokens themselves (and write rotated refresh tokens back).
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::auth::{self, SecretFile};
 use crate::api::device_login::{DeviceLogin, LoginError};
@@ -18,6 +21,18 @@ use crate::outln;
 /// declined or let the code expire; 2 the configuration cannot sign in; 6
 /// the endpoint failed or the file cannot be written.
 pub fn login_command(settings: Settings) -> Result<ExitCode, Failure> {
+    let (flow, path) = device_login_flow(&settings)?;
+    let http = http_client(&settings)?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async move {
+        let refresh_token = sign_in(&flow, &http).await?;
+        write_refresh_token(path, refresh_token).await
+    })
+}
+
+/// The device flow the refresh-token settings describe, and the file its
+/// refresh token goes to.
+fn device_login_flow(settings: &Settings) -> Result<(DeviceLogin, PathBuf), Failure> {
     let Some(AuthSettings::RefreshToken {
         client_id,
         client_secret_file,
@@ -27,23 +42,24 @@ pub fn login_command(settings: Settings) -> Result<ExitCode, Failure> {
         ..
     }) = &settings.auth
     else {
-        return fail(
+        return Err(Failure::new(
             ExitCode::Config,
             "login writes auth.refresh_token_file: configure the refresh-token flow \
              (auth.tenant, auth.client_id, auth.refresh_token_file) instead of auth.token_file",
-        );
+        ));
     };
     let Some(endpoints) = login else {
-        return fail(
+        return Err(Failure::new(
             ExitCode::Config,
             "auth.tenant is needed to sign in (or auth.device_code_url with a v2 auth.token_url)",
-        );
+        ));
     };
     let client_secret = match client_secret_file {
-        Some(path) => match auth::read_secret_file(SecretFile::ClientSecret, path) {
-            Ok(secret) => Some(secret),
-            Err(e) => return fail(ExitCode::Config, format!("auth.client_secret_file: {e}")),
-        },
+        Some(path) => Some(
+            auth::read_secret_file(SecretFile::ClientSecret, path).map_err(|e| {
+                Failure::new(ExitCode::Config, format!("auth.client_secret_file: {e}"))
+            })?,
+        ),
         None => None,
     };
     let flow = DeviceLogin {
@@ -53,75 +69,82 @@ pub fn login_command(settings: Settings) -> Result<ExitCode, Failure> {
         client_secret,
         scope: auth::v2_scope(resource),
     };
-    let http = match reqwest::Client::builder()
+    Ok((flow, refresh_token_file.clone()))
+}
+
+fn http_client(settings: &Settings) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
         .connect_timeout(settings.api.connect_timeout)
         .timeout(settings.api.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("referral-sync/", env!("CARGO_PKG_VERSION")))
         .build()
-    {
-        Ok(http) => http,
-        Err(e) => {
-            return fail(
+        .map_err(|e| {
+            Failure::new(
                 ExitCode::Runtime,
                 format!("cannot build the HTTP client: {e}"),
-            );
-        }
-    };
-    let runtime = super::runtime()?;
-    let path = refresh_token_file.clone();
-    runtime.block_on(async move {
-        let code = match flow.start(&http).await {
-            Ok(code) => code,
-            Err(e) => return fail(ExitCode::Runtime, format!("cannot start the sign-in: {e}")),
+            )
+        })
+}
+
+/// Show the code, wait for the person to sign in; the refresh token.
+async fn sign_in(flow: &DeviceLogin, http: &reqwest::Client) -> Result<SecretString, Failure> {
+    let code = flow
+        .start(http)
+        .await
+        .map_err(|e| Failure::new(ExitCode::Runtime, format!("cannot start the sign-in: {e}")))?;
+    outln!(
+        "To sign in, open {} in a browser and enter the code {}",
+        code.verification_uri,
+        code.user_code
+    );
+    outln!(
+        "(as a user of the tenant who may use Partner Center referrals; the code expires in {})",
+        minutes(code.expires_in)
+    );
+    flow.wait_for_grant(http, &code).await.map_err(|e| {
+        // Declined or expired is the person's answer, not a fault.
+        let code = if e.is_unfinished() {
+            ExitCode::Records
+        } else {
+            ExitCode::Runtime
         };
-        outln!(
-            "To sign in, open {} in a browser and enter the code {}",
-            code.verification_uri,
-            code.user_code
-        );
-        outln!(
-            "(as a user of the tenant who may use Partner Center referrals; the code expires in {})",
-            minutes(code.expires_in)
-        );
-        let refresh_token = match flow.wait_for_grant(&http, &code).await {
-            Ok(token) => token,
-            Err(e) => {
-                let code = if e.is_unfinished() {
-                    ExitCode::Records
-                } else {
-                    ExitCode::Runtime
-                };
-                return fail(code, login_failure(&e));
-            }
-        };
-        let written = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                use secrecy::ExposeSecret;
-                auth::write_secret_atomically(&path, refresh_token.expose_secret())
-            })
-            .await
-        };
-        match written {
-            Ok(Ok(())) => {
-                tracing::info!(file = %path.display(), "signed in; refresh token written");
-                outln!(
-                    "Signed in. The refresh token is in {} (mode 0600); `referral-sync sync` and `run` use it from now on.",
-                    path.display()
-                );
-                Ok(ExitCode::Ok)
-            }
-            Ok(Err(e)) => fail(
-                ExitCode::Runtime,
-                format!(
-                    "auth.refresh_token_file: cannot write {}: {e}; sign in again once it is writable",
-                    path.display()
-                ),
-            ),
-            Err(e) => fail(ExitCode::Runtime, format!("the write task failed: {e}")),
-        }
+        Failure::new(code, login_failure(&e))
     })
+}
+
+async fn write_refresh_token(
+    path: PathBuf,
+    refresh_token: SecretString,
+) -> Result<ExitCode, Failure> {
+    let written = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            auth::write_secret_atomically(&path, refresh_token.expose_secret())
+        })
+        .await
+    };
+    match written {
+        Ok(Ok(())) => {
+            tracing::info!(file = %path.display(), "signed in; refresh token written");
+            outln!(
+                "Signed in. The refresh token is in {} (mode 0600); `referral-sync sync` and `run` use it from now on.",
+                path.display()
+            );
+            Ok(ExitCode::Ok)
+        }
+        Ok(Err(e)) => Err(Failure::new(
+            ExitCode::Runtime,
+            format!(
+                "auth.refresh_token_file: cannot write {}: {e}; sign in again once it is writable",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(Failure::new(
+            ExitCode::Runtime,
+            format!("the write task failed: {e}"),
+        )),
+    }
 }
 
 fn login_failure(error: &LoginError) -> String {
@@ -135,10 +158,6 @@ fn minutes(duration: Duration) -> String {
     } else {
         format!("{minutes} minutes")
     }
-}
-
-fn fail(code: ExitCode, message: impl std::fmt::Display) -> Result<ExitCode, Failure> {
-    Err(Failure::new(code, message))
 }
 
 #[cfg(test)]

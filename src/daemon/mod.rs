@@ -55,43 +55,15 @@ pub fn run(settings: Settings) -> Result<ExitCode, Failure> {
         StoreLock::acquire(&settings.store_path).map_err(|e| Failure::logged(e.exit_code(), e))?;
     let engine_store = Store::open(&settings.store_path).or_log(ExitCode::Runtime)?;
     let daemon_store = Store::open(&settings.store_path).or_log(ExitCode::Runtime)?;
-    let runtime = crate::service::async_runtime().map_err(|e| {
-        Failure::logged(
-            ExitCode::Runtime,
-            format!("cannot start the async runtime: {e}"),
-        )
-    })?;
+    let runtime = async_runtime()?;
     // Before the pid file, which tells `referral-sync resync` whom to send
     // SIGHUP: from here on SIGTERM, SIGINT and SIGHUP are ours, so that a
     // resync asked for the moment the file appears does not kill us.
-    let signals = {
-        let _context = runtime.enter();
-        Signals::install().map_err(|e| {
-            Failure::logged(
-                ExitCode::Runtime,
-                format!("cannot install signal handlers: {e}"),
-            )
-        })?
-    };
+    let signals = install_signals(&runtime)?;
     let pid_file = DaemonPidFile::create(&settings.store_path).or_log(ExitCode::Runtime)?;
-    let metrics = settings.metrics.enabled().then(|| {
-        let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
-        if let Some(problem) = problem {
-            tracing::warn!("{problem}");
-        }
-        metrics
-    });
+    let metrics = new_metrics(&settings);
     let code = runtime.block_on(async {
-        if let (Some(metrics), Some(addr)) = (&metrics, settings.metrics.listen) {
-            crate::metrics::serve(addr, Arc::clone(metrics))
-                .await
-                .or_log(ExitCode::Config)?;
-        }
-        let observer = metrics
-            .clone()
-            .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-        let client =
-            service::build_observed_client(&settings, observer).or_log(ExitCode::Config)?;
+        let client = connect(&settings, metrics.as_ref()).await?;
         // A listing (the referral index) stops at shutdown instead of
         // holding it for the grace period; writes in flight finish.
         let (shutdown, shutdown_receiver) = watch::channel(false);
@@ -100,22 +72,7 @@ pub fn run(settings: Settings) -> Result<ExitCode, Failure> {
         let schedule = Schedule::start(&settings.schedule, tick_sender)
             .await
             .or_log(ExitCode::Runtime)?;
-        if let Some(metrics) = &metrics {
-            // What the store holds, before the first cycle ends.
-            match engine_store.state_counts() {
-                Ok(counts) => metrics.set_record_states(&counts),
-                Err(e) => tracing::warn!(error = %e, "could not count the records for the metrics"),
-            }
-        }
-        let engine = Arc::new(
-            Engine::new(
-                Arc::clone(&settings),
-                mapper,
-                Arc::new(Mutex::new(engine_store)),
-                Some(client),
-            )
-            .with_metrics(metrics),
-        );
+        let engine = build_engine(Arc::clone(&settings), mapper, engine_store, client, metrics);
         let daemon = Daemon {
             settings,
             engine,
@@ -136,6 +93,73 @@ pub fn run(settings: Settings) -> Result<ExitCode, Failure> {
     drop(pid_file);
     drop(lock);
     code
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    crate::service::async_runtime().map_err(|e| {
+        Failure::logged(
+            ExitCode::Runtime,
+            format!("cannot start the async runtime: {e}"),
+        )
+    })
+}
+
+fn install_signals(runtime: &tokio::runtime::Runtime) -> Result<Signals, Failure> {
+    let _context = runtime.enter();
+    Signals::install().map_err(|e| {
+        Failure::logged(
+            ExitCode::Runtime,
+            format!("cannot install signal handlers: {e}"),
+        )
+    })
+}
+
+/// The metrics when they are enabled; a textfile that cannot be read back
+/// is a warning, not a reason to stay down.
+fn new_metrics(settings: &Settings) -> Option<Arc<crate::metrics::Metrics>> {
+    if !settings.metrics.enabled() {
+        return None;
+    }
+    let (metrics, problem) = crate::metrics::Metrics::new(&settings.metrics);
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+    Some(metrics)
+}
+
+/// The metrics endpoint listening, if configured, and the API client that
+/// reports its requests to the metrics.
+async fn connect(
+    settings: &Settings,
+    metrics: Option<&Arc<crate::metrics::Metrics>>,
+) -> Result<crate::api::ApiClient, Failure> {
+    if let (Some(metrics), Some(addr)) = (metrics, settings.metrics.listen) {
+        crate::metrics::serve(addr, Arc::clone(metrics))
+            .await
+            .or_log(ExitCode::Config)?;
+    }
+    let observer = metrics.map(|m| Arc::clone(m) as Arc<dyn crate::api::RequestObserver>);
+    service::build_observed_client(settings, observer).or_log(ExitCode::Config)
+}
+
+fn build_engine(
+    settings: Arc<Settings>,
+    mapper: Arc<crate::mapping::Mapper>,
+    store: Store,
+    client: crate::api::ApiClient,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) -> Arc<Engine> {
+    if let Some(metrics) = &metrics {
+        // What the store holds, before the first cycle ends.
+        match store.state_counts() {
+            Ok(counts) => metrics.set_record_states(&counts),
+            Err(e) => tracing::warn!(error = %e, "could not count the records for the metrics"),
+        }
+    }
+    Arc::new(
+        Engine::new(settings, mapper, Arc::new(Mutex::new(store)), Some(client))
+            .with_metrics(metrics),
+    )
 }
 
 /// `<store>.daemon.pid`: written by the daemon while it holds the lock, so
@@ -440,36 +464,12 @@ impl Daemon {
         let result = match joined {
             Ok(Ok(summary)) => {
                 // The outcome the cycle recorded, else the one it came to.
-                let mut outcome = recorded
+                let outcome = recorded
                     .as_ref()
                     .and_then(|(_, outcome)| outcome.as_deref())
                     .and_then(|outcome| outcome.parse().ok())
                     .unwrap_or_else(|| CycleOutcome::of(&summary));
-                let reported = running
-                    .reported
-                    .lock()
-                    .map(|reported| reported.clone())
-                    .unwrap_or_default();
-                let unmatched = match &running.only {
-                    Some(only) if !summary.interrupted => requests::unmatched_ids(only, &reported),
-                    _ => Vec::new(),
-                };
-                let error = if unmatched.is_empty() {
-                    None
-                } else {
-                    let message = requests::unmatched_message(&unmatched);
-                    warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
-                    if outcome == CycleOutcome::Ok {
-                        outcome = CycleOutcome::Partial;
-                    }
-                    Some(message)
-                };
-                ResyncResult {
-                    outcome: RequestOutcome::Cycle(outcome),
-                    summary,
-                    exit_code: outcome.exit_code(),
-                    error,
-                }
+                finished_result(&running, outcome, summary)
             }
             Ok(Err(e)) => ResyncResult {
                 outcome: RequestOutcome::Cycle(CycleOutcome::Failed),
@@ -477,25 +477,7 @@ impl Daemon {
                 exit_code: e.exit_code(),
                 error: Some(e.to_string()),
             },
-            Err(e) => {
-                let message = if e.is_panic() {
-                    format!("the cycle stopped on an internal error: {}", panic_text(e))
-                } else {
-                    "the cycle was cancelled".to_owned()
-                };
-                error!(trigger = running.trigger.as_str(), error = %message, "cycle ended abnormally");
-                if let Some(after) = running.rows_before
-                    && let Err(e) = requests::close_unfinished_cycles(&self.store, after, &message)
-                {
-                    warn!(error = %e, "cannot close the cycle's row");
-                }
-                ResyncResult {
-                    outcome: RequestOutcome::Cycle(CycleOutcome::Failed),
-                    summary: CycleSummary::default(),
-                    exit_code: ExitCode::Runtime,
-                    error: Some(message),
-                }
-            }
+            Err(e) => self.abnormal_end(&running, e),
         };
         let cycle_id = recorded.map(|(id, _)| id);
         if !running.request_ids.is_empty() {
@@ -507,6 +489,28 @@ impl Daemon {
             self.notifier.ready(&status);
         } else {
             self.notifier.status(&status);
+        }
+    }
+
+    /// The cycle's task panicked or was cancelled: its row is closed here,
+    /// since the cycle could not close it.
+    fn abnormal_end(&self, running: &RunningCycle, e: JoinError) -> ResyncResult {
+        let message = if e.is_panic() {
+            format!("the cycle stopped on an internal error: {}", panic_text(e))
+        } else {
+            "the cycle was cancelled".to_owned()
+        };
+        error!(trigger = running.trigger.as_str(), error = %message, "cycle ended abnormally");
+        if let Some(after) = running.rows_before
+            && let Err(e) = requests::close_unfinished_cycles(&self.store, after, &message)
+        {
+            warn!(error = %e, "cannot close the cycle's row");
+        }
+        ResyncResult {
+            outcome: RequestOutcome::Cycle(CycleOutcome::Failed),
+            summary: CycleSummary::default(),
+            exit_code: ExitCode::Runtime,
+            error: Some(message),
         }
     }
 
@@ -648,6 +652,48 @@ impl Daemon {
     }
 }
 
+/// A cycle that ran to its end: `outcome` unless `--only` named ids that
+/// no record of an uninterrupted cycle has.
+fn finished_result(
+    running: &RunningCycle,
+    outcome: CycleOutcome,
+    summary: CycleSummary,
+) -> ResyncResult {
+    let reported = running
+        .reported
+        .lock()
+        .map(|reported| reported.clone())
+        .unwrap_or_default();
+    let unmatched = match &running.only {
+        Some(only) if !summary.interrupted => requests::unmatched_ids(only, &reported),
+        _ => Vec::new(),
+    };
+    let error = if unmatched.is_empty() {
+        None
+    } else {
+        let message = requests::unmatched_message(&unmatched);
+        warn!(trigger = running.trigger.as_str(), error = %message, "resync asked for records the export does not have");
+        Some(message)
+    };
+    let outcome = with_unmatched_ids(outcome, error.is_some());
+    ResyncResult {
+        outcome: RequestOutcome::Cycle(outcome),
+        summary,
+        exit_code: outcome.exit_code(),
+        error,
+    }
+}
+
+/// Ids asked for and not found make a cycle that was otherwise fine partial;
+/// a worse outcome stands.
+fn with_unmatched_ids(outcome: CycleOutcome, unmatched: bool) -> CycleOutcome {
+    if unmatched && outcome == CycleOutcome::Ok {
+        CycleOutcome::Partial
+    } else {
+        outcome
+    }
+}
+
 async fn join(running: &mut Option<RunningCycle>) -> CycleJoin {
     match running {
         Some(running) => (&mut running.handle).await,
@@ -720,6 +766,26 @@ mod tests {
             "a,b"
         );
         assert_eq!(join_ids(&[3, 4]), "3, 4");
+    }
+
+    #[test]
+    fn unmatched_ids_make_only_a_fine_cycle_partial() {
+        use CycleOutcome::{Failed, Interrupted, Partial};
+        let cases = [
+            (CycleOutcome::Ok, false, CycleOutcome::Ok),
+            (CycleOutcome::Ok, true, Partial),
+            (Partial, true, Partial),
+            (Failed, true, Failed),
+            (Interrupted, true, Interrupted),
+            (Failed, false, Failed),
+        ];
+        for (outcome, unmatched, expected) in cases {
+            assert_eq!(
+                with_unmatched_ids(outcome, unmatched),
+                expected,
+                "{outcome:?} with unmatched ids {unmatched}"
+            );
+        }
     }
 
     #[test]
