@@ -273,6 +273,123 @@ const BLOCK: usize = 256 * 1024;
 /// yet is left to csv-core, which reads it incrementally.
 const SCAN_LIMIT: usize = 64 * 1024;
 
+/// One cell of a plain row, as [`plain_cell`] finds it.
+struct PlainCell {
+    /// Its bytes, without the quotes around a quoted cell.
+    bytes: std::ops::Range<usize>,
+    /// Whether a quoted cell holds doubled quotes to unescape.
+    doubled: bool,
+    /// Where the delimiter or line end after it is.
+    delimiter: usize,
+    /// Line ends inside a quoted cell.
+    newlines: u64,
+}
+
+/// The plain cell starting at `at`: unquoted without a `"`, or quoted with
+/// every inner quote doubled and a delimiter or line end after the closing
+/// one. Anything else is [`Scan::Unusual`]; a cell the window cuts is
+/// [`Scan::NeedMore`].
+#[inline]
+fn plain_cell(data: &[u8], at: usize) -> Result<PlainCell, Scan> {
+    let Some(&first) = data.get(at) else {
+        return Err(Scan::NeedMore);
+    };
+    if first != b'"' {
+        let Some(found) = memchr::memchr3(b',', b'\n', b'\r', &data[at..]) else {
+            return Err(Scan::NeedMore);
+        };
+        let bytes = at..at + found;
+        if memchr::memchr(b'"', &data[bytes.clone()]).is_some() {
+            return Err(Scan::Unusual);
+        }
+        return Ok(PlainCell {
+            bytes,
+            doubled: false,
+            delimiter: at + found,
+            newlines: 0,
+        });
+    }
+    let mut from = at + 1;
+    let mut doubled = false;
+    let close = loop {
+        let Some(found) = memchr::memchr(b'"', &data[from..]) else {
+            return Err(Scan::NeedMore);
+        };
+        let quote = from + found;
+        match data.get(quote + 1) {
+            None => return Err(Scan::NeedMore),
+            Some(b'"') => {
+                doubled = true;
+                from = quote + 2;
+            }
+            Some(b',' | b'\n' | b'\r') => break quote,
+            Some(_) => return Err(Scan::Unusual),
+        }
+    };
+    let bytes = at + 1..close;
+    // Line ends inside a cell are few: jump between them.
+    let newlines = memchr::memchr_iter(b'\n', &data[bytes.clone()]).count() as u64;
+    Ok(PlainCell {
+        bytes,
+        doubled,
+        delimiter: close + 1,
+        newlines,
+    })
+}
+
+/// Append `cell` to `output` at `out`, each doubled quote as one (every `"`
+/// inside a `doubled` cell is the first of a pair); where the cell ends.
+#[inline]
+fn unescape_cell(output: &mut Vec<u8>, mut out: usize, cell: &[u8], doubled: bool) -> usize {
+    if out + cell.len() > output.len() {
+        let grown = (out + cell.len()).max(output.len() * 2);
+        output.resize(grown, 0);
+    }
+    if !doubled {
+        output[out..out + cell.len()].copy_from_slice(cell);
+        return out + cell.len();
+    }
+    let mut rest = cell;
+    while let Some(quote) = memchr::memchr(b'"', rest) {
+        output[out..=out + quote].copy_from_slice(&rest[..=quote]);
+        out += quote + 1;
+        rest = &rest[quote + 2..];
+    }
+    output[out..out + rest.len()].copy_from_slice(rest);
+    out + rest.len()
+}
+
+/// What follows a cell whose delimiter is at `delimiter`.
+enum After {
+    /// Another cell, starting here.
+    Cell(usize),
+    /// The row's line end (`\n`, `\r\n` or `\r`), which ends at `next`;
+    /// a lone `\r` is not a `newline` in csv-core's count of lines.
+    LineEnd { next: usize, newline: bool },
+}
+
+#[inline]
+fn after_cell(data: &[u8], delimiter: usize) -> Result<After, Scan> {
+    match data[delimiter] {
+        b',' => Ok(After::Cell(delimiter + 1)),
+        b'\n' => Ok(After::LineEnd {
+            next: delimiter + 1,
+            newline: true,
+        }),
+        _ => match data.get(delimiter + 1) {
+            None => Err(Scan::NeedMore),
+            Some(b'\n') => Ok(After::LineEnd {
+                next: delimiter + 2,
+                newline: true,
+            }),
+            Some(_) => Ok(After::LineEnd {
+                next: delimiter + 1,
+                newline: false,
+            }),
+        },
+    }
+}
+
 /// What [`Rows::scan_row`] found.
 enum Scan {
     Row(Row),
@@ -473,79 +590,30 @@ impl<R: Read> Rows<R> {
         let (mut out, mut fields, mut newlines) = (0, 0, 0);
         let mut at = 0;
         let end = loop {
-            let Some(&first) = data.get(at) else {
-                return Scan::NeedMore;
+            let cell = match plain_cell(data, at) {
+                Ok(cell) => cell,
+                Err(scan) => return scan,
             };
-            let (cell, doubled, delimiter) = if first == b'"' {
-                let mut from = at + 1;
-                let mut doubled = false;
-                let close = loop {
-                    let Some(found) = memchr::memchr(b'"', &data[from..]) else {
-                        return Scan::NeedMore;
-                    };
-                    let quote = from + found;
-                    match data.get(quote + 1) {
-                        None => return Scan::NeedMore,
-                        Some(b'"') => {
-                            doubled = true;
-                            from = quote + 2;
-                        }
-                        Some(b',' | b'\n' | b'\r') => break quote,
-                        Some(_) => return Scan::Unusual,
-                    }
-                };
-                let cell = &data[at + 1..close];
-                // Line ends inside a cell are few: jump between them.
-                newlines += memchr::memchr_iter(b'\n', cell).count() as u64;
-                (cell, doubled, close + 1)
-            } else {
-                let Some(found) = memchr::memchr3(b',', b'\n', b'\r', &data[at..]) else {
-                    return Scan::NeedMore;
-                };
-                let cell = &data[at..at + found];
-                if memchr::memchr(b'"', cell).is_some() {
-                    return Scan::Unusual;
-                }
-                (cell, false, at + found)
-            };
-            if out + cell.len() > self.output.len() {
-                let grown = (out + cell.len()).max(self.output.len() * 2);
-                self.output.resize(grown, 0);
-            }
-            if doubled {
-                // Every `"` inside is the first of a pair.
-                let mut rest = cell;
-                while let Some(quote) = memchr::memchr(b'"', rest) {
-                    self.output[out..=out + quote].copy_from_slice(&rest[..=quote]);
-                    out += quote + 1;
-                    rest = &rest[quote + 2..];
-                }
-                self.output[out..out + rest.len()].copy_from_slice(rest);
-                out += rest.len();
-            } else {
-                self.output[out..out + cell.len()].copy_from_slice(cell);
-                out += cell.len();
-            }
+            newlines += cell.newlines;
+            out = unescape_cell(
+                &mut self.output,
+                out,
+                &data[cell.bytes.clone()],
+                cell.doubled,
+            );
             if fields == self.ends.len() {
                 let grown = self.ends.len() * 2;
                 self.ends.resize(grown, 0);
             }
             self.ends[fields] = out;
             fields += 1;
-            match data[delimiter] {
-                b',' => at = delimiter + 1,
-                b'\n' => {
-                    newlines += 1;
-                    break delimiter + 1;
+            match after_cell(data, cell.delimiter) {
+                Ok(After::Cell(next)) => at = next,
+                Ok(After::LineEnd { next, newline }) => {
+                    newlines += u64::from(newline);
+                    break next;
                 }
-                _ => match data.get(delimiter + 1) {
-                    None => return Scan::NeedMore,
-                    Some(b'\n') => {
-                        newlines += 1;
-                        break delimiter + 2;
-                    }
-                    Some(_) => break delimiter + 1,
-                },
+                Err(scan) => return scan,
             }
         };
         let row = Row {
