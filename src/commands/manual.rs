@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::api::ApiClient;
 use crate::config::Settings;
-use crate::cycle::{Action, CycleError, CycleRequest, CycleSummary, Engine, RecordOutcome};
+use crate::cycle::{Action, CycleError, CycleRequest, CycleSummary, Engine, Mode, RecordOutcome};
 use crate::exit::{ExitCode, Failure, OrExit};
 use crate::lock::StoreLock;
 use crate::metrics::Metrics;
@@ -34,9 +35,29 @@ pub enum StoreAccess {
 pub struct ManualCycle {
     pub request: CycleRequest,
     pub access: StoreAccess,
-    /// No client: a dry run that does not read the service either.
-    pub offline: bool,
+    pub run: Run,
     pub printing: Printing,
+}
+
+/// How far the cycle goes: its [`Mode`], before there is a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// A dry run that does not read the service either: no client.
+    Offline,
+    /// A dry run: the service read, nothing written.
+    Plan,
+    Sync,
+}
+
+impl Run {
+    /// The cycle's mode, with the client `connect` builds when it needs one.
+    fn mode(self, connect: impl FnOnce() -> Result<ApiClient, Failure>) -> Result<Mode, Failure> {
+        Ok(match self {
+            Run::Offline => Mode::Offline,
+            Run::Plan => Mode::Plan(connect()?),
+            Run::Sync => Mode::Sync(connect()?),
+        })
+    }
 }
 
 /// How the records are printed.
@@ -59,7 +80,7 @@ impl ManualCycle {
         let ManualCycle {
             request,
             access,
-            offline,
+            run,
             printing,
         } = self;
         let settings = Arc::new(settings);
@@ -67,23 +88,18 @@ impl ManualCycle {
         let (lock, store) = open_store(&settings, access)?;
         let runtime = super::runtime()?;
         // A secret the client cannot use would fail every record one by one.
-        if !offline {
+        if run != Run::Offline {
             service::check_secret_files(&settings).or_exit(ExitCode::Config)?;
         }
         // A dry run changes nothing, and counts nothing.
-        let metrics = (!request.dry_run && settings.metrics.enabled()).then(|| metrics(&settings));
+        let metrics = (run == Run::Sync && settings.metrics.enabled()).then(|| metrics(&settings));
         let ran = runtime.block_on(async {
             let observer = metrics
                 .clone()
                 .map(|m| m as Arc<dyn crate::api::RequestObserver>);
-            let client = if offline {
-                None
-            } else {
-                Some(
-                    service::build_observed_client(&settings, observer)
-                        .or_exit(ExitCode::Config)?,
-                )
-            };
+            let mode = run.mode(|| {
+                service::build_observed_client(&settings, observer).or_exit(ExitCode::Config)
+            })?;
             // Ctrl-C or SIGTERM: no new record starts, those in flight
             // finish, and a listing stops.
             let (stop, stop_receiver) = watch::channel(false);
@@ -93,11 +109,11 @@ impl ManualCycle {
                     format!("cannot install the signal handlers: {e}"),
                 )
             })?;
-            if let Some(client) = &client {
+            if let Some(client) = mode.client() {
                 client.interrupt_listings_on(stop_receiver.clone());
             }
             let engine =
-                Engine::new(Arc::clone(&settings), mapper, store, client).with_metrics(metrics);
+                Engine::in_mode(Arc::clone(&settings), mapper, store, mode).with_metrics(metrics);
             Ok(run_cycle(request, &printing, &engine, stop_receiver).await)
         });
         // The scan runs on a blocking thread that cannot be aborted.

@@ -19,7 +19,7 @@ use crate::lock::{LockError, StoreLock};
 use crate::progress;
 use crate::store::Store;
 
-use super::manual::{ManualCycle, Printing, StoreAccess};
+use super::manual::{ManualCycle, Printing, Run, StoreAccess};
 use super::output::Output;
 
 /// How often the command looks at its request while the daemon works.
@@ -99,7 +99,7 @@ fn resync_here(
     let cycle = ManualCycle {
         request,
         access: StoreAccess::Held(lock),
-        offline: false,
+        run: Run::Sync,
         printing: Printing {
             output: Output::Text,
             verbose,

@@ -8,7 +8,7 @@ use crate::cycle::{CycleOutcome, CycleRequest, Trigger};
 use crate::exit::{ExitCode, Failure};
 use crate::outln;
 
-use super::manual::{ManualCycle, Printing, StoreAccess};
+use super::manual::{ManualCycle, Printing, Run, StoreAccess};
 use super::output::{Output, printable};
 
 #[derive(Debug, Args)]
@@ -66,14 +66,13 @@ pub fn resync_plan(
     manual_cycle(settings, &args, request)
 }
 
-/// A cycle run by hand: `request` as given, made a dry run and allowed
+/// A cycle run by hand: `request` as given, run as a dry run and allowed
 /// missing records as `args` say.
 fn manual_cycle(
     settings: Settings,
     args: &SyncArgs,
     mut request: CycleRequest,
 ) -> Result<ExitCode, Failure> {
-    request.dry_run = args.dry_run;
     request.allow_missing |= args.allow_missing;
     request.allow_schema_change = args.allow_schema_change;
     request.list_unchanged = args.all;
@@ -83,11 +82,11 @@ fn manual_cycle(
     } else {
         StoreAccess::Lock
     };
-    let offline = args.dry_run && (args.offline || settings.auth.is_none());
+    let run = run_for(args.dry_run, args.offline, settings.auth.is_some());
     let cycle = ManualCycle {
         request,
         access,
-        offline,
+        run,
         printing: Printing {
             output: args.output,
             verbose: args.verbose,
@@ -121,4 +120,38 @@ fn manual_cycle(
         Output::Json => eprintln!("{line}"),
     }
     Ok(outcome.exit_code())
+}
+
+/// A cycle that is not a dry run syncs; a dry run reads the service unless
+/// told not to (`--offline`) or there are no credentials to read it with.
+fn run_for(dry_run: bool, offline: bool, credentials: bool) -> Run {
+    match (dry_run, offline || !credentials) {
+        (false, _) => Run::Sync,
+        (true, true) => Run::Offline,
+        (true, false) => Run::Plan,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_reads_the_service_only_with_credentials_and_not_offline() {
+        // (dry run, --offline, credentials) → run
+        let cases = [
+            ((false, false, true), Run::Sync),
+            ((false, false, false), Run::Sync),
+            ((true, false, true), Run::Plan),
+            ((true, true, true), Run::Offline),
+            ((true, false, false), Run::Offline),
+        ];
+        for ((dry_run, offline, credentials), expected) in cases {
+            assert_eq!(
+                run_for(dry_run, offline, credentials),
+                expected,
+                "dry run {dry_run}, offline {offline}, credentials {credentials}"
+            );
+        }
+    }
 }

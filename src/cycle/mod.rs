@@ -3,6 +3,7 @@
 //! then does the push phase ([`push`]) plan and send, record by record,
 //! with bounded concurrency.
 
+pub mod mode;
 pub mod outcome;
 pub mod push;
 pub mod scan;
@@ -25,6 +26,7 @@ use crate::mapping::Mapper;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
+pub use mode::{Mode, Recorder};
 use outcome::Counters;
 pub use outcome::{Action, CycleOutcome, CycleSummary, RecordOutcome};
 use push::{Pusher, ReferralIndex, WorkItem};
@@ -57,8 +59,6 @@ impl Trigger {
 #[derive(Debug, Clone)]
 pub struct CycleRequest {
     pub trigger: Trigger,
-    /// Plan only: nothing is written to the service or the store.
-    pub dry_run: bool,
     /// Go on although more of the known records are missing from the export
     /// than `sync.max_missing_ratio` allows.
     pub allow_missing: bool,
@@ -78,7 +78,6 @@ impl CycleRequest {
     pub fn new(trigger: Trigger) -> Self {
         CycleRequest {
             trigger,
-            dry_run: false,
             allow_missing: false,
             resync: trigger == Trigger::Resync,
             only: None,
@@ -145,23 +144,34 @@ pub struct Engine {
     settings: Arc<Settings>,
     mapper: Arc<Mapper>,
     store: Arc<Mutex<Store>>,
-    client: Option<ApiClient>,
+    mode: Mode,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl Engine {
-    /// `client` is `None` for an offline dry run.
+    /// A client syncs; `None` plans offline.
     pub fn new(
         settings: Arc<Settings>,
         mapper: Arc<Mapper>,
         store: Arc<Mutex<Store>>,
         client: Option<ApiClient>,
     ) -> Engine {
+        let mode = client.map_or(Mode::Offline, Mode::Sync);
+        Engine::in_mode(settings, mapper, store, mode)
+    }
+
+    /// An engine whose cycles go as `mode` says.
+    pub fn in_mode(
+        settings: Arc<Settings>,
+        mapper: Arc<Mapper>,
+        store: Arc<Mutex<Store>>,
+        mode: Mode,
+    ) -> Engine {
         Engine {
             settings,
             mapper,
             store,
-            client,
+            mode,
             metrics: None,
         }
     }
@@ -169,7 +179,7 @@ impl Engine {
     /// Count every cycle that is not a dry run in `metrics`, and write
     /// `metrics.textfile` at its end.
     pub fn with_metrics(mut self, metrics: Option<Arc<Metrics>>) -> Engine {
-        self.metrics = metrics;
+        self.metrics = metrics.filter(|_| self.mode.writes());
         self
     }
 
@@ -192,32 +202,28 @@ impl Engine {
     ) -> Result<CycleSummary, CycleError> {
         let started = Instant::now();
         let cycle_id = uuid::Uuid::new_v4();
+        let dry_run = !self.mode.writes();
         info!(
             cycle_id = %cycle_id,
             trigger = request.trigger.as_str(),
-            dry_run = request.dry_run,
+            dry_run,
             export = %self.settings.export.path.display(),
             "cycle started"
         );
-        let row = if request.dry_run {
-            None
-        } else {
-            Some(lock_store(&self.store)?.begin_cycle(
-                &cycle_id.to_string(),
-                request.trigger.as_str(),
-                false,
-            )?)
-        };
+        let recorder = Recorder::new(Arc::clone(&self.store), &self.mode);
+        let row = recorder.write(|store| {
+            let row = store.begin_cycle(&cycle_id.to_string(), request.trigger.as_str(), false)?;
+            Ok::<_, CycleError>(Some(row))
+        })?;
         let counters = Arc::new(Counters::default());
-        let metrics = self.metrics.as_ref().filter(|_| !request.dry_run);
         let observed = |outcome: &RecordOutcome| {
-            if let Some(metrics) = metrics {
+            if let Some(metrics) = &self.metrics {
                 metrics.record_outcome(outcome);
             }
             report(outcome);
         };
         let result = self
-            .run_phases(&request, cycle_id, &counters, &observed, stop)
+            .run_phases(&request, cycle_id, &recorder, &counters, &observed, stop)
             .await;
         let mut summary = counters.summary(started.elapsed());
         summary.interrupted = matches!(result, Ok(true));
@@ -226,82 +232,65 @@ impl Engine {
             Err(e) if e.is_skip() => CycleOutcome::Skipped,
             Err(_) => CycleOutcome::Failed,
         };
-        let error_text = result.as_ref().err().map(ToString::to_string);
-        if row.is_some() {
-            // History older than `store.history_days`, in bounded batches.
-            match lock_store(&self.store).and_then(|s| {
-                s.prune_events(self.settings.history_days, HISTORY_PRUNE_BATCH)
-                    .map_err(CycleError::from)
-            }) {
-                Ok(0) => {}
-                Ok(pruned) => info!(cycle_id = %cycle_id, pruned, "record history pruned"),
-                Err(e) => {
-                    warn!(cycle_id = %cycle_id, error = %e, "could not prune the record history")
-                }
-            }
-        }
         if let Some(row) = row {
-            let summary_json = serde_json::to_value(summary).unwrap_or_default();
-            if let Err(e) = lock_store(&self.store).and_then(|s| {
-                s.finish_cycle(row, outcome.as_str(), &summary_json, error_text.as_deref())
-                    .map_err(CycleError::from)
-            }) {
-                error!(cycle_id = %cycle_id, error = %e, "could not record the cycle's end");
-            }
+            let error = result.as_ref().err().map(ToString::to_string);
+            self.record_end(&recorder, cycle_id, row, outcome, &summary, error);
         }
-        if let Some(metrics) = metrics {
-            metrics.record_cycle(
-                request.trigger.as_str(),
-                outcome.as_str(),
-                started.elapsed(),
-            );
-            match lock_store(&self.store).and_then(|s| s.state_counts().map_err(CycleError::from)) {
-                Ok(counts) => metrics.set_record_states(&counts),
-                Err(e) => {
-                    warn!(cycle_id = %cycle_id, error = %e, "could not count the records for the metrics")
-                }
-            }
-            if let Err(e) = metrics.write_textfile() {
-                warn!(cycle_id = %cycle_id, error = %e, "could not write the metrics");
-            }
+        if let Some(metrics) = &self.metrics {
+            self.count_cycle(metrics, cycle_id, request.trigger, outcome, started);
         }
-        match &result {
-            Ok(_) => info!(
-                cycle_id = %cycle_id,
-                trigger = request.trigger.as_str(),
-                outcome = outcome.as_str(),
-                dry_run = request.dry_run,
-                seen = summary.seen,
-                unchanged = summary.unchanged,
-                created = summary.created,
-                updated = summary.updated,
-                conflicts = summary.conflicts,
-                retried = summary.retried,
-                failed = summary.failed,
-                held = summary.held,
-                invalid = summary.invalid,
-                unresolved = summary.unresolved,
-                not_selected = summary.not_selected,
-                duration_ms = summary.duration_ms,
-                "cycle finished: {summary}"
-            ),
-            Err(e) if e.is_skip() => warn!(
-                cycle_id = %cycle_id,
-                trigger = request.trigger.as_str(),
-                outcome = outcome.as_str(),
-                reason = %e,
-                "cycle skipped"
-            ),
-            Err(e) => error!(
-                cycle_id = %cycle_id,
-                trigger = request.trigger.as_str(),
-                outcome = outcome.as_str(),
-                error = %e,
-                duration_ms = summary.duration_ms,
-                "cycle failed"
-            ),
-        }
+        let trigger = request.trigger;
+        log_end(cycle_id, trigger, outcome, dry_run, &summary, &result);
         result.map(|_| summary)
+    }
+
+    /// Prune the history older than `store.history_days`, in bounded
+    /// batches, and keep the cycle's end in its row.
+    fn record_end(
+        &self,
+        recorder: &Recorder,
+        cycle_id: uuid::Uuid,
+        row: i64,
+        outcome: CycleOutcome,
+        summary: &CycleSummary,
+        error: Option<String>,
+    ) {
+        let days = self.settings.history_days;
+        match recorder.write(|s| Ok::<_, CycleError>(s.prune_events(days, HISTORY_PRUNE_BATCH)?)) {
+            Ok(0) => {}
+            Ok(pruned) => info!(cycle_id = %cycle_id, pruned, "record history pruned"),
+            Err(e) => {
+                warn!(cycle_id = %cycle_id, error = %e, "could not prune the record history")
+            }
+        }
+        let summary_json = serde_json::to_value(summary).unwrap_or_default();
+        if let Err(e) = recorder.write(|s| {
+            s.finish_cycle(row, outcome.as_str(), &summary_json, error.as_deref())
+                .map_err(CycleError::from)
+        }) {
+            error!(cycle_id = %cycle_id, error = %e, "could not record the cycle's end");
+        }
+    }
+
+    /// The cycle and the records' states in `metrics`, and the textfile.
+    fn count_cycle(
+        &self,
+        metrics: &Metrics,
+        cycle_id: uuid::Uuid,
+        trigger: Trigger,
+        outcome: CycleOutcome,
+        started: Instant,
+    ) {
+        metrics.record_cycle(trigger.as_str(), outcome.as_str(), started.elapsed());
+        match lock_store(&self.store).and_then(|s| s.state_counts().map_err(CycleError::from)) {
+            Ok(counts) => metrics.set_record_states(&counts),
+            Err(e) => {
+                warn!(cycle_id = %cycle_id, error = %e, "could not count the records for the metrics")
+            }
+        }
+        if let Err(e) = metrics.write_textfile() {
+            warn!(cycle_id = %cycle_id, error = %e, "could not write the metrics");
+        }
     }
 
     /// Returns whether the cycle was interrupted by `stop`.
@@ -309,221 +298,49 @@ impl Engine {
         &self,
         request: &CycleRequest,
         cycle_id: uuid::Uuid,
+        recorder: &Recorder,
         counters: &Arc<Counters>,
         report: &(dyn Fn(&RecordOutcome) + Send + Sync),
         stop: watch::Receiver<bool>,
     ) -> Result<bool, CycleError> {
-        let client_retries_before = self.client.as_ref().map_or(0, |c| c.stats().retries);
-        // Pass one: the whole export, validated, before anything is sent.
-        let scan = {
-            let store = Arc::clone(&self.store);
-            let mapper = Arc::clone(&self.mapper);
-            let export_options = self.settings.export_options();
-            let options = ScanOptions {
-                resync: request.resync,
-                only: request.only.clone(),
-                retain_budget: scan::RETAIN_BUDGET,
-                list_unchanged: request.list_unchanged,
-                fingerprints: scan::Fingerprints {
-                    context: scan::fingerprint_context(&mapper, self.settings.sync.on_cleared),
-                    skip: !request.resync,
-                    record: !request.dry_run,
-                },
-                schema: if request.allow_schema_change {
-                    schema::SchemaPolicy::AllowChange
-                } else {
-                    schema::SchemaPolicy::Guard
-                },
-            };
-            let dry_run = request.dry_run;
-            tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
-                let store = lock_store(&store)?;
-                let scan = scan::scan_export(&export_options, &mapper, &store, &options)?;
-                schema::log_new_columns(&store, &scan.schema)?;
-                // Only a scan that completed, and not a dry run, advances it.
-                if !dry_run {
-                    schema::record(&store, &scan.schema)?;
-                }
-                Ok(scan)
-            })
-            .await
-            .map_err(|e| CycleError::Internal(format!("scan task: {e}")))??
-        };
-        let total = scan.export.records;
-        Counters::add(&counters.seen, total);
-        Counters::add(&counters.unchanged, scan.unchanged);
-        Counters::add(&counters.not_selected, scan.not_selected);
-        info!(
-            cycle_id = %cycle_id,
-            records = total,
-            files = scan.export.files.len(),
-            to_push = scan.work_count(),
-            unchanged = scan.unchanged,
-            // Of the unchanged, those known by their bytes' fingerprint and
-            // not parsed; and fingerprints stored for the next cycle.
-            known_by_fingerprint = scan.known_by_fingerprint,
-            fingerprints_recorded = scan.fingerprinted,
-            invalid = scan.record_errors.len() + scan.duplicates.len(),
-            "export read"
-        );
+        let client_retries_before = self.mode.client().map_or(0, |c| c.stats().retries);
+        let mut scan = self.scan(request, recorder).await?;
+        report_scan(&scan, cycle_id, counters, report);
+        self.check_missing(request, &scan)?;
 
-        for external_id in &scan.unchanged_ids {
-            report(&RecordOutcome::new(
-                Some(external_id.clone()),
-                Action::Unchanged,
-            ));
-        }
-        for error in &scan.record_errors {
-            let mut outcome = RecordOutcome::new(error.external_id.clone(), Action::Invalid);
-            outcome.errors.push(error.to_string());
-            warn!(
-                cycle_id = %cycle_id,
-                external_id = error.external_id.as_deref().unwrap_or(""),
-                location = %error.location,
-                error = %error,
-                "record invalid"
-            );
-            counters.count(Action::Invalid);
-            report(&outcome);
-        }
-        for (external_id, message) in scan.duplicate_errors() {
-            warn!(cycle_id = %cycle_id, external_id, error = %message, "record invalid");
-            let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Invalid);
-            outcome.errors.push(message);
-            counters.count(Action::Invalid);
-            report(&outcome);
-        }
-
-        let max_ratio = self.settings.sync.max_missing_ratio;
-        if !request.allow_missing && !request.resync && scan.too_many_missing(max_ratio) {
-            return Err(CycleError::TooManyMissing {
-                missing: scan.missing_from_export,
-                known: scan.known,
-                max_ratio,
-            });
-        }
-
-        let pusher = Arc::new(Pusher {
-            settings: Arc::clone(&self.settings),
-            managed: self.mapper.managed_paths().clone(),
-            store: Arc::clone(&self.store),
-            client: self.client.clone(),
-            index: ReferralIndex::default(),
-            correlation_id: cycle_id,
-            dry_run: request.dry_run,
-            counters: Arc::clone(counters),
-            halted: OnceLock::new(),
-            store_failed: OnceLock::new(),
-            claims: Mutex::new(HashMap::new()),
-        });
-        if request.resync && self.client.is_some() {
+        let pusher = self.pusher(cycle_id, recorder, counters);
+        if request.resync && self.mode.client().is_some() {
             pusher.index.build(&pusher).await;
         }
-        let concurrency = self.settings.api.concurrency;
-        let mut interrupted = false;
-
-        let doubles: HashMap<String, Vec<String>> = scan
-            .retained
-            .as_ref()
-            .map(|retained| double_claims(retained.referral_claims()))
-            .unwrap_or_default();
-        let work = |item: WorkItem| {
-            let pusher = Arc::clone(&pusher);
-            let doubled = item
-                .mapped
-                .referral_id
+        let phase = PushPhase {
+            pusher: &pusher,
+            doubles: scan
+                .retained
                 .as_ref()
-                .and_then(|id| doubles.get(&id.to_lowercase()))
-                .map(|records| double_claim(&item.mapped, records));
-            async move {
-                let outcome = match doubled {
-                    Some(outcome) => {
-                        warn!(external_id = %item.mapped.external_id, error = %outcome.errors.join("; "), "record failed");
-                        outcome
-                    }
-                    None => pusher.sync_record(item).await,
-                };
-                counters.count(outcome.action);
-                report(&outcome);
-            }
+                .map(|retained| double_claims(retained.referral_claims()))
+                .unwrap_or_default(),
+            counters,
+            report,
+            stop: &stop,
         };
-        let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
-        let halted = || pusher.halted().is_some();
-
-        if let Some(retained) = scan.retained {
-            let stop_items = stop.clone();
-            futures_util::stream::iter(retained)
-                .take_while(|_| {
-                    let go = !stopped(&stop_items) && !halted();
-                    async move { go }
-                })
-                .map(|(mapped, hash, reason)| WorkItem {
-                    mapped,
-                    hash: hash.to_hex(),
-                    reason,
-                })
-                .for_each_concurrent(concurrency, work)
-                .await;
-        } else {
-            // Too many changes to keep in memory: read the export again,
-            // taking up only the records pass one chose, and only if they
-            // are still what pass one validated.
-            let (tx, rx) = mpsc::channel::<WorkItem>(concurrency * 4);
-            let export_options = self.settings.export_options();
-            let mapper = Arc::clone(&self.mapper);
-            let reader = tokio::task::spawn_blocking(move || -> Result<(), CycleError> {
-                let mut changed: Option<CycleError> = None;
-                let result = export::read_export(&export_options, &mut |record| {
-                    let Ok(mapped) = mapper.map(&record) else {
-                        return ControlFlow::Continue(());
-                    };
-                    let hash = scan::document_hash(&mapped.document);
-                    let reason = match scan.work_for(&mapped.external_id, hash) {
-                        None => return ControlFlow::Continue(()),
-                        Some(WorkFor::Push(reason)) => reason,
-                        Some(WorkFor::ChangedSinceScan) => {
-                            changed = Some(CycleError::ExportChanged(format!(
-                                "record {} at {}",
-                                mapped.external_id, record.location
-                            )));
-                            return ControlFlow::Break(());
-                        }
-                    };
-                    let item = WorkItem {
+        let concurrency = self.settings.api.concurrency;
+        match scan.retained.take() {
+            Some(retained) => {
+                let items =
+                    futures_util::stream::iter(retained).map(|(mapped, hash, reason)| WorkItem {
                         mapped,
                         hash: hash.to_hex(),
                         reason,
-                    };
-                    // A closed channel means the push phase stopped.
-                    match tx.blocking_send(item) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(_) => ControlFlow::Break(()),
-                    }
-                });
-                if let Some(e) = changed {
-                    return Err(e);
-                }
-                result.map(|_| ()).map_err(CycleError::SecondRead)
-            });
-            let stop_items = stop.clone();
-            futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            })
-            .take_while(|_| {
-                let go = !stopped(&stop_items) && !halted();
-                async move { go }
-            })
-            .for_each_concurrent(concurrency, work)
-            .await;
-            reader
-                .await
-                .map_err(|e| CycleError::Internal(format!("export reader task: {e}")))??;
+                    });
+                phase.push(items, concurrency).await;
+            }
+            None => self.push_second_read(&phase, scan, concurrency).await?,
         }
-        if stopped(&stop) {
-            interrupted = true;
+        let interrupted = *stop.borrow();
+        if interrupted {
             warn!(cycle_id = %cycle_id, "cycle interrupted by shutdown; records not reached stay as they were");
         }
-        if let Some(client) = &self.client {
+        if let Some(client) = self.mode.client() {
             // The client counts over its life; this cycle's share.
             Counters::add(
                 &counters.retried,
@@ -537,6 +354,290 @@ impl Engine {
             return Err(CycleError::PushStopped(reason.to_owned()));
         }
         Ok(interrupted)
+    }
+
+    /// Pass one: the whole export, validated, before anything is sent.
+    async fn scan(&self, request: &CycleRequest, recorder: &Recorder) -> Result<Scan, CycleError> {
+        let store = Arc::clone(&self.store);
+        let mapper = Arc::clone(&self.mapper);
+        let export_options = self.settings.export_options();
+        let options = self.scan_options(request);
+        let recorder = recorder.clone();
+        tokio::task::spawn_blocking(move || -> Result<Scan, CycleError> {
+            let scan = {
+                let store = lock_store(&store)?;
+                let scan = scan::scan_export(&export_options, &mapper, &store, &options)?;
+                schema::log_new_columns(&store, &scan.schema)?;
+                scan
+            };
+            // Only a scan that completed advances it.
+            recorder.write(|store| Ok::<_, CycleError>(schema::record(store, &scan.schema)?))?;
+            Ok(scan)
+        })
+        .await
+        .map_err(|e| CycleError::Internal(format!("scan task: {e}")))?
+    }
+
+    fn scan_options(&self, request: &CycleRequest) -> ScanOptions {
+        ScanOptions {
+            resync: request.resync,
+            only: request.only.clone(),
+            retain_budget: scan::RETAIN_BUDGET,
+            list_unchanged: request.list_unchanged,
+            fingerprints: scan::Fingerprints {
+                context: scan::fingerprint_context(&self.mapper, self.settings.sync.on_cleared),
+                skip: !request.resync,
+                record: self.mode.writes(),
+            },
+            schema: if request.allow_schema_change {
+                schema::SchemaPolicy::AllowChange
+            } else {
+                schema::SchemaPolicy::Guard
+            },
+        }
+    }
+
+    /// Stop before anything is sent when more known records are missing
+    /// from the export than `sync.max_missing_ratio` allows.
+    fn check_missing(&self, request: &CycleRequest, scan: &Scan) -> Result<(), CycleError> {
+        let max_ratio = self.settings.sync.max_missing_ratio;
+        if !request.allow_missing && !request.resync && scan.too_many_missing(max_ratio) {
+            return Err(CycleError::TooManyMissing {
+                missing: scan.missing_from_export,
+                known: scan.known,
+                max_ratio,
+            });
+        }
+        Ok(())
+    }
+
+    fn pusher(
+        &self,
+        cycle_id: uuid::Uuid,
+        recorder: &Recorder,
+        counters: &Arc<Counters>,
+    ) -> Pusher {
+        Pusher {
+            settings: Arc::clone(&self.settings),
+            managed: self.mapper.managed_paths().clone(),
+            store: Arc::clone(&self.store),
+            mode: self.mode.clone(),
+            recorder: recorder.clone(),
+            index: ReferralIndex::default(),
+            correlation_id: cycle_id,
+            counters: Arc::clone(counters),
+            halted: OnceLock::new(),
+            store_failed: OnceLock::new(),
+            claims: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Too many changes to keep in memory: read the export again, taking
+    /// up only the records pass one chose, and only if they are still what
+    /// pass one validated.
+    async fn push_second_read(
+        &self,
+        phase: &PushPhase<'_>,
+        scan: Scan,
+        concurrency: usize,
+    ) -> Result<(), CycleError> {
+        let (tx, rx) = mpsc::channel::<WorkItem>(concurrency * 4);
+        let export_options = self.settings.export_options();
+        let mapper = Arc::clone(&self.mapper);
+        let reader = tokio::task::spawn_blocking(move || {
+            read_work_again(&export_options, &mapper, &scan, &tx)
+        });
+        let items = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        phase.push(items, concurrency).await;
+        reader
+            .await
+            .map_err(|e| CycleError::Internal(format!("export reader task: {e}")))?
+    }
+}
+
+/// The second read of the export: each record pass one chose, sent to the
+/// push phase; a record that changed since pass one ends the read.
+fn read_work_again(
+    export_options: &export::ExportOptions,
+    mapper: &Mapper,
+    scan: &Scan,
+    tx: &mpsc::Sender<WorkItem>,
+) -> Result<(), CycleError> {
+    let mut changed: Option<CycleError> = None;
+    let result = export::read_export(export_options, &mut |record| {
+        let Ok(mapped) = mapper.map(&record) else {
+            return ControlFlow::Continue(());
+        };
+        let hash = scan::document_hash(&mapped.document);
+        let reason = match scan.work_for(&mapped.external_id, hash) {
+            None => return ControlFlow::Continue(()),
+            Some(WorkFor::Push(reason)) => reason,
+            Some(WorkFor::ChangedSinceScan) => {
+                changed = Some(CycleError::ExportChanged(format!(
+                    "record {} at {}",
+                    mapped.external_id, record.location
+                )));
+                return ControlFlow::Break(());
+            }
+        };
+        let item = WorkItem {
+            mapped,
+            hash: hash.to_hex(),
+            reason,
+        };
+        // A closed channel means the push phase stopped.
+        match tx.blocking_send(item) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    });
+    if let Some(e) = changed {
+        return Err(e);
+    }
+    result.map(|_| ()).map_err(CycleError::SecondRead)
+}
+
+/// What pass one found, logged and reported: the unchanged records and
+/// the invalid ones.
+fn report_scan(
+    scan: &Scan,
+    cycle_id: uuid::Uuid,
+    counters: &Counters,
+    report: &(dyn Fn(&RecordOutcome) + Send + Sync),
+) {
+    let total = scan.export.records;
+    Counters::add(&counters.seen, total);
+    Counters::add(&counters.unchanged, scan.unchanged);
+    Counters::add(&counters.not_selected, scan.not_selected);
+    info!(
+        cycle_id = %cycle_id,
+        records = total,
+        files = scan.export.files.len(),
+        to_push = scan.work_count(),
+        unchanged = scan.unchanged,
+        // Of the unchanged, those known by their bytes' fingerprint and
+        // not parsed; and fingerprints stored for the next cycle.
+        known_by_fingerprint = scan.known_by_fingerprint,
+        fingerprints_recorded = scan.fingerprinted,
+        invalid = scan.record_errors.len() + scan.duplicates.len(),
+        "export read"
+    );
+    for external_id in &scan.unchanged_ids {
+        report(&RecordOutcome::new(
+            Some(external_id.clone()),
+            Action::Unchanged,
+        ));
+    }
+    for error in &scan.record_errors {
+        let mut outcome = RecordOutcome::new(error.external_id.clone(), Action::Invalid);
+        outcome.errors.push(error.to_string());
+        warn!(
+            cycle_id = %cycle_id,
+            external_id = error.external_id.as_deref().unwrap_or(""),
+            location = %error.location,
+            error = %error,
+            "record invalid"
+        );
+        counters.count(Action::Invalid);
+        report(&outcome);
+    }
+    for (external_id, message) in scan.duplicate_errors() {
+        warn!(cycle_id = %cycle_id, external_id, error = %message, "record invalid");
+        let mut outcome = RecordOutcome::new(Some(external_id.to_owned()), Action::Invalid);
+        outcome.errors.push(message);
+        counters.count(Action::Invalid);
+        report(&outcome);
+    }
+}
+
+/// The push phase of one cycle: the records taken up, a bounded number at
+/// a time, all on the task that polls them.
+struct PushPhase<'a> {
+    pusher: &'a Pusher,
+    /// Referral ids several records claim (see [`double_claims`]).
+    doubles: HashMap<String, Vec<String>>,
+    counters: &'a Counters,
+    report: &'a (dyn Fn(&RecordOutcome) + Send + Sync),
+    stop: &'a watch::Receiver<bool>,
+}
+
+impl PushPhase<'_> {
+    /// Take up `items` until the cycle is stopped or the push phase halts.
+    async fn push(&self, items: impl futures_util::Stream<Item = WorkItem>, concurrency: usize) {
+        items
+            .take_while(|_| {
+                let go = !*self.stop.borrow() && self.pusher.halted().is_none();
+                async move { go }
+            })
+            .for_each_concurrent(concurrency, |item| self.take_up(item))
+            .await;
+    }
+
+    async fn take_up(&self, item: WorkItem) {
+        let doubled = item
+            .mapped
+            .referral_id
+            .as_ref()
+            .and_then(|id| self.doubles.get(&id.to_lowercase()))
+            .map(|records| double_claim(&item.mapped, records));
+        let outcome = match doubled {
+            Some(outcome) => {
+                warn!(external_id = %item.mapped.external_id, error = %outcome.errors.join("; "), "record failed");
+                outcome
+            }
+            None => self.pusher.sync_record(item).await,
+        };
+        self.counters.count(outcome.action);
+        (self.report)(&outcome);
+    }
+}
+
+/// The cycle's last log line.
+fn log_end(
+    cycle_id: uuid::Uuid,
+    trigger: Trigger,
+    outcome: CycleOutcome,
+    dry_run: bool,
+    summary: &CycleSummary,
+    result: &Result<bool, CycleError>,
+) {
+    match result {
+        Ok(_) => info!(
+            cycle_id = %cycle_id,
+            trigger = trigger.as_str(),
+            outcome = outcome.as_str(),
+            dry_run,
+            seen = summary.seen,
+            unchanged = summary.unchanged,
+            created = summary.created,
+            updated = summary.updated,
+            conflicts = summary.conflicts,
+            retried = summary.retried,
+            failed = summary.failed,
+            held = summary.held,
+            invalid = summary.invalid,
+            unresolved = summary.unresolved,
+            not_selected = summary.not_selected,
+            duration_ms = summary.duration_ms,
+            "cycle finished: {summary}"
+        ),
+        Err(e) if e.is_skip() => warn!(
+            cycle_id = %cycle_id,
+            trigger = trigger.as_str(),
+            outcome = outcome.as_str(),
+            reason = %e,
+            "cycle skipped"
+        ),
+        Err(e) => error!(
+            cycle_id = %cycle_id,
+            trigger = trigger.as_str(),
+            outcome = outcome.as_str(),
+            error = %e,
+            duration_ms = summary.duration_ms,
+            "cycle failed"
+        ),
     }
 }
 
@@ -572,6 +673,12 @@ fn double_claim(mapped: &crate::mapping::MappedRecord, records: &[String]) -> Re
     ));
     outcome.referral_id = Some(referral_id);
     outcome
+}
+
+impl From<mode::Poisoned> for CycleError {
+    fn from(_: mode::Poisoned) -> Self {
+        CycleError::Internal("the store lock was poisoned by a panic".into())
+    }
 }
 
 pub(crate) fn lock_store(

@@ -22,11 +22,12 @@ use crate::api::{ApiClient, ApiError, Referral, RequestContext};
 use crate::config::{Settings, UpdateMethod};
 use crate::diff::{self, DiffOptions, OnCleared, same};
 use crate::mapping::{self, MappedRecord};
-use crate::merge::{self, ConflictPolicy, MergeOptions, Mode, Plan, PlanInput};
+use crate::merge::{self, ConflictPolicy, MergeOptions, Plan, PlanInput};
 use crate::model::{ManagedPaths, Op};
 use crate::ownership::{self, Slots};
 use crate::store::{Applied, IntentKind, Store, StoreError, StoredRecord, SyncState, WriteIntent};
 
+use super::mode::{Mode, Poisoned, Recorder};
 use super::outcome::{Action, Counters, RecordOutcome};
 use super::scan::WorkReason;
 
@@ -117,11 +118,12 @@ impl ReferralIndex {
 pub struct Pusher {
     pub settings: Arc<Settings>,
     pub managed: ManagedPaths,
+    /// Read from here; every write goes through `recorder`.
     pub store: Arc<Mutex<Store>>,
-    pub client: Option<ApiClient>,
+    pub mode: Mode,
+    pub recorder: Recorder,
     pub index: ReferralIndex,
     pub correlation_id: uuid::Uuid,
-    pub dry_run: bool,
     /// The cycle's counters: the push phase adds its retries and
     /// conflict rounds.
     pub counters: Arc<Counters>,
@@ -161,12 +163,32 @@ enum Stop {
 
 impl Stop {
     fn failed(referral_id: Option<&str>, message: String) -> Stop {
+        Stop::answered(referral_id, message, None, None)
+    }
+
+    /// A failure with the service's answer, not yet known to be a refusal
+    /// of the write ([`refused`]).
+    fn answered(
+        referral_id: Option<&str>,
+        message: String,
+        status: Option<u16>,
+        code: Option<String>,
+    ) -> Stop {
         Stop::Failed {
             referral_id: referral_id.map(str::to_owned),
             message,
-            status: None,
-            code: None,
+            status,
+            code,
             refused: false,
+        }
+    }
+}
+
+impl From<Poisoned> for Stop {
+    fn from(_: Poisoned) -> Self {
+        Stop::Halt {
+            message: "internal error: the store lock was poisoned".into(),
+            status: None,
         }
     }
 }
@@ -239,29 +261,20 @@ impl Pusher {
         }
     }
 
+    /// The store to read; writes go through `self.recorder`.
     fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, Stop> {
-        self.store.lock().map_err(|_| Stop::Halt {
-            message: "internal error: the store lock was poisoned".into(),
-            status: None,
-        })
+        self.store.lock().map_err(|_| Stop::from(Poisoned))
     }
 
-    /// The client, when this cycle writes.
-    fn writer(&self) -> Option<&ApiClient> {
-        self.client.as_ref().filter(|_| !self.dry_run)
-    }
-
-    /// Add an event to the record's history; a plan writes none.
+    /// Add an event to the record's history (a plan writes none).
     fn event(&self, external_id: &str, kind: &str, detail: Value) -> Result<(), Stop> {
-        if self.writer().is_none() {
-            return Ok(());
-        }
-        let cycle_id = self.correlation_id.to_string();
-        let mut detail = detail;
-        bound_strings(&mut detail);
-        self.store()?
-            .record_event(external_id, Some(&cycle_id), kind, &detail)?;
-        Ok(())
+        self.recorder.write(|store| {
+            let cycle_id = self.correlation_id.to_string();
+            let mut detail = detail;
+            bound_strings(&mut detail);
+            store.record_event(external_id, Some(&cycle_id), kind, &detail)?;
+            Ok(())
+        })
     }
 
     fn merge_options(&self, item: &WorkItem, adopting: bool) -> MergeOptions {
@@ -277,16 +290,16 @@ impl Pusher {
             },
             conflict: self.settings.sync.conflict,
             mode: if item.reason == WorkReason::Resync {
-                Mode::Resync
+                merge::Mode::Resync
             } else {
-                Mode::Sync
+                merge::Mode::Sync
             },
         }
     }
 
     /// Page through the referral list once; the store keeps a copy.
     async fn build_index(&self) -> Result<Listing, String> {
-        let Some(client) = &self.client else {
+        let Some(client) = self.mode.client() else {
             return Err("no credentials configured (offline)".into());
         };
         let ctx = RequestContext {
@@ -318,17 +331,18 @@ impl Pusher {
             .await
             .map_err(|e| format!("listing referrals to resolve external ids failed: {e}"))?;
         info!(correlation_id = %self.correlation_id, referrals = count, indexed = ids.len(), "referral index built");
-        if !self.dry_run {
+        let saved = self.recorder.write(|store| {
             let entries: Vec<(String, String)> = ids
                 .iter()
                 .filter(|(_, ids)| ids.len() == 1)
                 .map(|(ext, ids)| (ext.clone(), ids[0].clone()))
                 .collect();
-            if let Ok(store) = self.store.lock()
-                && let Err(e) = store.replace_index(&entries)
-            {
-                warn!(error = %e, "could not save the referral index");
-            }
+            store.replace_index(&entries).map_err(Stop::from)
+        });
+        // A poisoned lock leaves the copy as it was: the index itself is in
+        // hand.
+        if let Err(Stop::Store(e)) = saved {
+            warn!(error = %e, "could not save the referral index");
         }
         Ok(Listing { ids, started_at })
     }
@@ -363,27 +377,14 @@ impl Pusher {
                     error = %message,
                     "record failed"
                 );
-                if !self.dry_run {
-                    let failure = Failure {
-                        referral_id: referral_id.as_deref(),
-                        message: &message,
-                        status,
-                        code: code.as_deref(),
-                        refused,
-                    };
-                    match self.record_failure(external_id, hash, &failure) {
-                        Ok(held) => {
-                            if held.is_some() {
-                                Counters::add(&self.counters.held, 1);
-                            }
-                            outcome.note = held
-                        }
-                        Err(Stop::Store(e)) => self.fail_store(external_id, &e),
-                        Err(Stop::Halt { message, .. } | Stop::Failed { message, .. }) => {
-                            self.halt(&message)
-                        }
-                    }
-                }
+                let failure = Failure {
+                    referral_id: referral_id.as_deref(),
+                    message: &message,
+                    status,
+                    code: code.as_deref(),
+                    refused,
+                };
+                outcome.note = self.keep_failure(external_id, hash, &failure);
                 outcome.referral_id = referral_id;
                 outcome.errors.push(message);
             }
@@ -406,6 +407,30 @@ impl Pusher {
         outcome
     }
 
+    /// [`record_failure`](Self::record_failure), counting a held record;
+    /// returns its note. A store that fails here stops the push phase.
+    fn keep_failure(&self, external_id: &str, hash: &str, failure: &Failure<'_>) -> Option<String> {
+        let kept = self
+            .recorder
+            .write(|store| self.record_failure(store, external_id, hash, failure));
+        match kept {
+            Ok(held) => {
+                if held.is_some() {
+                    Counters::add(&self.counters.held, 1);
+                }
+                held
+            }
+            Err(Stop::Store(e)) => {
+                self.fail_store(external_id, &e);
+                None
+            }
+            Err(Stop::Halt { message, .. } | Stop::Failed { message, .. }) => {
+                self.halt(&message);
+                None
+            }
+        }
+    }
+
     /// Keep a record's failure in its history and its row: held when the
     /// service refused the write for good ([`refused_for_good`]), failed
     /// with its intent gone when it refused it otherwise, else failed (and
@@ -413,6 +438,7 @@ impl Pusher {
     /// held record.
     fn record_failure(
         &self,
+        store: &Store,
         external_id: &str,
         hash: &str,
         failure: &Failure<'_>,
@@ -425,7 +451,6 @@ impl Pusher {
             refused,
         } = *failure;
         let cycle_id = self.correlation_id.to_string();
-        let store = self.store()?;
         let mut detail = serde_json::json!({
             "referralId": referral_id, "status": status, "code": code,
             "error": message, "writeRefused": refused,
@@ -487,7 +512,14 @@ impl Pusher {
             Resolved::Plan(footing) => {
                 let adopting = footing.before.is_none();
                 let plan = self.plan(item, &footing, adopting);
-                self.write(item, footing, plan).await
+                let mut writing = Writing::new(footing, plan);
+                match self.mode.writer() {
+                    Some(client) => self.write(client, item, writing).await,
+                    None => {
+                        writing.sent_all();
+                        Ok(writing.outcome(&item.mapped.external_id).0)
+                    }
+                }
             }
         }
     }
@@ -514,7 +546,7 @@ impl Pusher {
         if let Some(referral_id) = &item.mapped.referral_id {
             return self.resolve_claimed(item, referral_id).await;
         }
-        let Some(client) = &self.client else {
+        let Some(client) = self.mode.client() else {
             let indexed = self.store()?.index_lookup(ext)?;
             return Ok(match indexed {
                 Some(referral_id) => Resolved::Done(offline_note(ext, Some(referral_id))),
@@ -554,7 +586,7 @@ impl Pusher {
         }
         // An unknown base (a 204, a store from an older release), an
         // unsettled write, or a resync: read the live referral.
-        let Some(client) = &self.client else {
+        let Some(client) = self.mode.client() else {
             return Ok(Resolved::Done(offline_note(
                 ext,
                 Some(referral_id.to_owned()),
@@ -587,7 +619,7 @@ impl Pusher {
         intent: &WriteIntent,
     ) -> Result<Resolved, Stop> {
         let ext = item.mapped.external_id.as_str();
-        let Some(client) = &self.client else {
+        let Some(client) = self.mode.client() else {
             return Ok(Resolved::Done(offline_note(ext, None)));
         };
         match self.index.lookup(self, ext).await? {
@@ -662,7 +694,7 @@ impl Pusher {
                 }
             }
         }
-        let Some(client) = &self.client else {
+        let Some(client) = self.mode.client() else {
             return Ok(Resolved::Done(offline_note(
                 ext,
                 Some(referral_id.to_owned()),
@@ -764,42 +796,74 @@ impl Pusher {
 
     // -- create --------------------------------------------------------------
 
+    /// A referral for a record none is known for: what it would be, and,
+    /// when the cycle writes, sent.
     async fn create(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
-        let ext = item.mapped.external_id.as_str();
         if !self.settings.sync.create_missing {
-            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Unresolved);
-            outcome.errors.push(format!(
-                "no referral with externalReferenceId {ext} is known (store, {}index); creation is off (sync.create_missing = false)",
-                if item.mapped.referral_id.is_none() { "referral id column, " } else { "" }
-            ));
-            if !self.dry_run {
-                self.store()?.record_failed(ext, None, &outcome.errors[0])?;
-            }
-            return Ok(outcome);
+            return self.not_created(item);
         }
         let body = self.create_body(&item.mapped.document);
+        if let Some(outcome) = self.incomplete(item, &body)? {
+            return Ok(outcome);
+        }
+        let mut outcome = RecordOutcome::new(Some(item.mapped.external_id.clone()), Action::Create);
+        outcome.document = Some(body.clone());
+        match self.mode.writer() {
+            Some(client) => self.send_create(client, item, &body, outcome).await,
+            None => Ok(outcome),
+        }
+    }
+
+    /// Creation is off: the record stays unresolved.
+    fn not_created(&self, item: &WorkItem) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Unresolved);
+        outcome.errors.push(format!(
+            "no referral with externalReferenceId {ext} is known (store, {}index); creation is off (sync.create_missing = false)",
+            if item.mapped.referral_id.is_none() { "referral id column, " } else { "" }
+        ));
+        self.recorder.write(|store| {
+            store
+                .record_failed(ext, None, &outcome.errors[0])
+                .map_err(Stop::from)
+        })?;
+        Ok(outcome)
+    }
+
+    /// The outcome of a create `body` that lacks a required member, if it
+    /// does.
+    fn incomplete(&self, item: &WorkItem, body: &Value) -> Result<Option<RecordOutcome>, Stop> {
         let missing: Vec<&str> = CREATE_REQUIRED
             .iter()
             .copied()
             .filter(|k| body.get(*k).is_none_or(Value::is_null))
             .collect();
-        if !missing.is_empty() {
-            let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Invalid);
-            outcome.errors.push(format!(
-                "cannot create a referral: required member(s) {} have no value in the record",
-                missing.join(", ")
-            ));
-            if !self.dry_run {
-                self.store()?
-                    .record_invalid(ext, None, &item.hash, &outcome.errors[0])?;
-            }
-            return Ok(outcome);
+        if missing.is_empty() {
+            return Ok(None);
         }
-        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Create);
-        outcome.document = Some(body.clone());
-        let Some(client) = self.writer() else {
-            return Ok(outcome);
-        };
+        let ext = item.mapped.external_id.as_str();
+        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Invalid);
+        outcome.errors.push(format!(
+            "cannot create a referral: required member(s) {} have no value in the record",
+            missing.join(", ")
+        ));
+        self.recorder.write(|store| {
+            store
+                .record_invalid(ext, None, &item.hash, &outcome.errors[0])
+                .map_err(Stop::from)
+        })?;
+        Ok(Some(outcome))
+    }
+
+    /// POST `body`, its intent stored first, and settle what came back.
+    async fn send_create(
+        &self,
+        client: &ApiClient,
+        item: &WorkItem,
+        body: &Value,
+        mut outcome: RecordOutcome,
+    ) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
         let intent = WriteIntent {
             kind: IntentKind::Create,
             etag: None,
@@ -812,8 +876,9 @@ impl Pusher {
             desired_hash: item.hash.clone(),
             started_at: now_rfc3339(),
         };
-        self.store()?.begin_write(ext, None, &intent)?;
-        let result = client.create(&self.ctx(ext), &body).await;
+        self.recorder
+            .write(|store| store.begin_write(ext, None, &intent).map_err(Stop::from))?;
+        let result = client.create(&self.ctx(ext), body).await;
         self.event(
             ext,
             "sent",
@@ -821,43 +886,51 @@ impl Pusher {
         )?;
         match result {
             Ok(referral) => {
-                // The answer is the base: the service may have set another
-                // status than the one sent.
-                let base = ownership::project(&referral.document, &self.managed);
-                self.store()?.record_applied(
-                    ext,
-                    &Applied {
-                        referral_id: &referral.id,
-                        etag: Some(&referral.etag),
-                        base: Some(&base),
-                        snapshot: &item.mapped.document,
-                        refused: &[],
-                        desired_hash: &item.hash,
-                        state: SyncState::Synced,
-                        error: None,
-                    },
-                )?;
-                debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
-                self.event(ext, "settled", serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true}))?;
+                self.created(item, &referral)?;
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
             }
-            Err(ApiError::OutcomeUnknown { reason, .. }) => {
-                // It may exist now. The record stays `pending` with its
-                // intent: later cycles look for it before creating again.
-                Counters::add(&self.counters.retried, 1);
-                let message = format!(
-                    "create: outcome unknown ({reason}); later listings look for the referral, and it is created again only if none shows up {} s after this attempt (sync.create_confirm_secs)",
-                    self.settings.sync.create_confirm_secs
-                );
-                warn!(correlation_id = %self.correlation_id, external_id = ext, error = %message, "record pending");
-                self.store()?.record_failed(ext, None, &message)?;
-                let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
-                outcome.errors.push(message);
-                Ok(outcome)
-            }
+            Err(ApiError::OutcomeUnknown { reason, .. }) => self.create_unknown(ext, &reason),
             Err(e) => Err(refused(api_stop(None, &e))),
         }
+    }
+
+    fn created(&self, item: &WorkItem, referral: &Referral) -> Result<(), Stop> {
+        let ext = item.mapped.external_id.as_str();
+        // The answer is the base: the service may have set another status
+        // than the one sent.
+        let base = ownership::project(&referral.document, &self.managed);
+        let applied = Applied {
+            referral_id: &referral.id,
+            etag: Some(&referral.etag),
+            base: Some(&base),
+            snapshot: &item.mapped.document,
+            refused: &[],
+            desired_hash: &item.hash,
+            state: SyncState::Synced,
+            error: None,
+        };
+        self.recorder
+            .write(|store| store.record_applied(ext, &applied).map_err(Stop::from))?;
+        debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
+        self.event(ext, "settled", serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true}))
+    }
+
+    /// The create may have taken effect. The record stays `pending` with
+    /// its intent: later cycles look for the referral before creating
+    /// again.
+    fn create_unknown(&self, ext: &str, reason: &str) -> Result<RecordOutcome, Stop> {
+        Counters::add(&self.counters.retried, 1);
+        let message = format!(
+            "create: outcome unknown ({reason}); later listings look for the referral, and it is created again only if none shows up {} s after this attempt (sync.create_confirm_secs)",
+            self.settings.sync.create_confirm_secs
+        );
+        warn!(correlation_id = %self.correlation_id, external_id = ext, error = %message, "record pending");
+        self.recorder
+            .write(|store| store.record_failed(ext, None, &message).map_err(Stop::from))?;
+        let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Failed);
+        outcome.errors.push(message);
+        Ok(outcome)
     }
 
     /// The create body: the desired document plus the creation defaults
@@ -878,15 +951,14 @@ impl Pusher {
         Counters::add(&self.counters.conflicts, 1);
         let limit = self.settings.sync.max_conflict_retries;
         if *rounds > limit {
-            return Err(Stop::Failed {
-                referral_id: Some(referral_id.to_owned()),
-                message: format!(
+            return Err(Stop::answered(
+                Some(referral_id),
+                format!(
                     "412 Precondition Failed (or a new eTag read before a PUT) {rounds} times: the referral keeps changing (sync.max_conflict_retries = {limit})"
                 ),
-                status: Some(412),
-                code: Some("preconditionFailed".into()),
-                refused: false,
-            });
+                Some(412),
+                Some("preconditionFailed".into()),
+            ));
         }
         Ok(())
     }
@@ -894,14 +966,8 @@ impl Pusher {
     /// Take in the live referral after a 412 or an unknown outcome, plan
     /// again against it, record the plan in the history, and keep its
     /// conflicts and drift with those of earlier rounds (one per path).
-    fn replan(
-        &self,
-        item: &WorkItem,
-        footing: &mut Footing,
-        live: Referral,
-        conflicts: &mut Vec<merge::Conflict>,
-        drift: &mut Vec<merge::Drift>,
-    ) -> Result<Plan, Stop> {
+    fn replan(&self, item: &WorkItem, writing: &mut Writing, live: Referral) -> Result<(), Stop> {
+        let footing = &mut writing.footing;
         footing.etag = live.etag;
         footing.live = Some(live.document);
         let adopting = footing.before.is_none();
@@ -918,9 +984,10 @@ impl Pusher {
             "replanned",
             plan_event(footing, &plan, &plan.conflicts, &plan.drift),
         )?;
-        keep_latest(conflicts, std::mem::take(&mut plan.conflicts));
-        keep_latest_drift(drift, std::mem::take(&mut plan.drift));
-        Ok(plan)
+        keep_latest(&mut writing.conflicts, std::mem::take(&mut plan.conflicts));
+        keep_latest_drift(&mut writing.drift, std::mem::take(&mut plan.drift));
+        writing.plan = plan;
+        Ok(())
     }
 
     /// The write intent for `plan` against `footing`.
@@ -944,145 +1011,297 @@ impl Pusher {
     /// until acknowledged or out of attempts; then settle.
     async fn write(
         &self,
+        client: &ApiClient,
         item: &WorkItem,
-        mut footing: Footing,
-        mut plan: Plan,
+        mut writing: Writing,
     ) -> Result<RecordOutcome, Stop> {
         let ext = item.mapped.external_id.as_str();
-        let mut sent: Vec<Op> = Vec::new();
-        let mut conflicts = std::mem::take(&mut plan.conflicts);
-        let mut drift = std::mem::take(&mut plan.drift);
-        let mut conflict_rounds = 0u32;
-        let mut unknown = RetrySchedule::new(&self.settings.api.retry);
-        let method = self.settings.api.update_method;
         self.event(
             ext,
             "planned",
-            plan_event(&footing, &plan, &conflicts, &drift),
+            plan_event(
+                &writing.footing,
+                &writing.plan,
+                &writing.conflicts,
+                &writing.drift,
+            ),
         )?;
-
-        // What Partner Center holds once the write is in: the base, and
-        // the eTag that goes with it (`None` after a 204, which carries
-        // neither eTag nor representation).
-        let settled: (Option<String>, Option<Value>) = loop {
-            if plan.ops.is_empty() {
-                let holds = footing.live.as_ref().map_or_else(
-                    || footing.base.clone(),
-                    |live| ownership::project(live, &self.managed),
-                );
-                break (Some(footing.etag.clone()), Some(holds));
+        let mut unknown = RetrySchedule::new(&self.settings.api.retry);
+        let settled = loop {
+            let round = self.write_round(client, item, &mut writing, &mut unknown);
+            if let Some(settled) = round.await? {
+                break settled;
             }
-            let Some(client) = self.writer() else {
-                sent = plan.ops.clone();
-                break (None, None);
-            };
-            let intent = self.intent(item, &footing, &plan);
-            self.store()?
-                .begin_write(ext, Some(&footing.referral_id), &intent)?;
-            let result = match method {
-                UpdateMethod::Patch => {
-                    client
-                        .patch(
-                            &self.ctx(ext),
-                            &footing.referral_id,
-                            &footing.etag,
-                            &plan.ops,
-                        )
-                        .await
-                }
-                UpdateMethod::Put => {
-                    let live = match footing.live.clone() {
-                        Some(live) => live,
-                        None => {
-                            let live = self.get_live(client, ext, &footing.referral_id).await?;
-                            if live.etag != footing.etag {
-                                // Changed in Partner Center since the base
-                                // the ops were planned against: merge first,
-                                // as after a 412.
-                                self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
-                                plan = self.replan(
-                                    item,
-                                    &mut footing,
-                                    live,
-                                    &mut conflicts,
-                                    &mut drift,
-                                )?;
-                                continue;
-                            }
-                            live.document
-                        }
-                    };
-                    let body = put_body(&live, &plan.ops)
-                        .map_err(|message| Stop::failed(Some(&footing.referral_id), message))?;
-                    client
-                        .put(&self.ctx(ext), &footing.referral_id, &footing.etag, &body)
-                        .await
-                }
-            };
-            self.event(
-                ext,
-                "sent",
-                sent_event(
-                    method_name(method),
-                    Some(&footing.referral_id),
-                    Some(&footing.etag),
-                    &plan.ops,
-                    &result.as_ref().map(Option::as_ref),
-                ),
-            )?;
-            match result {
-                Ok(Some(referral)) => {
-                    sent.extend(plan.ops.iter().cloned());
-                    let base = ownership::project(&referral.document, &self.managed);
-                    break (Some(referral.etag), Some(base));
-                }
-                Ok(None) => {
-                    // A 204 (the service ignored `Prefer`): the ops were
-                    // taken, but neither the representation nor the eTag
-                    // came back. The base is what the ops made of what they
-                    // were planned against; with no eTag the next plan reads
-                    // the live referral before it sends anything.
-                    sent.extend(plan.ops.iter().cloned());
-                    break (
-                        None,
-                        applied_base(&intent.against, &plan.ops, &self.managed),
-                    );
-                }
-                Err(ApiError::PreconditionFailed { .. }) => {
-                    self.conflict_round(&mut conflict_rounds, &footing.referral_id)?;
-                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, round = conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
-                }
-                Err(ApiError::OutcomeUnknown { reason, .. }) => {
-                    Counters::add(&self.counters.retried, 1);
-                    let Some(delay) = unknown.next_delay() else {
-                        return Err(Stop::failed(
-                            Some(&footing.referral_id),
-                            format!(
-                                "write outcome unknown and retries exhausted: {reason}; the next cycle reads the referral and settles the write before sending again"
-                            ),
-                        ));
-                    };
-                    info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
-                    tokio::time::sleep(delay).await;
-                    let live = self.get_live(client, ext, &footing.referral_id).await?;
-                    if self.recover(ext, &intent, &mut footing, &live)? {
-                        sent.extend(plan.ops.iter().cloned());
-                    }
-                    plan = self.replan(item, &mut footing, live, &mut conflicts, &mut drift)?;
-                    continue;
-                }
-                Err(e) => return Err(refused(api_stop(Some(&footing.referral_id), &e))),
-            }
-            // After a 412: read the live referral and plan against it.
-            let live = self.get_live(client, ext, &footing.referral_id).await?;
-            plan = self.replan(item, &mut footing, live, &mut conflicts, &mut drift)?;
         };
+        self.settle(item, writing, settled)
+    }
 
+    /// One round of a write: the intent stored, the request sent, its
+    /// answer taken in. `None` when the plan was made again (the referral
+    /// changed, or the outcome is unknown) and another round goes.
+    async fn write_round(
+        &self,
+        client: &ApiClient,
+        item: &WorkItem,
+        writing: &mut Writing,
+        unknown: &mut RetrySchedule,
+    ) -> Result<Option<Settled>, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        if writing.plan.ops.is_empty() {
+            return Ok(Some(writing.holds(&self.managed)));
+        }
+        let intent = self.intent(item, &writing.footing, &writing.plan);
+        let referral_id = writing.footing.referral_id.clone();
+        self.recorder.write(|store| {
+            store
+                .begin_write(ext, Some(&referral_id), &intent)
+                .map_err(Stop::from)
+        })?;
+        let method = self.settings.api.update_method;
+        let Some(result) = self.send(client, item, writing, method).await? else {
+            return Ok(None);
+        };
+        self.event(
+            ext,
+            "sent",
+            sent_event(
+                method_name(method),
+                Some(&referral_id),
+                Some(&writing.footing.etag),
+                &writing.plan.ops,
+                &result.as_ref().map(Option::as_ref),
+            ),
+        )?;
+        match result {
+            Ok(Some(referral)) => {
+                writing.sent_all();
+                let base = ownership::project(&referral.document, &self.managed);
+                Ok(Some(Settled {
+                    etag: Some(referral.etag),
+                    base: Some(base),
+                }))
+            }
+            Ok(None) => {
+                // A 204 (the service ignored `Prefer`): the ops were
+                // taken, but neither the representation nor the eTag came
+                // back. The base is what the ops made of what they were
+                // planned against; with no eTag the next plan reads the
+                // live referral before it sends anything.
+                writing.sent_all();
+                Ok(Some(Settled {
+                    etag: None,
+                    base: applied_base(&intent.against, &writing.plan.ops, &self.managed),
+                }))
+            }
+            Err(ApiError::PreconditionFailed { .. }) => {
+                self.after_conflict(client, item, writing).await?;
+                Ok(None)
+            }
+            Err(ApiError::OutcomeUnknown { reason, .. }) => {
+                let retry = self.after_unknown(client, item, writing, &intent, unknown, &reason);
+                retry.await?;
+                Ok(None)
+            }
+            Err(e) => Err(refused(api_stop(Some(&referral_id), &e))),
+        }
+    }
+
+    /// The plan's request, as `sync.update_method` says. `None` when a
+    /// PUT's read found the referral changed since the base the ops were
+    /// planned against: the plan is made again first, as after a 412.
+    async fn send(
+        &self,
+        client: &ApiClient,
+        item: &WorkItem,
+        writing: &mut Writing,
+        method: UpdateMethod,
+    ) -> Result<Option<Answer>, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let footing = &writing.footing;
+        if method == UpdateMethod::Patch {
+            let ctx = self.ctx(ext);
+            let sent = client.patch(&ctx, &footing.referral_id, &footing.etag, &writing.plan.ops);
+            return Ok(Some(sent.await));
+        }
+        let live = match footing.live.clone() {
+            Some(live) => live,
+            None => {
+                let live = self.get_live(client, ext, &footing.referral_id).await?;
+                if live.etag != footing.etag {
+                    let referral_id = footing.referral_id.clone();
+                    self.conflict_round(&mut writing.conflict_rounds, &referral_id)?;
+                    self.replan(item, writing, live)?;
+                    return Ok(None);
+                }
+                live.document
+            }
+        };
+        let body = put_body(&live, &writing.plan.ops)
+            .map_err(|message| Stop::failed(Some(&footing.referral_id), message))?;
+        let ctx = self.ctx(ext);
+        let sent = client.put(&ctx, &footing.referral_id, &footing.etag, &body);
+        Ok(Some(sent.await))
+    }
+
+    /// A 412: the referral changed in Partner Center; read it and plan
+    /// against it.
+    async fn after_conflict(
+        &self,
+        client: &ApiClient,
+        item: &WorkItem,
+        writing: &mut Writing,
+    ) -> Result<(), Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let referral_id = writing.footing.referral_id.clone();
+        self.conflict_round(&mut writing.conflict_rounds, &referral_id)?;
+        info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, round = writing.conflict_rounds, "412: the referral changed in Partner Center; merging three ways");
+        let live = self.get_live(client, ext, &referral_id).await?;
+        self.replan(item, writing, live)
+    }
+
+    /// A write whose outcome is unknown: after a pause, read the referral,
+    /// settle the write against it and plan again; out of attempts, the
+    /// record fails.
+    async fn after_unknown(
+        &self,
+        client: &ApiClient,
+        item: &WorkItem,
+        writing: &mut Writing,
+        intent: &WriteIntent,
+        unknown: &mut RetrySchedule,
+        reason: &str,
+    ) -> Result<(), Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let referral_id = writing.footing.referral_id.clone();
+        Counters::add(&self.counters.retried, 1);
+        let Some(delay) = unknown.next_delay() else {
+            return Err(Stop::failed(
+                Some(&referral_id),
+                format!(
+                    "write outcome unknown and retries exhausted: {reason}; the next cycle reads the referral and settles the write before sending again"
+                ),
+            ));
+        };
+        info!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, wait_ms = delay.as_millis() as u64, reason = %reason, "write outcome unknown; reading the referral before retrying");
+        tokio::time::sleep(delay).await;
+        let live = self.get_live(client, ext, &referral_id).await?;
+        if self.recover(ext, intent, &mut writing.footing, &live)? {
+            writing.sent_all();
+        }
+        self.replan(item, writing, live)
+    }
+
+    /// Keep what Partner Center acknowledged: the base, its eTag and the
+    /// CRM's document advance together.
+    fn settle(
+        &self,
+        item: &WorkItem,
+        mut writing: Writing,
+        settled: Settled,
+    ) -> Result<RecordOutcome, Stop> {
+        let ext = item.mapped.external_id.as_str();
+        let (outcome, state) = writing.outcome(ext);
+        let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
+        let (etag, base) = (settled.etag.as_deref(), settled.base.as_ref());
+        let refused: Vec<String> = writing
+            .plan
+            .rejected
+            .iter()
+            .filter(|r| r.path == "/status")
+            .map(|r| r.path.clone())
+            .take(1)
+            .collect();
+        let referral_id = writing.footing.referral_id.as_str();
+        let applied = Applied {
+            referral_id,
+            etag,
+            base,
+            snapshot: &item.mapped.document,
+            refused: &refused,
+            desired_hash: &item.hash,
+            state,
+            error: error.as_deref(),
+        };
+        self.recorder
+            .write(|store| store.record_applied(ext, &applied).map_err(Stop::from))?;
+        self.event(
+            ext,
+            "settled",
+            serde_json::json!({
+                "referralId": referral_id, "eTag": etag, "state": state.as_str(),
+                "error": error, "baseKnown": base.is_some(),
+            }),
+        )?;
+        if state == SyncState::Invalid {
+            warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
+        } else if outcome.action == Action::Update {
+            debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, ops = outcome.patch.len(), "referral updated");
+        }
+        Ok(outcome)
+    }
+}
+
+/// A request's answer: the referral, or `None` after a 204.
+type Answer = Result<Option<Referral>, ApiError>;
+
+/// A write across its rounds: the latest plan, what was sent, and the
+/// conflicts and drift of every round (one per path).
+struct Writing {
+    footing: Footing,
+    plan: Plan,
+    sent: Vec<Op>,
+    conflicts: Vec<merge::Conflict>,
+    drift: Vec<merge::Drift>,
+    conflict_rounds: u32,
+}
+
+/// What Partner Center holds once the write is in: the base, and the eTag
+/// that goes with it (`None` after a 204, which carries neither eTag nor
+/// representation).
+struct Settled {
+    etag: Option<String>,
+    base: Option<Value>,
+}
+
+impl Writing {
+    fn new(footing: Footing, mut plan: Plan) -> Writing {
+        Writing {
+            conflicts: std::mem::take(&mut plan.conflicts),
+            drift: std::mem::take(&mut plan.drift),
+            footing,
+            plan,
+            sent: Vec::new(),
+            conflict_rounds: 0,
+        }
+    }
+
+    /// The latest plan's ops were taken (or, in a plan, would be sent).
+    fn sent_all(&mut self) {
+        self.sent.extend(self.plan.ops.iter().cloned());
+    }
+
+    /// What the referral holds when there is nothing (more) to send.
+    fn holds(&self, managed: &ManagedPaths) -> Settled {
+        let footing = &self.footing;
+        let base = footing.live.as_ref().map_or_else(
+            || footing.base.clone(),
+            |live| ownership::project(live, managed),
+        );
+        Settled {
+            etag: Some(footing.etag.clone()),
+            base: Some(base),
+        }
+    }
+
+    /// The record's outcome and the state it settles in; what was sent,
+    /// the conflicts and the drift move into the outcome.
+    fn outcome(&mut self, ext: &str) -> (RecordOutcome, SyncState) {
+        let plan = &self.plan;
         let mut outcome = RecordOutcome::new(Some(ext.to_owned()), Action::Update);
-        outcome.referral_id = Some(footing.referral_id.clone());
-        outcome.patch = sent;
-        outcome.conflicts = conflicts;
-        outcome.drift = drift;
+        outcome.referral_id = Some(self.footing.referral_id.clone());
+        outcome.patch = std::mem::take(&mut self.sent);
+        outcome.conflicts = std::mem::take(&mut self.conflicts);
+        outcome.drift = std::mem::take(&mut self.drift);
         outcome.errors = plan
             .rejected
             .iter()
@@ -1103,45 +1322,7 @@ impl Pusher {
         if outcome.patch.is_empty() && plan.rejected.is_empty() {
             outcome.action = Action::Unchanged;
         }
-        if self.writer().is_none() {
-            return Ok(outcome);
-        }
-        let error = (!outcome.errors.is_empty()).then(|| outcome.errors.join("; "));
-        let (etag, base) = (settled.0.as_deref(), settled.1.as_ref());
-        let refused: Vec<String> = plan
-            .rejected
-            .iter()
-            .filter(|r| r.path == "/status")
-            .map(|r| r.path.clone())
-            .take(1)
-            .collect();
-        self.store()?.record_applied(
-            ext,
-            &Applied {
-                referral_id: &footing.referral_id,
-                etag,
-                base,
-                snapshot: &item.mapped.document,
-                refused: &refused,
-                desired_hash: &item.hash,
-                state,
-                error: error.as_deref(),
-            },
-        )?;
-        self.event(
-            ext,
-            "settled",
-            serde_json::json!({
-                "referralId": footing.referral_id, "eTag": etag, "state": state.as_str(),
-                "error": error, "baseKnown": base.is_some(),
-            }),
-        )?;
-        if state == SyncState::Invalid {
-            warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
-        } else if outcome.action == Action::Update {
-            debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %footing.referral_id, ops = outcome.patch.len(), "referral updated");
-        }
-        Ok(outcome)
+        (outcome, state)
     }
 }
 
@@ -1303,23 +1484,14 @@ fn now_rfc3339() -> String {
 
 /// A failure of the write itself: the service said no, so the write was not
 /// applied.
-fn refused(stop: Stop) -> Stop {
-    match stop {
-        Stop::Failed {
-            referral_id,
-            message,
-            status,
-            code,
-            ..
-        } => Stop::Failed {
-            referral_id,
-            message,
-            status,
-            code,
-            refused: status.is_some(),
-        },
-        other => other,
+fn refused(mut stop: Stop) -> Stop {
+    if let Stop::Failed {
+        status, refused, ..
+    } = &mut stop
+    {
+        *refused = status.is_some();
     }
+    stop
 }
 
 /// Add the conflicts of a merge round to those of earlier rounds, one per
@@ -1421,13 +1593,7 @@ fn api_stop(referral_id: Option<&str>, error: &ApiError) -> Stop {
         ApiError::PreconditionFailed { .. } => (Some(412), Some("preconditionFailed".into())),
         _ => (None, None),
     };
-    Stop::Failed {
-        referral_id: referral_id.map(str::to_owned),
-        message: error.to_string(),
-        status,
-        code,
-        refused: false,
-    }
+    Stop::answered(referral_id, error.to_string(), status, code)
 }
 
 #[cfg(test)]
