@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -68,14 +68,21 @@ async fn insert_referral(State(state): Shared, body: Bytes) -> Result<Response, 
     Ok((StatusCode::CREATED, axum::Json(inserted)).into_response())
 }
 
-/// Someone editing the referral in Partner Center.
+/// Someone editing the referral in Partner Center; with `If-Match`, only
+/// the version the edit was made from (412 otherwise).
 async fn edit_referral(
     State(state): Shared,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Rejection> {
     let edit = parse(&body)?;
-    let edited = state.write(|referrals, mint| referrals.seller_edit(&id, &edit, mint))?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let edited = state
+        .write(|referrals, mint| referrals.seller_edit(&id, &edit, if_match.as_deref(), mint))?;
     Ok(axum::Json(edited).into_response())
 }
 

@@ -21,7 +21,7 @@
 //! | `GET /_admin/referrals`, `GET /_admin/referrals/{id}` | stored referrals (no `links`), `{"value": [...]}` |
 //! | `POST /_admin/referrals` | insert a referral as is (201); 409 if the id exists |
 //! | `DELETE /_admin/referrals/{id}` | the referral is gone (204) |
-//! | `POST /_admin/referrals/{id}/edit` | a seller's edit: any JSON Patch op, no status rules, new eTag |
+//! | `POST /_admin/referrals/{id}/edit` | a seller's edit: any JSON Patch op, no status rules, new eTag; with `If-Match`, 412 unless it names the current eTag |
 //! | `GET /_admin/requests[?since=SEQ]`, `DELETE /_admin/requests` | the journal ([`JournalEntry`]) |
 //! | `GET`, `POST`, `DELETE /_admin/faults` | fault rules ([`faults`]) with `matched`/`fired` counters |
 //! | `POST /_admin/tokens/expire` | every access token expires now |

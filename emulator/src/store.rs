@@ -243,15 +243,21 @@ impl ReferralStore {
     }
 
     /// Someone editing the referral in Partner Center: any JSON Patch
-    /// operation, no status rules, but a new eTag like any write.
+    /// operation, no status rules, but a new eTag like any write. With
+    /// `if_match`, only on the version the edit was made from (a seller
+    /// saving a page loaded before someone else's write gets 412).
     pub fn seller_edit(
         &mut self,
         id: &str,
         body: &Value,
+        if_match: Option<&str>,
         mint: &mut dyn Mint,
     ) -> Result<Value, Rejection> {
         let before = self.existing(id)?;
         let operations = rules::parse_seller_edit(body)?;
+        if let Some(if_match) = if_match {
+            check_if_match(id, if_match, &before.document)?;
+        }
         let after = rules::apply_patch(&before.document, &operations)?;
         Ok(self.save(id, after, mint))
     }
@@ -571,10 +577,27 @@ mod tests {
             {"op": "replace", "path": "/substatus", "value": "Accepted"},
             {"op": "remove", "path": "/name"},
         ]);
-        let edited = store.seller_edit(id, &edit, &mut mint).unwrap();
+        let edited = store.seller_edit(id, &edit, None, &mut mint).unwrap();
         assert_eq!(edited["status"], "Closed");
         assert!(edited.get("name").is_none());
         assert_ne!(edited["eTag"], created["eTag"]);
+    }
+
+    #[test]
+    fn a_seller_edit_with_if_match_applies_only_to_that_version() {
+        let mut mint = mint();
+        let (mut store, created) = store_with_one(&mut mint);
+        let id = created["id"].as_str().unwrap();
+        let etag = created["eTag"].as_str().unwrap();
+        let edit = json!([{"op": "add", "path": "/name", "value": "seller"}]);
+        let edited = store.seller_edit(id, &edit, Some(etag), &mut mint).unwrap();
+        assert_eq!(edited["name"], "seller");
+        let again = json!([{"op": "add", "path": "/name", "value": "stale"}]);
+        assert!(matches!(
+            store.seller_edit(id, &again, Some(etag), &mut mint),
+            Err(Rejection::PreconditionFailed { .. })
+        ));
+        assert_eq!(store.get(id).unwrap()["name"], "seller");
     }
 
     #[test]
@@ -694,6 +717,7 @@ mod tests {
             .seller_edit(
                 "a",
                 &json!([{"op": "add", "path": "/x", "value": 1}]),
+                None,
                 &mut mint,
             )
             .unwrap();

@@ -726,6 +726,25 @@ async fn a_seller_edit_bumps_the_etag_so_the_old_one_is_stale() {
 }
 
 #[tokio::test]
+async fn a_seller_edit_under_if_match_is_refused_once_the_referral_moved_on() {
+    let emulator = Emulator::start(&[]);
+    let before = emulator.stored(CONTOSO).await;
+    let edit = |value: &str, etag: &str| {
+        emulator
+            .client
+            .post(emulator.admin(&format!("/referrals/{CONTOSO}/edit")))
+            .header("If-Match", etag.to_owned())
+            .json(&json!([{"op": "replace", "path": "/name", "value": value}]))
+            .send()
+    };
+    let first = edit("first", &etag(&before)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let stale = edit("stale", &etag(&before)).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(emulator.stored(CONTOSO).await["name"], "first");
+}
+
+#[tokio::test]
 async fn admin_inserts_and_removes_referrals() {
     let emulator = Emulator::start(&[]);
     let inserted = emulator

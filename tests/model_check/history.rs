@@ -22,8 +22,16 @@ pub enum Fault {
     /// The record's first PATCH of the cycle is held before it is
     /// handled; meanwhile the seller makes this edit, so the PATCH meets a
     /// new eTag (412). With no PATCH in the cycle (or no referral yet) the
-    /// edit is made after it.
-    Race { record: usize, edit: SellerEdit },
+    /// edit is made after it. `saves_late` (hand-written histories only):
+    /// the seller reads the referral while the PATCH is held and saves
+    /// only once the PATCH was applied, the order a loaded machine may
+    /// give any race (the save is refused with 412 and made again from a
+    /// new read).
+    Race {
+        record: usize,
+        edit: SellerEdit,
+        saves_late: bool,
+    },
     /// `429` with `Retry-After`.
     Throttle {
         method: &'static str,
@@ -74,9 +82,18 @@ impl Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Race { record, edit } => write!(
+            Fault::Race {
+                record,
+                edit,
+                saves_late,
+            } => write!(
                 f,
-                "412 race: record {record}'s seller edit ({edit}) while the first PATCH waits"
+                "412 race: record {record}'s seller edit ({edit}) while the first PATCH waits{}",
+                if *saves_late {
+                    ", read while it waits and saved once it was applied"
+                } else {
+                    ""
+                }
             ),
             Fault::Throttle {
                 method,
@@ -529,6 +546,7 @@ impl Generator {
             0 | 1 => Fault::Race {
                 record,
                 edit: self.seller_edit(members_added),
+                saves_late: false,
             },
             // Retry-After 1 costs a second of wall time: rarer.
             2 | 3 => Fault::Throttle {

@@ -127,6 +127,19 @@ impl<F: Future> Future for Cut<F> {
     }
 }
 
+/// How many times a seller edit is made again from a new read after a
+/// 412; only a write between the read and the edit causes one, and a
+/// cycle makes few.
+const SELLER_EDIT_ATTEMPTS: u32 = 20;
+
+/// What one try of a seller edit came to.
+enum Edited {
+    /// Applied, or skipped (with why).
+    Done(Option<String>),
+    /// Refused with 412: the referral changed since it was read.
+    Stale,
+}
+
 /// One referral-sync "process": the store opened from its file, a client
 /// and an engine.
 struct Process {
@@ -156,6 +169,9 @@ pub struct Sim {
     last_seller_keys: Vec<Key>,
     /// The race fault's seller edit was made during this cycle.
     race_done: bool,
+    /// A race that saves late: the referral whose held PATCH the seller's
+    /// next edit, once read, waits to see applied before it is saved.
+    save_after_patch: Option<String>,
     tally: Tally,
 }
 
@@ -329,6 +345,7 @@ max_missing_ratio = 1.0
             log: Vec::new(),
             last_seller_keys: Vec::new(),
             race_done: false,
+            save_after_patch: None,
             tally: Tally::default(),
         };
         sim.write_crm()?;
@@ -452,9 +469,22 @@ max_missing_ratio = 1.0
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), String> {
+        self.admin_if_match(method, path, body, None).await
+    }
+
+    async fn admin_if_match(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<(u16, Value), String> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(if_match) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, if_match);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -511,12 +541,43 @@ max_missing_ratio = 1.0
         Ok(referrals)
     }
 
-    /// A seller's edit of record `record`'s referral, made now.
+    /// A seller's edit of record `record`'s referral, made now. A seller
+    /// saves what they loaded: the edit is made from a read of the referral
+    /// and sent under its eTag, and made again from a new read when a write
+    /// came in between (a race's PATCH let go, say). Sent blind, an edit
+    /// made from a stale read could undo that write: an append made while
+    /// the team was absent adds the whole team, replacing the CRM contact
+    /// the PATCH had just added, and the model would expect that contact.
     async fn seller_edit(
         &mut self,
         record: usize,
         edit: &SellerEdit,
     ) -> Result<Option<String>, String> {
+        for attempt in 0..SELLER_EDIT_ATTEMPTS {
+            if let Edited::Done(note) = self.seller_edit_from_a_read(record, edit).await? {
+                if attempt == 0 {
+                    return Ok(note);
+                }
+                let again = format!(
+                    "the seller's save met a new eTag and was made again from a new read ({attempt}x)"
+                );
+                return Ok(Some(match note {
+                    Some(n) => format!("{again}; {n}"),
+                    None => again,
+                }));
+            }
+        }
+        Err(format!(
+            "the seller edit ({edit}) was refused with 412 {SELLER_EDIT_ATTEMPTS} times"
+        ))
+    }
+
+    /// One try of [`Sim::seller_edit`].
+    async fn seller_edit_from_a_read(
+        &mut self,
+        record: usize,
+        edit: &SellerEdit,
+    ) -> Result<Edited, String> {
         self.last_seller_keys.clear();
         let referrals = self.observe(&[]).await?;
         let ext = self.models[record].external_id.clone();
@@ -525,7 +586,9 @@ max_missing_ratio = 1.0
             .find(|r| r["externalReferenceId"].as_str() == Some(ext.as_str()))
             .cloned()
         else {
-            return Ok(Some("no referral yet: the seller edit is skipped".into()));
+            return Ok(Edited::Done(Some(
+                "no referral yet: the seller edit is skipped".into(),
+            )));
         };
         let id = live["id"].as_str().unwrap_or_default().to_owned();
         let model = &self.models[record];
@@ -546,14 +609,14 @@ max_missing_ratio = 1.0
             }
             SellerEdit::Contact(member, k) => {
                 let Some(email) = model.contact_email.clone() else {
-                    return Ok(Some(
+                    return Ok(Edited::Done(Some(
                         "the CRM has no contact: the seller edit is skipped".into(),
-                    ));
+                    )));
                 };
                 let Some(index) = team_index(&live, &email) else {
-                    return Ok(Some(format!(
+                    return Ok(Edited::Done(Some(format!(
                         "no team member {email} yet: the seller edit is skipped"
-                    )));
+                    ))));
                 };
                 let value = member.seller_value(*k);
                 (
@@ -585,14 +648,14 @@ max_missing_ratio = 1.0
             }
             SellerEdit::EditMember { pick, k } => {
                 let Some(email) = model.seller_member_email(*pick) else {
-                    return Ok(Some(
+                    return Ok(Edited::Done(Some(
                         "no seller-added member: the seller edit is skipped".into(),
-                    ));
+                    )));
                 };
                 let Some(index) = team_index(&live, &email) else {
-                    return Ok(Some(format!(
+                    return Ok(Edited::Done(Some(format!(
                         "seller-added member {email} is gone: the seller edit is skipped"
-                    )));
+                    ))));
                 };
                 let value = json!(format!("Partner{k}b"));
                 (
@@ -613,9 +676,9 @@ max_missing_ratio = 1.0
                     SellerStatus::Close(_) => may_move(from, to),
                 };
                 if !allowed {
-                    return Ok(Some(format!(
+                    return Ok(Edited::Done(Some(format!(
                         "the referral is {from}: the seller's move to {to} is skipped"
-                    )));
+                    ))));
                 }
                 (
                     vec![
@@ -626,13 +689,21 @@ max_missing_ratio = 1.0
                 )
             }
         };
+        if let Some(referral) = self.save_after_patch.take() {
+            self.wait_until_patch_applied(&referral).await?;
+        }
+        let etag = live["eTag"].as_str().unwrap_or_default();
         let (status, body) = self
-            .admin(
+            .admin_if_match(
                 reqwest::Method::POST,
                 &format!("/_admin/referrals/{id}/edit"),
                 Some(Value::Array(ops.clone())),
+                Some(etag),
             )
             .await?;
+        if status == 412 {
+            return Ok(Edited::Stale);
+        }
         if status != 200 {
             return Err(format!(
                 "the seller edit {} was refused: {status} {body}",
@@ -653,7 +724,7 @@ max_missing_ratio = 1.0
                 Learn::Renamed(email, value) => model.seller_renamed_member(&email, value),
             }
         }
-        Ok(None)
+        Ok(Edited::Done(None))
     }
 
     // -----------------------------------------------------------------
@@ -736,7 +807,7 @@ max_missing_ratio = 1.0
         // A race whose PATCH never came: the seller's edit comes after the
         // cycle instead.
         let mut note = note;
-        if let Some(Fault::Race { record, edit }) = fault
+        if let Some(Fault::Race { record, edit, .. }) = fault
             && !self.race_done
         {
             let edited = self.seller_edit(*record, edit).await?;
@@ -802,7 +873,11 @@ max_missing_ratio = 1.0
         };
         let mut race_note = None;
         let result = match fault {
-            Some(Fault::Race { record, edit }) => {
+            Some(Fault::Race {
+                record,
+                edit,
+                saves_late,
+            }) => {
                 let watcher = wait_for_held_patch(
                     self.http.clone(),
                     self.base.clone(),
@@ -819,6 +894,9 @@ max_missing_ratio = 1.0
                     Err(result) => result,
                     Ok(held) => {
                         held?;
+                        if *saves_late {
+                            self.save_after_patch = race_referral.clone();
+                        }
                         race_note = self.seller_edit(*record, edit).await?;
                         self.race_done = true;
                         self.pin_race_order(*record, race_referral.as_deref(), &mut race_note)
@@ -897,6 +975,23 @@ max_missing_ratio = 1.0
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Until `referral`'s PATCH is no longer held and the service has
+    /// answered it.
+    async fn wait_until_patch_applied(&self, referral: &str) -> Result<(), String> {
+        let started = Instant::now();
+        while self.journal().await?.iter().any(|e| {
+            e["method"] == "PATCH"
+                && e["outcome"] == "in_progress"
+                && e["path"].as_str().is_some_and(|p| p.ends_with(referral))
+        }) {
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(format!("the PATCH of {referral} is still held after 5 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     /// After a race edit: if the held PATCH is no longer held, it may have
@@ -1009,7 +1104,12 @@ max_missing_ratio = 1.0
                 Some(format!("finished within {delay:?}, before the kill")),
                 Vec::new(),
             ));
-        } else if let Some(Fault::Race { record, edit }) = fault {
+        } else if let Some(Fault::Race {
+            record,
+            edit,
+            saves_late,
+        }) = fault
+        {
             let watcher =
                 wait_for_held_patch(self.http.clone(), self.base.clone(), race_referral.clone());
             let output = child.wait_with_output();
@@ -1019,6 +1119,9 @@ max_missing_ratio = 1.0
                 out = &mut output => out,
                 held = &mut watcher => {
                     held?;
+                    if *saves_late {
+                        self.save_after_patch = race_referral.clone();
+                    }
                     race_note = self.seller_edit(*record, edit).await?;
                     self.race_done = true;
                     self.pin_race_order(*record, race_referral.as_deref(), &mut race_note).await?;

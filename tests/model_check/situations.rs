@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::crm::{AddressField, Contact, CrmEdit, ExportShape, Lead};
-use crate::history::{History, Kill, Profile, Start, Step, lead_id};
+use crate::history::{Fault, History, Kill, Profile, Start, Step, lead_id};
 use crate::seller::{SellerEdit, SellerStatus};
 
 fn lead() -> Lead {
@@ -51,6 +51,18 @@ fn seller(edit: SellerEdit) -> Step {
     Step::Seller { record: 0, edit }
 }
 
+/// A cycle whose PATCH is held while a seller reads the referral, the
+/// seller's edit saved only once the PATCH was applied.
+fn race_saved_late(edit: SellerEdit) -> Step {
+    Step::Cycle {
+        fault: Some(Fault::Race {
+            record: 0,
+            edit,
+            saves_late: true,
+        }),
+    }
+}
+
 pub fn all() -> Vec<History> {
     let adopted = |lead: &Lead| {
         json!({
@@ -70,6 +82,12 @@ pub fn all() -> Vec<History> {
     };
     let mut no_contact = lead();
     no_contact.contact = None;
+    let ann = Contact {
+        email: "contact3@customer.example".into(),
+        first: 0,
+        last: None,
+        phone: None,
+    };
     vec![
         // 1. Adoption, then the CRM fills a member whose parent the
         // snapshot lacks: a whole-member add would replace the address.
@@ -165,7 +183,7 @@ pub fn all() -> Vec<History> {
             "4: a refused status resent forever",
             4,
             Start {
-                lead: no_contact,
+                lead: no_contact.clone(),
                 existing: None,
             },
             vec![
@@ -174,6 +192,46 @@ pub fn all() -> Vec<History> {
                 crm(CrmEdit::Status(2)),
                 cycle(),
                 crm(CrmEdit::Amount(3000)),
+                cycle(),
+            ],
+        ),
+        // The race's other order (model seed 229): the seller reads a
+        // referral without a team while our PATCH adding the CRM's
+        // contact is held, and saves after it was applied. Saved blind,
+        // the seller's append was an add of the whole team that dropped
+        // the contact the PATCH had just added, and the model still
+        // expected it: the harness's edit, not the sync, lost it.
+        history(
+            "race: a seller's append saved after the held PATCH",
+            229,
+            Start {
+                lead: no_contact.clone(),
+                existing: None,
+            },
+            vec![
+                cycle(),
+                crm(CrmEdit::NewContact(ann)),
+                race_saved_late(SellerEdit::AddMember(1)),
+                crm(CrmEdit::ContactPhone(Some(2))),
+                cycle(),
+            ],
+        ),
+        // The same order for the status (model seed 315): our PATCH closes
+        // the referral, the seller's close read before it is saved after
+        // it, then the seller closes it otherwise: the CRM's close landed
+        // before both seller edits, so the seller's last one stands.
+        history(
+            "race: a seller's close saved after the held PATCH",
+            315,
+            Start {
+                lead: no_contact,
+                existing: None,
+            },
+            vec![
+                cycle(),
+                crm(CrmEdit::Status(6)),
+                race_saved_late(SellerEdit::Status(SellerStatus::Close("Won"))),
+                seller(SellerEdit::Status(SellerStatus::Close("Lost"))),
                 cycle(),
             ],
         ),
