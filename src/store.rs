@@ -1388,7 +1388,11 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(plan, ["SCAN records USING COVERING INDEX records_brief"]);
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("COVERING INDEX records_brief")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Pass one of a cycle: read the whole export, map and validate every
 //! record, and decide which records need work — before anything is sent.
 //!
-//! Memory stays flat as the export grows: per record only a 128-bit key of
-//! its id, where it occurred and its [`Verdict`] are kept (40 bytes, in one
-//! vector sorted once the read is done), besides 16-byte keys of what the
-//! store knows (each record's id, each settled record's id and desired
-//! hash, each trusted fingerprint). Documents of records that need work are
+//! Memory stays flat as the export grows: per record of the export only a
+//! 128-bit key of its id, where it occurred and its [`Verdict`] are kept
+//! (40 bytes, in one vector sorted once the read is done), and per record
+//! of the store what it is settled with and its trusted fingerprint (56
+//! bytes, [`StoreKnows`]). Documents of records that need work are
 //! retained up to a budget; beyond it the push phase reads the export a
 //! second time.
 //!
@@ -91,10 +91,12 @@ impl DocHash {
 /// every record of the store each cycle, so a hash built for speed (a
 /// tenth of BLAKE3's time on an id). Two ids of one export collide with
 /// probability about n² / 2¹²⁹ — for a million ids, 10⁻²⁷. XXH3 is not
-/// built to resist chosen collisions; ids are the CRM's GUIDs, not chosen
-/// by whoever writes a record, and a collision would still need the two
-/// records' desired documents (which carry the id) to hash alike by
-/// BLAKE3 before a record was wrongly taken as unchanged.
+/// built to resist chosen collisions, and an id need not be a GUID; what a
+/// collision would do: two ids of the export sharing a key are reported as
+/// one duplicated id and neither is sent (loud, not lost), and an export
+/// record wrongly taken as unchanged would need, besides its id key, the
+/// 128-bit fingerprint of its bytes to equal the one kept for the other
+/// record, or its desired document to hash alike by BLAKE3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 /// Kept as one integer so that sorting and searching compare integers.
 struct IdKey(u128);
@@ -156,24 +158,28 @@ impl StoreKnows {
         let _snapshot = read_snapshot(store)?;
         let mut records = Vec::new();
         store.for_each_known(&mut |record| {
-            let id = IdKey::of(record.external_id).halves();
+            let mut known = Known {
+                id: IdKey::of(record.external_id).halves(),
+                settled: None,
+                fingerprint: None,
+            };
             // A hash that is not one (the store was edited by hand) keeps
             // its record out: it is taken up as outdated.
-            let settled = record.settled.filter(|_| !resync).and_then(|text| {
-                let hash = DocHash::from_hex(text)?;
-                Some((text, hash))
-            });
-            let fingerprint = record
-                .fingerprint
-                .filter(|_| skip)
-                .zip(settled)
-                .filter(|((_, maps_to), (text, _))| maps_to == text)
-                .and_then(|((fingerprint, _), _)| <[u8; 16]>::try_from(fingerprint).ok());
-            records.push(Known {
-                id,
-                settled: settled.map(|(_, hash)| hash),
-                fingerprint,
-            });
+            if let Some(text) = record.settled
+                && !resync
+                && let Some(hash) = DocHash::from_hex(text)
+            {
+                known.settled = Some(hash);
+                // Trusted only while the record is settled with the very
+                // hash its kept fingerprint maps to.
+                if let Some((fingerprint, maps_to)) = record.fingerprint
+                    && skip
+                    && maps_to == text
+                {
+                    known.fingerprint = <[u8; 16]>::try_from(fingerprint).ok();
+                }
+            }
+            records.push(known);
         })?;
         Ok(StoreKnows::new(records))
     }
@@ -1377,6 +1383,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn the_prefilter_normalises_any_id_as_the_mapping_does(
+            text in "[ {}]{0,2}[0-9a-fA-F-]{0,40}[ {}]{0,2}|urn:uuid:[0-9a-f-]{36}|\\PC{0,40}"
+        ) {
+            use crate::mapping::normalise_external_id;
+            proptest::prop_assert_eq!(
+                with_normalised_id(&text, str::to_owned),
+                normalise_external_id(&text)
+            );
+        }
+    }
+
     #[test]
     fn what_the_store_knows_is_found_by_id_and_nothing_else_is() {
         for count in [0u32, 1, 2, 3, 1000, 70_000] {
@@ -1420,8 +1439,17 @@ mod tests {
             over_budget: false,
         };
         assert!(read.keep_unique().is_empty());
-        // 3 is in the export on a row that could not be read well: not missing.
-        read.scan.record_errors = Vec::new();
+        // 2 is in the export on a row that could not be mapped, 3 more than
+        // once: neither is missing.
+        read.scan.record_errors = vec![RecordError {
+            external_id: Some(id(2)),
+            location: RecordLocation {
+                file: PathBuf::from("export.json"),
+                line: 3,
+                ordinal: 3,
+            },
+            problems: Vec::new(),
+        }];
         let repeated = vec![vec![seen(3), seen(3)]];
         let known = StoreKnows::new(
             keys.iter()
@@ -1433,7 +1461,7 @@ mod tests {
                 .collect(),
         );
         read.count_missing(&known, &repeated);
-        assert_eq!((read.scan.known, read.scan.missing_from_export), (6, 2));
+        assert_eq!((read.scan.known, read.scan.missing_from_export), (6, 1));
     }
 
     #[test]

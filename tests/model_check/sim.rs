@@ -692,7 +692,9 @@ max_missing_ratio = 1.0
         if let Some(referral) = self.save_after_patch.take() {
             self.wait_until_patch_applied(&referral).await?;
         }
-        let etag = live["eTag"].as_str().unwrap_or_default();
+        let Some(etag) = live["eTag"].as_str() else {
+            return Err(format!("referral {id} was read without an eTag: {live}"));
+        };
         let (status, body) = self
             .admin_if_match(
                 reqwest::Method::POST,
