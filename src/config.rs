@@ -587,7 +587,7 @@ impl Settings {
         let sync = validate_sync(raw.sync)?;
         let create_defaults = validate_create(&raw.create, sync.create_missing)?;
         let schedule = ScheduleSettings::parse(&raw.schedule.cron, &raw.schedule.timezone)?;
-        check_shutdown_grace(raw.daemon.shutdown_grace_secs)?;
+        let shutdown_grace = shutdown_grace(raw.daemon.shutdown_grace_secs)?;
         let log = validate_log(raw.log)?;
         let metrics = metrics_settings(raw.metrics, resolve)?;
         let mapping = MappingSpec::default_for(raw.export.entity).overlay(raw.mapping);
@@ -610,7 +610,7 @@ impl Settings {
             sync,
             create_defaults,
             schedule,
-            shutdown_grace: Duration::from_secs_f64(raw.daemon.shutdown_grace_secs),
+            shutdown_grace,
             log,
             mapping,
             mapper: Arc::new(mapper),
@@ -742,14 +742,15 @@ fn validate_create(
     })
 }
 
-fn check_shutdown_grace(secs: f64) -> Result<(), ConfigError> {
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(invalid(
+/// A number of seconds too large for a `Duration` (1e30) is refused like a
+/// negative one, instead of panicking where it is converted.
+fn shutdown_grace(secs: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        invalid(
             "daemon.shutdown_grace_secs",
             "must be a non-negative number",
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 fn validate_log(raw: RawLog) -> Result<LogSettings, ConfigError> {
@@ -859,10 +860,9 @@ fn validate_api(raw: RawApi) -> Result<ApiSettings, ConfigError> {
         }
     }
     let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(invalid(key, "must be a positive number of seconds"))
+        match Duration::try_from_secs_f64(v) {
+            Ok(duration) if v > 0.0 => Ok(duration),
+            _ => Err(invalid(key, "must be a positive number of seconds")),
         }
     };
     Ok(ApiSettings {
@@ -1042,6 +1042,41 @@ mod tests {
             // Loading builds the mapping too.
             Settings::load_with_env(&root.join(file), Some(HashMap::new()))
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+
+    #[test]
+    fn seconds_too_large_for_a_duration_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (table, key, message) in [
+            (
+                "daemon",
+                "shutdown_grace_secs",
+                "must be a non-negative number",
+            ),
+            (
+                "api",
+                "request_timeout_secs",
+                "must be a positive number of seconds",
+            ),
+            (
+                "api",
+                "connect_timeout_secs",
+                "must be a positive number of seconds",
+            ),
+        ] {
+            for value in ["1e30", "-1.0", "nan"] {
+                let text = format!("{MINIMAL}\n[{table}]\n{key} = {value}\n");
+                let path = write(dir.path(), &text);
+                let error = Settings::load_with_env(&path, Some(HashMap::new()))
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    error.contains(&format!("{table}.{key}")) && error.contains(message),
+                    "{table}.{key} = {value}: {error}"
+                );
+            }
         }
     }
 
