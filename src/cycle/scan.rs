@@ -27,7 +27,7 @@ use crate::export::{
     self, ExportError, ExportOptions, ExportSummary, Place, Prefilter, RawFingerprint, Record,
     RecordLocation,
 };
-use crate::mapping::{MappedRecord, Mapper, RecordError};
+use crate::mapping::{MappedRecord, Mapper, RecordError, with_normalised_external_id};
 use crate::store::{Store, StoreError};
 use serde_json::Value;
 
@@ -340,6 +340,15 @@ impl Seen {
     fn id(&self) -> IdKey {
         IdKey::from_halves(self.id)
     }
+
+    /// Where it occurred, its file looked up in `files` ([`Scan::files`]).
+    fn location(&self, files: &[PathBuf]) -> RecordLocation {
+        RecordLocation {
+            file: files.get(self.file as usize).cloned().unwrap_or_default(),
+            line: self.line,
+            ordinal: self.ordinal,
+        }
+    }
 }
 
 /// Everything pass one learnt.
@@ -489,15 +498,7 @@ impl Scan {
     }
 
     fn location(&self, seen: &Seen) -> RecordLocation {
-        RecordLocation {
-            file: self
-                .files
-                .get(seen.file as usize)
-                .cloned()
-                .unwrap_or_default(),
-            line: seen.line,
-            ordinal: seen.ordinal,
-        }
+        seen.location(&self.files)
     }
 }
 
@@ -923,12 +924,7 @@ impl ReadExport {
         let mut twins = Vec::new();
         scan.seen.retain(|s| match unmappable.get(&s.id()) {
             Some((id, at)) => {
-                let here = RecordLocation {
-                    file: files.get(s.file as usize).cloned().unwrap_or_default(),
-                    line: s.line,
-                    ordinal: s.ordinal,
-                };
-                let mut places = vec![(*at).clone(), here];
+                let mut places = vec![(*at).clone(), s.location(files)];
                 places.sort_by_key(|p| p.ordinal);
                 twins.push((id.to_string(), places));
                 false
@@ -1036,7 +1032,7 @@ impl Prefilter for KnownRecords<'_> {
     }
 
     fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool {
-        with_normalised_id(id, |external_id| {
+        with_normalised_external_id(id, |external_id| {
             self.known_as(external_id, fingerprint, place)
         })
     }
@@ -1073,18 +1069,6 @@ impl KnownRecords<'_> {
                 .push((place.ordinal, external_id.to_owned()));
         }
         true
-    }
-}
-
-/// `f` of the normalised form of the id `text`, as
-/// [`crate::mapping::normalise_external_id`] gives it, without allocating it: the prefilter
-/// asks for every record of the export.
-fn with_normalised_id<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
-    match uuid::Uuid::try_parse(text.trim()) {
-        Ok(guid) => f(guid
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer())),
-        Err(_) => f(text.trim()),
     }
 }
 
@@ -1358,40 +1342,6 @@ mod tests {
                 Verdict::of(selected, resync, settled),
                 expected,
                 "selected {selected}, resync {resync}, settled {settled}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_prefilter_normalises_an_id_as_the_mapping_does() {
-        use crate::mapping::normalise_external_id;
-        for text in [
-            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-            "3F2504E0-4F89-11D3-9A0C-0305E82C3301",
-            " {3f2504e0-4f89-11d3-9a0c-0305e82c3301} ",
-            "3f2504e04f8911d39a0c0305e82c3301",
-            "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
-            "  L-17 ",
-            "",
-            "3f2504e0-4f89-11d3-9a0c-0305e82c330",
-        ] {
-            assert_eq!(
-                with_normalised_id(text, str::to_owned),
-                normalise_external_id(text),
-                "{text:?}"
-            );
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn the_prefilter_normalises_any_id_as_the_mapping_does(
-            text in "[ {}]{0,2}[0-9a-fA-F-]{0,40}[ {}]{0,2}|urn:uuid:[0-9a-f-]{36}|\\PC{0,40}"
-        ) {
-            use crate::mapping::normalise_external_id;
-            proptest::prop_assert_eq!(
-                with_normalised_id(&text, str::to_owned),
-                normalise_external_id(&text)
             );
         }
     }

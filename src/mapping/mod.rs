@@ -344,7 +344,18 @@ fn mapping_fingerprint(spec: &MappingSpec, entity: Entity, default_currency: &st
 /// Center may hold `externalReferenceId` in another spelling of the same
 /// GUID than the export.
 pub fn normalise_external_id(text: &str) -> String {
-    convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned())
+    with_normalised_external_id(text, str::to_owned)
+}
+
+/// `f` of [`normalise_external_id`]'s answer, without allocating it: pass
+/// one asks for the id of every record of the export.
+pub fn with_normalised_external_id<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
+    match uuid::Uuid::try_parse(text.trim()) {
+        Ok(guid) => f(guid
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())),
+        Err(_) => f(text.trim()),
+    }
 }
 
 /// One referral field and where the mapping reads it from.

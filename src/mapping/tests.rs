@@ -1267,3 +1267,40 @@ fn money_with_more_digits_than_a_referral_holds_is_refused_however_written() {
         );
     }
 }
+
+/// The normalisation as it was written before it stopped allocating.
+fn allocating(text: &str) -> String {
+    super::convert::normalise_guid(text).unwrap_or_else(|_| text.trim().to_owned())
+}
+
+#[test]
+fn an_id_is_normalised_without_allocating_as_the_guid_conversion_does() {
+    for text in [
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "3F2504E0-4F89-11D3-9A0C-0305E82C3301",
+        " {3f2504e0-4f89-11d3-9a0c-0305e82c3301} ",
+        "3f2504e04f8911d39a0c0305e82c3301",
+        "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "  L-17 ",
+        "",
+        "3f2504e0-4f89-11d3-9a0c-0305e82c330",
+    ] {
+        assert_eq!(
+            with_normalised_external_id(text, str::to_owned),
+            allocating(text),
+            "{text:?}"
+        );
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_id_is_normalised_without_allocating_as_the_guid_conversion_does(
+        text in "[ {}]{0,2}[0-9a-fA-F-]{0,40}[ {}]{0,2}|urn:uuid:[0-9a-f-]{36}|\\PC{0,40}"
+    ) {
+            proptest::prop_assert_eq!(
+            with_normalised_external_id(&text, str::to_owned),
+            allocating(&text)
+        );
+    }
+}
