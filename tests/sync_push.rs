@@ -640,11 +640,16 @@ fn policy_cases() -> [PolicyCase; 2] {
 /// CRM its name), synced under the case's policy: the shared set-up of the
 /// conflict policy tests.
 fn changed_on_both_sides(case: &PolicyCase) -> (Emulator, Workspace, Run) {
-    let (emulator, ws) = adopted(1, |ws| {
+    changed_on_both_sides_with(|ws| {
         if let Some(policy) = case.policy {
             ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"{policy}\"\n"));
         }
-    });
+    })
+}
+
+/// The same, with the workspace configured by `configure`.
+fn changed_on_both_sides_with(configure: impl FnOnce(&Workspace)) -> (Emulator, Workspace, Run) {
+    let (emulator, ws) = adopted(1, configure);
     emulator.seller_edit(
         "ref-1",
         json!([replace("/details/dealValue", json!(99999))]),
@@ -1094,20 +1099,10 @@ fn put_sends_the_whole_referral_without_links_under_if_match() {
 
 #[test]
 fn put_keeps_a_remote_win_on_a_field_changed_on_both_sides() {
-    let (emulator, ws) = adopted(1, |ws| {
+    let (emulator, _ws, run) = changed_on_both_sides_with(|ws| {
         ws.set_in_table("api", "update_method = \"put\"");
         ws.edit_config(|text| format!("{text}\n[sync]\nconflict = \"remote-wins\"\n"));
     });
-    emulator.seller_edit(
-        "ref-1",
-        json!([replace("/details/dealValue", json!(99999))]),
-    );
-    let mut deal = open_deal("opp-1", 1500);
-    deal["name"] = json!("Renamed in the CRM");
-    write_deals(&ws, &[deal]);
-
-    let run = ws.run(&["sync", "--output", "json"]);
-    run.assert_code(0);
     // The read before the PUT shows the referral changed since the
     // snapshot: the record is merged three ways before anything is sent.
     let puts = emulator.requests_with_method("PUT");
