@@ -15,6 +15,26 @@ use serde_json::Value;
 use crate::model::Op;
 use crate::ownership::Slot;
 
+/// A transaction a write owns, which it commits, or `None` when it joined
+/// an open one, which commits for it; dropped uncommitted, an owned one
+/// rolls back.
+struct Joined<'c>(Option<rusqlite::Transaction<'c>>);
+
+impl Joined<'_> {
+    fn commit(self) -> rusqlite::Result<()> {
+        self.0.map_or(Ok(()), rusqlite::Transaction::commit)
+    }
+}
+
+/// Keep the fingerprint `?2` of the export record `?1` was read from, with
+/// the desired hash `?3` those bytes map to.
+const RECORD_FINGERPRINT: &str =
+    "INSERT INTO export_fingerprints (external_id, fingerprint, desired_hash)
+     VALUES (?1, ?2, ?3)
+     ON CONFLICT (external_id) DO UPDATE SET
+        fingerprint = excluded.fingerprint,
+        desired_hash = excluded.desired_hash";
+
 /// The records [`Store::for_each_known`] gives as settled.
 const SETTLED: &str = "state IN ('synced', 'invalid') AND desired_hash IS NOT NULL";
 
@@ -137,6 +157,10 @@ pub struct Applied<'a> {
     /// Owned paths whose CRM value Partner Center cannot take (`/status`).
     pub refused: &'a [String],
     pub desired_hash: &'a str,
+    /// The stored fingerprint of the export bytes `snapshot` was mapped
+    /// from, written in the same transaction: trusted from the moment the
+    /// record is settled with `desired_hash`.
+    pub fingerprint: Option<&'a [u8; 16]>,
     /// `Synced`, or `Invalid` when part of the change was refused locally
     /// (then `error` says why).
     pub state: SyncState,
@@ -449,6 +473,32 @@ impl Store {
         &self.conn
     }
 
+    /// Run `writes` as one transaction: each write method it calls joins it
+    /// instead of committing on its own, so all of them land or none does
+    /// (an error, or a panic, rolls every one back), and the store's file
+    /// takes one commit for them all. A `together` inside another joins it.
+    pub fn together<T, E: From<StoreError>>(
+        &self,
+        writes: impl FnOnce(&Store) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self.write_tx()?;
+        let value = writes(self)?;
+        tx.commit().map_err(sqlite_error(&self.path))?;
+        Ok(value)
+    }
+
+    /// The transaction a write of several statements runs in: its own, or
+    /// the one of the [`Store::together`] it is called in.
+    fn write_tx(&self) -> Result<Joined<'_>, StoreError> {
+        if !self.conn.is_autocommit() {
+            return Ok(Joined(None));
+        }
+        self.conn
+            .unchecked_transaction()
+            .map(|tx| Joined(Some(tx)))
+            .map_err(sqlite_error(&self.path))
+    }
+
     fn configure(&self) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         self.conn
@@ -643,10 +693,7 @@ impl Store {
         held: &Value,
         error: &str,
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(sqlite_error(&self.path))?;
+        let tx = self.write_tx()?;
         self.record_problem(
             external_id,
             referral_id,
@@ -733,10 +780,7 @@ impl Store {
         referral_id: Option<&str>,
         error: &str,
     ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(sqlite_error(&self.path))?;
+        let tx = self.write_tx()?;
         self.conn
             .prepare_cached("UPDATE records SET intent = NULL WHERE external_id = ?1")
             .and_then(|mut stmt| stmt.execute([external_id]))
@@ -760,6 +804,7 @@ impl Store {
             snapshot,
             refused,
             desired_hash,
+            fingerprint,
             state,
             error,
         } = *applied;
@@ -767,11 +812,9 @@ impl Store {
         let base = base.map(Value::to_string);
         let refused = (!refused.is_empty())
             .then(|| serde_json::to_string(refused).unwrap_or_else(|_| "[]".into()));
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(sqlite_error(&self.path))?;
-        tx.prepare_cached(
+        let tx = self.write_tx()?;
+        self.conn
+            .prepare_cached(
             "INSERT INTO records (external_id, referral_id, etag, snapshot, desired_hash, state,
                                   last_error, attempts, first_seen_at, updated_at, last_synced_at,
                                   base, intent, refused)
@@ -806,6 +849,14 @@ impl Store {
             ])
         })
         .map_err(sqlite_error(&self.path))?;
+        if let Some(fingerprint) = fingerprint {
+            self.conn
+                .prepare_cached(RECORD_FINGERPRINT)
+                .and_then(|mut stmt| {
+                    stmt.execute(params![external_id, &fingerprint[..], desired_hash])
+                })
+                .map_err(sqlite_error(&self.path))?;
+        }
         tx.commit().map_err(sqlite_error(&self.path))
     }
 
@@ -1049,15 +1100,7 @@ impl Store {
         let err = sqlite_error(&self.path);
         let tx = self.conn.unchecked_transaction().map_err(&err)?;
         {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO export_fingerprints (external_id, fingerprint, desired_hash)
-                     VALUES (?1, ?2, ?3)
-                     ON CONFLICT (external_id) DO UPDATE SET
-                        fingerprint = excluded.fingerprint,
-                        desired_hash = excluded.desired_hash",
-                )
-                .map_err(&err)?;
+            let mut stmt = tx.prepare_cached(RECORD_FINGERPRINT).map_err(&err)?;
             for (external_id, fingerprint, hash) in found {
                 stmt.execute(params![external_id, &fingerprint[..], hash])
                     .map_err(&err)?;
@@ -1325,6 +1368,7 @@ mod tests {
                 refused: &[],
                 snapshot: &doc,
                 desired_hash: hash,
+                fingerprint: None,
                 state: SyncState::Synced,
                 error: None,
             };
@@ -1396,6 +1440,126 @@ mod tests {
     }
 
     #[test]
+    fn writes_together_land_all_or_none() {
+        let (_dir, store) = store();
+        let doc = json!({"name": "A"});
+        let applied = Applied {
+            referral_id: "ref",
+            etag: Some("\"e\""),
+            base: None,
+            refused: &[],
+            snapshot: &doc,
+            desired_hash: "aa",
+            fingerprint: Some(&[1; 16]),
+            state: SyncState::Synced,
+            error: None,
+        };
+        let event =
+            |store: &Store, kind: &str| store.record_event("ext-1", Some("c"), kind, &json!({}));
+        let kinds = |store: &Store| -> Vec<String> {
+            let mut kinds: Vec<String> = store
+                .record_events("ext-1", 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            kinds.reverse();
+            kinds
+        };
+
+        // A failure after every write: none of them lands, the record's
+        // own transaction (and its fingerprint) included.
+        let failed: Result<(), StoreError> = store.together(|store| {
+            event(store, "sent")?;
+            store.record_applied("ext-1", &applied)?;
+            event(store, "settled")?;
+            Err(StoreError::CorruptSnapshot {
+                path: store.path().to_path_buf(),
+                external_id: "ext-1".into(),
+                message: "on purpose".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert!(store.record("ext-1").unwrap().is_none());
+        assert!(kinds(&store).is_empty());
+        assert_eq!(store.record_count().unwrap(), 0);
+
+        // Nested and in order: all of it, once the outer one commits.
+        store
+            .together(|store| {
+                event(store, "sent")?;
+                store.together(|store| store.record_applied("ext-1", &applied))?;
+                event(store, "settled")
+            })
+            .unwrap();
+        assert!(store.connection().is_autocommit());
+        assert_eq!(
+            store.record("ext-1").unwrap().unwrap().state,
+            SyncState::Synced
+        );
+        assert_eq!(kinds(&store), ["sent", "settled"]);
+        let mut fingerprinted = 0;
+        store
+            .for_each_known(&mut |record| {
+                fingerprinted += usize::from(record.fingerprint.is_some());
+            })
+            .unwrap();
+        assert_eq!(fingerprinted, 1);
+    }
+
+    #[test]
+    fn a_record_settled_with_its_fingerprint_is_known_by_it_at_once() {
+        let (_dir, store) = store();
+        let doc = json!({"name": "A"});
+        let settle = |hash: &str, fingerprint: Option<&[u8; 16]>| {
+            store.mark_pending("ext-1", Some("ref")).unwrap();
+            let applied = Applied {
+                referral_id: "ref",
+                etag: Some("\"e\""),
+                base: None,
+                refused: &[],
+                snapshot: &doc,
+                desired_hash: hash,
+                fingerprint,
+                state: SyncState::Synced,
+                error: None,
+            };
+            store.record_applied("ext-1", &applied).unwrap();
+        };
+        let known = || {
+            let mut known = Vec::new();
+            store
+                .for_each_known(&mut |record| {
+                    known.push((
+                        record.settled.map(str::to_owned),
+                        record
+                            .fingerprint
+                            .map(|(fp, hash)| (fp.to_vec(), hash.to_owned())),
+                    ))
+                })
+                .unwrap();
+            known
+        };
+        settle("aa", Some(&[7; 16]));
+        assert_eq!(
+            known(),
+            [(Some("aa".into()), Some((vec![7; 16], "aa".into())))]
+        );
+        // Settled again without one (a record whose bytes the store knew
+        // already): the pair stays, stale once the hash moved on.
+        settle("bb", None);
+        assert_eq!(
+            known(),
+            [(Some("bb".into()), Some((vec![7; 16], "aa".into())))]
+        );
+        settle("cc", Some(&[8; 16]));
+        assert_eq!(
+            known(),
+            [(Some("cc".into()), Some((vec![8; 16], "cc".into())))]
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
@@ -1450,6 +1614,7 @@ mod tests {
                     refused: &[],
                     snapshot: &doc,
                     desired_hash: "h1",
+                    fingerprint: None,
                     state: SyncState::Synced,
                     error: None,
                 },

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use crate::api::ApiClient;
@@ -308,12 +309,13 @@ impl Engine {
         report_scan(&scan, cycle_id, counters, report);
         self.check_missing(request, &scan)?;
 
-        let pusher = self.pusher(cycle_id, recorder, counters);
+        let pusher = Arc::new(self.pusher(cycle_id, recorder, counters));
         if request.resync && self.mode.client().is_some() {
             pusher.index.build(&pusher).await;
         }
         let phase = PushPhase {
             pusher: &pusher,
+            on_own_tasks: self.mode.writes(),
             doubles: scan
                 .retained
                 .as_ref()
@@ -326,12 +328,7 @@ impl Engine {
         let concurrency = self.settings.api.concurrency;
         match scan.retained.take() {
             Some(retained) => {
-                let items =
-                    futures_util::stream::iter(retained).map(|(mapped, hash, reason)| WorkItem {
-                        mapped,
-                        hash: hash.to_hex(),
-                        reason,
-                    });
+                let items = futures_util::stream::iter(retained).map(WorkItem::from);
                 phase.push(items, concurrency).await;
             }
             None => self.push_second_read(&phase, scan, concurrency).await?,
@@ -482,10 +479,14 @@ fn read_work_again(
                 return ControlFlow::Break(());
             }
         };
+        let fingerprint = scan
+            .fingerprint_context
+            .map(|context| scan::stored_fingerprint(record.fingerprint, context));
         let item = WorkItem {
             mapped,
             hash: hash.to_hex(),
             reason,
+            fingerprint,
         };
         // A closed channel means the push phase stopped.
         match tx.blocking_send(item) {
@@ -553,9 +554,14 @@ fn report_scan(
 }
 
 /// The push phase of one cycle: the records taken up, a bounded number at
-/// a time, all on the task that polls them.
+/// a time.
 struct PushPhase<'a> {
-    pusher: &'a Pusher,
+    pusher: &'a Arc<Pusher>,
+    /// Each record on a task of its own, so that answers arriving together
+    /// are worked on by every worker thread instead of waiting for each
+    /// other on the polling one: when writing. A plan keeps every record
+    /// on the polling task.
+    on_own_tasks: bool,
     /// Referral ids several records claim (see [`double_claims`]).
     doubles: HashMap<String, Vec<String>>,
     counters: &'a Counters,
@@ -587,10 +593,33 @@ impl PushPhase<'_> {
                 warn!(external_id = %item.mapped.external_id, error = %outcome.errors.join("; "), "record failed");
                 outcome
             }
+            None if self.on_own_tasks => self.on_own_task(item).await,
             None => self.pusher.sync_record(item).await,
         };
         self.counters.count(outcome.action);
         (self.report)(&outcome);
+    }
+
+    /// `item` pushed on a task of its own. The task is aborted if the
+    /// cycle is dropped while it runs, as the record would have been on
+    /// the polling task: it stops at the await it is in.
+    async fn on_own_task(&self, item: WorkItem) -> RecordOutcome {
+        let pusher = Arc::clone(self.pusher);
+        let external_id = item.mapped.external_id.clone();
+        let task =
+            AbortOnDropHandle::new(tokio::spawn(async move { pusher.sync_record(item).await }));
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only the runtime shutting down cancels it.
+            Err(_) => {
+                let mut outcome = RecordOutcome::new(Some(external_id), Action::Failed);
+                outcome
+                    .errors
+                    .push("the runtime shut down while the record was pushed".to_owned());
+                outcome
+            }
+        }
     }
 }
 
@@ -695,6 +724,83 @@ mod tests {
 
     use super::*;
     use crate::export::FileChange;
+
+    /// The records of a three-record export pass one takes up, as `(id,
+    /// fingerprint)`: from what it kept, or, over its budget, from the
+    /// second read.
+    fn taken_up(retain_budget: usize, record: bool) -> Vec<(String, Option<[u8; 16]>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (1..=3)
+            .map(|n| {
+                serde_json::json!({
+                    "opportunityid": format!("0b000000-0000-4000-8000-{n:012}"),
+                    "name": format!("Deal {n}"),
+                    "estimatedvalue": n * 100,
+                    "statecode": 0,
+                    "statuscode": 1,
+                })
+                .to_string()
+            })
+            .collect();
+        let text = format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n"));
+        std::fs::write(dir.path().join("page-1.json"), text).unwrap();
+        let export_options = export::ExportOptions {
+            path: dir.path().to_path_buf(),
+            format: export::ExportFormat::Auto,
+            entity: crate::model::Entity::Opportunity,
+            header_aliases: Default::default(),
+            checks: Default::default(),
+        };
+        let mapper = Mapper::new(
+            &crate::mapping::MappingSpec::default_for(crate::model::Entity::Opportunity),
+            crate::model::Entity::Opportunity,
+            "USD",
+        )
+        .unwrap();
+        let store = Store::open_in_memory().unwrap();
+        let options = ScanOptions {
+            retain_budget,
+            fingerprints: scan::Fingerprints {
+                context: scan::fingerprint_context(&mapper, crate::diff::OnCleared::Null),
+                skip: true,
+                record,
+            },
+            ..ScanOptions::default()
+        };
+        let mut scan = scan::scan_export(&export_options, &mapper, &store, &options).unwrap();
+        let mut taken: Vec<(String, Option<[u8; 16]>)> = match scan.retained.take() {
+            Some(retained) => retained
+                .into_iter()
+                .map(|taken| (taken.mapped.external_id, taken.fingerprint))
+                .collect(),
+            None => {
+                let (tx, mut rx) = mpsc::channel(8);
+                read_work_again(&export_options, &mapper, &scan, &tx).unwrap();
+                drop(tx);
+                let mut items = Vec::new();
+                while let Ok(item) = rx.try_recv() {
+                    items.push((item.mapped.external_id, item.fingerprint));
+                }
+                items
+            }
+        };
+        taken.sort();
+        taken
+    }
+
+    #[test]
+    fn records_taken_up_carry_their_fingerprint_to_the_push_by_either_road() {
+        let kept = taken_up(100, true);
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|(_, fingerprint)| fingerprint.is_some()));
+        let fingerprints: HashSet<_> = kept.iter().map(|(_, fp)| *fp).collect();
+        assert_eq!(fingerprints.len(), 3, "one fingerprint per record");
+        assert_eq!(taken_up(0, true), kept, "read again over the budget");
+        // A cycle that writes nothing carries none.
+        for budget in [0, 100] {
+            assert!(taken_up(budget, false).iter().all(|(_, fp)| fp.is_none()));
+        }
+    }
 
     #[test]
     fn export_problems_found_by_the_scan_have_their_own_exit_codes() {

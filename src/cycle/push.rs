@@ -29,7 +29,7 @@ use crate::store::{Applied, IntentKind, Store, StoreError, StoredRecord, SyncSta
 
 use super::mode::{Mode, Poisoned, Recorder};
 use super::outcome::{Action, Counters, RecordOutcome};
-use super::scan::WorkReason;
+use super::scan::{TakenUp, WorkReason};
 
 /// Members the service sets; never sent in a PUT body.
 const READ_ONLY_MEMBERS: [&str; 5] = [
@@ -49,6 +49,19 @@ pub struct WorkItem {
     pub mapped: MappedRecord,
     pub hash: String,
     pub reason: WorkReason,
+    /// Written with the record when it settles (see [`TakenUp`]).
+    pub fingerprint: Option<[u8; 16]>,
+}
+
+impl From<TakenUp> for WorkItem {
+    fn from(taken: TakenUp) -> WorkItem {
+        WorkItem {
+            mapped: taken.mapped,
+            hash: taken.hash.to_hex(),
+            reason: taken.reason,
+            fingerprint: taken.fingerprint,
+        }
+    }
 }
 
 /// `externalReferenceId -> id`, built once per cycle, lazily, by paging
@@ -268,13 +281,31 @@ impl Pusher {
 
     /// Add an event to the record's history (a plan writes none).
     fn event(&self, external_id: &str, kind: &str, detail: Value) -> Result<(), Stop> {
-        self.recorder.write(|store| {
-            let cycle_id = self.correlation_id.to_string();
-            let mut detail = detail;
-            bound_strings(&mut detail);
-            store.record_event(external_id, Some(&cycle_id), kind, &detail)?;
-            Ok(())
-        })
+        self.recorder
+            .write(|store| self.event_in(store, external_id, kind, detail))
+    }
+
+    /// Add an event to the record's history in `store`, as part of a
+    /// larger write.
+    fn event_in(
+        &self,
+        store: &Store,
+        external_id: &str,
+        kind: &str,
+        mut detail: Value,
+    ) -> Result<(), Stop> {
+        let cycle_id = self.correlation_id.to_string();
+        bound_strings(&mut detail);
+        store.record_event(external_id, Some(&cycle_id), kind, &detail)?;
+        Ok(())
+    }
+
+    /// Events held back to go into the record's next write.
+    fn events_in(&self, store: &Store, external_id: &str, events: Held) -> Result<(), Stop> {
+        for (kind, detail) in events {
+            self.event_in(store, external_id, kind, detail)?;
+        }
+        Ok(())
     }
 
     fn merge_options(&self, item: &WorkItem, adopting: bool) -> MergeOptions {
@@ -879,23 +910,27 @@ impl Pusher {
         self.recorder
             .write(|store| store.begin_write(ext, None, &intent).map_err(Stop::from))?;
         let result = client.create(&self.ctx(ext), body).await;
-        self.event(
-            ext,
-            "sent",
-            sent_event("POST", None, None, &[], &result.as_ref().map(Some)),
-        )?;
+        let sent = sent_event("POST", None, None, &[], &result.as_ref().map(Some));
         match result {
+            // Acknowledged: the sending and the settling go in together.
             Ok(referral) => {
-                self.created(item, &referral)?;
+                self.created(item, &referral, vec![("sent", sent)])?;
                 outcome.referral_id = Some(referral.id);
                 Ok(outcome)
             }
-            Err(ApiError::OutcomeUnknown { reason, .. }) => self.create_unknown(ext, &reason),
-            Err(e) => Err(refused(api_stop(None, &e))),
+            Err(error) => {
+                self.event(ext, "sent", sent)?;
+                match error {
+                    ApiError::OutcomeUnknown { reason, .. } => self.create_unknown(ext, &reason),
+                    e => Err(refused(api_stop(None, &e))),
+                }
+            }
         }
     }
 
-    fn created(&self, item: &WorkItem, referral: &Referral) -> Result<(), Stop> {
+    /// Settle a create Partner Center acknowledged, with the events `held`
+    /// back for it, in one write.
+    fn created(&self, item: &WorkItem, referral: &Referral, held: Held) -> Result<(), Stop> {
         let ext = item.mapped.external_id.as_str();
         // The answer is the base: the service may have set another status
         // than the one sent.
@@ -907,13 +942,20 @@ impl Pusher {
             snapshot: &item.mapped.document,
             refused: &[],
             desired_hash: &item.hash,
+            fingerprint: item.fingerprint.as_ref(),
             state: SyncState::Synced,
             error: None,
         };
-        self.recorder
-            .write(|store| store.record_applied(ext, &applied).map_err(Stop::from))?;
+        let settled = serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true});
+        self.recorder.write(|store| {
+            store.together(|store| {
+                self.events_in(store, ext, held)?;
+                store.record_applied(ext, &applied)?;
+                self.event_in(store, ext, "settled", settled)
+            })
+        })?;
         debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
-        self.event(ext, "settled", serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true}))
+        Ok(())
     }
 
     /// The create may have taken effect. The record stays `pending` with
@@ -1015,17 +1057,15 @@ impl Pusher {
         item: &WorkItem,
         mut writing: Writing,
     ) -> Result<RecordOutcome, Stop> {
-        let ext = item.mapped.external_id.as_str();
-        self.event(
-            ext,
-            "planned",
-            plan_event(
-                &writing.footing,
-                &writing.plan,
-                &writing.conflicts,
-                &writing.drift,
-            ),
-        )?;
+        // The plan goes into the record's next write: its intent, or its
+        // settling when there is nothing to send.
+        let planned = plan_event(
+            &writing.footing,
+            &writing.plan,
+            &writing.conflicts,
+            &writing.drift,
+        );
+        writing.held.push(("planned", planned));
         let mut unknown = RetrySchedule::new(&self.settings.api.retry);
         let settled = loop {
             let round = self.write_round(client, item, &mut writing, &mut unknown);
@@ -1052,26 +1092,33 @@ impl Pusher {
         }
         let intent = self.intent(item, &writing.footing, &writing.plan);
         let referral_id = writing.footing.referral_id.clone();
+        let held = std::mem::take(&mut writing.held);
         self.recorder.write(|store| {
-            store
-                .begin_write(ext, Some(&referral_id), &intent)
-                .map_err(Stop::from)
+            store.together(|store| {
+                self.events_in(store, ext, held)?;
+                store
+                    .begin_write(ext, Some(&referral_id), &intent)
+                    .map_err(Stop::from)
+            })
         })?;
         let method = self.settings.api.update_method;
         let Some(result) = self.send(client, item, writing, method).await? else {
             return Ok(None);
         };
-        self.event(
-            ext,
-            "sent",
-            sent_event(
-                method_name(method),
-                Some(&referral_id),
-                Some(&writing.footing.etag),
-                &writing.plan.ops,
-                &result.as_ref().map(Option::as_ref),
-            ),
-        )?;
+        let sent = sent_event(
+            method_name(method),
+            Some(&referral_id),
+            Some(&writing.footing.etag),
+            &writing.plan.ops,
+            &result.as_ref().map(Option::as_ref),
+        );
+        // An acknowledgement is settled next, with no wait between: the
+        // sending goes into that write. Any other answer is kept now.
+        if result.is_ok() {
+            writing.held.push(("sent", sent));
+        } else {
+            self.event(ext, "sent", sent)?;
+        }
         match result {
             Ok(Some(referral)) => {
                 writing.sent_all();
@@ -1219,19 +1266,22 @@ impl Pusher {
             snapshot: &item.mapped.document,
             refused: &refused,
             desired_hash: &item.hash,
+            fingerprint: item.fingerprint.as_ref(),
             state,
             error: error.as_deref(),
         };
-        self.recorder
-            .write(|store| store.record_applied(ext, &applied).map_err(Stop::from))?;
-        self.event(
-            ext,
-            "settled",
-            serde_json::json!({
-                "referralId": referral_id, "eTag": etag, "state": state.as_str(),
-                "error": error, "baseKnown": base.is_some(),
-            }),
-        )?;
+        let held = std::mem::take(&mut writing.held);
+        let settled = serde_json::json!({
+            "referralId": referral_id, "eTag": etag, "state": state.as_str(),
+            "error": error, "baseKnown": base.is_some(),
+        });
+        self.recorder.write(|store| {
+            store.together(|store| {
+                self.events_in(store, ext, held)?;
+                store.record_applied(ext, &applied)?;
+                self.event_in(store, ext, "settled", settled)
+            })
+        })?;
         if state == SyncState::Invalid {
             warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
         } else if outcome.action == Action::Update {
@@ -1240,6 +1290,10 @@ impl Pusher {
         Ok(outcome)
     }
 }
+
+/// History events `(kind, detail)` held back to be written with the
+/// record's next write, in its transaction.
+type Held = Vec<(&'static str, Value)>;
 
 /// A request's answer: the referral, or `None` after a 204.
 type Answer = Result<Option<Referral>, ApiError>;
@@ -1250,6 +1304,8 @@ struct Writing {
     footing: Footing,
     plan: Plan,
     sent: Vec<Op>,
+    /// History events held back to go into the record's next write.
+    held: Held,
     conflicts: Vec<merge::Conflict>,
     drift: Vec<merge::Drift>,
     conflict_rounds: u32,
@@ -1271,6 +1327,7 @@ impl Writing {
             footing,
             plan,
             sent: Vec::new(),
+            held: Vec::new(),
             conflict_rounds: 0,
         }
     }

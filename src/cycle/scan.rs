@@ -378,6 +378,10 @@ pub struct Scan {
     pub known_by_fingerprint: u64,
     /// Records the store knows.
     pub known: u64,
+    /// The context of the stored fingerprints (see [`stored_fingerprint`])
+    /// when this cycle records them: the second read of the export
+    /// fingerprints the records it takes up with it.
+    pub fingerprint_context: Option<u128>,
     /// Records needing work, with their documents, when they fit the
     /// budget; `None` means the push phase must read the export again.
     pub retained: Option<Retained>,
@@ -517,6 +521,19 @@ struct RetainedRecord {
     document: RetainedDocument,
     hash: DocHash,
     reason: WorkReason,
+    fingerprint: Option<[u8; 16]>,
+}
+
+/// A record pass one took up, as the push phase takes it.
+#[derive(Debug)]
+pub struct TakenUp {
+    pub mapped: MappedRecord,
+    pub hash: DocHash,
+    pub reason: WorkReason,
+    /// The stored fingerprint of the bytes it was read from, to be written
+    /// with the record when it settles with `hash`; `None` when the store
+    /// has it already or the cycle writes nothing.
+    pub fingerprint: Option<[u8; 16]>,
 }
 
 #[derive(Debug)]
@@ -541,7 +558,14 @@ impl Retained {
     }
 
     /// Keep `mapped`, whose canonical JSON is `canonical`.
-    fn push(&mut self, mapped: MappedRecord, canonical: &[u8], hash: DocHash, reason: WorkReason) {
+    fn push(
+        &mut self,
+        mapped: MappedRecord,
+        canonical: &[u8],
+        hash: DocHash,
+        reason: WorkReason,
+        fingerprint: Option<[u8; 16]>,
+    ) {
         let document = match std::str::from_utf8(canonical) {
             Ok(text) if depth(&mapped.document) <= MAX_TEXT_DEPTH => {
                 RetainedDocument::Text(text.into())
@@ -554,6 +578,7 @@ impl Retained {
             document,
             hash,
             reason,
+            fingerprint,
         });
     }
 
@@ -579,7 +604,7 @@ fn depth(value: &Value) -> usize {
 }
 
 impl IntoIterator for Retained {
-    type Item = (MappedRecord, DocHash, WorkReason);
+    type Item = TakenUp;
     type IntoIter = RetainedRecords;
 
     fn into_iter(self) -> RetainedRecords {
@@ -592,7 +617,7 @@ impl IntoIterator for Retained {
 pub struct RetainedRecords(std::vec::IntoIter<RetainedRecord>);
 
 impl Iterator for RetainedRecords {
-    type Item = (MappedRecord, DocHash, WorkReason);
+    type Item = TakenUp;
 
     fn next(&mut self) -> Option<Self::Item> {
         for record in self.0.by_ref() {
@@ -618,7 +643,12 @@ impl Iterator for RetainedRecords {
                 referral_id: record.referral_id,
                 document,
             };
-            return Some((mapped, record.hash, record.reason));
+            return Some(TakenUp {
+                mapped,
+                hash: record.hash,
+                reason: record.reason,
+                fingerprint: record.fingerprint,
+            });
         }
         None
     }
@@ -733,10 +763,13 @@ impl<'a> Deciding<'a> {
             self.options.resync,
             self.known.settled_with(id, hash),
         );
-        // What these bytes map to, kept for the next cycle: trusted once
-        // the record is settled with this hash — now, or after its push.
+        // What these bytes map to, kept for the next cycle: trusted while
+        // the record is settled with this hash. A record taken up has its
+        // fingerprint written with it when it settles; the others now.
         let fingerprint = stored_fingerprint(record.fingerprint, self.options.fingerprints.context);
-        if !self.known.known_by(id, &fingerprint)
+        let fresh = (self.options.fingerprints.record && !self.known.known_by(id, &fingerprint))
+            .then_some(fingerprint);
+        if let (Some(fingerprint), Verdict::Unchanged | Verdict::NotSelected) = (fresh, verdict)
             && self
                 .found
                 .add(&mapped.external_id, fingerprint, hash)
@@ -757,7 +790,7 @@ impl<'a> Deciding<'a> {
                 .push((record.location.ordinal, mapped.external_id)),
             Verdict::Work(reason) => {
                 self.work_hashes.push((id, hash));
-                self.retain(mapped, hash, reason);
+                self.retain(mapped, hash, reason, fresh);
             }
             Verdict::Unchanged | Verdict::NotSelected => {}
         }
@@ -766,12 +799,19 @@ impl<'a> Deciding<'a> {
 
     /// Keep a record taken up for the push phase while the budget lasts;
     /// past it, keep none (the push phase reads the export again).
-    fn retain(&mut self, mapped: MappedRecord, hash: DocHash, reason: WorkReason) {
+    fn retain(
+        &mut self,
+        mapped: MappedRecord,
+        hash: DocHash,
+        reason: WorkReason,
+        fingerprint: Option<[u8; 16]>,
+    ) {
         if self.over_budget {
             return;
         }
         if self.retained.len() < self.options.retain_budget {
-            self.retained.push(mapped, &self.canonical, hash, reason);
+            self.retained
+                .push(mapped, &self.canonical, hash, reason, fingerprint);
         } else {
             self.over_budget = true;
             self.retained = Retained::default();
@@ -804,6 +844,11 @@ impl<'a> Deciding<'a> {
             unchanged_ids: unchanged_ids.into_iter().map(|(_, id)| id).collect(),
             fingerprinted: self.found.recorded,
             known_by_fingerprint,
+            fingerprint_context: self
+                .options
+                .fingerprints
+                .record
+                .then_some(self.options.fingerprints.context),
             files: self.files,
             ..Scan::default()
         };
@@ -1297,6 +1342,12 @@ mod tests {
     }
 
     fn applied(store: &Store, record: &Value, hash: &str) {
+        applied_from(store, record, hash, None);
+    }
+
+    /// `record` settled with `hash`, and with the fingerprint of the bytes
+    /// it was read from when given, as the push phase settles it.
+    fn applied_from(store: &Store, record: &Value, hash: &str, fingerprint: Option<&[u8; 16]>) {
         let external_id = record["opportunityid"].as_str().unwrap();
         store
             .record_applied(
@@ -1308,6 +1359,7 @@ mod tests {
                     refused: &[],
                     snapshot: &json!({}),
                     desired_hash: hash,
+                    fingerprint,
                     state: SyncState::Synced,
                     error: None,
                 },
@@ -1478,7 +1530,7 @@ mod tests {
             .take()
             .unwrap()
             .into_iter()
-            .map(|(record, _, reason)| (record.external_id, reason))
+            .map(|taken| (taken.mapped.external_id, taken.reason))
             .collect();
         assert_eq!(
             retained,
@@ -1547,7 +1599,7 @@ mod tests {
             .take()
             .unwrap()
             .into_iter()
-            .map(|(record, _, _)| record.external_id)
+            .map(|taken| taken.mapped.external_id)
             .collect();
         assert_eq!(retained, [id(1), id(2)]);
         assert_eq!(scan.work_for(&id(7), DocHash([0; 16])), None);
@@ -1612,7 +1664,7 @@ mod tests {
             .take()
             .unwrap()
             .into_iter()
-            .map(|(record, _, reason)| (record.external_id, reason))
+            .map(|taken| (taken.mapped.external_id, taken.reason))
             .collect();
         assert_eq!(retained, [(id(2), WorkReason::Resync)]);
         // The two left out are neither work nor unchanged.
@@ -1646,7 +1698,7 @@ mod tests {
                 referral_id: Some("r".into()),
                 document: document.clone(),
             };
-            retained.push(mapped, &text, hash, WorkReason::Outdated);
+            retained.push(mapped, &text, hash, WorkReason::Outdated, None);
         }
         assert!(matches!(
             retained.records[0].document,
@@ -1656,14 +1708,13 @@ mod tests {
             retained.records[1].document,
             RetainedDocument::Tree(_)
         ));
-        let back: Vec<(MappedRecord, DocHash, WorkReason)> = retained.into_iter().collect();
-        for ((mapped, hash, reason), (n, document)) in back.iter().zip(documents.iter().enumerate())
-        {
-            assert_eq!(mapped.external_id, id(n as u32));
-            assert_eq!(mapped.referral_id.as_deref(), Some("r"));
-            assert_eq!(&mapped.document, document);
-            assert_eq!(*hash, document_hash(document));
-            assert_eq!(*reason, WorkReason::Outdated);
+        let back: Vec<TakenUp> = retained.into_iter().collect();
+        for (taken, (n, document)) in back.iter().zip(documents.iter().enumerate()) {
+            assert_eq!(taken.mapped.external_id, id(n as u32));
+            assert_eq!(taken.mapped.referral_id.as_deref(), Some("r"));
+            assert_eq!(&taken.mapped.document, document);
+            assert_eq!(taken.hash, document_hash(document));
+            assert_eq!(taken.reason, WorkReason::Outdated);
         }
         assert_eq!(back.len(), 2);
     }
@@ -1764,7 +1815,7 @@ mod tests {
                 .take()
                 .unwrap()
                 .into_iter()
-                .map(|(record, _, reason)| (record.external_id, reason))
+                .map(|taken| (taken.mapped.external_id, taken.reason))
                 .collect();
             work.sort_by(|a, b| a.0.cmp(&b.0));
             (
@@ -1892,14 +1943,18 @@ mod tests {
                     prop_assert_eq!(verdicts(&mut skipping), verdicts(&mut parsing), "step {}", step);
                     prop_assert!(skipped <= parsing.export.records);
 
-                    // Records the scan took up were pushed (or, now and
+                    // Records the scan took up were pushed, each settled
+                    // with the fingerprint it was read with (or, now and
                     // then, their push failed and they stay outdated).
                     if pushed[step] {
-                        let mut all = scan(&options, &store, false, false);
-                        let work: Vec<(MappedRecord, DocHash, WorkReason)> =
-                            all.retained.take().unwrap().into_iter().collect();
-                        for (record, hash, _) in work {
-                            applied(&store, &json!({"opportunityid": record.external_id}), &hash.to_hex());
+                        let mut all = scan(&options, &store, false, true);
+                        for taken in all.retained.take().unwrap() {
+                            applied_from(
+                                &store,
+                                &json!({"opportunityid": taken.mapped.external_id}),
+                                &taken.hash.to_hex(),
+                                taken.fingerprint.as_ref(),
+                            );
                         }
                     }
                 }
@@ -1980,7 +2035,7 @@ mod tests {
                 .take()
                 .unwrap()
                 .into_iter()
-                .map(|(record, _, _)| record.external_id)
+                .map(|taken| taken.mapped.external_id)
                 .collect();
             assert_eq!(taken, [id(2)]);
 
