@@ -186,8 +186,9 @@ impl StoreKnows {
 
     fn new(mut records: Vec<Known>) -> StoreKnows {
         records.sort_unstable_by_key(|known| known.id);
-        // About one record per bucket, at most 2¹⁶ buckets (256 KiB of starts).
-        let bits = records.len().max(1).ilog2().min(16);
+        // One or two records per bucket (4 bytes of starts per record or
+        // less), so that a lookup reads one start and one or two entries.
+        let bits = records.len().max(1).ilog2().min(28);
         let buckets = 1usize << bits;
         let mut starts = Vec::with_capacity(buckets + 1);
         let mut at = 0;
@@ -227,6 +228,34 @@ impl StoreKnows {
         run.get(at)
     }
 
+    /// Start fetching where the entries of `id` start, without waiting:
+    /// the first of the two reads of a lookup.
+    fn prefetch_start(&self, id: IdKey) {
+        if let Some(start) = self.starts.get(StoreKnows::bucket(id.halves(), self.bits)) {
+            prefetch_read(start);
+        }
+    }
+
+    /// Start fetching the entries of `id`, the second read of a lookup;
+    /// best once [`StoreKnows::prefetch_start`] has brought in the start.
+    fn prefetch_entries(&self, id: IdKey) {
+        let bucket = StoreKnows::bucket(id.halves(), self.bits);
+        let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
+        else {
+            return;
+        };
+        // A bucket holds one or two entries; the first two are enough.
+        for entry in self
+            .records
+            .get(start as usize..end as usize)
+            .into_iter()
+            .flatten()
+            .take(2)
+        {
+            prefetch_read(entry);
+        }
+    }
+
     /// Whether the store holds the record as settled with this desired
     /// document: unchanged.
     fn settled_with(&self, id: IdKey, hash: DocHash) -> bool {
@@ -247,6 +276,20 @@ impl StoreKnows {
             .iter()
             .map(|known| IdKey::from_halves(known.id))
     }
+}
+
+/// Ask the processor to bring `value` into its caches; nothing waits.
+fn prefetch_read<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE, which `_mm_prefetch` needs, is part of every x86_64
+        // processor; a prefetch is only a hint, which reads nothing the
+        // program sees and never faults, and `value` is a live reference.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// The fingerprint a store keeps of an export record: XXH3 over the
@@ -1054,6 +1097,9 @@ struct KnownRecords<'a> {
     unchanged_ids: Vec<(u64, String)>,
     /// The files of `seen`, numbered on this thread.
     files: Vec<PathBuf>,
+    /// The keys of the last ids [`Prefilter::expect`] was given, a ring.
+    upcoming: [Option<IdKey>; 2],
+    next_upcoming: usize,
 }
 
 impl<'a> KnownRecords<'a> {
@@ -1067,6 +1113,8 @@ impl<'a> KnownRecords<'a> {
             seen: Vec::new(),
             unchanged_ids: Vec::new(),
             files: Vec::new(),
+            upcoming: [None; 2],
+            next_upcoming: 0,
         }
     }
 }
@@ -1080,6 +1128,19 @@ impl Prefilter for KnownRecords<'_> {
         with_normalised_external_id(id, |external_id| {
             self.known_as(external_id, fingerprint, place)
         })
+    }
+
+    /// The table is larger than the caches: a lookup waits on memory,
+    /// twice (the bucket's start, then its entries). Both are fetched while
+    /// the reader reads the records before: the start when the id is
+    /// glanced at, the entries two glances later.
+    fn expect(&mut self, id: &str) {
+        let key = with_normalised_external_id(id, IdKey::of);
+        self.known.prefetch_start(key);
+        if let Some(earlier) = self.upcoming[self.next_upcoming].replace(key) {
+            self.known.prefetch_entries(earlier);
+        }
+        self.next_upcoming = (self.next_upcoming + 1) % self.upcoming.len();
     }
 }
 

@@ -148,6 +148,11 @@ pub(super) fn read_csv<R: Read>(
         if flow.is_break() {
             return Ok(ControlFlow::Break(()));
         }
+        if header.id == Some(0)
+            && let Some(next) = rows.peek_ahead()
+        {
+            sink.expect(next);
+        }
     }
 }
 
@@ -429,6 +434,12 @@ struct Row {
     ending: RowEnd,
 }
 
+/// How many rows ahead [`Rows::peek_ahead`] glances.
+const PEEK_ROWS: usize = 8;
+
+/// How far [`Rows::peek_ahead`] looks for the end of a line, or of a cell.
+const PEEK_LIMIT: usize = 4096;
+
 /// A CSV file split into rows over a window of the input: plain rows by
 /// [`Rows::scan_row`], the header and every other row by csv-core.
 struct Rows<R> {
@@ -459,6 +470,8 @@ struct Rows<R> {
     newlines_skipped: u64,
     /// The file offset just past the last `\n` before `buffer[0]`.
     line_start: u64,
+    /// The file offset of the line [`Rows::peek_ahead`] glanced at last.
+    ahead: u64,
 }
 
 impl<R: Read> Rows<R> {
@@ -478,6 +491,7 @@ impl<R: Read> Rows<R> {
             ends: vec![0; 64],
             base: 0,
             newlines_skipped: 0,
+            ahead: 0,
             line_start: 0,
         }
     }
@@ -738,6 +752,38 @@ impl<R: Read> Rows<R> {
 
     fn raw(&self, row: &Row) -> &[u8] {
         &self.buffer[row.start..row.end]
+    }
+
+    /// The first cell of a line a few rows past the one read last, when it
+    /// is unquoted and already in the window. Lines are taken for rows (a
+    /// quoted line end makes the glance land mid-row, which only makes it
+    /// useless): a guess, to be confirmed by reading the row.
+    fn peek_ahead(&mut self) -> Option<&str> {
+        let pos = self.base + self.pos as u64;
+        let (mut at, lines) = if self.ahead > pos {
+            // One line on from the last glance.
+            (usize::try_from(self.ahead - self.base).ok()?, 1)
+        } else {
+            // Past the line end of the row read last, the next row starts;
+            // the glance goes a few lines further.
+            let rest = self.buffer.get(self.pos..self.end)?;
+            let start = rest
+                .iter()
+                .position(|&byte| byte != b'\n' && byte != b'\r')?;
+            (self.pos + start, PEEK_ROWS - 1)
+        };
+        for _ in 0..lines {
+            let rest = self.buffer.get(at..self.end)?;
+            at += memchr::memchr(b'\n', &rest[..rest.len().min(PEEK_LIMIT)])? + 1;
+        }
+        self.ahead = self.base + at as u64;
+        let rest = self.buffer.get(at..self.end)?;
+        let rest = &rest[..rest.len().min(PEEK_LIMIT)];
+        let stop = memchr::memchr3(b',', b'\n', b'"', rest)?;
+        if rest[stop] == b'"' {
+            return None;
+        }
+        std::str::from_utf8(rest[..stop].strip_suffix(b"\r").unwrap_or(&rest[..stop])).ok()
     }
 
     /// The cells of `row`, the row read last.
@@ -1467,6 +1513,8 @@ mod tests {
     struct Knows {
         known: Vec<&'static str>,
         asked: Vec<(String, RawFingerprint, u64, u64)>,
+        /// The ids it was told to expect, in order.
+        expected: Vec<String>,
     }
 
     impl super::super::Prefilter for Knows {
@@ -1484,6 +1532,71 @@ mod tests {
                 .push((id.to_owned(), fingerprint, place.line, place.ordinal));
             self.known.contains(&id)
         }
+
+        fn expect(&mut self, id: &str) {
+            self.expected.push(id.to_owned());
+        }
+    }
+
+    /// The ids a prefilter is told to expect reading `content`, and the
+    /// ids it is asked about.
+    fn expected_and_asked(content: &[u8]) -> (Vec<String>, Vec<String>) {
+        use super::super::{ExportChecks, ExportFormat, ExportOptions, read_export_bytes_with};
+        let options = ExportOptions {
+            path: std::path::PathBuf::new(),
+            format: ExportFormat::Csv,
+            entity: crate::model::Entity::Lead,
+            header_aliases: BTreeMap::from([("Lead".to_owned(), "leadid".to_owned())]),
+            checks: ExportChecks::default(),
+        };
+        let mut knows = Knows {
+            known: vec!["L-2"],
+            asked: Vec::new(),
+            expected: Vec::new(),
+        };
+        read_export_bytes_with(
+            &options,
+            Path::new(FILE),
+            content,
+            Some(&mut knows),
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        let asked = knows.asked.into_iter().map(|(id, ..)| id).collect();
+        (knows.expected, asked)
+    }
+
+    #[test]
+    fn the_id_of_a_row_a_few_lines_on_is_expected_before_the_row_is_read() {
+        let count = PEEK_ROWS + 4;
+        let rows: Vec<String> = (1..=count)
+            .map(|n| format!("L-{n},Subject {n},\r\n"))
+            .collect();
+        let content = format!("Lead,subject,notes\r\n{}", rows.concat());
+        let (expected, asked) = expected_and_asked(content.as_bytes());
+        // After the first row, the one PEEK_ROWS on; then one row on after
+        // each, to the last.
+        let glanced: Vec<String> = (PEEK_ROWS + 1..=count).map(|n| format!("L-{n}")).collect();
+        assert_eq!(expected, glanced);
+        assert_eq!(asked.len(), count);
+
+        // A quoted id is not glanced at; a quoted line end makes a glance
+        // land mid-row, which gives a wrong guess and changes no answer.
+        let mut rows: Vec<String> = (1..=count).map(|n| format!("L-{n},x,\n")).collect();
+        rows[1] = "L-2,\"two\nlines\",\n".into();
+        rows[PEEK_ROWS + 1] = format!("\"L-{}\",x,\n", PEEK_ROWS + 2);
+        let content = format!("Lead,subject,notes\n{}", rows.concat());
+        let (expected, asked) = expected_and_asked(content.as_bytes());
+        assert!(!expected.iter().any(|id| id.contains('"')), "{expected:?}");
+        assert!(expected.contains(&format!("L-{count}")), "{expected:?}");
+        let all: Vec<String> = (1..=count).map(|n| format!("L-{n}")).collect();
+        assert_eq!(asked, all);
+
+        // The id in another column: no glance.
+        let content = "subject,Lead\na,L-1\nb,L-2\nc,L-3\nd,L-4\ne,L-5\nf,L-6\n";
+        let (expected, asked) = expected_and_asked(content.as_bytes());
+        assert!(expected.is_empty(), "{expected:?}");
+        assert_eq!(asked.len(), 6);
     }
 
     #[test]
@@ -1511,6 +1624,7 @@ mod tests {
         let mut knows = Knows {
             known: vec!["L-2", "L-9"],
             asked: Vec::new(),
+            expected: Vec::new(),
         };
         let mut handed = Vec::new();
         let filtered = read_export_bytes_with(

@@ -189,6 +189,12 @@ pub trait Prefilter {
     /// `id` is as the record holds it (a JSON string decoded, a CSV cell),
     /// not normalised.
     fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool;
+
+    /// A hint, given before the next record is read: its id column
+    /// probably holds `id`. A prefilter may start fetching what
+    /// [`Prefilter::known`] will look at, while the reader reads the rest of
+    /// the record. Only a hint: `known` still gets the id the record holds.
+    fn expect(&mut self, _id: &str) {}
 }
 
 /// Size, modification time and identity (device and inode) of one export
@@ -757,6 +763,14 @@ impl<'s> Sink<'s> {
         self.records += 1;
         self.census.observe(columns);
         Offer::Known
+    }
+
+    /// The next record's id column probably holds `id` (see
+    /// [`Prefilter::expect`]).
+    fn expect(&mut self, id: &str) {
+        if let Some(prefilter) = self.prefilter.as_mut() {
+            prefilter.expect(id);
+        }
     }
 
     /// Hand over a record that was offered and is to be parsed, or read
