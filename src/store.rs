@@ -15,6 +15,22 @@ use serde_json::Value;
 use crate::model::Op;
 use crate::ownership::Slot;
 
+/// One open [`Store::together`], counted while it runs (a panic included).
+struct JoinedScope<'a>(&'a std::cell::Cell<u32>);
+
+impl<'a> JoinedScope<'a> {
+    fn enter(depth: &'a std::cell::Cell<u32>) -> Self {
+        depth.set(depth.get() + 1);
+        JoinedScope(depth)
+    }
+}
+
+impl Drop for JoinedScope<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// A transaction a write owns, which it commits, or `None` when it joined
 /// an open one, which commits for it; dropped uncommitted, an owned one
 /// rolls back.
@@ -361,6 +377,9 @@ impl<'stmt> FingerprintCursor<'stmt> {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// How many [`Store::together`] calls are open: the writes made while
+    /// one is join its transaction.
+    joined: std::cell::Cell<u32>,
 }
 
 impl std::fmt::Debug for Store {
@@ -381,6 +400,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            joined: Default::default(),
         };
         // Before any pragma that writes (the journal mode rewrites the
         // file): a store from a newer build is refused untouched.
@@ -429,6 +449,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_owned(),
+            joined: Default::default(),
         };
         let version = store.user_version()?;
         Ok((store, version))
@@ -457,7 +478,11 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory().map_err(sqlite_error(&path))?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            joined: Default::default(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -473,24 +498,31 @@ impl Store {
         &self.conn
     }
 
-    /// Run `writes` as one transaction: each write method it calls joins it
-    /// instead of committing on its own, so all of them land or none does
-    /// (an error, or a panic, rolls every one back), and the store's file
-    /// takes one commit for them all. A `together` inside another joins it.
+    /// Run `writes` as one transaction, so that all of them land or none
+    /// does (an error, or a panic, rolls every one back) and the store's
+    /// file takes one commit for them all. The record writes it may call
+    /// (`begin_write`, `record_event`, `record_applied`, `record_refused`,
+    /// `record_held`, and the single-statement ones) join it instead of
+    /// committing on their own, and so does a `together` inside it; `writes`
+    /// must pass on their errors, or what came before them is committed.
     pub fn together<T, E: From<StoreError>>(
         &self,
         writes: impl FnOnce(&Store) -> Result<T, E>,
     ) -> Result<T, E> {
         let tx = self.write_tx()?;
-        let value = writes(self)?;
+        let value = {
+            let _joined = JoinedScope::enter(&self.joined);
+            writes(self)?
+        };
         tx.commit().map_err(sqlite_error(&self.path))?;
         Ok(value)
     }
 
     /// The transaction a write of several statements runs in: its own, or
-    /// the one of the [`Store::together`] it is called in.
+    /// the one of the [`Store::together`] it is called in. Any other open
+    /// transaction (a read snapshot) is refused by SQLite, as before.
     fn write_tx(&self) -> Result<Joined<'_>, StoreError> {
-        if !self.conn.is_autocommit() {
+        if self.joined.get() > 0 {
             return Ok(Joined(None));
         }
         self.conn
@@ -790,7 +822,8 @@ impl Store {
     }
 
     /// The record is settled: base, eTag, snapshot and hash advance
-    /// together and the intent is cleared, in one statement.
+    /// together and the intent is cleared, in one statement; with the
+    /// export fingerprint, when given, in the same transaction.
     pub fn record_applied(
         &self,
         external_id: &str,
@@ -1505,6 +1538,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(fingerprinted, 1);
+
+        // Inside a read snapshot, which rolls back, a write is refused
+        // rather than joined.
+        let snapshot = store.connection().unchecked_transaction().unwrap();
+        assert!(store.record_applied("ext-2", &applied).is_err());
+        drop(snapshot);
+        assert!(store.record("ext-2").unwrap().is_none());
     }
 
     #[test]

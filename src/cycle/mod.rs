@@ -558,9 +558,9 @@ fn report_scan(
 struct PushPhase<'a> {
     pusher: &'a Arc<Pusher>,
     /// Each record on a task of its own, so that answers arriving together
-    /// are worked on by every worker thread instead of waiting for each
-    /// other on the polling one: when writing. A plan keeps every record
-    /// on the polling task.
+    /// are worked on by every worker thread (one per core) instead of
+    /// waiting for each other on the polling one: when writing. A plan
+    /// keeps every record on the polling task.
     on_own_tasks: bool,
     /// Referral ids several records claim (see [`double_claims`]).
     doubles: HashMap<String, Vec<String>>,
@@ -601,8 +601,12 @@ impl PushPhase<'_> {
     }
 
     /// `item` pushed on a task of its own. The task is aborted if the
-    /// cycle is dropped while it runs, as the record would have been on
-    /// the polling task: it stops at the await it is in.
+    /// cycle is dropped while it runs: it stops at its next await, and one
+    /// running on another worker at that moment first finishes the step it
+    /// is in (settling an answer it holds, or storing an intent and
+    /// starting its request). Each step leaves the store consistent: a
+    /// request always follows its stored intent, and an answer is settled
+    /// with no await between.
     async fn on_own_task(&self, item: WorkItem) -> RecordOutcome {
         let pusher = Arc::clone(self.pusher);
         let external_id = item.mapped.external_id.clone();

@@ -466,7 +466,8 @@ pub struct Fingerprints {
     /// resync, every record is parsed and mapped.
     pub skip: bool,
     /// Keep the fingerprints of the records parsed, with the hash each maps
-    /// to (not in a dry run, which writes nothing).
+    /// to: of the unchanged ones in pass one, of those taken up with them
+    /// when they settle (not in a dry run, which writes nothing).
     pub record: bool,
 }
 
@@ -710,7 +711,8 @@ pub enum WorkFor {
 }
 
 /// Run pass one. `store` is only read, except that the fingerprints of the
-/// records parsed are kept when [`Fingerprints::record`] asks for it.
+/// unchanged records parsed are kept when [`Fingerprints::record`] asks
+/// for it.
 pub fn scan_export(
     export_options: &ExportOptions,
     mapper: &Mapper,
@@ -1178,10 +1180,10 @@ impl KnownRecords<'_> {
     }
 }
 
-/// Fingerprints of the records parsed, with the hash each maps to, written
-/// to the store in batches as they are found (each batch one short
-/// transaction), so that the next cycle knows them without parsing them
-/// once they are settled with that hash.
+/// Fingerprints of the unchanged records parsed (those taken up carry
+/// theirs to their settle), with the hash each maps to, written to the
+/// store in batches as they are found (each batch one short transaction),
+/// so that the next cycle knows them without parsing them.
 struct FoundFingerprints<'a> {
     store: &'a Store,
     record: bool,

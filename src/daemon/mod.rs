@@ -614,7 +614,9 @@ impl Daemon {
 
     /// The grace period is over: drop the cycle where it stands. Records
     /// whose write was sent stay `pending` (the engine marks them before
-    /// each write); the next cycle reads their live referral.
+    /// each write); the next cycle reads their live referral. A record
+    /// whose task was in a step on another worker finishes that step (see
+    /// `PushPhase::on_own_task`): it may be settled after all.
     async fn cut_off(&mut self, running: RunningCycle) {
         running.handle.abort();
         let _ = running.handle.await;

@@ -190,10 +190,10 @@ pub trait Prefilter {
     /// not normalised.
     fn known(&mut self, id: &str, fingerprint: RawFingerprint, place: Place<'_>) -> bool;
 
-    /// A hint, given before the next record is read: its id column
-    /// probably holds `id`. A prefilter may start fetching what
-    /// [`Prefilter::known`] will look at, while the reader reads the rest of
-    /// the record. Only a hint: `known` still gets the id the record holds.
+    /// A hint: the id column of a record a few rows on probably holds
+    /// `id`. A prefilter may start fetching what [`Prefilter::known`] will
+    /// look at for it, while the reader reads the rows before. Only a hint:
+    /// `known` still gets the id the record holds.
     fn expect(&mut self, _id: &str) {}
 }
 
@@ -765,7 +765,7 @@ impl<'s> Sink<'s> {
         Offer::Known
     }
 
-    /// The next record's id column probably holds `id` (see
+    /// A record a few rows on probably has the id `id` (see
     /// [`Prefilter::expect`]).
     fn expect(&mut self, id: &str) {
         if let Some(prefilter) = self.prefilter.as_mut() {
