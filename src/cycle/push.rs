@@ -300,6 +300,24 @@ impl Pusher {
         Ok(())
     }
 
+    /// The record settled as `applied`, with the events `held` back for it
+    /// and the `settled` event, in one transaction.
+    fn write_settled(
+        &self,
+        ext: &str,
+        applied: &Applied<'_>,
+        held: Held,
+        settled: Value,
+    ) -> Result<(), Stop> {
+        self.recorder.write(|store| {
+            store.together(|store| {
+                self.events_in(store, ext, held)?;
+                store.record_applied(ext, applied)?;
+                self.event_in(store, ext, "settled", settled)
+            })
+        })
+    }
+
     /// Events held back to go into the record's next write.
     fn events_in(&self, store: &Store, external_id: &str, events: Held) -> Result<(), Stop> {
         for (kind, detail) in events {
@@ -947,13 +965,7 @@ impl Pusher {
             error: None,
         };
         let settled = serde_json::json!({"referralId": referral.id, "eTag": referral.etag, "state": "synced", "created": true});
-        self.recorder.write(|store| {
-            store.together(|store| {
-                self.events_in(store, ext, held)?;
-                store.record_applied(ext, &applied)?;
-                self.event_in(store, ext, "settled", settled)
-            })
-        })?;
+        self.write_settled(ext, &applied, held, settled)?;
         debug!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral.id, "referral created");
         Ok(())
     }
@@ -1275,13 +1287,7 @@ impl Pusher {
             "referralId": referral_id, "eTag": etag, "state": state.as_str(),
             "error": error, "baseKnown": base.is_some(),
         });
-        self.recorder.write(|store| {
-            store.together(|store| {
-                self.events_in(store, ext, held)?;
-                store.record_applied(ext, &applied)?;
-                self.event_in(store, ext, "settled", settled)
-            })
-        })?;
+        self.write_settled(ext, &applied, held, settled)?;
         if state == SyncState::Invalid {
             warn!(correlation_id = %self.correlation_id, external_id = ext, referral_id = %referral_id, error = error.as_deref().unwrap_or(""), "record invalid");
         } else if outcome.action == Action::Update {
