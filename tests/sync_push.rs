@@ -727,11 +727,13 @@ fn after_a_conflict_the_next_cycle_sends_nothing_whoever_won() {
 
 #[test]
 fn retry_after_on_a_429_holds_every_request_until_the_time() {
-    // `early`: requests the other workers may already have had on the way
-    // when the 429 was answered; none may start after it.
-    for (concurrency, early) in [(1usize, 0usize), (2, 1)] {
+    // `early`: requests the other workers may start before the client
+    // has read the 429 (one on the way, one started in the moment the
+    // answer is on its way back); none may start once it has paused.
+    for (concurrency, early) in [(1usize, 0usize), (2, 2)] {
         let (emulator, ws) = adopted(4, |ws| {
-            ws.set_in_table("api", &format!("concurrency = {concurrency}"))
+            ws.set_in_table("api", &format!("concurrency = {concurrency}"));
+            ws.edit_config(|text| format!("{text}\n[log]\nformat = \"json\"\n"));
         });
         emulator.add_faults(
             json!({"method": "PATCH", "kind": "status", "status": 429, "retry_after": 1}),
@@ -741,7 +743,22 @@ fn retry_after_on_a_429_holds_every_request_until_the_time() {
             .collect();
         write_deals(&ws, &deals);
 
-        ws.run(&["sync"]).assert_code(0);
+        let run = ws.run(&["sync"]);
+        run.assert_code(0);
+        // When the client paused every worker, on the clock the emulator
+        // stamps requests with.
+        let paused_ms = run
+            .stderr()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| {
+                line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("pausing every request"))
+            })
+            .and_then(|line| chrono::DateTime::parse_from_rfc3339(line["timestamp"].as_str()?).ok())
+            .map(|at| at.timestamp_millis() as u64)
+            .unwrap_or_else(|| panic!("no pause logged: {}", run.stderr()));
         let journal = emulator.requests();
         let throttled: Vec<&Value> = journal.iter().filter(|r| r["status"] == 429).collect();
         assert_eq!(throttled.len(), 1, "{journal:?}");
@@ -759,6 +776,14 @@ fn retry_after_on_a_429_holds_every_request_until_the_time() {
             too_soon.len() <= early,
             "concurrency {concurrency}: sent within Retry-After: {too_soon:?}"
         );
+        // Each of them reached the emulator before the client paused (a
+        // millisecond of rounding either way).
+        for request in &too_soon {
+            assert!(
+                request["at_ms"].as_u64().unwrap() <= paused_ms + 1,
+                "concurrency {concurrency}: sent after the pause at {paused_ms}: {request:?}"
+            );
+        }
         // The throttled PATCH itself went again, as it was, after the time.
         let again: Vec<&&Value> = later
             .iter()

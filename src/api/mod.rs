@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 pub use auth::{AuthError, AuthOptions, TokenProvider};
 pub use error::{ApiError, cut_text, escape_controls, service_text};
+use gate::GatePermit;
 pub use gate::{GateOptions, RequestGate};
 pub use retry::{RetryPolicy, RetrySchedule};
 
@@ -742,7 +743,9 @@ impl ApiClient {
         let mut last_service_request_id: Option<Box<str>> = None;
         loop {
             attempt += 1;
-            let (outcome, bearer) = self.attempt_through_gate(ctx, call, attempt).await?;
+            // The permit is held until the answer's pause, if any, is set:
+            // a worker waiting for it must not start in between.
+            let (outcome, bearer, permit) = self.attempt_through_gate(ctx, call, attempt).await?;
             let failed = match outcome {
                 Ok(answer) => return Ok(answer),
                 Err(failed) => failed,
@@ -754,6 +757,7 @@ impl ApiClient {
             let retry = match classify(facts, call.kind(), token_refreshed, max_retry_after) {
                 Verdict::Retry(retry) => retry,
                 Verdict::RefreshToken => {
+                    drop(permit);
                     token_refreshed = true;
                     self.refresh_token(ctx, call, &bearer).await;
                     continue;
@@ -773,8 +777,14 @@ impl ApiClient {
             }
             let reason = failed.reason();
             match pace(retry, schedule.next_delay()) {
-                Pace::Everyone(wait) => self.wait_throttled(ctx, call, attempt, &reason, wait),
-                Pace::Alone(delay) => self.wait_alone(ctx, call, attempt, &reason, delay).await,
+                Pace::Everyone(wait) => {
+                    self.wait_throttled(ctx, call, attempt, &reason, wait);
+                    drop(permit);
+                }
+                Pace::Alone(delay) => {
+                    drop(permit);
+                    self.wait_alone(ctx, call, attempt, &reason, delay).await;
+                }
                 Pace::GiveUp { pause } => {
                     if let Some(pause) = pause {
                         self.pause_for(pause);
@@ -798,17 +808,19 @@ impl ApiClient {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One attempt holding a permit of the gate, and the token it carried.
+    /// One attempt holding a permit of the gate: its outcome, the token it
+    /// carried, and the permit, for the caller to let go of once it has
+    /// acted on the answer.
     async fn attempt_through_gate(
         &self,
         ctx: &RequestContext,
         call: &Call,
         attempt: u32,
-    ) -> Result<(Result<Answer, AttemptError>, SecretString), ApiError> {
-        let _permit = self.inner.gate.acquire().await;
+    ) -> Result<(Result<Answer, AttemptError>, SecretString, GatePermit<'_>), ApiError> {
+        let permit = self.inner.gate.acquire().await;
         let bearer = self.inner.tokens.bearer().await?;
         let outcome = self.attempt(ctx, call, &bearer, attempt).await;
-        Ok((outcome, bearer))
+        Ok((outcome, bearer, permit))
     }
 
     /// The service refused `bearer`: forget it, so that the next attempt
