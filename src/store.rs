@@ -1388,24 +1388,28 @@ mod tests {
         assert_eq!(mode, "wal");
     }
 
+    /// `doc` settled as synced on referral `ref` with `hash`.
+    fn synced<'a>(doc: &'a Value, hash: &'a str, fingerprint: Option<&'a [u8; 16]>) -> Applied<'a> {
+        Applied {
+            referral_id: "ref",
+            etag: Some("\"e\""),
+            base: None,
+            refused: &[],
+            snapshot: doc,
+            desired_hash: hash,
+            fingerprint,
+            state: SyncState::Synced,
+            error: None,
+        }
+    }
+
     #[test]
     fn known_records_are_read_in_id_order_with_their_fingerprints() {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
         for (id, hash) in [("ext-1", "aa"), ("ext-2", "bb"), ("ext-3", "cc")] {
             store.mark_pending(id, Some("ref")).unwrap();
-            let applied = Applied {
-                referral_id: "ref",
-                etag: Some("\"e\""),
-                base: None,
-                refused: &[],
-                snapshot: &doc,
-                desired_hash: hash,
-                fingerprint: None,
-                state: SyncState::Synced,
-                error: None,
-            };
-            store.record_applied(id, &applied).unwrap();
+            store.record_applied(id, &synced(&doc, hash, None)).unwrap();
         }
         store.mark_pending("ext-2", None).unwrap();
         store
@@ -1476,17 +1480,7 @@ mod tests {
     fn writes_together_land_all_or_none() {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
-        let applied = Applied {
-            referral_id: "ref",
-            etag: Some("\"e\""),
-            base: None,
-            refused: &[],
-            snapshot: &doc,
-            desired_hash: "aa",
-            fingerprint: Some(&[1; 16]),
-            state: SyncState::Synced,
-            error: None,
-        };
+        let applied = synced(&doc, "aa", Some(&[1; 16]));
         let event =
             |store: &Store, kind: &str| store.record_event("ext-1", Some("c"), kind, &json!({}));
         let kinds = |store: &Store| -> Vec<String> {
@@ -1553,18 +1547,9 @@ mod tests {
         let doc = json!({"name": "A"});
         let settle = |hash: &str, fingerprint: Option<&[u8; 16]>| {
             store.mark_pending("ext-1", Some("ref")).unwrap();
-            let applied = Applied {
-                referral_id: "ref",
-                etag: Some("\"e\""),
-                base: None,
-                refused: &[],
-                snapshot: &doc,
-                desired_hash: hash,
-                fingerprint,
-                state: SyncState::Synced,
-                error: None,
-            };
-            store.record_applied("ext-1", &applied).unwrap();
+            store
+                .record_applied("ext-1", &synced(&doc, hash, fingerprint))
+                .unwrap();
         };
         let known = || {
             let mut known = Vec::new();

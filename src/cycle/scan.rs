@@ -216,15 +216,21 @@ impl StoreKnows {
         }
     }
 
-    fn get(&self, id: IdKey) -> Option<&Known> {
-        let id = id.halves();
-        let bucket = StoreKnows::bucket(id, self.bits);
+    /// The entries of the bucket `id` falls in.
+    fn run(&self, id: IdKey) -> Option<&[Known]> {
+        let bucket = StoreKnows::bucket(id.halves(), self.bits);
         let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
         else {
             return None;
         };
-        let run = self.records.get(start as usize..end as usize)?;
-        let at = run.binary_search_by_key(&id, |known| known.id).ok()?;
+        self.records.get(start as usize..end as usize)
+    }
+
+    fn get(&self, id: IdKey) -> Option<&Known> {
+        let run = self.run(id)?;
+        let at = run
+            .binary_search_by_key(&id.halves(), |known| known.id)
+            .ok()?;
         run.get(at)
     }
 
@@ -239,19 +245,8 @@ impl StoreKnows {
     /// Start fetching the entries of `id`, the second read of a lookup;
     /// best once [`StoreKnows::prefetch_start`] has brought in the start.
     fn prefetch_entries(&self, id: IdKey) {
-        let bucket = StoreKnows::bucket(id.halves(), self.bits);
-        let (Some(&start), Some(&end)) = (self.starts.get(bucket), self.starts.get(bucket + 1))
-        else {
-            return;
-        };
         // A bucket holds one or two entries; the first two are enough.
-        for entry in self
-            .records
-            .get(start as usize..end as usize)
-            .into_iter()
-            .flatten()
-            .take(2)
-        {
+        for entry in self.run(id).into_iter().flatten().take(2) {
             prefetch_read(entry);
         }
     }
@@ -779,7 +774,7 @@ impl<'a> Deciding<'a> {
             mapper,
             options,
             known,
-            found: FoundFingerprints::new(store, options.fingerprints.record),
+            found: FoundFingerprints::new(store),
             canonical: Vec::new(),
             record_errors: Vec::new(),
             files: Vec::new(),
@@ -1186,7 +1181,6 @@ impl KnownRecords<'_> {
 /// so that the next cycle knows them without parsing them.
 struct FoundFingerprints<'a> {
     store: &'a Store,
-    record: bool,
     batch: Vec<(String, [u8; 16], String)>,
     recorded: u64,
     failed: Option<StoreError>,
@@ -1196,22 +1190,19 @@ struct FoundFingerprints<'a> {
 const FINGERPRINT_BATCH: usize = 10_000;
 
 impl<'a> FoundFingerprints<'a> {
-    fn new(store: &'a Store, record: bool) -> Self {
+    fn new(store: &'a Store) -> Self {
         FoundFingerprints {
             store,
-            record,
             batch: Vec::new(),
             recorded: 0,
             failed: None,
         }
     }
 
-    /// Note that `external_id`'s record, with `fingerprint`, maps to `hash`;
-    /// an error once the store failed.
+    /// Note that `external_id`'s record, with `fingerprint`, maps to `hash`
+    /// (asked only when the cycle records fingerprints); an error once the
+    /// store failed.
     fn add(&mut self, external_id: &str, fingerprint: [u8; 16], hash: DocHash) -> Result<(), ()> {
-        if !self.record {
-            return Ok(());
-        }
         self.batch
             .push((external_id.to_owned(), fingerprint, hash.to_hex()));
         if self.batch.len() >= FINGERPRINT_BATCH {

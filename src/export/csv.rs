@@ -1538,17 +1538,22 @@ mod tests {
         }
     }
 
+    /// A lead export in CSV whose `Lead` column is the id.
+    fn lead_options() -> super::super::ExportOptions {
+        super::super::ExportOptions {
+            path: std::path::PathBuf::new(),
+            format: super::super::ExportFormat::Csv,
+            entity: crate::model::Entity::Lead,
+            header_aliases: BTreeMap::from([("Lead".to_owned(), "leadid".to_owned())]),
+            checks: super::super::ExportChecks::default(),
+        }
+    }
+
     /// The ids a prefilter is told to expect reading `content`, and the
     /// ids it is asked about.
     fn expected_and_asked(content: &[u8]) -> (Vec<String>, Vec<String>) {
-        use super::super::{ExportChecks, ExportFormat, ExportOptions, read_export_bytes_with};
-        let options = ExportOptions {
-            path: std::path::PathBuf::new(),
-            format: ExportFormat::Csv,
-            entity: crate::model::Entity::Lead,
-            header_aliases: BTreeMap::from([("Lead".to_owned(), "leadid".to_owned())]),
-            checks: ExportChecks::default(),
-        };
+        use super::super::read_export_bytes_with;
+        let options = lead_options();
         let mut knows = Knows {
             known: vec!["L-2"],
             asked: Vec::new(),
@@ -1601,16 +1606,8 @@ mod tests {
 
     #[test]
     fn a_prefilter_sees_every_row_and_a_known_row_is_not_built() {
-        use super::super::{
-            ExportChecks, ExportFormat, ExportOptions, read_export_bytes, read_export_bytes_with,
-        };
-        let options = ExportOptions {
-            path: std::path::PathBuf::new(),
-            format: ExportFormat::Csv,
-            entity: crate::model::Entity::Lead,
-            header_aliases: BTreeMap::from([("Lead".to_owned(), "leadid".to_owned())]),
-            checks: ExportChecks::default(),
-        };
+        use super::super::{read_export_bytes, read_export_bytes_with};
+        let options = lead_options();
         // Only the known row gives `notes` a value; the row without an id
         // is not asked about.
         let content =
