@@ -51,7 +51,7 @@ const RECORD_FINGERPRINT: &str =
         fingerprint = excluded.fingerprint,
         desired_hash = excluded.desired_hash";
 
-/// The records [`Store::for_each_known`] gives as settled.
+/// The records [`Store::for_each_record_brief`] gives as settled.
 const SETTLED: &str = "state IN ('synced', 'invalid') AND desired_hash IS NOT NULL";
 
 /// The schema, in order. `PRAGMA user_version` records how many are applied.
@@ -303,75 +303,21 @@ pub struct StateCounts {
     pub held: u64,
 }
 
-/// What the store knows of one record, as [`Store::for_each_known`] reads
-/// it.
+/// One record as pass one reads it ([`Store::for_each_record_brief`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KnownRecord<'a> {
+pub struct RecordBrief<'a> {
     pub external_id: &'a str,
     /// The desired hash the record is settled with, when it is settled.
     pub settled: Option<&'a str>,
-    /// The export fingerprint kept for the record and the desired hash
-    /// those bytes map to.
-    pub fingerprint: Option<(&'a [u8], &'a str)>,
 }
 
-/// The kept fingerprints in id order, read alongside the records: `find`
-/// moves forward to an id and holds the row found, so that two cursors in
-/// step cost one pass over each.
-struct FingerprintCursor<'stmt> {
-    rows: rusqlite::Rows<'stmt>,
-    /// The row the cursor is on: id, fingerprint, desired hash.
-    id: String,
-    fingerprint: Vec<u8>,
-    hash: String,
-    on_row: bool,
-    done: bool,
-}
-
-impl<'stmt> FingerprintCursor<'stmt> {
-    fn new(rows: rusqlite::Rows<'stmt>) -> Self {
-        FingerprintCursor {
-            rows,
-            id: String::new(),
-            fingerprint: Vec::new(),
-            hash: String::new(),
-            on_row: false,
-            done: false,
-        }
-    }
-
-    /// The fingerprint kept for `external_id`; ids must come in increasing
-    /// order.
-    fn find(&mut self, external_id: &str) -> rusqlite::Result<Option<(&[u8], &str)>> {
-        while !self.done && (!self.on_row || self.id.as_str() < external_id) {
-            self.advance()?;
-        }
-        Ok((self.on_row && self.id == external_id)
-            .then_some((self.fingerprint.as_slice(), self.hash.as_str())))
-    }
-
-    fn advance(&mut self) -> rusqlite::Result<()> {
-        self.on_row = false;
-        let Some(row) = self.rows.next()? else {
-            self.done = true;
-            return Ok(());
-        };
-        let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
-        let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
-        let hash = row.get_ref(2).and_then(|v| Ok(v.as_str()?));
-        // A row edited into other types is passed over: its record is
-        // parsed, and its fingerprint written anew.
-        if let (Ok(id), Ok(fingerprint), Ok(hash)) = (id, fingerprint, hash) {
-            self.id.clear();
-            self.id.push_str(id);
-            self.fingerprint.clear();
-            self.fingerprint.extend_from_slice(fingerprint);
-            self.hash.clear();
-            self.hash.push_str(hash);
-            self.on_row = true;
-        }
-        Ok(())
-    }
+/// One kept export fingerprint ([`Store::for_each_fingerprint`]): the
+/// export record of `external_id` with these bytes maps to `desired_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptFingerprint<'a> {
+    pub external_id: &'a str,
+    pub fingerprint: &'a [u8],
+    pub desired_hash: &'a str,
 }
 
 pub struct Store {
@@ -1078,32 +1024,22 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
-    /// Call `visit` once for every record the store knows, in id order,
-    /// with whether it is settled (`synced` or `invalid`) and with which
-    /// desired hash, and with the export fingerprint kept for it, if any:
-    /// everything pass one needs of the store, in one pass. The records
-    /// (read from an index that holds exactly these columns in id order)
-    /// and the fingerprints (a table clustered by id) are merged as they are
-    /// read. Whether a fingerprint is trusted is for the caller to say: only
-    /// while the record is settled with the hash it maps to.
-    pub fn for_each_known(&self, visit: &mut dyn FnMut(KnownRecord<'_>)) -> Result<(), StoreError> {
+    /// Call `visit` once for every record the store knows, with whether it
+    /// is settled (`synced` or `invalid`) and with which desired hash: read
+    /// from an index that holds exactly these columns, in no promised order.
+    pub fn for_each_record_brief(
+        &self,
+        visit: &mut dyn FnMut(RecordBrief<'_>),
+    ) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let mut records = self
             .conn
             .prepare(&format!(
-                "SELECT external_id, {SETTLED}, desired_hash FROM records ORDER BY external_id"
+                "SELECT external_id, {SETTLED}, desired_hash FROM records"
             ))
             .map_err(&err)?;
-        let mut fingerprints = self
-            .conn
-            .prepare(
-                "SELECT external_id, fingerprint, desired_hash FROM export_fingerprints
-                 ORDER BY external_id",
-            )
-            .map_err(&err)?;
-        let mut records = records.query([]).map_err(&err)?;
-        let mut fingerprints = FingerprintCursor::new(fingerprints.query([]).map_err(&err)?);
-        while let Some(row) = records.next().map_err(&err)? {
+        let mut rows = records.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
             let external_id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
             let settled = row.get_ref(1).and_then(|v| Ok(v.as_i64()? != 0));
             let hash = row.get_ref(2).and_then(|v| Ok(v.as_str_or_null()?));
@@ -1113,14 +1049,58 @@ impl Store {
                 (Ok(true), Ok(Some(hash))) => Some(hash),
                 _ => None,
             };
-            let fingerprint = fingerprints.find(external_id).map_err(&err)?;
-            visit(KnownRecord {
+            visit(RecordBrief {
                 external_id,
                 settled,
-                fingerprint,
             });
         }
         Ok(())
+    }
+
+    /// Call `visit` once for every kept export fingerprint, in no promised
+    /// order. Whether one is trusted is for the caller to say: only while
+    /// its record is settled with the hash it maps to. A row edited into
+    /// other types is passed over: its record is parsed, and its
+    /// fingerprint written anew.
+    pub fn for_each_fingerprint(
+        &self,
+        visit: &mut dyn FnMut(KeptFingerprint<'_>),
+    ) -> Result<(), StoreError> {
+        let err = sqlite_error(&self.path);
+        let mut fingerprints = self
+            .conn
+            .prepare("SELECT external_id, fingerprint, desired_hash FROM export_fingerprints")
+            .map_err(&err)?;
+        let mut rows = fingerprints.query([]).map_err(&err)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let external_id = row.get_ref(0).and_then(|v| Ok(v.as_str()?));
+            let fingerprint = row.get_ref(1).and_then(|v| Ok(v.as_blob()?));
+            let desired_hash = row.get_ref(2).and_then(|v| Ok(v.as_str()?));
+            if let (Ok(external_id), Ok(fingerprint), Ok(desired_hash)) =
+                (external_id, fingerprint, desired_hash)
+            {
+                visit(KeptFingerprint {
+                    external_id,
+                    fingerprint,
+                    desired_hash,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A second connection to this store, read-only, for reading beside
+    /// this one on another thread; `None` for a store in memory, which has
+    /// no second connection.
+    pub fn reader_beside(&self) -> Result<Option<Store>, StoreError> {
+        if self.path == Path::new(":memory:") {
+            return Ok(None);
+        }
+        let (store, _) = Store::open_existing(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok(Some(store))
     }
 
     /// Keep, for each `(external id, fingerprint, desired hash)`, that the
@@ -1403,8 +1383,38 @@ mod tests {
         }
     }
 
+    /// A kept fingerprint as the tests compare it: its bytes and the hash
+    /// they map to.
+    type Kept = Option<(Vec<u8>, String)>;
+
+    /// Every record with what it is settled with and the fingerprint kept
+    /// for it, in id order, as the two reads of pass one give them.
+    fn known(store: &Store) -> Vec<(String, Option<String>, Kept)> {
+        let mut fingerprints = std::collections::BTreeMap::new();
+        store
+            .for_each_fingerprint(&mut |kept| {
+                fingerprints.insert(
+                    kept.external_id.to_owned(),
+                    (kept.fingerprint.to_vec(), kept.desired_hash.to_owned()),
+                );
+            })
+            .unwrap();
+        let mut known = Vec::new();
+        store
+            .for_each_record_brief(&mut |record| {
+                known.push((
+                    record.external_id.to_owned(),
+                    record.settled.map(str::to_owned),
+                    fingerprints.get(record.external_id).cloned(),
+                ))
+            })
+            .unwrap();
+        known.sort();
+        known
+    }
+
     #[test]
-    fn known_records_are_read_in_id_order_with_their_fingerprints() {
+    fn known_records_are_read_with_what_they_are_settled_with_and_every_fingerprint() {
         let (_dir, store) = store();
         let doc = json!({"name": "A"});
         for (id, hash) in [("ext-1", "aa"), ("ext-2", "bb"), ("ext-3", "cc")] {
@@ -1429,20 +1439,8 @@ mod tests {
             ])
             .unwrap();
 
-        let mut known = Vec::new();
-        store
-            .for_each_known(&mut |record| {
-                known.push((
-                    record.external_id.to_owned(),
-                    record.settled.map(str::to_owned),
-                    record
-                        .fingerprint
-                        .map(|(fp, hash)| (fp.to_vec(), hash.to_owned())),
-                ))
-            })
-            .unwrap();
         assert_eq!(
-            known,
+            known(&store),
             [
                 (
                     "ext-1".into(),
@@ -1458,11 +1456,29 @@ mod tests {
                 ("ext-4".into(), None, None),
             ]
         );
+        let mut kept = Vec::new();
+        store
+            .for_each_fingerprint(&mut |f| kept.push(f.external_id.to_owned()))
+            .unwrap();
+        kept.sort();
+        assert_eq!(kept, ["ext-0", "ext-1", "ext-25", "ext-3", "ext-9"]);
+
+        // The same from a second connection, as another thread reads them.
+        let beside = store.reader_beside().unwrap().unwrap();
+        assert_eq!(known(&beside), known(&store));
+        assert!(beside.mark_pending("ext-5", None).is_err(), "read-only");
+        assert!(
+            Store::open_in_memory()
+                .unwrap()
+                .reader_beside()
+                .unwrap()
+                .is_none()
+        );
 
         let plan: Vec<String> = store
             .conn
             .prepare(&format!(
-                "EXPLAIN QUERY PLAN SELECT external_id, {SETTLED}, desired_hash FROM records ORDER BY external_id"
+                "EXPLAIN QUERY PLAN SELECT external_id, {SETTLED}, desired_hash FROM records"
             ))
             .unwrap()
             .query_map([], |row| row.get::<_, String>(3))
@@ -1525,12 +1541,7 @@ mod tests {
             SyncState::Synced
         );
         assert_eq!(kinds(&store), ["sent", "settled"]);
-        let mut fingerprinted = 0;
-        store
-            .for_each_known(&mut |record| {
-                fingerprinted += usize::from(record.fingerprint.is_some());
-            })
-            .unwrap();
+        let fingerprinted = known(&store).iter().filter(|k| k.2.is_some()).count();
         assert_eq!(fingerprinted, 1);
 
         // Inside a read snapshot, which rolls back, a write is refused
@@ -1551,19 +1562,11 @@ mod tests {
                 .record_applied("ext-1", &synced(&doc, hash, fingerprint))
                 .unwrap();
         };
-        let known = || {
-            let mut known = Vec::new();
-            store
-                .for_each_known(&mut |record| {
-                    known.push((
-                        record.settled.map(str::to_owned),
-                        record
-                            .fingerprint
-                            .map(|(fp, hash)| (fp.to_vec(), hash.to_owned())),
-                    ))
-                })
-                .unwrap();
-            known
+        let known = || -> Vec<(Option<String>, Kept)> {
+            known(&store)
+                .into_iter()
+                .map(|(_, settled, kept)| (settled, kept))
+                .collect()
         };
         settle("aa", Some(&[7; 16]));
         assert_eq!(

@@ -69,6 +69,20 @@ fn first_128_bits(digest: blake3::Hash) -> [u8; 16] {
     out
 }
 
+/// The value of each hex digit (either case), and `0xFF` for every other
+/// byte.
+const HEX_DIGITS: [u8; 256] = {
+    let mut digits = [0xFF; 256];
+    let mut n = 0;
+    while n < 16 {
+        let value = n as u8;
+        digits[b"0123456789abcdef"[n] as usize] = value;
+        digits[b"0123456789ABCDEF"[n] as usize] = value;
+        n += 1;
+    }
+    digits
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DocHash(pub [u8; 16]);
 
@@ -79,10 +93,24 @@ impl DocHash {
 
     /// The hash written as `hex_text` (as the store keeps hashes); `None`
     /// when it is not one.
+    ///
+    /// Every record of the store has its hash read so each cycle: a table
+    /// lookup per digit and one check at the end, without a branch per
+    /// digit (the `hex` crate's decoding was an eighth of a no-change cycle).
     fn from_hex(hex_text: &str) -> Option<DocHash> {
+        let text = hex_text.as_bytes();
+        if text.len() != 32 {
+            return None;
+        }
         let mut bytes = [0u8; 16];
-        hex::decode_to_slice(hex_text, &mut bytes).ok()?;
-        Some(DocHash(bytes))
+        let mut invalid = 0u8;
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            let high = HEX_DIGITS[usize::from(pair[0])];
+            let low = HEX_DIGITS[usize::from(pair[1])];
+            invalid |= high | low;
+            *byte = (high << 4) | low;
+        }
+        (invalid & 0x80 == 0).then_some(DocHash(bytes))
     }
 }
 
@@ -133,9 +161,58 @@ struct Known {
 
 const _: () = assert!(std::mem::size_of::<Known>() == 56);
 
+/// A fingerprint the store keeps, as pass one reads it: the export record
+/// of this id with these bytes maps to `maps_to`. 48 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeptFingerprint {
+    id: [u64; 2],
+    fingerprint: [u8; 16],
+    maps_to: DocHash,
+}
+
+impl KeptFingerprint {
+    /// Every well-formed fingerprint `store` keeps, sorted by id key.
+    fn read(store: &Store) -> Result<Vec<KeptFingerprint>, StoreError> {
+        let mut kept = Vec::new();
+        store.for_each_fingerprint(&mut |row| {
+            // A row edited by hand into something else is passed over: its
+            // record is parsed, and its fingerprint written anew.
+            if let (Ok(fingerprint), Some(maps_to)) = (
+                <[u8; 16]>::try_from(row.fingerprint),
+                DocHash::from_hex(row.desired_hash),
+            ) {
+                kept.push(KeptFingerprint {
+                    id: IdKey::of(row.external_id).halves(),
+                    fingerprint,
+                    maps_to,
+                });
+            }
+        })?;
+        kept.sort_unstable_by_key(|kept| kept.id);
+        Ok(kept)
+    }
+}
+
+/// Give each of `records` (sorted by id key) the fingerprint kept for it
+/// (`kept`, sorted too) when that fingerprint maps to the very hash the
+/// record is settled with: only then is a record with those bytes
+/// unchanged. One walk over both.
+fn trust_fingerprints(records: &mut [Known], kept: &[KeptFingerprint]) {
+    let mut kept = kept.iter().peekable();
+    for record in records.iter_mut() {
+        while kept.next_if(|k| k.id < record.id).is_some() {}
+        if let Some(k) = kept.next_if(|k| k.id == record.id)
+            && record.settled == Some(k.maps_to)
+        {
+            record.fingerprint = Some(k.fingerprint);
+        }
+    }
+}
+
 /// Everything pass one needs of the store: every record it knows, sorted by
-/// id key, read in one pass over the store ([`Store::for_each_known`])
-/// within one read transaction, with where each run of keys sharing their
+/// id key, read in one pass over each of two tables
+/// ([`Store::for_each_record_brief`], [`Store::for_each_fingerprint`]),
+/// with where each run of keys sharing their
 /// top bits starts. Keys are uniformly spread hashes, so a lookup reads
 /// one start and searches a handful of entries instead of halving a
 /// million; one lookup answers both "settled with this hash?" and "known by
@@ -154,34 +231,77 @@ struct StoreKnows {
 impl StoreKnows {
     /// A resync takes every record up whatever the store says: only the
     /// ids are kept. Without `skip`, no fingerprint is trusted.
+    ///
+    /// The two tables are read at once, the kept fingerprints by a second
+    /// connection on a thread of its own (alone they were a third of a
+    /// no-change cycle, read while the other core waited). The two reads
+    /// may see the store at two moments, which cannot make a fingerprint
+    /// wrongly trusted: a fingerprint row states what those bytes map to,
+    /// which does not change, and it is trusted only if the record, as its
+    /// own read found it, is settled with that very hash.
     fn load(store: &Store, resync: bool, skip: bool) -> Result<StoreKnows, StoreError> {
-        let _snapshot = read_snapshot(store)?;
-        let mut records = Vec::new();
-        store.for_each_known(&mut |record| {
-            let mut known = Known {
-                id: IdKey::of(record.external_id).halves(),
-                settled: None,
-                fingerprint: None,
+        let trust = skip && !resync;
+        // A store that cannot be opened twice is read on one connection.
+        let beside = if trust {
+            store.reader_beside().unwrap_or_else(|error| {
+                tracing::debug!(error = %error, "the store is read on one connection");
+                None
+            })
+        } else {
+            None
+        };
+        StoreKnows::load_beside(store, beside, resync, skip)
+    }
+
+    /// [`StoreKnows::load`], the fingerprints read by `beside` when there
+    /// is a second connection.
+    fn load_beside(
+        store: &Store,
+        beside: Option<Store>,
+        resync: bool,
+        skip: bool,
+    ) -> Result<StoreKnows, StoreError> {
+        let trust = skip && !resync;
+        let beside = beside.filter(|_| trust);
+        thread::scope(|scope| {
+            let beside = beside.map(|twin| scope.spawn(move || KeptFingerprint::read(&twin)));
+            let (mut records, alone) = {
+                let _snapshot = read_snapshot(store)?;
+                let records = StoreKnows::read_records(store, resync)?;
+                let alone = match (&beside, trust) {
+                    (None, true) => KeptFingerprint::read(store)?,
+                    _ => Vec::new(),
+                };
+                (records, alone)
             };
-            // A hash that is not one (the store was edited by hand) keeps
-            // its record out: it is taken up as outdated.
-            if let Some(text) = record.settled
-                && !resync
-                && let Some(hash) = DocHash::from_hex(text)
-            {
-                known.settled = Some(hash);
-                // Trusted only while the record is settled with the very
-                // hash its kept fingerprint maps to.
-                if let Some((fingerprint, maps_to)) = record.fingerprint
-                    && skip
-                    && maps_to == text
-                {
-                    known.fingerprint = <[u8; 16]>::try_from(fingerprint).ok();
-                }
-            }
-            records.push(known);
+            records.sort_unstable_by_key(|known| known.id);
+            let fingerprints = match beside {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+                None => alone,
+            };
+            trust_fingerprints(&mut records, &fingerprints);
+            Ok(StoreKnows::new(records))
+        })
+    }
+
+    /// Every record with the hash it is settled with (none on a resync).
+    fn read_records(store: &Store, resync: bool) -> Result<Vec<Known>, StoreError> {
+        let mut records = Vec::new();
+        store.for_each_record_brief(&mut |record| {
+            records.push(Known {
+                id: IdKey::of(record.external_id).halves(),
+                // A hash that is not one (the store was edited by hand)
+                // keeps its record out: it is taken up as outdated.
+                settled: record
+                    .settled
+                    .filter(|_| !resync)
+                    .and_then(DocHash::from_hex),
+                fingerprint: None,
+            });
         })?;
-        Ok(StoreKnows::new(records))
+        Ok(records)
     }
 
     fn new(mut records: Vec<Known>) -> StoreKnows {
@@ -1453,6 +1573,56 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_known_alike_read_on_one_connection_or_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let hash = |n: u8| DocHash([n; 16]).to_hex();
+        // 0: settled, its fingerprint maps to its hash; 1: settled, the
+        // fingerprint maps to an older hash; 2: settled, none kept;
+        // 3: pending with a fingerprint; 4: only a fingerprint; 5: a kept
+        // hash edited into something that is not one.
+        for n in 0..4u32 {
+            applied_from(&store, &opportunity(&id(n), 1), &hash(n as u8), None);
+        }
+        store.mark_pending(&id(3), None).unwrap();
+        store
+            .record_fingerprints(&[
+                (id(0), [10; 16], hash(0)),
+                (id(1), [11; 16], hash(9)),
+                (id(3), [13; 16], hash(3)),
+                (id(4), [14; 16], hash(4)),
+                (id(5), [15; 16], "not a hash".into()),
+            ])
+            .unwrap();
+        applied_from(&store, &opportunity(&id(5), 1), &hash(5), None);
+
+        let alone = StoreKnows::load_beside(&store, None, false, true).unwrap();
+        let beside = store.reader_beside().unwrap();
+        assert!(beside.is_some());
+        let two = StoreKnows::load_beside(&store, beside, false, true).unwrap();
+        assert_eq!(two.records, alone.records);
+        assert_eq!(two.fingerprinted, 1);
+        let key = |n: u32| IdKey::of(&id(n));
+        assert!(two.known_by(key(0), &[10; 16]));
+        for (n, fingerprint) in [(1, 11), (2, 12), (3, 13), (4, 14), (5, 15)] {
+            assert!(!two.known_by(key(n), &[fingerprint; 16]), "{n}");
+        }
+        assert!(two.settled_with(key(2), DocHash([2; 16])));
+        assert!(!two.settled_with(key(3), DocHash([3; 16])), "pending");
+        assert_eq!(two.get(key(4)), None);
+
+        // Without skipping, or on a resync, nothing is trusted; a resync
+        // keeps only the ids.
+        for (resync, skip) in [(false, false), (true, true)] {
+            let beside = store.reader_beside().unwrap();
+            let known = StoreKnows::load_beside(&store, beside, resync, skip).unwrap();
+            assert_eq!(known.fingerprinted, 0);
+            assert_eq!(known.records.len(), 5);
+            assert_eq!(known.records.iter().any(|k| k.settled.is_some()), !resync);
+        }
+    }
+
+    #[test]
     fn what_the_store_knows_is_found_by_id_and_nothing_else_is() {
         for count in [0u32, 1, 2, 3, 1000, 70_000] {
             let records: Vec<Known> = (0..count)
@@ -1532,6 +1702,20 @@ mod tests {
         );
         assert_eq!(DocHash::from_hex("short"), None);
         assert_eq!(DocHash::from_hex(&"g".repeat(32)), None);
+        assert_eq!(DocHash::from_hex(&format!("0x{}", &expected[2..])), None);
+    }
+
+    proptest::proptest! {
+        /// The hand-written decoding answers as the `hex` crate's does, for
+        /// text of any length and any bytes, hex digits or not.
+        #[test]
+        fn a_hash_is_decoded_as_the_hex_crate_decodes_it(
+            text in proptest::string::string_regex("[0-9a-fA-F]{0,34}|[0-9a-fA-F]{0,31}.[0-9a-fA-F]{0,31}|.{0,40}").unwrap()
+        ) {
+            let mut bytes = [0u8; 16];
+            let expected = hex::decode_to_slice(&text, &mut bytes).ok().map(|()| DocHash(bytes));
+            proptest::prop_assert_eq!(DocHash::from_hex(&text), expected);
+        }
     }
 
     #[test]

@@ -350,12 +350,27 @@ pub fn normalise_external_id(text: &str) -> String {
 /// `f` of [`normalise_external_id`]'s answer, without allocating it: pass
 /// one asks for the id of every record of the export.
 pub fn with_normalised_external_id<R>(text: &str, f: impl FnOnce(&str) -> R) -> R {
+    // Dynamics writes its ids so: they are their own canonical form.
+    if is_canonical_guid(text) {
+        return f(text);
+    }
     match uuid::Uuid::try_parse(text.trim()) {
         Ok(guid) => f(guid
             .hyphenated()
             .encode_lower(&mut uuid::Uuid::encode_buffer())),
         Err(_) => f(text.trim()),
     }
+}
+
+/// Whether `text` is a GUID in canonical form already: 36 bytes, lower-case
+/// hex digits in groups of 8-4-4-4-12 joined by hyphens.
+fn is_canonical_guid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(at, &byte)| match at {
+            8 | 13 | 18 | 23 => byte == b'-',
+            _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
+        })
 }
 
 /// One referral field and where the mapping reads it from.

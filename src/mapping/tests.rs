@@ -1296,7 +1296,8 @@ fn an_id_is_normalised_without_allocating_as_the_guid_conversion_does() {
 proptest::proptest! {
     #[test]
     fn any_id_is_normalised_without_allocating_as_the_guid_conversion_does(
-        text in "[ {}]{0,2}[0-9a-fA-F-]{0,40}[ {}]{0,2}|urn:uuid:[0-9a-f-]{36}|\\PC{0,40}"
+        text in "[ {}]{0,2}[0-9a-fA-F-]{0,40}[ {}]{0,2}|urn:uuid:[0-9a-f-]{36}|\\PC{0,40}\
+            |[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-gA-F-]{36}"
     ) {
             proptest::prop_assert_eq!(
             with_normalised_external_id(&text, str::to_owned),
