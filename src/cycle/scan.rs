@@ -9,8 +9,9 @@
 //! retained up to a budget; beyond it the push phase reads the export a
 //! second time.
 //!
-//! What the store knows is read first, in one pass over it
-//! ([`StoreKnows`]); then the export is parsed on one thread, which settles
+//! What the store knows is read first ([`StoreKnows`]: the records on this
+//! thread and the kept fingerprints on another, by a second connection,
+//! at once); then the export is parsed on one thread, which settles
 //! the records known by their fingerprint unparsed, while the calling
 //! thread maps each other record, hashes its document and looks its key up
 //! among the settled ones.
@@ -173,7 +174,7 @@ struct KeptFingerprint {
 impl KeptFingerprint {
     /// Every well-formed fingerprint `store` keeps, sorted by id key.
     fn read(store: &Store) -> Result<Vec<KeptFingerprint>, StoreError> {
-        let mut kept = Vec::new();
+        let mut kept = Vec::with_capacity(capacity(store.fingerprint_count()?));
         store.for_each_fingerprint(&mut |row| {
             // A row edited by hand into something else is passed over: its
             // record is parsed, and its fingerprint written anew.
@@ -191,6 +192,12 @@ impl KeptFingerprint {
         kept.sort_unstable_by_key(|kept| kept.id);
         Ok(kept)
     }
+}
+
+/// Room for `count` rows as the store counted them, a hint only (rows
+/// may come or go before they are read).
+fn capacity(count: u64) -> usize {
+    usize::try_from(count).unwrap_or(0)
 }
 
 /// Give each of `records` (sorted by id key) the fingerprint kept for it
@@ -288,7 +295,10 @@ impl StoreKnows {
 
     /// Every record with the hash it is settled with (none on a resync).
     fn read_records(store: &Store, resync: bool) -> Result<Vec<Known>, StoreError> {
-        let mut records = Vec::new();
+        // Sized once (an index count, milliseconds for a million): grown
+        // by doubling, the old and the new block would both be resident
+        // for a moment, while the fingerprints grow on the other thread.
+        let mut records = Vec::with_capacity(capacity(store.record_count()?));
         store.for_each_record_brief(&mut |record| {
             records.push(Known {
                 id: IdKey::of(record.external_id).halves(),
