@@ -1024,16 +1024,6 @@ impl Store {
             .map_err(sqlite_error(&self.path))
     }
 
-    /// How many export fingerprints the store keeps.
-    pub fn fingerprint_count(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM export_fingerprints", [], |row| {
-                row.get::<_, i64>(0)
-            })
-            .map(|n| n.max(0) as u64)
-            .map_err(sqlite_error(&self.path))
-    }
-
     /// Call `visit` once for every record the store knows, with whether it
     /// is settled (`synced` or `invalid`) and with which desired hash: read
     /// from an index that holds exactly these columns, in no promised order.

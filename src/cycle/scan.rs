@@ -174,7 +174,7 @@ struct KeptFingerprint {
 impl KeptFingerprint {
     /// Every well-formed fingerprint `store` keeps, sorted by id key.
     fn read(store: &Store) -> Result<Vec<KeptFingerprint>, StoreError> {
-        let mut kept = Vec::with_capacity(capacity(store.fingerprint_count()?));
+        let mut kept = Vec::new();
         store.for_each_fingerprint(&mut |row| {
             // A row edited by hand into something else is passed over: its
             // record is parsed, and its fingerprint written anew.
@@ -192,12 +192,6 @@ impl KeptFingerprint {
         kept.sort_unstable_by_key(|kept| kept.id);
         Ok(kept)
     }
-}
-
-/// Room for `count` rows as the store counted them, a hint only (rows
-/// may come or go before they are read).
-fn capacity(count: u64) -> usize {
-    usize::try_from(count).unwrap_or(0)
 }
 
 /// Give each of `records` (sorted by id key) the fingerprint kept for it
@@ -295,10 +289,7 @@ impl StoreKnows {
 
     /// Every record with the hash it is settled with (none on a resync).
     fn read_records(store: &Store, resync: bool) -> Result<Vec<Known>, StoreError> {
-        // Sized once (an index count, milliseconds for a million): grown
-        // by doubling, the old and the new block would both be resident
-        // for a moment, while the fingerprints grow on the other thread.
-        let mut records = Vec::with_capacity(capacity(store.record_count()?));
+        let mut records = Vec::new();
         store.for_each_record_brief(&mut |record| {
             records.push(Known {
                 id: IdKey::of(record.external_id).halves(),
