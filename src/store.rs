@@ -1096,10 +1096,12 @@ impl Store {
         if self.path == Path::new(":memory:") {
             return Ok(None);
         }
-        let (store, _) = Store::open_existing(
+        let (store, version) = Store::open_existing(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        // The path may name another file by now.
+        store.require_schema(version)?;
         Ok(Some(store))
     }
 
@@ -1388,7 +1390,7 @@ mod tests {
     type Kept = Option<(Vec<u8>, String)>;
 
     /// Every record with what it is settled with and the fingerprint kept
-    /// for it, in id order, as the two reads of pass one give them.
+    /// for it (joined by id, not by pass one's trust rule), sorted by id.
     fn known(store: &Store) -> Vec<(String, Option<String>, Kept)> {
         let mut fingerprints = std::collections::BTreeMap::new();
         store

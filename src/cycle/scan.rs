@@ -5,7 +5,8 @@
 //! 128-bit key of its id, where it occurred and its [`Verdict`] are kept
 //! (40 bytes, in one vector sorted once the read is done), and per record
 //! of the store what it is settled with and its trusted fingerprint (56
-//! bytes, [`StoreKnows`]). Documents of records that need work are
+//! bytes, [`StoreKnows`]; while the store is read, 48 more per kept
+//! fingerprint). Documents of records that need work are
 //! retained up to a budget; beyond it the push phase reads the export a
 //! second time.
 //!
@@ -245,7 +246,7 @@ impl StoreKnows {
         // A store that cannot be opened twice is read on one connection.
         let beside = if trust {
             store.reader_beside().unwrap_or_else(|error| {
-                tracing::debug!(error = %error, "the store is read on one connection");
+                tracing::warn!(error = %error, "the store is read on one connection");
                 None
             })
         } else {
@@ -266,23 +267,35 @@ impl StoreKnows {
         let beside = beside.filter(|_| trust);
         thread::scope(|scope| {
             let beside = beside.map(|twin| scope.spawn(move || KeptFingerprint::read(&twin)));
-            let (mut records, alone) = {
-                let _snapshot = read_snapshot(store)?;
-                let records = StoreKnows::read_records(store, resync)?;
-                let alone = match (&beside, trust) {
-                    (None, true) => KeptFingerprint::read(store)?,
-                    _ => Vec::new(),
-                };
-                (records, alone)
+            // Inside one snapshot: the records, and the fingerprints too
+            // when there is no second connection, or when its read failed.
+            let snapshot = read_snapshot(store);
+            let records = match &snapshot {
+                Ok(_) => StoreKnows::read_records(store, resync),
+                Err(_) => Ok(Vec::new()),
             };
-            records.sort_unstable_by_key(|known| known.id);
-            let fingerprints = match beside {
-                Some(thread) => thread
+            // Joined before any error is returned, so that an error here
+            // does not wait on the other read and a panic there is raised.
+            let beside = beside.map(|thread| {
+                thread
                     .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
-                None => alone,
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            });
+            let snapshot = snapshot?;
+            let mut records = records?;
+            let fingerprints = match beside {
+                Some(Ok(fingerprints)) => fingerprints,
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "the second connection could not read the store's fingerprints; read on the first");
+                    KeptFingerprint::read(store)?
+                }
+                None if trust => KeptFingerprint::read(store)?,
+                None => Vec::new(),
             };
+            drop(snapshot);
+            records.sort_unstable_by_key(|known| known.id);
             trust_fingerprints(&mut records, &fingerprints);
+            drop(fingerprints);
             Ok(StoreKnows::new(records))
         })
     }
@@ -1612,6 +1625,17 @@ mod tests {
         assert!(!two.settled_with(key(3), DocHash([3; 16])), "pending");
         assert_eq!(two.get(key(4)), None);
 
+        // A second connection whose read fails (here: a store without the
+        // table) leaves the fingerprints to the first.
+        let broken_dir = tempfile::tempdir().unwrap();
+        let broken = Store::open(&broken_dir.path().join("s.db")).unwrap();
+        broken
+            .connection()
+            .execute_batch("DROP TABLE export_fingerprints")
+            .unwrap();
+        let fell_back = StoreKnows::load_beside(&store, Some(broken), false, true).unwrap();
+        assert_eq!(fell_back.records, alone.records);
+
         // Without skipping, or on a resync, nothing is trusted; a resync
         // keeps only the ids.
         for (resync, skip) in [(false, false), (true, true)] {
@@ -1621,6 +1645,53 @@ mod tests {
             assert_eq!(known.records.len(), 5);
             assert_eq!(known.records.iter().any(|k| k.settled.is_some()), !resync);
         }
+    }
+
+    #[test]
+    fn fingerprints_read_at_another_moment_than_the_records_trust_nothing_stale() {
+        let key = IdKey::of(&id(1)).halves();
+        let record = |hash: u8| Known {
+            id: key,
+            settled: Some(DocHash([hash; 16])),
+            fingerprint: None,
+        };
+        let kept = |fingerprint: u8, hash: u8| KeptFingerprint {
+            id: key,
+            fingerprint: [fingerprint; 16],
+            maps_to: DocHash([hash; 16]),
+        };
+        let trusted = |record: Known, kept: &[KeptFingerprint]| {
+            let mut records = [record];
+            trust_fingerprints(&mut records, kept);
+            records[0].fingerprint
+        };
+        // Settled with 1 by bytes 1, then settled with 2 by bytes 2: the
+        // records read before and the fingerprints after, or the reverse.
+        assert_eq!(trusted(record(1), &[kept(2, 2)]), None);
+        assert_eq!(trusted(record(2), &[kept(1, 1)]), None);
+        // Taken out of the settled state (a retry released it) after its
+        // fingerprint was read.
+        let released = Known {
+            settled: None,
+            ..record(1)
+        };
+        assert_eq!(trusted(released, &[kept(1, 1)]), None);
+        // Read at the same moment.
+        assert_eq!(trusted(record(2), &[kept(2, 2)]), Some([2; 16]));
+        // Fingerprints of other ids, before and after, are walked past.
+        let mut around = [
+            KeptFingerprint {
+                id: [0, 0],
+                ..kept(9, 2)
+            },
+            kept(2, 2),
+            KeptFingerprint {
+                id: [u64::MAX, u64::MAX],
+                ..kept(9, 2)
+            },
+        ];
+        around.sort_unstable_by_key(|k| k.id);
+        assert_eq!(trusted(record(2), &around), Some([2; 16]));
     }
 
     #[test]
@@ -1711,11 +1782,15 @@ mod tests {
         /// text of any length and any bytes, hex digits or not.
         #[test]
         fn a_hash_is_decoded_as_the_hex_crate_decodes_it(
-            text in proptest::string::string_regex("[0-9a-fA-F]{0,34}|[0-9a-fA-F]{0,31}.[0-9a-fA-F]{0,31}|.{0,40}").unwrap()
+            text in proptest::string::string_regex(
+                "[0-9a-fA-F]{32}|[0-9a-fA-F]{0,34}|[0-9a-fA-F]{0,31}.[0-9a-fA-F]{0,31}|.{0,40}"
+            ).unwrap(),
+            bytes in proptest::prelude::any::<[u8; 16]>(),
         ) {
-            let mut bytes = [0u8; 16];
-            let expected = hex::decode_to_slice(&text, &mut bytes).ok().map(|()| DocHash(bytes));
+            let mut decoded = [0u8; 16];
+            let expected = hex::decode_to_slice(&text, &mut decoded).ok().map(|()| DocHash(decoded));
             proptest::prop_assert_eq!(DocHash::from_hex(&text), expected);
+            proptest::prop_assert_eq!(DocHash::from_hex(&DocHash(bytes).to_hex()), Some(DocHash(bytes)));
         }
     }
 
@@ -2112,7 +2187,10 @@ mod tests {
                     originals.iter().map(|r| (r.clone(), false, false)).collect();
                 let mut earlier: HashMap<String, Vec<(Value, bool, bool)>> = HashMap::new();
                 let (dir, options) = export(&[]);
-                let store = Store::open_in_memory().unwrap();
+                // A store in a file, so that its fingerprints are read by a
+                // second connection as in a real cycle.
+                let store_dir = tempfile::tempdir().unwrap();
+                let store = Store::open(&store_dir.path().join("s.db")).unwrap();
                 for (step, step_edits) in edits.iter().enumerate() {
                     for edit in step_edits {
                         let at = |n: &usize| *n % rows.len().max(1);
