@@ -314,7 +314,7 @@ pub struct RecordBrief<'a> {
 /// One kept export fingerprint ([`Store::for_each_fingerprint`]): the
 /// export record of `external_id` with these bytes maps to `desired_hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeptFingerprint<'a> {
+pub struct FingerprintRow<'a> {
     pub external_id: &'a str,
     pub fingerprint: &'a [u8],
     pub desired_hash: &'a str,
@@ -1064,7 +1064,7 @@ impl Store {
     /// fingerprint written anew.
     pub fn for_each_fingerprint(
         &self,
-        visit: &mut dyn FnMut(KeptFingerprint<'_>),
+        visit: &mut dyn FnMut(FingerprintRow<'_>),
     ) -> Result<(), StoreError> {
         let err = sqlite_error(&self.path);
         let mut fingerprints = self
@@ -1079,7 +1079,7 @@ impl Store {
             if let (Ok(external_id), Ok(fingerprint), Ok(desired_hash)) =
                 (external_id, fingerprint, desired_hash)
             {
-                visit(KeptFingerprint {
+                visit(FingerprintRow {
                     external_id,
                     fingerprint,
                     desired_hash,

@@ -296,7 +296,7 @@ impl StoreKnows {
             records.sort_unstable_by_key(|known| known.id);
             trust_fingerprints(&mut records, &fingerprints);
             drop(fingerprints);
-            Ok(StoreKnows::new(records))
+            Ok(StoreKnows::of_sorted(records))
         })
     }
 
@@ -318,8 +318,15 @@ impl StoreKnows {
         Ok(records)
     }
 
+    /// The table of `records` in any order (the load sorts them itself).
+    #[cfg(test)]
     fn new(mut records: Vec<Known>) -> StoreKnows {
         records.sort_unstable_by_key(|known| known.id);
+        StoreKnows::of_sorted(records)
+    }
+
+    /// The table of `records`, sorted by id key.
+    fn of_sorted(records: Vec<Known>) -> StoreKnows {
         // One or two records per bucket (4 bytes of starts per record or
         // less), so that a lookup reads one start and one or two entries.
         let bits = records.len().max(1).ilog2().min(28);
@@ -1857,12 +1864,7 @@ mod tests {
                 (id(9), WorkReason::Outdated),
             ]
         );
-        let hash_of = |record: &Value| {
-            let hex = desired_hash(record);
-            let mut bytes = [0u8; 16];
-            hex::decode_to_slice(hex, &mut bytes).unwrap();
-            DocHash(bytes)
-        };
+        let hash_of = |record: &Value| DocHash::from_hex(&desired_hash(record)).unwrap();
         assert_eq!(
             scan.work_for(&id(2), hash_of(&changed)),
             Some(WorkFor::Push(WorkReason::Outdated))
