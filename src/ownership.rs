@@ -303,6 +303,110 @@ fn project_node(
     }
 }
 
+/// Put `value` in `slot` of `document` (`None` or `null`: take the slot's
+/// value out), making the objects, the keyed list and its element on the
+/// way, so that [`Slots::of`] then finds that value there and every other
+/// slot as it was. An element added this way carries its key as
+/// [`ListKey::of`] gives it (case-folded where the key ignores case).
+/// Returns `false`, and leaves the document as it was, when something that
+/// is not an object (or, for an element's member, a list or an object
+/// element) stands where the slot's parents should be and a value is to be
+/// put there; taking out a value that is not there succeeds.
+pub fn set_slot(
+    document: &mut Value,
+    slot: &Slot,
+    value: Option<&Value>,
+    managed: &ManagedPaths,
+) -> bool {
+    let value = value.filter(|v| !v.is_null());
+    let Some(element) = &slot.element else {
+        let Some((last, parents)) = slot.tokens.split_last() else {
+            return false;
+        };
+        let Some(parent) = container(document, parents, value.is_some()) else {
+            return value.is_none();
+        };
+        if parent.is_null() && value.is_some() {
+            *parent = Value::Object(Map::new());
+        }
+        let Value::Object(object) = parent else {
+            return value.is_none();
+        };
+        match value {
+            Some(v) => {
+                object.insert(last.clone(), v.clone());
+            }
+            None => {
+                object.remove(last);
+            }
+        }
+        return true;
+    };
+    let Some(key) = managed.list_key(&slot.pointer()) else {
+        return false;
+    };
+    let Some(list) = container(document, &slot.tokens, value.is_some()) else {
+        return value.is_none();
+    };
+    if list.is_null() {
+        if value.is_none() {
+            return true;
+        }
+        *list = Value::Array(Vec::new());
+    }
+    let Value::Array(elements) = list else {
+        return false;
+    };
+    let found = elements
+        .iter_mut()
+        .find(|e| key.of(e).as_deref() == Some(element.key.as_str()));
+    match (found, value) {
+        // The key member is the element's identity: it stays while the
+        // element is there.
+        (Some(_), _) if element.member == key.member => true,
+        (Some(Value::Object(members)), Some(v)) => {
+            members.insert(element.member.clone(), v.clone());
+            true
+        }
+        (Some(Value::Object(members)), None) => {
+            members.remove(&element.member);
+            true
+        }
+        (Some(_), v) => v.is_none(),
+        (None, None) => true,
+        (None, Some(v)) => {
+            let mut members = Map::new();
+            members.insert(key.member.clone(), Value::String(element.key.clone()));
+            members.insert(element.member.clone(), v.clone());
+            elements.push(Value::Object(members));
+            true
+        }
+    }
+}
+
+/// The value at `tokens` below `document`, made when `make` (objects on
+/// the way, `null` at the end for the caller to fill); `None` where it is
+/// missing and not made, or where something other than an object stands on
+/// the way (nothing is made before such an obstacle: only a missing member
+/// is made, and what is made is an object).
+fn container<'a>(document: &'a mut Value, tokens: &[String], make: bool) -> Option<&'a mut Value> {
+    let mut at = document;
+    for token in tokens {
+        if at.is_null() && make {
+            *at = Value::Object(Map::new());
+        }
+        let Value::Object(object) = at else {
+            return None;
+        };
+        at = if make {
+            object.entry(token.clone()).or_insert(Value::Null)
+        } else {
+            object.get_mut(token)?
+        };
+    }
+    Some(at)
+}
+
 fn pointer_of(tokens: &[String]) -> String {
     tokens
         .iter()
@@ -402,5 +506,154 @@ mod tests {
                 }
             })
         );
+    }
+
+    fn team_slot(key: &str, member: &str) -> Slot {
+        Slot {
+            tokens: vec!["customerProfile".into(), "team".into()],
+            element: Some(ElementSlot {
+                key: key.into(),
+                member: member.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_slot_is_set_or_taken_out_and_every_other_slot_stays() {
+        let managed = team_managed();
+        let doc = json!({
+            "details": {"dealValue": 5, "notes": "x"},
+            "customerProfile": {"team": [{"email": "Jane@X.example", "lastName": "Doe", "phoneNumber": "1"}]}
+        });
+        let deal = Slot::leaf(&["details", "dealValue"]);
+        let city = Slot::leaf(&["customerProfile", "address", "city"]);
+        let cases: Vec<(&str, Value, Slot, Option<Value>)> = vec![
+            ("a leaf replaced", doc.clone(), deal.clone(), Some(json!(7))),
+            ("a leaf taken out", doc.clone(), deal.clone(), None),
+            (
+                "a leaf taken out by null",
+                doc.clone(),
+                deal.clone(),
+                Some(Value::Null),
+            ),
+            (
+                "a leaf under a missing parent",
+                doc.clone(),
+                city.clone(),
+                Some(json!("Oslo")),
+            ),
+            ("a missing leaf taken out", doc.clone(), city.clone(), None),
+            (
+                "a leaf in an empty document",
+                Value::Null,
+                city.clone(),
+                Some(json!("Oslo")),
+            ),
+            (
+                "an element's member replaced",
+                doc.clone(),
+                team_slot("jane@x.example", "lastName"),
+                Some(json!("Roe")),
+            ),
+            (
+                "an element's member taken out",
+                doc.clone(),
+                team_slot("jane@x.example", "lastName"),
+                None,
+            ),
+            (
+                "a member of a new element",
+                doc.clone(),
+                team_slot("sue@x.example", "lastName"),
+                Some(json!("Sue")),
+            ),
+            (
+                "a new element by its key",
+                doc.clone(),
+                team_slot("sue@x.example", "email"),
+                Some(json!("sue@x.example")),
+            ),
+            (
+                "a member of an element of a missing list",
+                json!({}),
+                team_slot("sue@x.example", "lastName"),
+                Some(json!("Sue")),
+            ),
+            (
+                "a member of a missing element taken out",
+                doc.clone(),
+                team_slot("sue@x.example", "lastName"),
+                None,
+            ),
+        ];
+        for (name, mut document, slot, value) in cases {
+            let before = Slots::of(&document, &managed);
+            assert!(
+                set_slot(&mut document, &slot, value.as_ref(), &managed),
+                "{name}"
+            );
+            let after = Slots::of(&document, &managed);
+            let wanted = value.filter(|v| !v.is_null());
+            assert_eq!(after.get(&slot), wanted.as_ref(), "{name}: {document}");
+            let others = |slots: &Slots| -> Vec<(Slot, Value)> {
+                slots
+                    .values
+                    .iter()
+                    .filter(|(s, _)| {
+                        **s != slot
+                            // A new element brings its key slot with it.
+                            && !(s.element.as_ref().is_some_and(|e| {
+                                slot.element.as_ref().is_some_and(|k| k.key == e.key)
+                                    && e.member == "email"
+                            }))
+                    })
+                    .map(|(s, v)| (s.clone(), v.clone()))
+                    .collect()
+            };
+            assert_eq!(others(&after), others(&before), "{name}: {document}");
+            assert!(after.problems.is_empty(), "{name}");
+        }
+        // What is outside the slots is kept.
+        let mut document = doc.clone();
+        set_slot(
+            &mut document,
+            &team_slot("jane@x.example", "lastName"),
+            Some(&json!("Roe")),
+            &managed,
+        );
+        assert_eq!(document["details"]["notes"], "x");
+        assert_eq!(document["customerProfile"]["team"][0]["phoneNumber"], "1");
+    }
+
+    #[test]
+    fn a_slot_behind_something_that_is_not_an_object_is_not_set() {
+        let managed = team_managed();
+        for mut document in [
+            json!({"customerProfile": {"address": "12 Main St"}}),
+            json!({"customerProfile": "Contoso"}),
+        ] {
+            let kept = document.clone();
+            let city = Slot::leaf(&["customerProfile", "address", "city"]);
+            assert!(!set_slot(
+                &mut document,
+                &city,
+                Some(&json!("Oslo")),
+                &managed
+            ));
+            assert_eq!(document, kept);
+            assert!(
+                set_slot(&mut document, &city, None, &managed),
+                "nothing to take out"
+            );
+        }
+        let mut document = json!({"customerProfile": {"team": "everyone"}});
+        let kept = document.clone();
+        assert!(!set_slot(
+            &mut document,
+            &team_slot("a@x", "lastName"),
+            Some(&json!("A")),
+            &managed
+        ));
+        assert_eq!(document, kept);
     }
 }

@@ -300,3 +300,24 @@ fn issue_10_situations() {
         4,
     );
 }
+
+/// Histories long soaks found failing, kept so that they stay fixed: each
+/// seed with what broke.
+///
+/// - 134100, 158637: a cycle killed after its PATCH was applied, then a
+///   seller edits one member the PATCH set and the CRM clears another; the
+///   write settled as not applied made the CRM's clear look like a
+///   conflict with a seller's value, so it never landed. Fixed by settling
+///   such a write slot by slot.
+#[test]
+fn histories_soaks_found() {
+    const FOUND: [u64; 2] = [134100, 158637];
+    check(
+        FOUND
+            .into_iter()
+            .map(|seed| history::generate(seed, MAX_RECORDS, MAX_STEPS)),
+        "the histories soaks found",
+        Runner::InProcess,
+        2,
+    );
+}

@@ -258,6 +258,80 @@ fn a_revert_after_an_applied_but_unacknowledged_write_lands() {
     assert_eq!(row.etag.as_deref(), live["eTag"].as_str());
 }
 
+/// A PATCH that set two members is applied and its answer lost; a seller
+/// then edits one of them and the CRM takes the other back. The next cycle
+/// finds the eTag moved and only one member holding the value written: that
+/// one is synced, so the CRM's revert of it lands; the one the seller
+/// edited is weighed against the CRM's value as before the write (kept
+/// under `remote-wins`, the CRM's under `crm-wins`).
+#[test]
+fn a_write_found_applied_in_part_lands_the_crm_s_later_word_on_the_slots_that_hold_it() {
+    for (policy, notes_sent) in [("remote-wins", false), ("crm-wins", true)] {
+        let emulator = Emulator::start(&json!([]), &[]);
+        let ws = workspace(&emulator, &format!("conflict = \"{policy}\"\n"));
+        sync_ok(&emulator, &ws, &[lead(1, "Lead 1", 1000)]);
+        let id = emulator.referral_for(&lead_id(1))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let mut edited = lead(1, "Lead 1", 2000);
+        edited["description"] = json!("CRM notes 2");
+        emulator.add_faults(json!([
+            {"method": "PATCH", "kind": "reset_after", "times": 1},
+            {"method": "GET", "kind": "reset_before", "times": 0},
+        ]));
+        ws.write_export(&jsonl(&[edited.clone()]));
+        ws.run(&["sync"]).assert_code(1);
+        let live = emulator.referral_for(&lead_id(1));
+        assert_eq!(live["details"]["dealValue"], 2000, "{policy}");
+        assert_eq!(live["details"]["notes"], "CRM notes 2", "{policy}");
+        assert_eq!(ws.stored(&lead_id(1)).unwrap().state, "pending", "{policy}");
+        emulator.clear_faults();
+
+        emulator.seller_edit(
+            &id,
+            json!([{"op": "replace", "path": "/details/notes", "value": "Seller notes"}]),
+        );
+        edited["estimatedamount"] = json!(1000);
+        ws.write_export(&jsonl(&[edited]));
+        emulator.clear_requests();
+        ws.run(&["sync"]).assert_code(0);
+
+        let mut ops = vec![json!({"op": "replace", "path": "/details/dealValue", "value": 1000})];
+        if notes_sent {
+            ops.push(json!({"op": "replace", "path": "/details/notes", "value": "CRM notes 2"}));
+        }
+        assert_eq!(patch_bodies(&emulator), [Value::Array(ops)], "{policy}");
+        let live = emulator.referral_for(&lead_id(1));
+        assert_eq!(live["details"]["dealValue"], 1000, "{policy}");
+        let notes = if notes_sent {
+            "CRM notes 2"
+        } else {
+            "Seller notes"
+        };
+        assert_eq!(live["details"]["notes"], notes, "{policy}");
+        let row = ws.stored(&lead_id(1)).unwrap();
+        assert_eq!(row.state, "synced", "{policy}");
+        assert_eq!(row.etag.as_deref(), live["eTag"].as_str(), "{policy}");
+
+        // The history says which slots the settle found holding the write.
+        let history = ws.run(&["history", &lead_id(1), "--json"]);
+        history.assert_code(0);
+        let events = history.json_lines();
+        let settled = events
+            .iter()
+            .find(|e| e["kind"] == "intent settled")
+            .unwrap_or_else(|| panic!("{policy}: no settle in {events:?}"));
+        assert_eq!(settled["detail"]["applied"], false, "{policy}");
+        assert_eq!(
+            settled["detail"]["slotsHeld"],
+            json!(["/details/dealValue"]),
+            "{policy}"
+        );
+    }
+}
+
 #[test]
 fn a_write_interrupted_before_it_was_applied_is_sent_once_more() {
     let emulator = Emulator::start(&json!([]), &[]);

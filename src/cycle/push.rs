@@ -24,7 +24,7 @@ use crate::diff::{self, DiffOptions, OnCleared, same};
 use crate::mapping::{self, MappedRecord};
 use crate::merge::{self, ConflictPolicy, MergeOptions, Plan, PlanInput};
 use crate::model::{ManagedPaths, Op};
-use crate::ownership::{self, Slots};
+use crate::ownership::{self, Slot, Slots};
 use crate::store::{Applied, IntentKind, Store, StoreError, StoredRecord, SyncState, WriteIntent};
 
 use super::mode::{Mode, Poisoned, Recorder};
@@ -769,12 +769,14 @@ impl Pusher {
     }
 
     /// Settle a write intent left by a crash or an unknown outcome against
-    /// the live referral ([`intent_applied`]) and say so in the history:
+    /// the live referral ([`settle_intent`]) and say so in the history:
     /// when the write was applied, the base is what it made of the referral
     /// and the CRM document it carried is the last sync's; when not, the
     /// base and CRM document its plan was made with stand again (they may
-    /// hold an earlier write this store never saw acknowledged). Returns
-    /// whether it was applied.
+    /// hold an earlier write this store never saw acknowledged); when only
+    /// some slots hold the value written, those slots are synced and the
+    /// others stand as the plan found them ([`settle_in_part`]). Returns
+    /// whether it was applied whole.
     fn recover(
         &self,
         ext: &str,
@@ -782,24 +784,46 @@ impl Pusher {
         footing: &mut Footing,
         live: &Referral,
     ) -> Result<bool, Stop> {
-        let applied = intent_applied(intent, live, &self.managed);
-        if applied {
-            footing.base = applied_base(&intent.against, &intent.ops, &self.managed)
-                .unwrap_or_else(|| ownership::project(&live.document, &self.managed));
-            footing.before = Some(intent.desired.clone());
-        } else if let Some(base) = &intent.base {
-            footing.base = base.clone();
-            footing.before = intent.before.clone();
+        let settle = settle_intent(intent, live, &self.managed);
+        match &settle {
+            IntentSettle::Applied => {
+                footing.base = applied_base(&intent.against, &intent.ops, &self.managed)
+                    .unwrap_or_else(|| ownership::project(&live.document, &self.managed));
+                footing.before = Some(intent.desired.clone());
+            }
+            IntentSettle::NotApplied => {
+                if let Some(base) = &intent.base {
+                    footing.base = base.clone();
+                    footing.before = intent.before.clone();
+                }
+            }
+            IntentSettle::Partly { held } => {
+                let (base, before) = match &intent.base {
+                    Some(base) => (base, intent.before.as_ref()),
+                    None => (&footing.base, footing.before.as_ref()),
+                };
+                let (base, before) =
+                    settle_in_part(base, before, &intent.desired, held, &self.managed);
+                footing.base = base;
+                footing.before = Some(before);
+            }
         }
+        let applied = settle == IntentSettle::Applied;
         info!(
             correlation_id = %self.correlation_id,
             external_id = ext,
             referral_id = %footing.referral_id,
             applied,
+            slots_held = match &settle {
+                IntentSettle::Applied => intent.targets.len(),
+                IntentSettle::NotApplied => 0,
+                IntentSettle::Partly { held } => held.len(),
+            },
+            slots_set = intent.targets.len(),
             ops = intent.ops.len(),
             "settled the write whose outcome was unknown against the live referral"
         );
-        self.event(ext, "intent settled", intent_event(intent, applied, live))?;
+        self.event(ext, "intent settled", intent_event(intent, &settle, live))?;
         Ok(applied)
     }
 
@@ -1420,21 +1444,76 @@ fn applied_base(against: &Value, ops: &[Op], managed: &ManagedPaths) -> Option<V
     Some(ownership::project(&after, managed))
 }
 
-/// Whether the live referral took the write `intent` describes: the eTag
-/// moved and every slot the write set holds the value it set. A PATCH is
-/// all or nothing; when only some slots hold their value, a seller changed
-/// the referral too and the write is taken as not applied — planning it
-/// again re-sends at most values already there, while taking it as applied
-/// could lose a CRM change a seller's edit happened to look like.
-fn intent_applied(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths) -> bool {
+/// What the live referral shows of a write whose outcome was unknown.
+#[derive(Debug, Clone, PartialEq)]
+enum IntentSettle {
+    /// The eTag moved and every slot the write set holds the value it set.
+    Applied,
+    /// The eTag did not move, or no slot holds the value the write set.
+    NotApplied,
+    /// The eTag moved and some slots hold the value the write set, others
+    /// not: either the write was applied and a seller changed some of its
+    /// slots since, or it was not and a seller typed some of its values.
+    /// Which, the referral cannot tell; slot by slot it can.
+    Partly {
+        /// The slots holding the value written, with that value.
+        held: Vec<(Slot, Value)>,
+    },
+}
+
+/// Settle the write `intent` against the live referral, slot by slot.
+fn settle_intent(intent: &WriteIntent, live: &Referral, managed: &ManagedPaths) -> IntentSettle {
     if intent.etag.as_deref() == Some(live.etag.as_str()) || intent.targets.is_empty() {
-        return false;
+        return IntentSettle::NotApplied;
     }
     let slots = Slots::of(&live.document, managed);
-    intent
+    let held: Vec<(Slot, Value)> = intent
         .targets
         .iter()
-        .all(|(slot, value)| same(slots.get(slot), Some(value)))
+        .filter(|(slot, value)| same(slots.get(slot), Some(value)))
+        .cloned()
+        .collect();
+    if held.len() == intent.targets.len() {
+        IntentSettle::Applied
+    } else if held.is_empty() {
+        IntentSettle::NotApplied
+    } else {
+        IntentSettle::Partly { held }
+    }
+}
+
+/// The base and CRM document to plan with after a write settled
+/// [`IntentSettle::Partly`]: those the plan was made with (`base`, and
+/// `before`, `None` when adopting), and in every slot holding the value the
+/// write set, that value as the base and the CRM's value the write carried
+/// as *before* — as if that slot had been synced, which it has been,
+/// whether by the write or by a seller who typed the same value. Every
+/// other slot stands as the plan found it, so a seller's value there is
+/// weighed against the CRM's as before the write. A slot that cannot be
+/// put in one of the two documents is left as not held in both.
+fn settle_in_part(
+    base: &Value,
+    before: Option<&Value>,
+    desired: &Value,
+    held: &[(Slot, Value)],
+    managed: &ManagedPaths,
+) -> (Value, Value) {
+    let mut base = base.clone();
+    // Adopting, nothing was known of the CRM's values: a document without
+    // the slot is what the merge reads the same as unknown.
+    let mut before = before
+        .cloned()
+        .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+    let crm = Slots::of(desired, managed);
+    for (slot, written) in held {
+        let (mut next_base, mut next_before) = (base.clone(), before.clone());
+        if ownership::set_slot(&mut next_base, slot, Some(written), managed)
+            && ownership::set_slot(&mut next_before, slot, crm.get(slot), managed)
+        {
+            (base, before) = (next_base, next_before);
+        }
+    }
+    (base, before)
 }
 
 /// Longest string an event keeps whole; a longer one (a 10 MB note) is cut,
@@ -1514,14 +1593,22 @@ fn sent_event(
     })
 }
 
-fn intent_event(intent: &WriteIntent, applied: bool, live: &Referral) -> Value {
-    serde_json::json!({
-        "applied": applied,
+/// The history's account of a settled write: whether it was applied, and
+/// when only some of the slots it set hold their value, which (those are
+/// taken as synced; the others are planned again).
+fn intent_event(intent: &WriteIntent, settle: &IntentSettle, live: &Referral) -> Value {
+    let mut event = serde_json::json!({
+        "applied": *settle == IntentSettle::Applied,
         "ops": intent.ops,
         "startedAt": intent.started_at,
         "ifMatch": intent.etag,
         "liveETag": live.etag,
-    })
+    });
+    if let (IntentSettle::Partly { held }, Value::Object(members)) = (settle, &mut event) {
+        let held = held.iter().map(|(slot, _)| Value::String(slot.to_string()));
+        members.insert("slotsHeld".into(), Value::Array(held.collect()));
+    }
+    event
 }
 
 fn method_name(method: UpdateMethod) -> &'static str {
@@ -1725,26 +1812,106 @@ mod tests {
     }
 
     #[test]
-    fn an_intent_is_applied_only_when_the_etag_moved_and_a_slot_holds_its_value() {
+    fn an_intent_is_applied_only_when_the_etag_moved_and_every_slot_holds_its_value() {
         let managed = managed();
         let cases = [
-            ("same eTag", referral("\"1\"", 2000), false),
-            ("moved, value there", referral("\"2\"", 2000), true),
-            ("moved, value not there", referral("\"2\"", 1500), false),
+            (
+                "same eTag",
+                referral("\"1\"", 2000),
+                IntentSettle::NotApplied,
+            ),
+            (
+                "moved, value there",
+                referral("\"2\"", 2000),
+                IntentSettle::Applied,
+            ),
+            (
+                "moved, value not there",
+                referral("\"2\"", 1500),
+                IntentSettle::NotApplied,
+            ),
         ];
-        let mut two = intent("\"1\"", 2000);
-        two.targets
-            .push((ownership::Slot::leaf(&["name"]), json!("renamed")));
-        assert!(
-            !intent_applied(&two, &referral("\"2\"", 2000), &managed),
-            "one of two slots holding its value is a seller's edit, not the write"
-        );
         for (name, live, expected) in cases {
             assert_eq!(
-                intent_applied(&intent("\"1\"", 2000), &live, &managed),
+                settle_intent(&intent("\"1\"", 2000), &live, &managed),
                 expected,
                 "{name}"
             );
         }
+        let mut two = intent("\"1\"", 2000);
+        two.targets
+            .push((ownership::Slot::leaf(&["name"]), json!("renamed")));
+        assert_eq!(
+            settle_intent(&two, &referral("\"2\"", 2000), &managed),
+            IntentSettle::Partly {
+                held: vec![(
+                    ownership::Slot::leaf(&["details", "dealValue"]),
+                    json!(2000)
+                )]
+            },
+            "one of two slots holding its value: that slot is settled, the other is not"
+        );
+        assert_eq!(
+            settle_intent(&two, &referral("\"1\"", 2000), &managed),
+            IntentSettle::NotApplied,
+            "with the eTag where it was, no write was applied"
+        );
+    }
+
+    /// A write that set the deal value and the name, settled when only the
+    /// deal value holds it: the deal value is synced (base and *before* hold
+    /// the write's), the name stands as planned (the earlier base and CRM
+    /// value), whether the plan was made with a known CRM document or was
+    /// adopting; what lies outside the slots is untouched.
+    #[test]
+    fn a_write_settled_in_part_syncs_the_slots_that_hold_it_and_no_other() {
+        let managed = managed();
+        let held = vec![(
+            ownership::Slot::leaf(&["details", "dealValue"]),
+            json!(2000),
+        )];
+        let desired = json!({"name": "crm name", "details": {"dealValue": 2000, "notes": "crm"}});
+        let base = json!({"name": "old name", "details": {"dealValue": 1000}});
+        let before =
+            json!({"name": "older crm name", "details": {"dealValue": 1000, "notes": "crm"}});
+
+        let (b, f) = settle_in_part(&base, Some(&before), &desired, &held, &managed);
+        assert_eq!(
+            b,
+            json!({"name": "old name", "details": {"dealValue": 2000}})
+        );
+        assert_eq!(
+            f,
+            json!({"name": "older crm name", "details": {"dealValue": 2000, "notes": "crm"}})
+        );
+
+        let (b, f) = settle_in_part(&base, None, &desired, &held, &managed);
+        assert_eq!(
+            b,
+            json!({"name": "old name", "details": {"dealValue": 2000}})
+        );
+        assert_eq!(
+            f,
+            json!({"details": {"dealValue": 2000}}),
+            "adopting: only what is known"
+        );
+
+        // A clear the write made and the referral holds: synced as empty.
+        let cleared = vec![(
+            ownership::Slot::leaf(&["details", "dealValue"]),
+            Value::Null,
+        )];
+        let (b, f) = settle_in_part(
+            &base,
+            Some(&before),
+            &json!({"name": "crm name"}),
+            &cleared,
+            &managed,
+        );
+        assert_eq!(b, json!({"name": "old name", "details": {}}));
+        assert_eq!(
+            f,
+            json!({"name": "older crm name", "details": {"notes": "crm"}})
+        );
     }
 }
