@@ -770,7 +770,11 @@ impl SizeRun<'_> {
             serde_json::from_slice(&output.stdout).context("gen-export printed no summary")?;
         // The first read of a file just written costs more system time than
         // later ones (~0.4 s for 2 GB here); read every export once, so that
-        // each step measured reads one the page cache holds alike.
+        // each step measured reads one the page cache holds alike. And write
+        // it to disk first: otherwise the kernel writes its pages back about
+        // 30 s later (`vm.dirty_expire_centisecs`), in the middle of whichever
+        // step runs then — as it would not for an export another job wrote
+        // minutes before the daemon's poll.
         read_through(&out).with_context(|| format!("read {} once", out.display()))?;
         summary["bytes"]
             .as_u64()
@@ -1679,8 +1683,8 @@ impl Report {
     }
 }
 
-/// Read the file at `path`, or every file in the directory at `path`, to
-/// the end, keeping nothing.
+/// Write the file at `path`, or every file in the directory at `path`, to
+/// disk (`fsync`), then read it to the end, keeping nothing.
 fn read_through(path: &Path) -> std::io::Result<()> {
     if path.is_dir() {
         for entry in fs::read_dir(path)? {
@@ -1688,7 +1692,9 @@ fn read_through(path: &Path) -> std::io::Result<()> {
         }
         return Ok(());
     }
-    std::io::copy(&mut fs::File::open(path)?, &mut std::io::sink())?;
+    let mut file = fs::File::open(path)?;
+    file.sync_all()?;
+    std::io::copy(&mut file, &mut std::io::sink())?;
     Ok(())
 }
 
