@@ -309,9 +309,13 @@ fn issue_10_situations() {
 ///   write settled as not applied made the CRM's clear look like a
 ///   conflict with a seller's value, so it never landed. Fixed by settling
 ///   such a write slot by slot.
+/// - 157921: the CRM moves a lead from Lost to Qualified and back to Lost
+///   between two cycles while a seller closes it as Declined. No export
+///   showed the change, so the seller's value stands; the oracle took the
+///   two edits for a CRM change and expected Lost. Fixed in the oracle.
 #[test]
 fn histories_soaks_found() {
-    const FOUND: [u64; 2] = [134100, 158637];
+    const FOUND: [u64; 3] = [134100, 158637, 157921];
     check(
         FOUND
             .into_iter()

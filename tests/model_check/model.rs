@@ -14,6 +14,12 @@
 //!   has it (absent is not cleared); a value the CRM had, that landed, and
 //!   that it then lost is cleared (`sync.on_cleared = "null"`).
 //!
+//! A CRM change is one a sync can see: the CRM read in the exports its
+//! cycles read. A path the CRM takes back, before the next cycle, to the
+//! value it had when the last one ran has not changed at all (a lead moved
+//! from Lost to Qualified and back to Lost between two cycles leaves a
+//! seller's close made meanwhile standing, as it leaves any other value).
+//!
 //! Where the rules leave two outcomes open the model accepts both, and
 //! says why: a landing seen only after a crash or a `204` (the sync cannot
 //! know its write was the last one), or a CRM value that never landed and
@@ -155,6 +161,21 @@ struct PathState {
     seller: Option<SellerMark>,
     /// The value Partner Center held when a cycle last settled the record.
     acknowledged: Option<Option<Value>>,
+    /// The CRM's side as the last cycle left it.
+    after_cycle: Option<AfterCycle>,
+}
+
+/// The CRM's value of a path, when it last changed and whether it had
+/// landed, as they stood once a cycle had run (at `at`). A sync sees the
+/// CRM only in the exports its cycles read: when the CRM goes back to this
+/// value before the next cycle, the values it held in between were never
+/// seen, and its last change is this one again.
+#[derive(Debug, Clone)]
+struct AfterCycle {
+    at: u64,
+    crm: Option<Option<Value>>,
+    crm_changed_at: u64,
+    landed: Option<Landing>,
 }
 
 impl PathState {
@@ -167,6 +188,7 @@ impl PathState {
             crm_had_landed_value: false,
             seller: None,
             acknowledged: None,
+            after_cycle: None,
         }
     }
 
@@ -397,8 +419,26 @@ impl RecordModel {
                 .or_insert_with(PathState::unmapped);
             if state.crm != new {
                 state.crm = new.clone();
-                state.crm_changed_at = at;
-                state.landed = None;
+                match state.after_cycle.as_ref().filter(|seen| seen.crm == new) {
+                    // Back to what the last cycle left: no cycle saw the
+                    // values in between. A seller's edit made meanwhile
+                    // came after the change and the landing as the sync
+                    // knows them.
+                    Some(seen) => {
+                        state.crm_changed_at = seen.crm_changed_at;
+                        state.landed = seen.landed;
+                        if let Some(mark) = &mut state.seller
+                            && mark.at > seen.at
+                            && mark.after_landing.is_none()
+                        {
+                            mark.after_landing = seen.landed;
+                        }
+                    }
+                    None => {
+                        state.crm_changed_at = at;
+                        state.landed = None;
+                    }
+                }
             }
             if matches!(new, Some(Some(_))) {
                 state.crm_had_value = true;
@@ -464,6 +504,19 @@ impl RecordModel {
             if acknowledged {
                 state.acknowledged = Some(here);
             }
+        }
+    }
+
+    /// A cycle has run and Partner Center has been observed after it, at
+    /// time `at`.
+    pub fn cycle_ran(&mut self, at: u64) {
+        for state in self.paths.values_mut() {
+            state.after_cycle = Some(AfterCycle {
+                at,
+                crm: state.crm.clone(),
+                crm_changed_at: state.crm_changed_at,
+                landed: state.landed,
+            });
         }
     }
 

@@ -798,6 +798,9 @@ max_missing_ratio = 1.0
             acknowledged
         };
         self.observe(&acknowledged).await?;
+        for model in &mut self.models {
+            model.cycle_ran(self.time);
+        }
         self.tally.cycles += 1;
         if let Some(Fault::Race { .. }) = fault {
             if self.race_done {
