@@ -298,6 +298,10 @@ pub(super) trait RecordColumns {
     fn count(&self) -> usize;
     /// Its column names, in order.
     fn names(&self) -> impl Iterator<Item = &str>;
+    /// Whether its column names are `names`, in that order.
+    fn has_names(&self, names: &[String]) -> bool {
+        self.count() == names.len() && self.names().zip(names).all(|(a, b)| a == b)
+    }
     /// Whether `column` holds a value: it is there, not `null`, and not
     /// blank text.
     fn filled(&self, column: &str) -> bool;
@@ -319,9 +323,7 @@ impl RecordColumns for Map<String, Value> {
 
 impl ColumnCensus {
     fn observe(&mut self, fields: &impl RecordColumns) {
-        let same_keys = fields.count() == self.last_keys.len()
-            && fields.names().zip(&self.last_keys).all(|(a, b)| a == b);
-        if !same_keys {
+        if !fields.has_names(&self.last_keys) {
             self.last_keys.clear();
             for key in fields.names() {
                 self.last_keys.push(key.to_owned());

@@ -233,12 +233,23 @@ impl RawMembers<'_> {
         }
     }
 
+    /// The bytes of `member`'s key as text: a key without escapes as it
+    /// stands, a decoded one as decoded. Bytes equal to a `&str`'s are that
+    /// text, so keys are compared this way, without a UTF-8 check per key
+    /// per record (a tenth of a no-change read of JSON Lines).
+    fn key_bytes(&self, member: &Member) -> &[u8] {
+        match &member.key {
+            Key::Plain(range) => &self.text[range.clone()],
+            Key::Decoded(index) => self.members.decoded[*index].as_bytes(),
+        }
+    }
+
     fn value_of(&self, column: &str) -> Option<&[u8]> {
         let member = self
             .members
             .members
             .iter()
-            .find(|member| self.key(member) == column)?;
+            .find(|member| self.key_bytes(member) == column.as_bytes())?;
         Some(&self.text[member.value.clone()])
     }
 
@@ -266,6 +277,16 @@ impl RecordColumns for RawMembers<'_> {
 
     fn names(&self) -> impl Iterator<Item = &str> {
         self.members.members.iter().map(|member| self.key(member))
+    }
+
+    fn has_names(&self, names: &[String]) -> bool {
+        self.members.members.len() == names.len()
+            && self
+                .members
+                .members
+                .iter()
+                .zip(names)
+                .all(|(member, name)| self.key_bytes(member) == name.as_bytes())
     }
 
     fn filled(&self, column: &str) -> bool {
@@ -329,6 +350,31 @@ mod tests {
             .map(|column| raw.filled(column))
             .collect();
         assert_eq!(filled, [true, false, true, false, false, true, true, false]);
+        let names = |list: &[&str]| list.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+        let all = ["opportunityid", "name", "x", "e", "z", "v", "s"];
+        assert!(raw.has_names(&names(&all)));
+        assert!(!raw.has_names(&names(&all[..6])));
+        let mut swapped = all;
+        swapped.swap(0, 1);
+        assert!(!raw.has_names(&names(&swapped)));
+        let mut escaped_differently = all;
+        escaped_differently[1] = "n\\u0061me";
+        assert!(!raw.has_names(&names(&escaped_differently)));
+    }
+
+    #[test]
+    fn keys_are_compared_as_the_text_they_stand_for() {
+        // A key as it stands (multi-byte characters too) and one decoded
+        // from escapes are found by the column they spell.
+        let text = "{\"caf\u{e9}\": \"plain\", \"r\\u00e9sum\\u00e9\": \"decoded\"}".as_bytes();
+        let mut members = Members::default();
+        assert_eq!(members.scan(text, 0), Step::Done(text.len()));
+        let raw = members.of(text);
+        assert_eq!(raw.string("caf\u{e9}").as_deref(), Some("plain"));
+        assert_eq!(raw.string("r\u{e9}sum\u{e9}").as_deref(), Some("decoded"));
+        assert_eq!(raw.string("cafe"), None);
+        assert_eq!(raw.string("r\\u00e9sum\\u00e9"), None);
+        assert!(raw.has_names(&["caf\u{e9}".to_owned(), "r\u{e9}sum\u{e9}".to_owned()]));
     }
 
     #[test]
