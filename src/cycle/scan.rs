@@ -12,10 +12,11 @@
 //!
 //! What the store knows is read first ([`StoreKnows`]: the records on this
 //! thread and the kept fingerprints on another, by a second connection,
-//! at once); then the export is parsed on one thread, which settles
-//! the records known by their fingerprint unparsed, while the calling
-//! thread maps each other record, hashes its document and looks its key up
-//! among the settled ones.
+//! at once); then the export is read on one thread, which settles the
+//! records known by their fingerprint unparsed, while the calling thread
+//! parses each other JSON record (the reading thread hands it over as it
+//! stands), maps it, hashes its document and looks its key up among the
+//! settled ones.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -26,8 +27,8 @@ use std::thread;
 
 use super::schema::{self, SchemaChanged, SchemaPolicy, SchemaReport};
 use crate::export::{
-    self, ExportError, ExportOptions, ExportSummary, Place, Prefilter, RawFingerprint, Record,
-    RecordLocation,
+    self, ExportError, ExportOptions, ExportSummary, Offered, Place, Prefilter, RawFingerprint,
+    Record, RecordLocation,
 };
 use crate::mapping::{MappedRecord, Mapper, RecordError, with_normalised_external_id};
 use crate::store::{Store, StoreError};
@@ -40,7 +41,7 @@ use serde_json::Value;
 /// million-record export still go out without a second read.
 pub const RETAIN_BUDGET: usize = 32_000;
 
-/// Records handed from the parsing thread to the deciding one at a time,
+/// Records handed from the reading thread to the deciding one at a time,
 /// and batches in flight: enough to keep both busy, few enough that memory
 /// does not notice (4 × 64 records of a few KB).
 const BATCH: usize = 64;
@@ -885,8 +886,8 @@ pub fn scan_export(
     Ok(read.into_scan())
 }
 
-/// The deciding half of pass one: each record the parsing thread hands
-/// over is mapped, hashed and decided here.
+/// The deciding half of pass one: each record the reading thread hands
+/// over is parsed (when it was not), mapped, hashed and decided here.
 struct Deciding<'a> {
     mapper: &'a Mapper,
     options: &'a ScanOptions,
@@ -1043,65 +1044,90 @@ impl<'a> Deciding<'a> {
     }
 }
 
-/// Parse the export on a thread of its own while this one maps, hashes and
+/// Read the export on a thread of its own while this one maps, hashes and
 /// decides. Parsing is about half the work, so with a second core free the
 /// pass costs little more than the parse. Records the store knows by their
-/// fingerprint are settled on the parsing thread, unparsed.
+/// fingerprint are settled on the reading thread, unparsed; with a
+/// prefilter, the JSON records it does not know are parsed here too, so
+/// that the reading thread — the one that bounds the pass — only copies
+/// them.
 fn read_and_decide<'p>(
     export_options: &ExportOptions,
     mut prefilter: KnownRecords<'p>,
     deciding: &mut Deciding<'_>,
 ) -> (Result<ExportSummary, ExportError>, KnownRecords<'p>) {
-    let (batches, received) = mpsc::sync_channel::<Vec<Record>>(BATCHES_IN_FLIGHT);
-    // Batches go back to the parsing thread once decided, so that records
-    // are freed by the thread that allocated them (the allocator's fast
-    // path) and batch buffers are reused.
-    let (recycle, recycled) = mpsc::channel::<Vec<Record>>();
+    let (batches, received) = mpsc::sync_channel::<Vec<Offered>>(BATCHES_IN_FLIGHT);
+    // Batches go back to the reading thread once decided, so that what it
+    // allocated is freed by it (the allocator's fast path) and batch
+    // buffers are reused.
+    let (recycle, recycled) = mpsc::channel::<Vec<Offered>>();
     thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
             let use_prefilter = prefilter.known.fingerprinted > 0;
-            let summary = export::read_export_with(
-                export_options,
-                use_prefilter.then_some(&mut prefilter as &mut dyn Prefilter),
-                &mut |record| {
-                    batch.push(record);
-                    if batch.len() < BATCH {
-                        return ControlFlow::Continue(());
+            let mut on_offered = |offered| {
+                batch.push(offered);
+                if batch.len() < BATCH {
+                    return ControlFlow::Continue(());
+                }
+                let next = match recycled.try_recv() {
+                    Ok(mut used) => {
+                        used.clear();
+                        used
                     }
-                    let next = match recycled.try_recv() {
-                        Ok(mut used) => {
-                            used.clear();
-                            used
-                        }
-                        Err(_) => Vec::with_capacity(BATCH),
-                    };
-                    let full = std::mem::replace(&mut batch, next);
-                    // A closed channel: the other half stopped on a store error.
-                    match batches.send(full) {
-                        Ok(()) => ControlFlow::Continue(()),
-                        Err(_) => ControlFlow::Break(()),
-                    }
-                },
-            );
+                    Err(_) => Vec::with_capacity(BATCH),
+                };
+                let full = std::mem::replace(&mut batch, next);
+                // A closed channel: the other half stopped, on a store
+                // error or on a record that does not parse.
+                match batches.send(full) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
+            };
+            let summary = if use_prefilter {
+                export::read_export_offering(export_options, &mut prefilter, &mut on_offered)
+            } else {
+                let mut on_record = |record| on_offered(Offered::Parsed(record));
+                export::read_export_with(export_options, None, &mut on_record)
+            };
             if !batch.is_empty() {
                 let _ = batches.send(batch);
             }
             (summary, prefilter)
         });
+        // A record that does not parse ends the read here: the records
+        // before it were decided, the reading thread stops at its next
+        // batch, and its error is the read's (any error the reading thread
+        // met is further on in the export).
+        let mut unparsable = None;
         'batches: for batch in received {
-            for record in &batch {
-                if deciding.decide(record).is_break() {
+            for offered in &batch {
+                let flow = match offered {
+                    Offered::Parsed(record) => deciding.decide(record),
+                    Offered::Unparsed(unparsed) => match unparsed.parse() {
+                        Ok(record) => deciding.decide(&record),
+                        Err(error) => {
+                            unparsable = Some(error);
+                            ControlFlow::Break(())
+                        }
+                    },
+                };
+                if flow.is_break() {
                     break 'batches;
                 }
             }
-            // Once the parsing thread is done, it frees nothing more: the
+            // Once the reading thread is done, it frees nothing more: the
             // rest is freed here.
             let _ = recycle.send(batch);
         }
-        reader
+        let (summary, prefilter) = reader
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match unparsable {
+            Some(error) => (Err(error), prefilter),
+            None => (summary, prefilter),
+        }
     })
 }
 
@@ -1220,7 +1246,7 @@ fn read_snapshot(store: &Store) -> Result<rusqlite::Transaction<'_>, StoreError>
         })
 }
 
-/// The prefilter of pass one, on the parsing thread: a record whose id and
+/// The prefilter of pass one, on the reading thread: a record whose id and
 /// stored fingerprint the store holds as settled is unchanged, and is
 /// neither parsed nor mapped. It is still seen — for duplicates, for the
 /// records missing from the export, for `only` — under its normalised id.
@@ -2278,6 +2304,87 @@ mod tests {
                     }
                 }
                 drop(dir);
+            }
+        }
+
+        #[test]
+        fn a_changed_record_that_does_not_parse_fails_the_scan_as_a_read_would() {
+            // Changed records are parsed on the deciding thread, not the
+            // reading one: the error, its place and what the store keeps
+            // must be those of a read that parses every record itself.
+            let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
+            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+            let damaged = |line: &str| {
+                // A repeated key, and a value cut short two lines on.
+                line.replacen("{", "{\"name\": \"x\",\n ", 1).replacen(
+                    "\"statecode\":0",
+                    "\"statecode\":0,\n\"a\": tru",
+                    1,
+                )
+            };
+            for (file, good, bad) in [
+                (
+                    "page-1.json",
+                    format!("{{\"value\": [\n{}\n]}}\n", lines.join(",\n")),
+                    format!(
+                        "{{\"value\": [\n{},\n   {},\n{}\n]}}\n",
+                        lines[0],
+                        damaged(&lines[1]),
+                        lines[2]
+                    ),
+                ),
+                (
+                    "leads.jsonl",
+                    format!("{}\n", lines.join("\n")),
+                    format!(
+                        "{}\n  {}\n{}\n",
+                        lines[0],
+                        damaged(&lines[1]).replace('\n', ""),
+                        lines[2]
+                    ),
+                ),
+            ] {
+                let (dir, mut options) = export(&[]);
+                std::fs::remove_file(dir.path().join("page-1.json")).ok();
+                options.path = dir.path().join(file);
+                std::fs::write(&options.path, &good).unwrap();
+                let store = Store::open_in_memory().unwrap();
+                for record in &records {
+                    applied(&store, record, &desired_hash(record));
+                }
+                let _ = scan(&options, &store, true, true);
+                let known = scan(&options, &store, true, true);
+                assert_eq!(known.known_by_fingerprint, 3, "{file}");
+
+                std::fs::write(&options.path, &bad).unwrap();
+                let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
+                    .unwrap_err();
+                assert!(matches!(read, ExportError::Parse { .. }), "{file}: {read}");
+                let mapper = mapper();
+                let scan_options = ScanOptions {
+                    retain_budget: 100,
+                    fingerprints: Fingerprints {
+                        context: fingerprint_context(&mapper, crate::diff::OnCleared::Null),
+                        skip: true,
+                        record: true,
+                    },
+                    ..ScanOptions::default()
+                };
+                let error = scan_export(&options, &mapper, &store, &scan_options).unwrap_err();
+                assert_eq!(
+                    error.to_string(),
+                    ScanError::from(read).to_string(),
+                    "{file}"
+                );
+                // Nothing the store knows moved: the good export is still
+                // known by its fingerprints.
+                std::fs::write(&options.path, &good).unwrap();
+                let again = scan(&options, &store, true, true);
+                assert_eq!(
+                    (again.known_by_fingerprint, again.fingerprinted),
+                    (3, 0),
+                    "{file}"
+                );
             }
         }
 

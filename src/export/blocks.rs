@@ -91,6 +91,9 @@ pub(super) struct Blocks<R> {
     /// Lines before `buffer[counted]`, 1-based.
     line: u64,
     counted: usize,
+    /// The place in the file (counted as [`Self::offset`] is) of the first
+    /// byte of the line `buffer[counted]` is on.
+    line_began: u64,
     /// Bytes of the file before `buffer[0]`.
     offset: u64,
 }
@@ -116,6 +119,7 @@ impl<R: Read> Blocks<R> {
             not_utf8: false,
             line: 1,
             counted: 0,
+            line_began: 0,
             offset: 0,
         }
     }
@@ -159,12 +163,33 @@ impl<R: Read> Blocks<R> {
     /// The 1-based line of the byte at `at` in [`Self::data`]. Calls must
     /// ask for places in increasing order.
     pub fn line_at(&mut self, at: usize) -> u64 {
-        let target = self.start + at;
-        if target > self.counted {
-            self.line += count_newlines(&self.buffer[self.counted..target]);
-            self.counted = target;
-        }
+        self.count_to(self.start + at);
         self.line
+    }
+
+    /// The 1-based column, in bytes as serde_json counts them, of the byte
+    /// at `at` in [`Self::data`]. The same order of calls as
+    /// [`Self::line_at`].
+    pub fn column_at(&mut self, at: usize) -> u64 {
+        let target = self.start + at;
+        self.count_to(target);
+        (self.offset + target as u64).saturating_sub(self.line_began) + 1
+    }
+
+    /// Count the lines of `buffer[counted..target]`.
+    fn count_to(&mut self, target: usize) {
+        if target <= self.counted {
+            return;
+        }
+        let span = &self.buffer[self.counted..target];
+        let newlines = count_newlines(span);
+        if newlines > 0 {
+            self.line += newlines;
+            if let Some(last) = memchr::memrchr(b'\n', span) {
+                self.line_began = self.offset + (self.counted + last + 1) as u64;
+            }
+        }
+        self.counted = target;
     }
 
     /// Read more of the file into the window, keeping what is not consumed.
@@ -206,10 +231,7 @@ impl<R: Read> Blocks<R> {
     fn make_room(&mut self) -> io::Result<()> {
         if self.start > 0 && (self.end == self.buffer.len() || self.start >= BLOCK) {
             // Lines of the consumed bytes are counted before they go.
-            if self.counted < self.start {
-                self.line += count_newlines(&self.buffer[self.counted..self.start]);
-                self.counted = self.start;
-            }
+            self.count_to(self.start);
             self.buffer.copy_within(self.start..self.end, 0);
             self.offset += self.start as u64;
             self.counted -= self.start;
@@ -235,6 +257,9 @@ impl<R: Read> Blocks<R> {
                 self.start = UTF8_BOM.len();
                 self.checked = UTF8_BOM.len();
                 self.counted = UTF8_BOM.len();
+                // serde_json, reading the text after the mark, counts
+                // columns from there.
+                self.line_began = UTF8_BOM.len() as u64;
             }
         }
         let unchecked = &self.buffer[self.checked..self.end];
@@ -289,6 +314,58 @@ mod tests {
         }
         assert_eq!(read_all(b"ab\xffcd", 2), (b"ab".to_vec(), Short::NotUtf8));
         assert_eq!(read_all(b"ab\xe2\x82", 2), (b"ab".to_vec(), Short::NotUtf8));
+    }
+
+    #[test]
+    fn places_bytes_at_the_line_and_column_serde_json_would() {
+        // Lines of every length up to a few times a block, one of them
+        // longer than a block, so that the window slides while a line is
+        // still being counted; a mark first, which serde_json never sees.
+        let mut text = String::from("\u{feff}");
+        for n in 0..3000usize {
+            let len = if n == 1500 {
+                BLOCK + 17
+            } else {
+                (n * 7919) % 4000
+            };
+            text.push_str(&"é".repeat(len / 2));
+            text.push('\n');
+        }
+        let body = &text.as_bytes()[UTF8_BOM.len()..];
+        let expected = |at: usize| {
+            let before = &body[..at];
+            let line = 1 + before.iter().filter(|&&byte| byte == b'\n').count() as u64;
+            let began = before
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(0, |n| n + 1);
+            (line, (at - began) as u64 + 1)
+        };
+        let mut blocks = Blocks::new(Trickle {
+            bytes: text.as_bytes(),
+            chunk: 1 << 20,
+        });
+        let mut consumed = 0;
+        let mut asked = 0;
+        let mut checked = 0;
+        while blocks.fill().unwrap().is_ok() {
+            // A few places in each fill, in increasing order, then most of
+            // what was read is consumed.
+            let data_len = blocks.data().len();
+            for at in [0, data_len / 3, data_len / 2, data_len.saturating_sub(1)] {
+                if consumed + at < asked {
+                    continue;
+                }
+                asked = consumed + at;
+                let place = (blocks.line_at(at), blocks.column_at(at));
+                assert_eq!(place, expected(consumed + at), "at {}", consumed + at);
+                checked += 1;
+            }
+            let amount = data_len - data_len / 4;
+            blocks.consume(amount);
+            consumed += amount;
+        }
+        assert!(checked > 20, "{checked} places checked");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{ExportError, input_error};
+use super::{ExportError, RecordLocation, input_error};
 
 /// Deserialises one record object into its fields. A key that occurs twice
 /// is an error: JSON parsers disagree on which value wins, so the record
@@ -259,6 +259,75 @@ pub(super) fn json_error(path: &Path, error: serde_json::Error, line: Option<u64
         // which happens at the end of a file that ends with a newline.
         column: (error.column() as u64).max(1),
         message,
+    }
+}
+
+/// The fields of the record whose text is `text`, parsed as the readers
+/// parse one: a JSON Lines line (`whole_line`: the record and nothing after
+/// it) or an object cut from a page. The text starts at `location.line`
+/// and `column` of its file, and an error is placed there as the exact
+/// readers, which parse the whole file, place it.
+pub(super) fn parse_record_text(
+    text: &[u8],
+    location: &RecordLocation,
+    column: u64,
+    whole_line: bool,
+) -> Result<Map<String, Value>, ExportError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let parsed = RecordFields
+        .deserialize(&mut deserializer)
+        .and_then(|fields| {
+            if whole_line {
+                deserializer.end().map(|()| fields)
+            } else {
+                Ok(fields)
+            }
+        });
+    let mut fields = parsed.map_err(|error| {
+        // The exact reader of pages reads from a file, where serde_json
+        // places some errors (a repeated key) a byte further on than it
+        // does in a slice: an object's error is placed as a reader places
+        // it. Only on the way to an error: it costs a second parse.
+        let error = if whole_line {
+            error
+        } else {
+            RecordFields
+                .deserialize(&mut serde_json::Deserializer::from_reader(text))
+                .err()
+                .unwrap_or(error)
+        };
+        json_error_within(&location.file, error, location.line, column)
+    })?;
+    // The readers hand out checked UTF-8; the check costs little beside
+    // the parse.
+    if let Ok(raw) = std::str::from_utf8(text) {
+        keep_exact_numbers(raw, &mut fields);
+    }
+    Ok(fields)
+}
+
+/// [`json_error`] for an error serde_json placed in a text that starts at
+/// `line` and `column` of `path`: the same line and column as where it
+/// read the whole file.
+fn json_error_within(path: &Path, error: serde_json::Error, line: u64, column: u64) -> ExportError {
+    let (within_line, within_column) = (error.line() as u64, error.column() as u64);
+    match json_error(path, error, Some(line + within_line.saturating_sub(1))) {
+        ExportError::Parse {
+            path,
+            line,
+            column: later_line_column,
+            message,
+        } => ExportError::Parse {
+            path,
+            line,
+            column: if within_line <= 1 {
+                (column + within_column).saturating_sub(1).max(1)
+            } else {
+                later_line_column
+            },
+            message,
+        },
+        other => other,
     }
 }
 

@@ -15,7 +15,9 @@ use serde::de::DeserializeSeed;
 use super::blocks::{Blocks, Detour, Short, read_with_fallback};
 use super::json::{RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::structure::{Members, Step, is_whitespace};
-use super::{ExportError, FileOutcome, FinalLineEnd, Offer, RawFingerprint, Sink, input_error};
+use super::{
+    ExportError, FileOutcome, FinalLineEnd, Offer, RawFingerprint, Sink, TextShape, input_error,
+};
 
 /// Read one JSON Lines file, handing each record to `sink`. Blank lines are
 /// skipped; `\n` and `\r\n` line ends are both accepted. With
@@ -126,6 +128,17 @@ impl<R: Read> LinePass<'_, '_, '_, R> {
                 self.offered += 1;
                 return Ok(ControlFlow::Continue(()));
             }
+            // The line as the exact reader parses it: the whole of it.
+            let flow = self.sink.emit_text(
+                self.path,
+                (line_number, 1),
+                fingerprint,
+                text.as_bytes(),
+                TextShape::Line,
+                &raw,
+            )?;
+            self.offered += 1;
+            return Ok(flow);
         }
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let Ok(mut fields) = RecordFields
@@ -239,12 +252,28 @@ mod tests {
                 sink,
             )
         });
+        // As the scan reads: every record handed over unparsed (the
+        // prefilter knows none), parsed by the taker.
+        let offered = super::super::collect_offered(Default::default(), stop_after, |sink| {
+            read_jsonl(
+                Path::new(FILE),
+                std::io::Cursor::new(content),
+                line_end,
+                sink,
+            )
+        });
         let shown = String::from_utf8_lossy(content);
         assert_eq!(in_blocks.1, streamed.1, "records of {shown:?}");
         assert_eq!(
             format!("{:?}", in_blocks.0),
             format!("{:?}", streamed.0),
             "outcome of {shown:?}"
+        );
+        assert_eq!(offered.1, streamed.1, "records offered of {shown:?}");
+        assert_eq!(
+            format!("{:?}", offered.0),
+            format!("{:?}", streamed.0),
+            "outcome offered of {shown:?}"
         );
         in_blocks
     }
@@ -361,5 +390,103 @@ mod tests {
         assert_eq!(result.unwrap(), ControlFlow::Break(()));
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].location.ordinal, 2);
+    }
+
+    mod equivalence {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+
+        use super::super::super::{collect_offered, collect_prefiltered};
+        use super::*;
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e12f64..1e12).prop_map(Value::from),
+                "[a-z \"\\\\\u{e3}\u{20ac}\u{1f600}]{0,12}".prop_map(Value::from),
+            ]
+        }
+
+        /// A record with an id among a few (so that some repeat) and a few
+        /// other members, nested or not.
+        fn record() -> impl Strategy<Value = Value> {
+            let member = scalar().prop_recursive(2, 8, 3, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-z@.]{1,6}", inner, 0..3)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            });
+            (
+                "[A-F0-9-]{1,4}",
+                proptest::collection::btree_map("[a-zA-Z@._]{1,10}", member, 0..5),
+            )
+                .prop_map(|(id, members)| {
+                    let mut fields: serde_json::Map<String, Value> = members.into_iter().collect();
+                    fields.insert("id".into(), Value::from(id));
+                    Value::Object(fields)
+                })
+        }
+
+        /// Lines of records, some indented, some blank, `\n` or `\r\n`.
+        fn file() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                (record(), any::<bool>(), any::<bool>(), any::<bool>()),
+                0..6,
+            )
+            .prop_map(|lines| {
+                lines
+                    .iter()
+                    .map(|(record, indent, crlf, blank_after)| {
+                        format!(
+                            "{}{}{}{}",
+                            if *indent { "  " } else { "" },
+                            serde_json::to_string(record).unwrap_or_default(),
+                            if *crlf { "\r\n" } else { "\n" },
+                            if *blank_after { " \n" } else { "" },
+                        )
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn with_a_prefilter_the_three_ways_agree(file in file(), cut in any::<prop::sample::Index>(), byte in any::<u8>(), damage in any::<bool>()) {
+                // The exact reader, the line pass parsing what the
+                // prefilter does not know, and the line pass handing it
+                // over unparsed to a taker that parses it: the same records
+                // known and handed over, the same columns and outcome —
+                // damaged or not.
+                let mut bytes = file.into_bytes();
+                let exact = |bytes: &[u8], sink: &mut Sink<'_>| {
+                    stream_jsonl(Path::new(FILE), TextInput::new(bytes), FinalLineEnd::Required, sink)
+                };
+                let (_, before) = collect_records(None, |sink| exact(&bytes, sink));
+                let valid: HashSet<RawFingerprint> =
+                    before.iter().map(|record| record.fingerprint).collect();
+                if damage && !bytes.is_empty() {
+                    let at = cut.index(bytes.len());
+                    bytes[at] = byte;
+                }
+                let in_lines = |sink: &mut Sink<'_>| {
+                    read_jsonl(Path::new(FILE), std::io::Cursor::new(&bytes[..]), FinalLineEnd::Required, sink)
+                };
+                let streamed = collect_prefiltered(Some(valid.clone()), |sink| exact(&bytes, sink));
+                let in_blocks = collect_prefiltered(Some(valid.clone()), in_lines);
+                let offered = collect_offered(valid, None, in_lines);
+                for read in [&in_blocks, &offered] {
+                    prop_assert_eq!(&read.1, &streamed.1);
+                    prop_assert_eq!(&read.2, &streamed.2);
+                    prop_assert_eq!(format!("{:?}", read.0), format!("{:?}", streamed.0));
+                    if read.0.is_ok() {
+                        prop_assert_eq!(&read.3, &streamed.3);
+                    }
+                }
+            }
+        }
     }
 }

@@ -438,12 +438,30 @@ pub fn read_export_with<'a>(
     prefilter: Option<&'a mut dyn Prefilter>,
     on_record: &'a mut dyn FnMut(Record) -> ControlFlow<()>,
 ) -> Result<ExportSummary, ExportError> {
+    read_into(options, Sink::with_prefilter(on_record, prefilter))
+}
+
+/// [`read_export_with`], where the JSON records the prefilter does not know
+/// may be handed over unparsed ([`Offered::Unparsed`]), for the caller to
+/// parse where it likes — on another thread than the reading one. Whoever
+/// parses one must treat its error as this read's: the export is unusable,
+/// and the error is the one the read would have returned (the same file,
+/// line, column and message). Records not parsed before their error are
+/// not handed over twice.
+pub fn read_export_offering<'a>(
+    options: &ExportOptions,
+    prefilter: &'a mut dyn Prefilter,
+    on_offered: &'a mut dyn FnMut(Offered) -> ControlFlow<()>,
+) -> Result<ExportSummary, ExportError> {
+    read_into(options, Sink::offering(on_offered, prefilter))
+}
+
+fn read_into(options: &ExportOptions, mut sink: Sink<'_>) -> Result<ExportSummary, ExportError> {
     let aliases = HeaderAliases::new(&options.header_aliases)?;
     let listed = export_files(&options.path)?;
     if !options.checks.settle.is_zero() {
         check_settled(&listed, options.checks.settle, SystemTime::now())?;
     }
-    let mut sink = Sink::with_prefilter(on_record, prefilter);
     let mut summary = ExportSummary::default();
     for at_listing in &listed {
         let path = &at_listing.path;
@@ -682,7 +700,7 @@ type FileOutcome = Result<ControlFlow<()>, ExportError>;
 /// one before it is parsed, and hands those it does not know to the
 /// callback.
 struct Sink<'s> {
-    on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
+    on_record: Handler<'s>,
     prefilter: Option<&'s mut dyn Prefilter>,
     records: u64,
     census: ColumnCensus,
@@ -693,6 +711,71 @@ struct Sink<'s> {
     /// The block readers' window, handed on from file to file so that a
     /// directory of pages allocates and clears it once.
     window: Vec<u8>,
+}
+
+/// Who records are handed to.
+enum Handler<'s> {
+    /// Parsed records only.
+    Parsed(&'s mut dyn FnMut(Record) -> ControlFlow<()>),
+    /// A record to be parsed may be handed over as it stands.
+    Offered(&'s mut dyn FnMut(Offered) -> ControlFlow<()>),
+}
+
+impl Handler<'_> {
+    fn record(&mut self, record: Record) -> ControlFlow<()> {
+        match self {
+            Handler::Parsed(on_record) => on_record(record),
+            Handler::Offered(on_offered) => on_offered(Offered::Parsed(record)),
+        }
+    }
+}
+
+/// A record handed over by [`read_export_offering`].
+#[derive(Debug)]
+pub enum Offered {
+    Parsed(Record),
+    Unparsed(Unparsed),
+}
+
+/// A JSON record the prefilter did not know, found, placed and
+/// fingerprinted but not parsed: its text, to be parsed by
+/// [`Unparsed::parse`]. Its columns were taken in by the census already.
+#[derive(Debug)]
+pub struct Unparsed {
+    text: Vec<u8>,
+    location: RecordLocation,
+    /// The 1-based column of the text's first byte on its line.
+    column: u64,
+    fingerprint: RawFingerprint,
+    shape: TextShape,
+}
+
+/// What the text of an [`Unparsed`] record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextShape {
+    /// One JSON Lines line (its line end left out): the record and
+    /// whitespace around it, nothing else.
+    Line,
+    /// An object from its `{` to its `}`, an element of an OData `value`.
+    Object,
+}
+
+impl Unparsed {
+    pub fn location(&self) -> &RecordLocation {
+        &self.location
+    }
+
+    /// The record, or the error the read would have given where it
+    /// parsed the record itself.
+    pub fn parse(&self) -> Result<Record, ExportError> {
+        let whole_line = self.shape == TextShape::Line;
+        let fields = json::parse_record_text(&self.text, &self.location, self.column, whole_line)?;
+        Ok(Record {
+            fields,
+            location: self.location.clone(),
+            fingerprint: self.fingerprint,
+        })
+    }
 }
 
 /// What becomes of a record offered before it is parsed.
@@ -714,6 +797,17 @@ impl<'s> Sink<'s> {
         on_record: &'s mut dyn FnMut(Record) -> ControlFlow<()>,
         prefilter: Option<&'s mut dyn Prefilter>,
     ) -> Self {
+        Sink::to(Handler::Parsed(on_record), prefilter)
+    }
+
+    fn offering(
+        on_offered: &'s mut dyn FnMut(Offered) -> ControlFlow<()>,
+        prefilter: &'s mut dyn Prefilter,
+    ) -> Self {
+        Sink::to(Handler::Offered(on_offered), Some(prefilter))
+    }
+
+    fn to(on_record: Handler<'s>, prefilter: Option<&'s mut dyn Prefilter>) -> Self {
         Sink {
             on_record,
             prefilter,
@@ -790,7 +884,7 @@ impl<'s> Sink<'s> {
         }
         self.records += 1;
         self.census.observe(&fields);
-        (self.on_record)(Record {
+        self.on_record.record(Record {
             fields,
             location: RecordLocation {
                 file: file.to_path_buf(),
@@ -799,6 +893,58 @@ impl<'s> Sink<'s> {
             },
             fingerprint,
         })
+    }
+
+    /// Hand over a JSON record that was offered and is to be parsed, whose
+    /// `{` is at `line` and `column`, whose text is `text` (of `shape`) and
+    /// whose top-level members are `columns`: as it stands where the
+    /// handler takes it so, else parsed here. `Err(Detour::Exact)` when it
+    /// does not parse here: the exact reader is to say why.
+    fn emit_text(
+        &mut self,
+        file: &Path,
+        (line, column): (u64, u64),
+        fingerprint: RawFingerprint,
+        text: &[u8],
+        shape: TextShape,
+        columns: &impl RecordColumns,
+    ) -> Result<ControlFlow<()>, blocks::Detour> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(ControlFlow::Continue(()));
+        }
+        let location = RecordLocation {
+            file: file.to_path_buf(),
+            line,
+            ordinal: self.records + 1,
+        };
+        let flow = match &mut self.on_record {
+            Handler::Offered(on_offered) => {
+                self.census.observe(columns);
+                on_offered(Offered::Unparsed(Unparsed {
+                    text: text.to_vec(),
+                    location,
+                    column,
+                    fingerprint,
+                    shape,
+                }))
+            }
+            Handler::Parsed(on_record) => {
+                let Ok(fields) =
+                    json::parse_record_text(text, &location, column, shape == TextShape::Line)
+                else {
+                    return Err(blocks::Detour::Exact);
+                };
+                self.census.observe(&fields);
+                on_record(Record {
+                    fields,
+                    location,
+                    fingerprint,
+                })
+            }
+        };
+        self.records += 1;
+        Ok(flow)
     }
 
     /// Hand over a record parsed before it could be offered (by the
@@ -969,6 +1115,56 @@ fn collect_records(
     let mut sink = Sink::new(&mut keep);
     let result = read(&mut sink);
     (result, records)
+}
+
+/// Runs one file reader as the scan does, over a sink that takes records
+/// unparsed where the reader offers them so, and parses each as it comes
+/// (the first that does not parse ends the read with its error), with an
+/// [`EvenPrefilter`] that knows the records among `valid` it would know.
+/// The outcome, records and columns must be those of a reader that parses
+/// every record itself.
+#[cfg(test)]
+fn collect_offered(
+    valid: std::collections::HashSet<RawFingerprint>,
+    stop_after: Option<u64>,
+    read: impl FnOnce(&mut Sink<'_>) -> FileOutcome,
+) -> PrefilteredRead {
+    let mut records = Vec::new();
+    let mut unparsable = None;
+    let mut keep = |offered: Offered| {
+        let record = match offered {
+            Offered::Parsed(record) => record,
+            Offered::Unparsed(unparsed) => match unparsed.parse() {
+                Ok(record) => {
+                    assert_eq!(record.location, *unparsed.location());
+                    record
+                }
+                Err(error) => {
+                    unparsable = Some(error);
+                    return ControlFlow::Break(());
+                }
+            },
+        };
+        records.push(record);
+        match stop_after {
+            Some(limit) if records.len() as u64 >= limit => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    };
+    let mut prefilter = EvenPrefilter {
+        valid: Some(valid),
+        known: Vec::new(),
+    };
+    let (result, columns) = {
+        let mut sink = Sink::offering(&mut keep, &mut prefilter);
+        let result = read(&mut sink);
+        (result, sink.census.columns)
+    };
+    let result = match unparsable {
+        Some(error) => Err(error),
+        None => result,
+    };
+    (result, records, prefilter.known, columns)
 }
 
 /// Hands out its bytes in chunks of at most `chunk` bytes, so that rows,

@@ -30,7 +30,7 @@ use super::blocks::{Blocks, Detour, Short, read_with_fallback};
 use super::json::{ParsedFields, RecordFields, json_error, keep_exact_numbers, not_an_object};
 use super::structure::{Members, Step, skip_whitespace, string_end, value_end};
 use super::text::{ProgressReader, ReadProgress};
-use super::{ExportError, FileOutcome, Offer, RawFingerprint, Sink};
+use super::{ExportError, FileOutcome, Offer, RawFingerprint, Sink, TextShape};
 
 /// Read one page file, handing each record to `sink`.
 pub(super) fn read_odata<R: Read + Seek>(
@@ -195,6 +195,7 @@ impl<R: Read> BlockPass<'_, '_, '_, R> {
         let members = &mut self.members;
         let end = step(self.blocks, |data| members.scan(data, open))?;
         let line = self.blocks.line_at(open);
+        let column = self.blocks.column_at(open);
         // The members' places are counted from the start of the window.
         let window = &self.blocks.data()[..end];
         let text = &window[open..];
@@ -211,16 +212,21 @@ impl<R: Read> BlockPass<'_, '_, '_, R> {
         let flow = match offer {
             Offer::Known => ControlFlow::Continue(()),
             Offer::Parse => {
-                let mut deserializer = serde_json::Deserializer::from_slice(text);
-                let Ok(mut fields) = RecordFields.deserialize(&mut deserializer) else {
-                    self.offered -= 1;
-                    return Err(Detour::Exact);
-                };
-                // The blocks are checked UTF-8.
-                if let Ok(raw) = std::str::from_utf8(text) {
-                    keep_exact_numbers(raw, &mut fields);
+                let emitted = self.sink.emit_text(
+                    self.path,
+                    (line, column),
+                    fingerprint,
+                    text,
+                    TextShape::Object,
+                    &raw,
+                );
+                match emitted {
+                    Ok(flow) => flow,
+                    Err(detour) => {
+                        self.offered -= 1;
+                        return Err(detour);
+                    }
                 }
-                self.sink.emit(self.path, line, fingerprint, fields)
             }
         };
         self.blocks.consume(end);
@@ -514,12 +520,23 @@ mod tests {
         let in_blocks = collect_records(stop_after, |sink| {
             read_odata(Path::new(PAGE), std::io::Cursor::new(content), sink)
         });
+        // As the scan reads: every record handed over unparsed (the
+        // prefilter knows none), parsed by the taker.
+        let offered = super::super::collect_offered(Default::default(), stop_after, |sink| {
+            read_odata(Path::new(PAGE), std::io::Cursor::new(content), sink)
+        });
         let content = String::from_utf8_lossy(content);
         assert_eq!(in_blocks.1, streamed.1, "records of {content:?}");
         assert_eq!(
             format!("{:?}", in_blocks.0),
             format!("{:?}", streamed.0),
             "outcome of {content:?}"
+        );
+        assert_eq!(offered.1, streamed.1, "records offered of {content:?}");
+        assert_eq!(
+            format!("{:?}", offered.0),
+            format!("{:?}", streamed.0),
+            "outcome offered of {content:?}"
         );
         in_blocks
     }
@@ -902,14 +919,19 @@ mod tests {
                 let streamed = super::super::super::collect_prefiltered(Some(valid.clone()), |sink| {
                     stream_odata(Path::new(PAGE), TextInput::new(&bytes[..]), sink)
                 });
-                let in_blocks = super::super::super::collect_prefiltered(Some(valid), |sink| {
+                let in_blocks = super::super::super::collect_prefiltered(Some(valid.clone()), |sink| {
                     read_odata(Path::new(PAGE), std::io::Cursor::new(&bytes[..]), sink)
                 });
-                prop_assert_eq!(&in_blocks.1, &streamed.1);
-                prop_assert_eq!(&in_blocks.2, &streamed.2);
-                prop_assert_eq!(format!("{:?}", in_blocks.0), format!("{:?}", streamed.0));
-                if in_blocks.0.is_ok() {
-                    prop_assert_eq!(&in_blocks.3, &streamed.3);
+                let offered = super::super::super::collect_offered(valid, None, |sink| {
+                    read_odata(Path::new(PAGE), std::io::Cursor::new(&bytes[..]), sink)
+                });
+                for read in [&in_blocks, &offered] {
+                    prop_assert_eq!(&read.1, &streamed.1);
+                    prop_assert_eq!(&read.2, &streamed.2);
+                    prop_assert_eq!(format!("{:?}", read.0), format!("{:?}", streamed.0));
+                    if read.0.is_ok() {
+                        prop_assert_eq!(&read.3, &streamed.3);
+                    }
                 }
             }
 
