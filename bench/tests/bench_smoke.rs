@@ -47,15 +47,16 @@ fn a_tiny_run_yields_every_row_of_the_table() {
     }
     assert_eq!(steps, expected);
     // Reads: 4 comparators and read_export for each JSON layout, 2 for CSV.
-    // Cycles: one first cycle for the JSON layouts and one for CSV, then 4
+    // Cycles: one first cycle for the JSON layouts and one for CSV, then 5
     // per layout. Then the push matrix; the 400 is read only.
-    assert_eq!(expected.len(), (14 + 2 + 16 + 4) + 14, "{expected:?}");
+    assert_eq!(expected.len(), (14 + 2 + 20 + 4) + 14, "{expected:?}");
     for layout in Layout::ALL {
         for step in [
             Step::FingerprintRefresh,
             Step::NoChange,
             Step::OneChanged,
             Step::OnePercent,
+            Step::NoChangeAfter,
         ] {
             assert!(
                 report.find(300, layout, step).is_some(),

@@ -257,6 +257,12 @@ pub enum Step {
     NoChange,
     OneChanged,
     OnePercent,
+    /// A no-change cycle of the export the 1%-changed cycle read, after it:
+    /// the same file, as the page cache holds it. What a file costs to read
+    /// differs from file to file by more than the 1% of changes costs (the
+    /// kernel's copy of one just written: 0.05 s or 0.07 s for the same
+    /// 423 MB here), so the 1%-changed cycle is held against this one.
+    NoChangeAfter,
     Push {
         latency_ms: u64,
         concurrency: usize,
@@ -278,6 +284,7 @@ impl Step {
             Step::NoChange => "no-change cycle".into(),
             Step::OneChanged => "one-changed cycle".into(),
             Step::OnePercent => "1%-changed cycle".into(),
+            Step::NoChangeAfter => "no-change cycle of the 1%-changed export, after it".into(),
             Step::Push {
                 latency_ms,
                 concurrency,
@@ -382,6 +389,7 @@ pub fn expected_steps(plan: &Plan, size: u64) -> Vec<(Layout, Step)> {
             Step::NoChange,
             Step::OneChanged,
             Step::OnePercent,
+            Step::NoChangeAfter,
         ] {
             steps.push((layout, step));
         }
@@ -665,6 +673,7 @@ impl SizeRun<'_> {
         self.rows.push(median_row(runs));
 
         let one_percent = (size / 100).max(1);
+        let mut last_bytes = bytes;
         for (step, count) in [(Step::OneChanged, 1), (Step::OnePercent, one_percent)] {
             self.say(&format!(
                 "{}: {} ({count} records)",
@@ -673,6 +682,7 @@ impl SizeRun<'_> {
             ));
             let changed = self.family(layout)?.changed + count;
             let bytes = self.generate(layout, changed)?;
+            last_bytes = bytes;
             let run = self.cycle(layout, step, bytes)?;
             ensure!(
                 run.updated == count && run.created == 0 && run.failed == 0,
@@ -683,6 +693,19 @@ impl SizeRun<'_> {
             self.family(layout)?.changed = changed;
             self.rows.push(run.row);
         }
+
+        self.say(&format!(
+            "{}: {}",
+            layout.label(),
+            Step::NoChangeAfter.label()
+        ));
+        let mut runs = Vec::new();
+        for _ in 0..self.plan.repeats.max(1) {
+            let run = self.cycle(layout, Step::NoChangeAfter, last_bytes)?;
+            ensure_unchanged(&run, size, layout, Step::NoChangeAfter)?;
+            runs.push(run.row);
+        }
+        self.rows.push(median_row(runs));
         Ok(())
     }
 
@@ -1662,11 +1685,12 @@ impl Report {
                 met: peak.peak_rss_mb() <= RSS_LIMIT_MB,
             });
         }
-        if let (Some(no_change), Some(one_percent)) = (no_change, find(Step::OnePercent)) {
+        let same_file = find(Step::NoChangeAfter).or(no_change);
+        if let (Some(no_change), Some(one_percent)) = (same_file, find(Step::OnePercent)) {
             let push = one_percent.push_seconds.unwrap_or(0.0);
             let bound = no_change.seconds + push;
             checks.push(TargetCheck {
-                target: "1%-changed cycle ≤ no-change cycle + its push time".into(),
+                target: "1%-changed cycle ≤ no-change cycle of its export + its push time".into(),
                 size,
                 layout: Some(layout),
                 measured: format!(
