@@ -14,9 +14,9 @@
 //! thread and the kept fingerprints on another, by a second connection,
 //! at once); then the export is read on one thread, which settles the
 //! records known by their fingerprint unparsed, while the calling thread
-//! parses each other JSON record (the reading thread hands it over as it
-//! stands), maps it, hashes its document and looks its key up among the
-//! settled ones.
+//! maps each other record, hashes its document and looks its key up among
+//! the settled ones — parsing it first, when the store keeps fingerprints
+//! and the record is JSON (the reading thread hands it over as it stands).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -1098,8 +1098,11 @@ fn read_and_decide<'p>(
         });
         // A record that does not parse ends the read here: the records
         // before it were decided, the reading thread stops at its next
-        // batch, and its error is the read's (any error the reading thread
-        // met is further on in the export).
+        // batch, and its error is the read's — unless the reading thread
+        // met one earlier in the same file (the exact reader, reading a
+        // file again from its start, can refuse a record the slice parse
+        // took: one nested deeper than serde_json allows in the whole
+        // file).
         let mut unparsable = None;
         'batches: for batch in received {
             for offered in &batch {
@@ -1125,10 +1128,29 @@ fn read_and_decide<'p>(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         match unparsable {
-            Some(error) => (Err(error), prefilter),
-            None => (summary, prefilter),
+            Some(error) if !is_before(&summary, &error) => (Err(error), prefilter),
+            _ => (summary, prefilter),
         }
     })
+}
+
+/// Whether the read ended with a parse error in the file of `error`,
+/// before it.
+fn is_before(read: &Result<ExportSummary, ExportError>, error: &ExportError) -> bool {
+    match (read, error) {
+        (
+            Err(ExportError::Parse {
+                path, line, column, ..
+            }),
+            ExportError::Parse {
+                path: other,
+                line: other_line,
+                column: other_column,
+                ..
+            },
+        ) => path == other && (line, column) < (other_line, other_column),
+        _ => false,
+    }
 }
 
 /// Pass one once the export is read: the scan so far, and what is still
@@ -2386,6 +2408,49 @@ mod tests {
                     "{file}"
                 );
             }
+        }
+
+        #[test]
+        fn of_two_errors_in_one_file_the_scan_names_the_first_as_a_read_does() {
+            // A record nested deeper than serde_json allows in the whole
+            // page (but not in its own slice), then one with a repeated
+            // key, then an element that sends the file to the exact
+            // reader: that reader refuses the deep record, the deciding
+            // thread the repeated key; the read names the deep one.
+            let records: Vec<Value> = (1..=2).map(|n| opportunity(&id(n), 1)).collect();
+            let (dir, options) = export(std::slice::from_ref(&records));
+            let store = Store::open_in_memory().unwrap();
+            for record in &records {
+                applied(&store, record, &desired_hash(record));
+            }
+            let _ = scan(&options, &store, true, true);
+            let deep = format!(
+                "{{\"opportunityid\": \"{}\", \"a\": {}{}}}",
+                id(7),
+                "[".repeat(126),
+                "]".repeat(126)
+            );
+            let repeated = format!("{{\"opportunityid\": \"{}\", \"a\": 1, \"a\": 2}}", id(8));
+            let page = format!(
+                "{{\"value\": [\n{},\n{deep},\n{repeated},\n1\n]}}\n",
+                records[0]
+            );
+            std::fs::write(dir.path().join("page-1.json"), page).unwrap();
+            let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
+                .unwrap_err();
+            assert!(read.to_string().contains("recursion limit"), "{read}");
+            let mapper = mapper();
+            let scan_options = ScanOptions {
+                retain_budget: 100,
+                fingerprints: Fingerprints {
+                    context: fingerprint_context(&mapper, crate::diff::OnCleared::Null),
+                    skip: true,
+                    record: true,
+                },
+                ..ScanOptions::default()
+            };
+            let error = scan_export(&options, &mapper, &store, &scan_options).unwrap_err();
+            assert_eq!(error.to_string(), ScanError::from(read).to_string());
         }
 
         #[test]

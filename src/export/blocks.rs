@@ -51,7 +51,8 @@ impl From<io::Error> for Detour {
 /// not well formed, or not in a way the pass reads), the file is read again
 /// from its start by `exact`, the reader that names what is wrong and
 /// where, which skips the records the pass offered already: none is handed
-/// over twice, and every error and position is the exact reader's.
+/// over twice, and every error and position is the exact reader's (a record
+/// handed over unparsed is parsed, and its error placed, by its taker).
 pub(super) fn read_with_fallback<'s, R: Read + Seek>(
     path: &Path,
     mut input: R,

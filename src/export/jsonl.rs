@@ -3,8 +3,10 @@
 //! Read as OData pages are (see `odata.rs`): in blocks, a line at a time
 //! found with `memchr`, each record offered to the prefilter by its id and
 //! the fingerprint of its line and parsed from the line's text only when it
-//! is not known. Anything amiss sends the file to [`stream_jsonl`], the
-//! exact reader, which names the problem.
+//! is not known (here, or by whoever a sink that takes records unparsed
+//! hands the line to, which names a problem as the exact reader does).
+//! Anything else amiss sends the file to [`stream_jsonl`], the exact
+//! reader, which names the problem.
 
 use std::io::{BufRead, Read, Seek};
 use std::ops::ControlFlow;

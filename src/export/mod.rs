@@ -778,12 +778,26 @@ impl Unparsed {
     }
 }
 
+/// Whether a record's text can be parsed apart from the file and fail, if
+/// it fails, as the exact reader does. An object cut from a page cannot
+/// when an escape stands in its last bytes: the structural scan takes
+/// `\u` for two bytes where serde_json reads six, so a `\u` cut short
+/// near the closing `}` makes serde_json read on past the record — into
+/// the bytes that follow it in the file, or, in the text alone, to its end.
+/// Such a record is parsed where it is read, and the exact reader names
+/// what is wrong with it.
+fn can_defer(text: &[u8], shape: TextShape) -> bool {
+    shape == TextShape::Line
+        || memchr::memchr(b'\\', &text[text.len().saturating_sub(8)..]).is_none()
+}
+
 /// What becomes of a record offered before it is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Offer {
     /// The prefilter knows it: it is counted and done with.
     Known,
-    /// Parse it and hand it over with [`Sink::emit`].
+    /// Parse it and hand it over with [`Sink::emit`], or hand its text
+    /// over with [`Sink::emit_text`].
     Parse,
 }
 
@@ -919,7 +933,7 @@ impl<'s> Sink<'s> {
             ordinal: self.records + 1,
         };
         let flow = match &mut self.on_record {
-            Handler::Offered(on_offered) => {
+            Handler::Offered(on_offered) if can_defer(text, shape) => {
                 self.census.observe(columns);
                 on_offered(Offered::Unparsed(Unparsed {
                     text: text.to_vec(),
@@ -929,14 +943,14 @@ impl<'s> Sink<'s> {
                     shape,
                 }))
             }
-            Handler::Parsed(on_record) => {
+            handler => {
                 let Ok(fields) =
                     json::parse_record_text(text, &location, column, shape == TextShape::Line)
                 else {
                     return Err(blocks::Detour::Exact);
                 };
                 self.census.observe(&fields);
-                on_record(Record {
+                handler.record(Record {
                     fields,
                     location,
                     fingerprint,

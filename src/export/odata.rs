@@ -8,12 +8,16 @@
 //! the record is then either known to the prefilter by its id and the
 //! fingerprint of its bytes (and not parsed at all) or parsed by serde_json
 //! from its own slice, which is several times faster than serde_json pulling
-//! one byte at a time from a reader. Its line is counted from its offset.
-//! Memory is bounded by the largest record, not by the page.
+//! one byte at a time from a reader — here, or, for a sink that takes
+//! records unparsed, by whoever it hands the slice to, which then places
+//! an error as the exact reader would. Its line and column are counted
+//! from its offset. Memory is bounded by the largest record, not by the
+//! page.
 //!
-//! Anything that is not a well-formed page — a syntax error, a record that
-//! is not an object, bytes that are not UTF-8, a record longer than the
-//! largest window — sends the file to [`stream_odata`], the exact reader:
+//! Anything that is not a well-formed page — a syntax error the block pass
+//! meets, a record that is not an object, bytes that are not UTF-8, a
+//! record longer than the largest window — sends the file to
+//! [`stream_odata`], the exact reader:
 //! serde visitors over serde_json's streaming deserializer, which names the
 //! problem at its line and column. It skips the records the block pass
 //! handed over already, so none is handed over twice, and with the same
@@ -738,6 +742,27 @@ mod tests {
             })
             .collect();
         assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+
+    #[test]
+    fn an_escape_cut_short_at_the_end_of_a_record_is_placed_as_the_exact_reader_places_it() {
+        // The structural scan takes `\u` for two bytes, serde_json for six:
+        // a `\u` cut short near a record's `}` makes serde_json read on
+        // into what follows the record. `read` checks that the block pass
+        // and a taker of unparsed records give the exact reader's error.
+        for content in [
+            r#"{"value":[{"id":"A","a":"\u"}]}"#,
+            r#"[{"a": "x\u12"}, {"b": 1}]"#,
+            r#"{"value": [{"a": "\ud800\u"}
+]}"#,
+            "[{\"a\": \"\\u\"}]\n",
+        ] {
+            let outcome = read(content.as_bytes(), None).0;
+            assert!(
+                matches!(&outcome, Err(ExportError::Parse { message, .. }) if !message.contains("truncated")),
+                "{content}: {outcome:?}"
+            );
+        }
     }
 
     #[test]
