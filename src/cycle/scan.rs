@@ -2203,6 +2203,15 @@ mod tests {
         }
 
         fn scan(options: &ExportOptions, store: &Store, skip: bool, record: bool) -> Scan {
+            try_scan(options, store, skip, record).unwrap()
+        }
+
+        fn try_scan(
+            options: &ExportOptions,
+            store: &Store,
+            skip: bool,
+            record: bool,
+        ) -> Result<Scan, ScanError> {
             let mapper = mapper();
             let scan_options = ScanOptions {
                 retain_budget: 100,
@@ -2214,7 +2223,7 @@ mod tests {
                 },
                 ..ScanOptions::default()
             };
-            scan_export(options, &mapper, store, &scan_options).unwrap()
+            scan_export(options, &mapper, store, &scan_options)
         }
 
         proptest! {
@@ -2382,17 +2391,7 @@ mod tests {
                 let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
                     .unwrap_err();
                 assert!(matches!(read, ExportError::Parse { .. }), "{file}: {read}");
-                let mapper = mapper();
-                let scan_options = ScanOptions {
-                    retain_budget: 100,
-                    fingerprints: Fingerprints {
-                        context: fingerprint_context(&mapper, crate::diff::OnCleared::Null),
-                        skip: true,
-                        record: true,
-                    },
-                    ..ScanOptions::default()
-                };
-                let error = scan_export(&options, &mapper, &store, &scan_options).unwrap_err();
+                let error = try_scan(&options, &store, true, true).unwrap_err();
                 assert_eq!(
                     error.to_string(),
                     ScanError::from(read).to_string(),
@@ -2439,17 +2438,7 @@ mod tests {
             let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
                 .unwrap_err();
             assert!(read.to_string().contains("recursion limit"), "{read}");
-            let mapper = mapper();
-            let scan_options = ScanOptions {
-                retain_budget: 100,
-                fingerprints: Fingerprints {
-                    context: fingerprint_context(&mapper, crate::diff::OnCleared::Null),
-                    skip: true,
-                    record: true,
-                },
-                ..ScanOptions::default()
-            };
-            let error = scan_export(&options, &mapper, &store, &scan_options).unwrap_err();
+            let error = try_scan(&options, &store, true, true).unwrap_err();
             assert_eq!(error.to_string(), ScanError::from(read).to_string());
         }
 

@@ -402,35 +402,15 @@ mod tests {
         use super::super::super::{collect_offered, collect_prefiltered};
         use super::*;
 
-        fn scalar() -> impl Strategy<Value = Value> {
-            prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                any::<i64>().prop_map(Value::from),
-                (-1e12f64..1e12).prop_map(Value::from),
-                "[a-z \"\\\\\u{e3}\u{20ac}\u{1f600}]{0,12}".prop_map(Value::from),
-            ]
-        }
-
         /// A record with an id among a few (so that some repeat) and a few
         /// other members, nested or not.
         fn record() -> impl Strategy<Value = Value> {
-            let member = scalar().prop_recursive(2, 8, 3, |inner| {
-                prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-                    proptest::collection::btree_map("[a-z@.]{1,6}", inner, 0..3)
-                        .prop_map(|m| Value::Object(m.into_iter().collect())),
-                ]
-            });
-            (
-                "[A-F0-9-]{1,4}",
-                proptest::collection::btree_map("[a-zA-Z@._]{1,10}", member, 0..5),
-            )
-                .prop_map(|(id, members)| {
-                    let mut fields: serde_json::Map<String, Value> = members.into_iter().collect();
+            ("[A-F0-9-]{1,4}", super::super::super::strategies::members()).prop_map(
+                |(id, mut fields)| {
                     fields.insert("id".into(), Value::from(id));
                     Value::Object(fields)
-                })
+                },
+            )
         }
 
         /// Lines of records, some indented, some blank, `\n` or `\r\n`.

@@ -1181,6 +1181,38 @@ fn collect_offered(
     (result, records, prefilter.known, columns)
 }
 
+/// What the JSON readers' property tests build records of.
+#[cfg(test)]
+mod strategies {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            "[a-z \"\\\\\n\u{e3}\u{20ac}\u{1f600}]{0,12}".prop_map(Value::from),
+        ]
+    }
+
+    /// A record's top-level members: scalars (text with quotes,
+    /// backslashes, newlines and multi-byte characters), and arrays and
+    /// objects of them two levels deep.
+    pub(super) fn members() -> impl Strategy<Value = Map<String, Value>> {
+        let member = scalar().prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z@.]{1,6}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map("[a-zA-Z@._]{1,10}", member, 0..5)
+            .prop_map(|m| m.into_iter().collect())
+    }
+}
+
 /// Hands out its bytes in chunks of at most `chunk` bytes, so that rows,
 /// records, quotes, characters and BOMs fall across a reader's refills.
 #[cfg(test)]

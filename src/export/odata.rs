@@ -845,26 +845,8 @@ mod tests {
             .prop_map(|parts| parts.concat())
         }
 
-        fn scalar() -> impl Strategy<Value = Value> {
-            prop_oneof![
-                Just(Value::Null),
-                any::<bool>().prop_map(Value::Bool),
-                any::<i64>().prop_map(Value::from),
-                (-1e12f64..1e12).prop_map(Value::from),
-                "[a-z \"\\\\\n\u{e3}\u{20ac}\u{1f600}]{0,12}".prop_map(Value::from),
-            ]
-        }
-
         fn record() -> impl Strategy<Value = Value> {
-            let member = scalar().prop_recursive(2, 8, 3, |inner| {
-                prop_oneof![
-                    proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-                    proptest::collection::btree_map("[a-z@.]{1,6}", inner, 0..3)
-                        .prop_map(|m| Value::Object(m.into_iter().collect())),
-                ]
-            });
-            proptest::collection::btree_map("[a-zA-Z@._]{1,10}", member, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect()))
+            super::super::super::strategies::members().prop_map(Value::Object)
         }
 
         /// A page whose records are laid out with random gaps, inside an

@@ -663,14 +663,7 @@ impl SizeRun<'_> {
         ensure_unchanged(&refresh, size, layout, Step::FingerprintRefresh)?;
         self.rows.push(refresh.row);
 
-        self.say(&format!("{}: no-change cycle", layout.label()));
-        let mut runs = Vec::new();
-        for _ in 0..self.plan.repeats.max(1) {
-            let run = self.cycle(layout, Step::NoChange, bytes)?;
-            ensure_unchanged(&run, size, layout, Step::NoChange)?;
-            runs.push(run.row);
-        }
-        self.rows.push(median_row(runs));
+        self.no_change(layout, Step::NoChange, bytes)?;
 
         let one_percent = (size / 100).max(1);
         let mut last_bytes = bytes;
@@ -694,15 +687,17 @@ impl SizeRun<'_> {
             self.rows.push(run.row);
         }
 
-        self.say(&format!(
-            "{}: {}",
-            layout.label(),
-            Step::NoChangeAfter.label()
-        ));
+        self.no_change(layout, Step::NoChangeAfter, last_bytes)
+    }
+
+    /// The repeats of a cycle of an export the store is settled with; their
+    /// median is the row.
+    fn no_change(&mut self, layout: Layout, step: Step, bytes: u64) -> anyhow::Result<()> {
+        self.say(&format!("{}: {}", layout.label(), step.label()));
         let mut runs = Vec::new();
         for _ in 0..self.plan.repeats.max(1) {
-            let run = self.cycle(layout, Step::NoChangeAfter, last_bytes)?;
-            ensure_unchanged(&run, size, layout, Step::NoChangeAfter)?;
+            let run = self.cycle(layout, step, bytes)?;
+            ensure_unchanged(&run, self.size, layout, step)?;
             runs.push(run.row);
         }
         self.rows.push(median_row(runs));
