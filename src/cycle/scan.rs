@@ -41,11 +41,23 @@ use serde_json::Value;
 /// million-record export still go out without a second read.
 pub const RETAIN_BUDGET: usize = 32_000;
 
-/// Records handed from the reading thread to the deciding one at a time,
-/// and batches in flight: enough to keep both busy, few enough that memory
-/// does not notice (4 × 64 records of a few KB).
+/// Records handed from the reading thread to the deciding one at a time.
 const BATCH: usize = 64;
-const BATCHES_IN_FLIGHT: usize = 4;
+
+/// What the batches handed to the deciding thread and not yet given back
+/// may hold: 8 MiB of the text of records handed over unparsed, or 256
+/// parsed records (a parsed record counts for [`PARSED_COST`]), or a mix.
+/// Changed records come in runs — the recently modified ones of an export
+/// sorted by date, the three runs of the benchmark's generator — where the
+/// deciding thread, which parses, maps and hashes each, is slower than the
+/// reading thread, which only copies them: the budget lets the reading
+/// thread read on through a run of some thousands while the other catches
+/// up, instead of waiting on it record by record. Parsed records (CSV
+/// rows, every record when the store has no fingerprints) are several
+/// times their text in memory and keep to the 4 batches of 64 in flight
+/// they always had.
+const IN_FLIGHT_BUDGET: usize = 8 << 20;
+const PARSED_COST: usize = IN_FLIGHT_BUDGET / 256;
 
 /// 128 bits of BLAKE3 over the canonical JSON of a desired document.
 /// `serde_json` keeps object keys sorted, so equal documents hash equal.
@@ -1050,38 +1062,42 @@ impl<'a> Deciding<'a> {
 /// fingerprint are settled on the reading thread, unparsed; with a
 /// prefilter, the JSON records it does not know are parsed here too, so
 /// that the reading thread — the one that bounds the pass — only copies
-/// them.
+/// them, running ahead of this one by up to [`IN_FLIGHT_BUDGET`] through
+/// a run of them.
 fn read_and_decide<'p>(
     export_options: &ExportOptions,
     mut prefilter: KnownRecords<'p>,
     deciding: &mut Deciding<'_>,
 ) -> (Result<ExportSummary, ExportError>, KnownRecords<'p>) {
-    let (batches, received) = mpsc::sync_channel::<Vec<Offered>>(BATCHES_IN_FLIGHT);
+    // Bounded by the budget, which the reading thread keeps: a batch is
+    // sent only when what is in flight leaves room for it.
+    let (batches, received) = mpsc::channel::<Vec<Offered>>();
     // Batches go back to the reading thread once decided, so that what it
-    // allocated is freed by it (the allocator's fast path) and batch
-    // buffers are reused.
+    // allocated is freed by it (the allocator's fast path), batch buffers
+    // are reused, and the budget is given back.
     let (recycle, recycled) = mpsc::channel::<Vec<Offered>>();
     thread::scope(|scope| {
         let reader = scope.spawn(move || {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut in_flight = InFlight::new(recycled);
             let use_prefilter = prefilter.known.fingerprinted > 0;
             let mut on_offered = |offered| {
                 batch.push(offered);
                 if batch.len() < BATCH {
                     return ControlFlow::Continue(());
                 }
-                let next = match recycled.try_recv() {
-                    Ok(mut used) => {
-                        used.clear();
-                        used
-                    }
-                    Err(_) => Vec::with_capacity(BATCH),
+                // Gone: the other half stopped, on a store error or on a
+                // record that does not parse.
+                let cost = batch_cost(&batch);
+                let Ok(next) = in_flight.make_room(cost) else {
+                    return ControlFlow::Break(());
                 };
                 let full = std::mem::replace(&mut batch, next);
-                // A closed channel: the other half stopped, on a store
-                // error or on a record that does not parse.
                 match batches.send(full) {
-                    Ok(()) => ControlFlow::Continue(()),
+                    Ok(()) => {
+                        in_flight.cost += cost;
+                        ControlFlow::Continue(())
+                    }
                     Err(_) => ControlFlow::Break(()),
                 }
             };
@@ -1103,27 +1119,7 @@ fn read_and_decide<'p>(
         // file again from its start, can refuse a record the slice parse
         // took: one nested deeper than serde_json allows in the whole
         // file).
-        let mut unparsable = None;
-        'batches: for batch in received {
-            for offered in &batch {
-                let flow = match offered {
-                    Offered::Parsed(record) => deciding.decide(record),
-                    Offered::Unparsed(unparsed) => match unparsed.parse() {
-                        Ok(record) => deciding.decide(&record),
-                        Err(error) => {
-                            unparsable = Some(error);
-                            ControlFlow::Break(())
-                        }
-                    },
-                };
-                if flow.is_break() {
-                    break 'batches;
-                }
-            }
-            // Once the reading thread is done, it frees nothing more: the
-            // rest is freed here.
-            let _ = recycle.send(batch);
-        }
+        let unparsable = decide_batches(received, recycle, deciding);
         let (summary, prefilter) = reader
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -1132,6 +1128,90 @@ fn read_and_decide<'p>(
             _ => (summary, prefilter),
         }
     })
+}
+
+/// The deciding half of [`read_and_decide`]: each batch handed over, in
+/// order, given back once decided; the error of a record that does not
+/// parse, which ends it, as a store error does. Both channel ends are
+/// dropped when it returns, so that a reading thread waiting on either
+/// learns that the other half stopped.
+fn decide_batches(
+    received: mpsc::Receiver<Vec<Offered>>,
+    give_back: mpsc::Sender<Vec<Offered>>,
+    deciding: &mut Deciding<'_>,
+) -> Option<ExportError> {
+    for batch in received {
+        for offered in &batch {
+            let flow = match offered {
+                Offered::Parsed(record) => deciding.decide(record),
+                Offered::Unparsed(unparsed) => match unparsed.parse() {
+                    Ok(record) => deciding.decide(&record),
+                    Err(error) => return Some(error),
+                },
+            };
+            if flow.is_break() {
+                return None;
+            }
+        }
+        // Once the reading thread is done, it frees nothing more: the
+        // rest is freed here.
+        let _ = give_back.send(batch);
+    }
+    None
+}
+
+/// What a batch counts for against [`IN_FLIGHT_BUDGET`].
+fn batch_cost(batch: &[Offered]) -> usize {
+    batch
+        .iter()
+        .map(|offered| match offered {
+            Offered::Parsed(_) => PARSED_COST,
+            Offered::Unparsed(unparsed) => unparsed.text_len(),
+        })
+        .sum()
+}
+
+/// The reading thread's account of the batches handed over and not yet
+/// given back, and the buffers given back.
+struct InFlight {
+    returned: mpsc::Receiver<Vec<Offered>>,
+    cost: usize,
+    spare: Option<Vec<Offered>>,
+}
+
+impl InFlight {
+    fn new(returned: mpsc::Receiver<Vec<Offered>>) -> Self {
+        InFlight {
+            returned,
+            cost: 0,
+            spare: None,
+        }
+    }
+
+    /// Take back the batches decided, waiting for them while a batch of
+    /// `cost` would take what is in flight past the budget (a batch alone
+    /// past it goes once nothing else is in flight); an empty buffer for
+    /// the next batch. `Err` once the deciding thread is gone.
+    fn make_room(&mut self, cost: usize) -> Result<Vec<Offered>, ()> {
+        while let Ok(batch) = self.returned.try_recv() {
+            self.take_back(batch);
+        }
+        while self.cost > 0 && self.cost + cost > IN_FLIGHT_BUDGET {
+            let batch = self.returned.recv().map_err(|_| ())?;
+            self.take_back(batch);
+        }
+        Ok(self
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH)))
+    }
+
+    /// Its records freed here, where most were allocated.
+    fn take_back(&mut self, mut batch: Vec<Offered>) {
+        self.cost = self.cost.saturating_sub(batch_cost(&batch));
+        batch.clear();
+        self.spare = Some(batch);
+    }
 }
 
 /// Whether the read ended with a parse error in the file of `error`,
@@ -2534,6 +2614,106 @@ mod tests {
                 ),
                 (2, 2, 1)
             );
+        }
+
+        /// A prefilter that knows no record: every JSON record is handed
+        /// over unparsed.
+        struct KnowsNone;
+
+        impl Prefilter for KnowsNone {
+            fn id_column(&self) -> &str {
+                "opportunityid"
+            }
+
+            fn known(&mut self, _: &str, _: RawFingerprint, _: Place<'_>) -> bool {
+                false
+            }
+        }
+
+        #[test]
+        fn the_reading_thread_keeps_to_its_budget_and_waits_only_past_it() {
+            let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), n.into())).collect();
+            let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+            let (dir, mut options) = export(&[]);
+            options.path = dir.path().join("opportunities.jsonl");
+            std::fs::write(&options.path, format!("{}\n", lines.join("\n"))).unwrap();
+            let mut batch = Vec::new();
+            export::read_export_offering(&options, &mut KnowsNone, &mut |offered| {
+                batch.push(offered);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            // Unparsed records count their text; parsed ones a fixed share.
+            let cost = batch_cost(&batch);
+            assert_eq!(cost, lines.iter().map(String::len).sum::<usize>());
+            let Offered::Unparsed(unparsed) = &batch[0] else {
+                panic!("not handed over unparsed: {:?}", batch[0]);
+            };
+            let parsed = [Offered::Parsed(unparsed.parse().unwrap())];
+            assert_eq!(batch_cost(&parsed), PARSED_COST);
+
+            let (give_back, returned) = mpsc::channel();
+            let mut in_flight = InFlight::new(returned);
+            // Nothing in flight: a batch past the budget on its own goes.
+            assert!(in_flight.make_room(2 * IN_FLIGHT_BUDGET).is_ok());
+            // Within the budget: no wait, though nothing comes back.
+            in_flight.cost = IN_FLIGHT_BUDGET - cost;
+            assert!(in_flight.make_room(cost).unwrap().is_empty());
+            // Past it: a batch given back frees its share and its buffer,
+            // emptied, is the next one.
+            in_flight.cost = IN_FLIGHT_BUDGET;
+            let capacity = batch.capacity();
+            give_back.send(batch).unwrap();
+            let next = in_flight.make_room(cost).unwrap();
+            assert_eq!(in_flight.cost, IN_FLIGHT_BUDGET - cost);
+            assert!(next.is_empty() && next.capacity() == capacity);
+            // Past it with the deciding thread gone: no room will come.
+            in_flight.cost = IN_FLIGHT_BUDGET;
+            drop(give_back);
+            assert!(in_flight.make_room(cost).is_err());
+        }
+
+        #[test]
+        fn a_run_of_changed_records_past_the_budget_is_decided_whole_or_fails_as_a_read() {
+            // 12 MB of records the store does not know, after one it knows
+            // by its fingerprint: more than the reading thread may hand
+            // over before the deciding thread gives batches back.
+            let note = "Quarter proposal stakeholders pilot migration. ".repeat(44);
+            let records: Vec<Value> = (1..=6000)
+                .map(|n| {
+                    let mut record = opportunity(&id(n), n.into());
+                    record["description"] = json!(note);
+                    record
+                })
+                .collect();
+            let mut lines: Vec<String> = records.iter().map(Value::to_string).collect();
+            let (dir, mut options) = export(&[]);
+            options.path = dir.path().join("opportunities.jsonl");
+            let store = Store::open_in_memory().unwrap();
+            applied(&store, &records[0], &desired_hash(&records[0]));
+            std::fs::write(&options.path, format!("{}\n", lines[0])).unwrap();
+            let _ = scan(&options, &store, true, true);
+            assert_eq!(scan(&options, &store, true, true).known_by_fingerprint, 1);
+
+            let text = |lines: &[String]| format!("{}\n", lines.join("\n"));
+            std::fs::write(&options.path, text(&lines)).unwrap();
+            assert!(note.len() * 5999 > IN_FLIGHT_BUDGET);
+            let whole = scan(&options, &store, true, false);
+            assert_eq!(
+                (whole.valid, whole.known_by_fingerprint, whole.work_count()),
+                (6000, 1, 5999)
+            );
+            assert!(whole.record_errors.is_empty());
+
+            // One far into the run does not parse: the deciding thread
+            // stops there, most likely while the reading thread waits for
+            // room, and the scan ends with the read's error.
+            lines[5000] = lines[5000].replacen('{', "{\"name\": \"x\", ", 1);
+            std::fs::write(&options.path, text(&lines)).unwrap();
+            let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
+                .unwrap_err();
+            let error = try_scan(&options, &store, true, false).unwrap_err();
+            assert_eq!(error.to_string(), ScanError::from(read).to_string());
         }
     }
 }

@@ -765,6 +765,11 @@ impl Unparsed {
         &self.location
     }
 
+    /// The length of the record's text, in bytes.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// The record, or the error the read would have given where it
     /// parsed the record itself.
     pub fn parse(&self) -> Result<Record, ExportError> {
