@@ -1664,6 +1664,16 @@ mod tests {
         document_hash(&mapper().map(&record).unwrap().document).to_hex()
     }
 
+    /// A store in which each of `records` is settled with the document it
+    /// maps to.
+    fn settled(records: &[Value]) -> Store {
+        let store = Store::open_in_memory().unwrap();
+        for record in records {
+            applied(&store, record, &desired_hash(record));
+        }
+        store
+    }
+
     fn applied(store: &Store, record: &Value, hash: &str) {
         applied_from(store, record, hash, None);
     }
@@ -2092,10 +2102,7 @@ mod tests {
     fn only_and_resync_choose_the_records_taken_up() {
         let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
         let (_dir, options) = export(std::slice::from_ref(&records));
-        let store = Store::open_in_memory().unwrap();
-        for record in &records {
-            applied(&store, record, &desired_hash(record));
-        }
+        let store = settled(&records);
         let only = ScanOptions {
             only: Some(HashSet::from([id(2)])),
             resync: true,
@@ -2418,6 +2425,16 @@ mod tests {
             }
         }
 
+        /// The scan's error, which must be the one a read of the export
+        /// gives.
+        fn fails_as_a_read(options: &ExportOptions, store: &Store, record: bool) -> ScanError {
+            let read = crate::export::read_export(options, &mut |_| ControlFlow::Continue(()))
+                .unwrap_err();
+            let error = try_scan(options, store, true, record).unwrap_err();
+            assert_eq!(error.to_string(), ScanError::from(read).to_string());
+            error
+        }
+
         #[test]
         fn a_changed_record_that_does_not_parse_fails_the_scan_as_a_read_would() {
             // Changed records are parsed on the deciding thread, not the
@@ -2459,23 +2476,16 @@ mod tests {
                 std::fs::remove_file(dir.path().join("page-1.json")).ok();
                 options.path = dir.path().join(file);
                 std::fs::write(&options.path, &good).unwrap();
-                let store = Store::open_in_memory().unwrap();
-                for record in &records {
-                    applied(&store, record, &desired_hash(record));
-                }
+                let store = settled(&records);
                 let _ = scan(&options, &store, true, true);
                 let known = scan(&options, &store, true, true);
                 assert_eq!(known.known_by_fingerprint, 3, "{file}");
 
                 std::fs::write(&options.path, &bad).unwrap();
-                let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
-                    .unwrap_err();
-                assert!(matches!(read, ExportError::Parse { .. }), "{file}: {read}");
-                let error = try_scan(&options, &store, true, true).unwrap_err();
-                assert_eq!(
-                    error.to_string(),
-                    ScanError::from(read).to_string(),
-                    "{file}"
+                let error = fails_as_a_read(&options, &store, true);
+                assert!(
+                    matches!(error, ScanError::Export(ExportError::Parse { .. })),
+                    "{file}: {error}"
                 );
                 // Nothing the store knows moved: the good export is still
                 // known by its fingerprints.
@@ -2498,10 +2508,7 @@ mod tests {
             // thread the repeated key; the read names the deep one.
             let records: Vec<Value> = (1..=2).map(|n| opportunity(&id(n), 1)).collect();
             let (dir, options) = export(std::slice::from_ref(&records));
-            let store = Store::open_in_memory().unwrap();
-            for record in &records {
-                applied(&store, record, &desired_hash(record));
-            }
+            let store = settled(&records);
             let _ = scan(&options, &store, true, true);
             let deep = format!(
                 "{{\"opportunityid\": \"{}\", \"a\": {}{}}}",
@@ -2515,21 +2522,15 @@ mod tests {
                 records[0]
             );
             std::fs::write(dir.path().join("page-1.json"), page).unwrap();
-            let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
-                .unwrap_err();
-            assert!(read.to_string().contains("recursion limit"), "{read}");
-            let error = try_scan(&options, &store, true, true).unwrap_err();
-            assert_eq!(error.to_string(), ScanError::from(read).to_string());
+            let error = fails_as_a_read(&options, &store, true);
+            assert!(error.to_string().contains("recursion limit"), "{error}");
         }
 
         #[test]
         fn a_known_record_is_not_parsed_and_a_changed_one_always_is() {
             let records: Vec<Value> = (1..=3).map(|n| opportunity(&id(n), 1)).collect();
             let (dir, options) = export(std::slice::from_ref(&records));
-            let store = Store::open_in_memory().unwrap();
-            for record in &records {
-                applied(&store, record, &desired_hash(record));
-            }
+            let store = settled(&records);
             // The first scan parses every record and records fingerprints;
             // a dry run records none.
             let dry = scan(&options, &store, true, false);
@@ -2710,10 +2711,7 @@ mod tests {
             // room, and the scan ends with the read's error.
             lines[5000] = lines[5000].replacen('{', "{\"name\": \"x\", ", 1);
             std::fs::write(&options.path, text(&lines)).unwrap();
-            let read = crate::export::read_export(&options, &mut |_| ControlFlow::Continue(()))
-                .unwrap_err();
-            let error = try_scan(&options, &store, true, false).unwrap_err();
-            assert_eq!(error.to_string(), ScanError::from(read).to_string());
+            fails_as_a_read(&options, &store, false);
         }
     }
 }
